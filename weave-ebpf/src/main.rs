@@ -1,0 +1,20 @@
+//! weave-agent's data path. One module per attach point; the agent loads this object, attaches
+//! the programs and fills the maps. Built by `cargo xtask build-ebpf` for `bpfel-unknown-none`.
+#![no_std]
+#![no_main]
+
+mod container;
+mod counters;
+mod underlay;
+
+/// The kernel only lets GPL-compatible programs call some helpers (e.g. redirects).
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo<'_>) -> ! {
+    // The verifier rejects any program that could reach this; it exists to satisfy no_std.
+    loop {}
+}
