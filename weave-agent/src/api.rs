@@ -1,0 +1,159 @@
+//! Control-socket protocol between the CLI and the daemon: one JSON request line, one JSON
+//! response line per connection, over a root-only unix socket.
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead as _, BufReader, ErrorKind, Write as _},
+    os::unix::net::UnixStream,
+    path::Path,
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use serde::{Deserialize, Serialize};
+
+/// How long the CLI waits for the daemon to answer one request.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    Status,
+    Shutdown,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Response {
+    Status(Box<Status>),
+    ShuttingDown { pid: u32 },
+    Error { message: String },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    pub version: String,
+    pub pid: u32,
+    /// This peer's name (the underlay MAC, as Weave Net names peers).
+    pub peer_name: String,
+    pub nickname: String,
+    pub netns: String,
+    pub state_dir: String,
+    pub pin_dir: String,
+    pub underlay: Underlay,
+    pub programs: Vec<Program>,
+    pub counters: BTreeMap<String, Counter>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Underlay {
+    pub name: String,
+    pub ifindex: u32,
+    /// Address with prefix length, e.g. 192.168.56.101/24.
+    pub address: String,
+    pub mtu: u32,
+    pub kind: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Program {
+    pub name: String,
+    /// Kernel program id, as `bpftool prog` and `ip -d link` show it.
+    pub id: u32,
+    /// Where it is attached, or what it is waiting for.
+    pub attached: String,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Why a request could not reach a daemon.
+#[derive(Debug)]
+pub enum Unreachable {
+    /// No socket, or nobody listening on it.
+    NoAgent,
+    Other(anyhow::Error),
+}
+
+pub const NO_AGENT: &str = "no agent running here; start one with `weave-agent launch`";
+
+/// Sends one request to the daemon behind `socket` and returns its response.
+pub fn call(socket: &Path, request: &Request) -> Result<Response, Unreachable> {
+    let stream = match UnixStream::connect(socket) {
+        Ok(stream) => stream,
+        Err(err)
+            if matches!(
+                err.kind(),
+                ErrorKind::NotFound | ErrorKind::ConnectionRefused
+            ) =>
+        {
+            return Err(Unreachable::NoAgent);
+        }
+        Err(err) if err.kind() == ErrorKind::PermissionDenied => {
+            return Err(Unreachable::Other(anyhow!(
+                "permission denied on {}: the control socket is root-only; run as root",
+                socket.display()
+            )));
+        }
+        Err(err) => {
+            return Err(Unreachable::Other(
+                anyhow::Error::new(err).context(format!("connecting to {}", socket.display())),
+            ));
+        }
+    };
+    exchange(stream, request).map_err(Unreachable::Other)
+}
+
+/// Like [`call`], but "no agent" is an error telling the user how to start one.
+pub fn call_agent(socket: &Path, request: &Request) -> Result<Response> {
+    match call(socket, request) {
+        Ok(Response::Error { message }) => bail!("the agent refused: {message}"),
+        Ok(response) => Ok(response),
+        Err(Unreachable::NoAgent) => bail!(NO_AGENT),
+        Err(Unreachable::Other(err)) => Err(err),
+    }
+}
+
+fn exchange(mut stream: UnixStream, request: &Request) -> Result<Response> {
+    stream.set_read_timeout(Some(REPLY_TIMEOUT))?;
+    let mut line = serde_json::to_string(request)?;
+    line.push('\n');
+    stream
+        .write_all(line.as_bytes())
+        .context("sending the request to the agent")?;
+    let mut reply = String::new();
+    BufReader::new(stream)
+        .read_line(&mut reply)
+        .context("waiting for the agent's reply")?;
+    if reply.is_empty() {
+        bail!("the agent closed the connection without answering; see its log");
+    }
+    serde_json::from_str(&reply).with_context(|| format!("malformed reply from the agent: {reply}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_round_trip_as_tagged_json() {
+        let text = serde_json::to_string(&Request::Shutdown).unwrap();
+        assert_eq!(text, r#"{"op":"shutdown"}"#);
+        assert!(matches!(
+            serde_json::from_str::<Request>(r#"{"op":"status"}"#).unwrap(),
+            Request::Status
+        ));
+    }
+
+    #[test]
+    fn missing_socket_means_no_agent() {
+        let dir = std::env::temp_dir().join(format!("weave-api-test-{}", std::process::id()));
+        let result = call(&dir.join("absent.sock"), &Request::Status);
+        assert!(matches!(result, Err(Unreachable::NoAgent)), "{result:?}");
+        let err = call_agent(&dir.join("absent.sock"), &Request::Status).unwrap_err();
+        assert_eq!(err.to_string(), NO_AGENT);
+    }
+}

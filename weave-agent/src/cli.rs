@@ -1,0 +1,174 @@
+//! Command line: what users type, with help that teaches the walkthrough.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+const WALKTHROUGH: &str = "\
+Walkthrough (two hosts, as with Weave Net):
+  host A$ weave-agent launch
+  host B$ weave-agent join 192.168.56.101
+  host B$ weave-agent run 192.168.1.20/24 --name wet -it IMAGE sh
+  host A$ weave-agent run 192.168.1.10/24 -it IMAGE sh
+The two containers reach each other on their `ethwe` interfaces; containers in
+other subnets (e.g. 192.168.2.0/24) are isolated from them.
+
+One agent runs per network namespace: `ip netns exec HOST weave-agent status`
+talks to the agent of namespace HOST. Its control socket and state live in
+/run/weave-agent/<namespace>/, its pinned eBPF objects in
+/sys/fs/bpf/weave-agent/<namespace>/ of the initial mount namespace.";
+
+/// Weave Net-style container network across hosts, with the data path in eBPF.
+#[derive(Debug, Parser)]
+#[command(name = "weave-agent", version, after_help = WALKTHROUGH)]
+pub struct Cli {
+    /// More logging (-v debug, -vv trace). WEAVE_LOG=<filter> overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// State directory (control socket, log, persisted state).
+    /// Default: /run/weave-agent/<network namespace name>.
+    #[arg(long, global = true, env = "WEAVE_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Start the agent in this network namespace; returns once it answers.
+    ///
+    /// Loads the eBPF data path, attaches the XDP program to the underlay
+    /// interface and serves the control socket. The daemon runs in the
+    /// background and logs to <state dir>/agent.log; use --foreground under a
+    /// service manager.
+    #[command(
+        after_help = "Examples:\n  weave-agent launch\n  weave-agent launch --iface eth1\n  weave-agent launch 192.168.56.101   (launch and join a peer)"
+    )]
+    Launch(LaunchArgs),
+
+    /// Join the mesh through a peer: tells the running agent, or launches one.
+    #[command(after_help = "Example:\n  weave-agent join 192.168.56.101")]
+    Join {
+        /// Address of any agent already in the mesh (IP or IP:PORT, gossip port 6783).
+        #[arg(value_name = "ADDR")]
+        addr: String,
+        #[command(flatten)]
+        launch: LaunchArgs,
+    },
+
+    /// Create and start a Docker container attached to the overlay; prints its id.
+    #[command(
+        trailing_var_arg = true,
+        after_help = "Example:\n  weave-agent run 192.168.1.20/24 --name wet -it IMAGE sh"
+    )]
+    Run {
+        /// Overlay address of the container with its subnet, e.g. 192.168.1.20/24.
+        #[arg(value_name = "CIDR")]
+        cidr: String,
+        /// `docker run` options, then IMAGE [CMD...].
+        #[arg(
+            value_name = "DOCKER_RUN_ARGS",
+            allow_hyphen_values = true,
+            required = true
+        )]
+        docker_args: Vec<String>,
+    },
+
+    /// Give a running container an `ethwe` interface with CIDR on the overlay.
+    #[command(
+        after_help = "CONTAINER is a Docker name or id, pid:PID, netns:NAME (/run/netns/NAME) or a netns path.\n\nExample:\n  weave-agent attach 192.168.1.10/24 netns:ctr1"
+    )]
+    Attach {
+        /// Overlay address with its subnet, e.g. 192.168.1.10/24.
+        #[arg(value_name = "CIDR")]
+        cidr: String,
+        /// Docker name/id, pid:PID, netns:NAME or a netns path.
+        #[arg(value_name = "CONTAINER")]
+        container: String,
+        /// MTU of `ethwe` (default: underlay MTU - 50).
+        #[arg(long)]
+        mtu: Option<u32>,
+    },
+
+    /// Remove a container's `ethwe` and withdraw its address from the mesh.
+    Detach {
+        /// Docker name/id, pid:PID, netns:NAME or a netns path.
+        #[arg(value_name = "CONTAINER")]
+        container: String,
+    },
+
+    /// List the containers attached on this host (container, MAC, CIDR).
+    Ps(OutputArgs),
+
+    /// Show this agent: peer name, underlay, programs attached, counters.
+    Status(OutputArgs),
+
+    /// List the peers of the mesh: NAME ADDRESS STATE.
+    Peers(OutputArgs),
+
+    /// Stop the agent; the pinned data path keeps forwarding. Returns once it has exited.
+    Stop,
+
+    /// Stop the agent and remove everything it made: programs, pins, state.
+    Reset,
+}
+
+#[derive(Debug, Args, Clone, Default)]
+pub struct LaunchArgs {
+    /// Peers to join (IP or IP:PORT).
+    #[arg(value_name = "PEER")]
+    pub peers: Vec<String>,
+
+    /// Underlay interface. Default: the one carrying the default route, else the
+    /// only non-loopback interface with an IPv4 address.
+    #[arg(long, value_name = "IFACE")]
+    pub iface: Option<String>,
+
+    /// Peer nickname shown by `status` and `peers` (default: the namespace name).
+    #[arg(long)]
+    pub name: Option<String>,
+
+    /// Run in the foreground (for service managers); logs go to stderr.
+    #[arg(long)]
+    pub foreground: bool,
+}
+
+#[derive(Debug, Args, Clone, Copy, Default)]
+pub struct OutputArgs {
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn run_passes_docker_options_through() {
+        let cli = Cli::parse_from([
+            "weave-agent",
+            "run",
+            "192.168.1.20/24",
+            "--name",
+            "wet",
+            "-it",
+            "busybox",
+            "sh",
+        ]);
+        let Command::Run { cidr, docker_args } = cli.command else {
+            panic!("parsed as {:?}", cli.command);
+        };
+        assert_eq!(cidr, "192.168.1.20/24");
+        assert_eq!(docker_args, ["--name", "wet", "-it", "busybox", "sh"]);
+    }
+}

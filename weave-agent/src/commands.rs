@@ -1,0 +1,244 @@
+//! What each subcommand does on the CLI side.
+
+use std::{
+    fs::{self, File, OpenOptions},
+    io::{ErrorKind, Read as _},
+    os::{fd::AsRawFd as _, unix::process::CommandExt as _},
+    process::{Command as Process, Stdio},
+    sync::mpsc,
+    thread,
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{
+    api::{self, Request, Response, Unreachable},
+    bpffs,
+    cli::{Cli, Command, LaunchArgs, OutputArgs},
+    daemon, datapath,
+    location::Location,
+};
+
+/// How long `stop` waits for the daemon to exit after it agreed to.
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Descriptor number at which a launched daemon finds its readiness pipe.
+const READY_FD: i32 = 3;
+
+pub fn run(cli: Cli) -> Result<()> {
+    let loc = Location::resolve(cli.state_dir.clone())?;
+    let global = cli_state_dir_args(&cli);
+    match cli.command {
+        Command::Launch(args) if !args.peers.is_empty() => not_implemented("launch PEER..."),
+        Command::Launch(args) if args.foreground => daemon::run(&args, &loc),
+        Command::Launch(args) => launch(&global, &args, &loc),
+        Command::Status(out) => status(&loc, out),
+        Command::Stop => {
+            let pid = stop(&loc)?;
+            println!("weave-agent (pid {pid}) stopped; the data path stays attached");
+            Ok(())
+        }
+        Command::Reset => {
+            // Pins live in the host's mount namespace; enter it while still single-threaded.
+            bpffs::enter_host_mount_namespace()?;
+            reset(&loc)
+        }
+        Command::Join { .. } => not_implemented("join"),
+        Command::Run { .. } => not_implemented("run"),
+        Command::Attach { .. } => not_implemented("attach"),
+        Command::Detach { .. } => not_implemented("detach"),
+        Command::Ps(_) => not_implemented("ps"),
+        Command::Peers(_) => not_implemented("peers"),
+    }
+}
+
+fn not_implemented(what: &str) -> Result<()> {
+    bail!("`weave-agent {what}` is not implemented yet")
+}
+
+/// Global flags the daemon must see exactly as this invocation did.
+fn cli_state_dir_args(cli: &Cli) -> Vec<String> {
+    cli.state_dir
+        .iter()
+        .flat_map(|dir| ["--state-dir".to_owned(), dir.display().to_string()])
+        .collect()
+}
+
+/// Starts the daemon in the background and returns once it answers on its socket.
+fn launch(global: &[String], args: &LaunchArgs, loc: &Location) -> Result<()> {
+    if let Ok(Response::Status(status)) = api::call(&loc.socket(), &Request::Status) {
+        bail!(
+            "an agent is already running in network namespace {} (pid {}); \
+             `weave-agent stop` first to relaunch it",
+            loc.netns,
+            status.pid
+        );
+    }
+    loc.create_state_dir()?;
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(loc.log_file())
+        .with_context(|| format!("opening log file {}", loc.log_file().display()))?;
+    let (mut ready_read, ready_write) = std::io::pipe().context("creating the readiness pipe")?;
+
+    let mut daemon = Process::new(std::env::current_exe().context("locating this executable")?);
+    daemon.args(global).arg("launch").arg("--foreground");
+    if let Some(iface) = &args.iface {
+        daemon.args(["--iface", iface]);
+    }
+    if let Some(name) = &args.name {
+        daemon.args(["--name", name]);
+    }
+    daemon
+        .args(&args.peers)
+        .env(daemon::READY_FD_ENV, READY_FD.to_string())
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    let write_fd = ready_write.as_raw_fd();
+    // SAFETY: between fork and exec only async-signal-safe calls: dup2 and setsid.
+    unsafe {
+        daemon.pre_exec(move || {
+            // dup2 clears close-on-exec on the copy, so the daemon inherits exactly this end;
+            // if the pipe already sits at READY_FD, dup2 is a no-op and we clear it ourselves.
+            let moved = if write_fd == READY_FD {
+                libc::fcntl(READY_FD, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(write_fd, READY_FD)
+            };
+            if moved < 0 || libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = daemon.spawn().context("starting the agent daemon")?;
+    drop(ready_write);
+
+    // EOF comes when the daemon has reported, or died without reporting.
+    let mut report = String::new();
+    ready_read
+        .read_to_string(&mut report)
+        .context("waiting for the agent to start")?;
+    if report.trim() != "ready" {
+        let _ = child.wait();
+        let reason = report
+            .trim()
+            .strip_prefix("error: ")
+            .map(str::to_owned)
+            .unwrap_or_else(|| format!("it exited early; see {}", loc.log_file().display()));
+        bail!("the agent failed to start: {reason}");
+    }
+    // Ready was reported after the socket was bound; prove it answers before returning.
+    let Response::Status(status) = api::call_agent(&loc.socket(), &Request::Status)? else {
+        bail!("the agent started but answered status with something else");
+    };
+    println!(
+        "weave-agent {} started (pid {}) in network namespace {}: underlay {} {}",
+        status.version, status.pid, status.netns, status.underlay.name, status.underlay.address
+    );
+    Ok(())
+}
+
+fn status(loc: &Location, out: OutputArgs) -> Result<()> {
+    let Response::Status(status) = api::call_agent(&loc.socket(), &Request::Status)? else {
+        bail!("the agent answered status with something else");
+    };
+    if out.json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+        return Ok(());
+    }
+    let s = &status;
+    println!("        Version: weave-agent {} (pid {})", s.version, s.pid);
+    println!("      Peer name: {} ({})", s.peer_name, s.nickname);
+    println!("      Namespace: {}", s.netns);
+    println!(
+        "       Underlay: {} (index {}) {}, MTU {}{}",
+        s.underlay.name,
+        s.underlay.ifindex,
+        s.underlay.address,
+        s.underlay.mtu,
+        s.underlay
+            .kind
+            .as_deref()
+            .map(|k| format!(", {k}"))
+            .unwrap_or_default()
+    );
+    println!("          State: {}", s.state_dir);
+    println!("           Pins: {}", s.pin_dir);
+    println!("       Programs:");
+    for p in &s.programs {
+        println!("                 {} (id {}): {}", p.name, p.id, p.attached);
+    }
+    println!("       Counters:");
+    for (name, c) in &s.counters {
+        println!(
+            "                 {name:<16} {:>12} packets {:>14} bytes",
+            c.packets, c.bytes
+        );
+    }
+    Ok(())
+}
+
+/// Asks the daemon to exit and waits until it has. Returns its pid.
+fn stop(loc: &Location) -> Result<u32> {
+    let Response::ShuttingDown { pid } = api::call_agent(&loc.socket(), &Request::Shutdown)? else {
+        bail!("the agent answered stop with something else");
+    };
+    wait_for_exit(loc)?;
+    if loc.socket().exists() {
+        bail!(
+            "the agent (pid {pid}) exited but left {} behind",
+            loc.socket().display()
+        );
+    }
+    Ok(pid)
+}
+
+/// The daemon holds an exclusive lock on its lock file until the kernel tears the process
+/// down; getting a shared lock therefore means it has exited.
+fn wait_for_exit(loc: &Location) -> Result<()> {
+    let lock = File::open(loc.lock_file())
+        .with_context(|| format!("opening {}", loc.lock_file().display()))?;
+    let (done, exited) = mpsc::channel();
+    thread::spawn(move || {
+        let _ = done.send(lock.lock_shared());
+    });
+    match exited.recv_timeout(STOP_TIMEOUT) {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(err)) => Err(err).context("waiting for the agent to exit"),
+        Err(_) => bail!(
+            "the agent did not exit within {}s; see {}",
+            STOP_TIMEOUT.as_secs(),
+            loc.log_file().display()
+        ),
+    }
+}
+
+/// Stops the agent if it runs, then removes its pins (detaching its programs) and state.
+fn reset(loc: &Location) -> Result<()> {
+    match api::call(&loc.socket(), &Request::Status) {
+        Ok(_) => {
+            stop(loc)?;
+        }
+        Err(Unreachable::NoAgent) => {}
+        Err(Unreachable::Other(err)) => return Err(err),
+    }
+    let pins = datapath::remove_pins(&loc.pin_dir)?;
+    match fs::remove_dir_all(&loc.state_dir) {
+        Ok(()) => {}
+        Err(err) if err.kind() == ErrorKind::NotFound => {}
+        Err(err) => {
+            return Err(err)
+                .with_context(|| format!("removing state directory {}", loc.state_dir.display()));
+        }
+    }
+    println!(
+        "weave-agent reset in network namespace {}: removed {} pins and {}",
+        loc.netns,
+        pins.len(),
+        loc.state_dir.display()
+    );
+    Ok(())
+}
