@@ -1,0 +1,264 @@
+//! Test hosts made of network namespaces, driving the real `weave-agent` binary through
+//! `ip netns exec` exactly as a user would.
+//!
+//! Everything a [`Host`] creates (its namespace, links, agent state and bpffs pins) is removed
+//! when it is dropped, also when a test fails half-way.
+
+use std::{
+    ffi::OsStr,
+    fmt::Write as _,
+    path::{Path, PathBuf},
+    process::{Command, Output},
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use anyhow::{Context as _, Result, bail, ensure};
+
+/// Where the agent keeps per-namespace state and pins (documented in the README).
+pub const STATE_ROOT: &str = "/run/weave-agent";
+pub const PIN_ROOT: &str = "/sys/fs/bpf/weave-agent";
+
+/// The agent binary under test: `WEAVE_AGENT_BIN`, else `weave-agent` next to the test's
+/// own target directory (target/debug/deps/<test> -> target/debug/weave-agent).
+pub fn agent_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("WEAVE_AGENT_BIN") {
+        return PathBuf::from(bin);
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in target/<profile>/deps");
+    profile_dir.join("weave-agent")
+}
+
+/// Fails the test with a clear message unless we can make namespaces.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "integration tests create network namespaces and load eBPF: run them as root \
+         (`cargo xtask test` does)"
+    );
+    let bin = agent_bin();
+    assert!(
+        bin.is_file(),
+        "{} does not exist: build it first (`cargo xtask build` or `cargo xtask test`)",
+        bin.display()
+    );
+}
+
+/// A namespace name unique to this process and call, short enough for tools' limits.
+pub fn unique_name(tag: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("wt{}{}{tag}", std::process::id() % 100_000, n)
+}
+
+/// Runs a command, returning its output whatever the exit status.
+pub fn run<I, S>(program: &str, args: I) -> Result<Output>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let mut cmd = Command::new(program);
+    cmd.args(args);
+    cmd.output()
+        .with_context(|| format!("running {program} (is it installed? `cargo xtask setup`)"))
+}
+
+/// Runs a command and fails unless it exits 0.
+pub fn run_ok<I, S>(program: &str, args: I) -> Result<String>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let args: Vec<_> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
+    let out = run(program, &args)?;
+    ensure!(
+        out.status.success(),
+        "`{program} {}` failed ({}): {}{}",
+        args.iter()
+            .map(|a| a.to_string_lossy())
+            .collect::<Vec<_>>()
+            .join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A network namespace standing in for a host, with its own agent.
+pub struct Host {
+    pub name: String,
+    /// Print each command as a user would type it, with its output (the demo).
+    pub verbose: bool,
+}
+
+impl Host {
+    /// Creates the namespace with loopback up. `ip netns add` can fail spuriously right after
+    /// other namespaces were deleted ("Bind /proc/self/ns/net ... failed"), so retry it.
+    pub fn new(name: &str) -> Result<Self> {
+        let mut last = String::new();
+        for _ in 0..5 {
+            let out = run("ip", ["netns", "add", name])?;
+            if out.status.success() {
+                let host = Self {
+                    name: name.to_owned(),
+                    verbose: false,
+                };
+                host.ip(["link", "set", "lo", "up"])?;
+                return Ok(host);
+            }
+            last = String::from_utf8_lossy(&out.stderr).into_owned();
+            if last.contains("File exists") {
+                break;
+            }
+            // The failed attempt may have left the mount point behind.
+            let _ = run("ip", ["netns", "del", name]);
+        }
+        bail!("ip netns add {name} failed: {last}")
+    }
+
+    /// `ip -n NAME ARGS...`
+    pub fn ip<I, S>(&self, args: I) -> Result<String>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut all: Vec<std::ffi::OsString> = vec!["-n".into(), self.name.clone().into()];
+        all.extend(args.into_iter().map(|a| a.as_ref().to_owned()));
+        run_ok("ip", all)
+    }
+
+    /// Runs a program inside the host (`ip netns exec`), whatever its exit status.
+    pub fn exec(&self, program: &str, args: &[&str]) -> Result<Output> {
+        let mut all = vec!["netns", "exec", &self.name, program];
+        all.extend_from_slice(args);
+        let out = run("ip", &all)?;
+        if self.verbose {
+            self.show(program, args, &out);
+        }
+        Ok(out)
+    }
+
+    /// Runs `weave-agent ARGS...` inside the host, whatever its exit status.
+    pub fn agent(&self, args: &[&str]) -> Result<Output> {
+        let bin = agent_bin();
+        let out = {
+            let mut all = vec!["netns", "exec", &self.name];
+            let bin = bin.to_str().context("agent path is not UTF-8")?;
+            all.push(bin);
+            all.extend_from_slice(args);
+            run("ip", &all)?
+        };
+        if self.verbose {
+            self.show("weave-agent", args, &out);
+        }
+        Ok(out)
+    }
+
+    /// Runs `weave-agent ARGS...` and fails unless it exits 0; returns stdout.
+    pub fn agent_ok(&self, args: &[&str]) -> Result<String> {
+        let out = self.agent(args)?;
+        ensure!(
+            out.status.success(),
+            "`weave-agent {}` in {} failed ({}): {}{}",
+            args.join(" "),
+            self.name,
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// `weave-agent status --json`, parsed.
+    pub fn status(&self) -> Result<serde_json::Value> {
+        let text = self.agent_ok(&["status", "--json"])?;
+        serde_json::from_str(&text).with_context(|| format!("status --json gave: {text}"))
+    }
+
+    /// Packets counted so far in counter `name`, as `status` reports it.
+    pub fn counter_packets(&self, name: &str) -> Result<u64> {
+        let status = self.status()?;
+        status["counters"][name]["packets"]
+            .as_u64()
+            .with_context(|| format!("no counter {name} in status: {status}"))
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        Path::new(STATE_ROOT).join(&self.name)
+    }
+
+    pub fn pin_dir(&self) -> PathBuf {
+        Path::new(PIN_ROOT).join(&self.name)
+    }
+
+    fn show(&self, program: &str, args: &[&str], out: &Output) {
+        let mut text = format!("{}$ {program} {}\n", self.name, args.join(" "));
+        for stream in [&out.stdout, &out.stderr] {
+            for line in String::from_utf8_lossy(stream).lines() {
+                let _ = writeln!(text, "    {line}");
+            }
+        }
+        if !out.status.success() {
+            let _ = writeln!(text, "    ({})", out.status);
+        }
+        print!("{text}");
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        // The agent's own reset first (stops it, detaches its programs, removes its state),
+        // then whatever a crashed agent or test left behind.
+        let _ = run(
+            "ip",
+            [
+                OsStr::new("netns"),
+                OsStr::new("exec"),
+                OsStr::new(&self.name),
+                agent_bin().as_os_str(),
+                OsStr::new("reset"),
+            ],
+        );
+        let _ = std::fs::remove_dir_all(self.pin_dir());
+        let _ = std::fs::remove_dir_all(self.state_dir());
+        let _ = run("ip", ["netns", "del", &self.name]);
+    }
+}
+
+/// Two hosts on one underlay segment: a veth pair named `eth0` on both ends, addresses
+/// 192.168.56.101/24 and .102/24 (the Weave walkthrough's hosts).
+pub fn two_hosts(a: &str, b: &str) -> Result<(Host, Host)> {
+    let host_a = Host::new(a)?;
+    let host_b = Host::new(b)?;
+    host_a.ip([
+        "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", b,
+    ])?;
+    for (host, addr) in [
+        (&host_a, "192.168.56.101/24"),
+        (&host_b, "192.168.56.102/24"),
+    ] {
+        host.ip(["addr", "add", addr, "dev", "eth0"])?;
+        host.ip(["link", "set", "eth0", "up"])?;
+    }
+    Ok((host_a, host_b))
+}
+
+/// XDP program attached to `dev` in `host`, as the kernel reports it over netlink
+/// (`ip -d -j link`): (program name, attach mode; 1 = driver, 2 = generic/skb).
+pub fn xdp_attachment(host: &Host, dev: &str) -> Result<Option<(String, u64)>> {
+    let text = host.ip(["-d", "-j", "link", "show", "dev", dev])?;
+    let json: serde_json::Value = serde_json::from_str(&text)?;
+    let xdp = &json[0]["xdp"];
+    if xdp.is_null() {
+        return Ok(None);
+    }
+    let name = xdp["prog"]["name"].as_str().unwrap_or_default().to_owned();
+    let mode = xdp["mode"].as_u64().unwrap_or_default();
+    Ok(Some((name, mode)))
+}

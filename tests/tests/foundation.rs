@@ -1,0 +1,185 @@
+//! The agent's life cycle on namespace hosts: launch attaches XDP (checked with the kernel, not
+//! the agent), traffic moves the counters, stop leaves the pinned data path, reset removes it.
+
+use anyhow::Result;
+use weave_tests::{Host, require_root, two_hosts, unique_name, xdp_attachment};
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn launch_attaches_xdp_counts_traffic_stop_keeps_it_reset_removes_it() -> Result<()> {
+    require_root();
+    let (a, b) = two_hosts(&unique_name("a"), &unique_name("b"))?;
+
+    // One agent per namespace on the same machine, no flags.
+    a.agent_ok(&["launch"])?;
+    b.agent_ok(&["launch"])?;
+
+    // The kernel, not the agent, says XDP is attached, in generic mode on a veth underlay.
+    for host in [&a, &b] {
+        let attached = xdp_attachment(host, "eth0")?;
+        assert_eq!(
+            attached,
+            Some(("underlay_xdp".to_owned(), 2)),
+            "XDP on {}/eth0",
+            host.name
+        );
+    }
+
+    let status = a.status()?;
+    assert_eq!(status["underlay"]["name"], "eth0");
+    assert_eq!(status["underlay"]["address"], "192.168.56.101/24");
+    assert_eq!(status["netns"], a.name.as_str());
+
+    let before = a.counter_packets("underlay_rx")?;
+    let ping = b.exec(
+        "ping",
+        &["-c", "5", "-i", "0.2", "-W", "2", "192.168.56.101"],
+    )?;
+    assert!(ping.status.success(), "ping failed: {}", stderr(&ping));
+    let after = a.counter_packets("underlay_rx")?;
+    assert!(
+        after >= before + 5,
+        "5 echo requests crossed a's XDP program but underlay_rx went {before} -> {after}"
+    );
+
+    // stop returns only once the daemon is gone and its socket with it.
+    let pid = status["pid"].as_u64().expect("status has a pid");
+    a.agent_ok(&["stop"])?;
+    assert!(
+        !a.state_dir().join("agent.sock").exists(),
+        "socket left behind"
+    );
+    let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    assert!(
+        state.is_empty() || state.contains(") Z "),
+        "daemon {pid} still running after stop: {state}"
+    );
+    let out = a.agent(&["status"])?;
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("no agent running here"),
+        "{}",
+        stderr(&out)
+    );
+
+    // The pinned data path keeps working without the daemon...
+    assert!(xdp_attachment(&a, "eth0")?.is_some(), "XDP gone after stop");
+    assert!(a.pin_dir().exists(), "pins gone after stop");
+
+    // ...and a relaunch adopts the pinned counters instead of starting from zero.
+    a.agent_ok(&["launch"])?;
+    assert!(a.counter_packets("underlay_rx")? >= after);
+
+    // reset removes everything: the kernel no longer has the XDP program, no pins, no state.
+    a.agent_ok(&["reset"])?;
+    assert_eq!(
+        xdp_attachment(&a, "eth0")?,
+        None,
+        "XDP still attached after reset"
+    );
+    assert!(!a.pin_dir().exists(), "pins left after reset");
+    assert!(!a.state_dir().exists(), "state left after reset");
+    Ok(())
+}
+
+#[test]
+fn commands_without_an_agent_say_how_to_start_one() -> Result<()> {
+    require_root();
+    let host = Host::new(&unique_name("n"))?;
+    for cmd in [&["status"][..], &["stop"], &["status", "--json"]] {
+        let out = host.agent(cmd)?;
+        assert!(!out.status.success(), "{cmd:?} succeeded without an agent");
+        assert!(
+            stderr(&out).contains("no agent running here; start one with `weave-agent launch`"),
+            "{cmd:?}: {}",
+            stderr(&out)
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn second_launch_in_a_namespace_is_refused() -> Result<()> {
+    require_root();
+    let (a, _b) = two_hosts(&unique_name("a"), &unique_name("b"))?;
+    a.agent_ok(&["launch"])?;
+    let out = a.agent(&["launch"])?;
+    assert!(!out.status.success(), "second launch succeeded");
+    assert!(stderr(&out).contains("already running"), "{}", stderr(&out));
+    // The first agent is unharmed.
+    a.status()?;
+    Ok(())
+}
+
+#[test]
+fn ambiguous_or_unusable_underlay_is_refused_with_a_hint() -> Result<()> {
+    require_root();
+    let host = Host::new(&unique_name("m"))?;
+    // This kernel has no dummy devices; a veth pair inside the namespace does as well.
+    host.ip(["link", "add", "d0", "type", "veth", "peer", "name", "d1"])?;
+    for (dev, addr) in [("d0", "10.1.0.1/24"), ("d1", "10.2.0.1/24")] {
+        host.ip(["addr", "add", addr, "dev", dev])?;
+        host.ip(["link", "set", dev, "up"])?;
+    }
+    let out = host.agent(&["launch"])?;
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("d0, d1") && err.contains("--iface"), "{err}");
+
+    let out = host.agent(&["launch", "--iface", "nope0"])?;
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("no interface named nope0"),
+        "{}",
+        stderr(&out)
+    );
+    // Nothing was left running by the failed launches.
+    assert!(!host.state_dir().join("agent.sock").exists());
+    Ok(())
+}
+
+#[test]
+fn unbuilt_subcommands_fail_honestly() -> Result<()> {
+    require_root();
+    let host = Host::new(&unique_name("u"))?;
+    for cmd in [
+        &["join", "192.168.56.101"][..],
+        &["run", "192.168.1.20/24", "-it", "img", "sh"],
+        &["attach", "192.168.1.10/24", "netns:x"],
+        &["detach", "netns:x"],
+        &["ps"],
+        &["peers"],
+        &["launch", "192.168.56.101"],
+    ] {
+        let out = host.agent(cmd)?;
+        assert!(!out.status.success(), "{cmd:?} claimed success");
+        assert!(
+            stderr(&out).contains("not implemented yet"),
+            "{cmd:?}: {}",
+            stderr(&out)
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn every_subcommand_has_help() -> Result<()> {
+    require_root();
+    let bin = weave_tests::agent_bin();
+    for sub in [
+        "launch", "join", "run", "attach", "detach", "ps", "status", "peers", "stop", "reset",
+    ] {
+        let out = weave_tests::run(bin.to_str().unwrap(), [sub, "--help"])?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.contains("Usage: weave-agent"),
+            "{sub}: {text}"
+        );
+    }
+    let out = weave_tests::run(bin.to_str().unwrap(), ["--help"])?;
+    assert!(String::from_utf8_lossy(&out.stdout).contains("weave-agent join 192.168.56.101"));
+    Ok(())
+}

@@ -1,0 +1,114 @@
+//! `cargo xtask ...`: everything from a brand-new machine to a tested agent.
+
+mod demo;
+mod ebpf;
+mod progress;
+mod setup;
+mod test;
+
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", about = "weave-agent project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Install what building and testing need (apt packages, bpf-linker, an eBPF toolchain).
+    /// Idempotent; quick when everything is present.
+    Setup,
+    /// Compile weave-ebpf for bpfel-unknown-none into target/ebpf/weave-ebpf.o.
+    BuildEbpf {
+        #[arg(long)]
+        release: bool,
+    },
+    /// build-ebpf, then the weave-agent binary that embeds the object.
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// setup, build-ebpf, fmt, clippy, unit and integration tests (needs root).
+    Test,
+    /// The walkthrough on namespace hosts scvmu01/scvmu02, printed as a user would type it.
+    Demo,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.task {
+        Task::Setup => setup::run().map(|_| ()),
+        Task::BuildEbpf { release } => ebpf::build(release).map(|_| ()),
+        Task::Build { release } => ebpf::build(release).and_then(|_| build_agent(release)),
+        Task::Test => test::run(),
+        Task::Demo => demo::run(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The workspace root (xtask's manifest lives one level below it).
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask sits inside the workspace")
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"))
+}
+
+/// Path of the agent binary `build_agent` produces.
+fn agent_path(release: bool) -> PathBuf {
+    target_dir()
+        .join(if release { "release" } else { "debug" })
+        .join("weave-agent")
+}
+
+fn build_agent(release: bool) -> anyhow::Result<()> {
+    let step = progress::step("building weave-agent");
+    let mut cargo = cargo();
+    cargo.args(["build", "-p", "weave-agent"]);
+    if release {
+        cargo.arg("--release");
+    }
+    progress::run(&mut cargo)?;
+    step.finish();
+    Ok(())
+}
+
+/// The same `cargo` that runs this xtask, for nested builds.
+fn cargo() -> std::process::Command {
+    nested(std::env::var_os("CARGO").unwrap_or("cargo".into()))
+}
+
+/// A command run at the workspace root, free of the toolchain variables the outer
+/// `cargo xtask` set for itself (they would pin nested builds to the wrong rustc).
+fn nested(program: impl AsRef<std::ffi::OsStr>) -> std::process::Command {
+    let mut cmd = std::process::Command::new(program);
+    cmd.current_dir(root());
+    for var in [
+        "RUSTC",
+        "RUSTC_WRAPPER",
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "RUSTUP_TOOLCHAIN",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd
+}

@@ -1,0 +1,41 @@
+//! `cargo xtask test`: from a bare machine to every check CI runs.
+
+use anyhow::{Result, ensure};
+
+use crate::{agent_path, build_agent, ebpf, progress, setup};
+
+pub fn run() -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    ensure!(
+        euid == 0,
+        "`cargo xtask test` installs packages and makes network namespaces: run it as root"
+    );
+    setup::run()?;
+    ebpf::build(true)?;
+
+    let step = progress::step("cargo fmt --check");
+    progress::run(crate::cargo().args(["fmt", "--all", "--", "--check"]))?;
+    step.finish();
+
+    let step = progress::step("cargo clippy --all-targets -- -D warnings");
+    progress::run(crate::cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
+    step.finish();
+
+    build_agent(false)?;
+
+    let step = progress::step("cargo test (unit and integration tests)");
+    let totals = progress::run_counting_tests(
+        crate::cargo()
+            .arg("test")
+            .env("WEAVE_AGENT_BIN", agent_path(false)),
+    )?;
+    if totals.failed == 0 {
+        step.finish();
+    }
+    // One closing line for the whole run, however many test binaries cargo ran.
+    println!("tests: {} passed, {} failed", totals.passed, totals.failed);
+    ensure!(totals.failed == 0, "{} tests failed", totals.failed);
+    ensure!(totals.passed > 0, "no test ran");
+    Ok(())
+}
