@@ -145,23 +145,13 @@ fn ambiguous_or_unusable_underlay_is_refused_with_a_hint() -> Result<()> {
 fn unbuilt_subcommands_fail_honestly() -> Result<()> {
     require_root();
     let host = Host::new(&unique_name("u"))?;
-    for cmd in [
-        &["join", "192.168.56.101"][..],
-        &["run", "192.168.1.20/24", "-it", "img", "sh"],
-        &["attach", "192.168.1.10/24", "netns:x"],
-        &["detach", "netns:x"],
-        &["ps"],
-        &["peers"],
-        &["launch", "192.168.56.101"],
-    ] {
-        let out = host.agent(cmd)?;
-        assert!(!out.status.success(), "{cmd:?} claimed success");
-        assert!(
-            stderr(&out).contains("not implemented yet"),
-            "{cmd:?}: {}",
-            stderr(&out)
-        );
-    }
+    let out = host.agent(&["run", "192.168.1.20/24", "-it", "img", "sh"])?;
+    assert!(!out.status.success(), "run claimed success");
+    assert!(
+        stderr(&out).contains("not implemented yet"),
+        "{}",
+        stderr(&out)
+    );
     Ok(())
 }
 

@@ -5,7 +5,7 @@ use std::{
     collections::BTreeMap,
     io::{BufRead as _, BufReader, ErrorKind, Write as _},
     os::unix::net::UnixStream,
-    path::Path,
+    path::{Path, PathBuf},
     time::Duration,
 };
 
@@ -20,6 +20,24 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum Request {
     Status,
     Shutdown,
+    /// Attach `cidr` to the container whose network namespace file is `netns`.
+    Attach {
+        cidr: String,
+        container: String,
+        netns: PathBuf,
+        mtu: Option<u32>,
+    },
+    /// Detach every endpoint of `container` (as named at attach, or by its netns file).
+    Detach {
+        container: String,
+        netns: Option<PathBuf>,
+    },
+    Ps,
+    Peers,
+    /// Connect to another peer (IP, IP:PORT, HOST) and keep retrying until it answers.
+    Join {
+        peer: String,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -27,7 +45,41 @@ pub enum Request {
 pub enum Response {
     Status(Box<Status>),
     ShuttingDown { pid: u32 },
+    Attached { endpoint: EndpointInfo },
+    Detached { endpoints: Vec<EndpointInfo> },
+    Endpoints { endpoints: Vec<EndpointInfo> },
+    Peers { peers: Vec<PeerInfo> },
+    Joined { address: String },
     Error { message: String },
+}
+
+/// An endpoint attached on this host, as `ps` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EndpointInfo {
+    pub container: String,
+    pub mac: String,
+    pub cidr: String,
+    pub host_veth: String,
+    pub mtu: u32,
+}
+
+/// Another peer of the mesh, as `peers` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PeerInfo {
+    pub name: String,
+    pub nickname: String,
+    /// Underlay address.
+    pub address: String,
+    /// `alive`, `dead`, or `connecting` (a peer given to launch/join that has not answered).
+    pub state: String,
+    pub endpoints: usize,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EndpointCounts {
+    /// Entries in the kernel's endpoint map, by kind.
+    pub local: usize,
+    pub remote: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -42,6 +94,14 @@ pub struct Status {
     pub pin_dir: String,
     pub underlay: Underlay,
     pub programs: Vec<Program>,
+    /// VXLAN (external mode) device carrying the overlay.
+    pub vxlan: String,
+    /// Default MTU of `ethwe` (underlay MTU - 50).
+    pub mtu: u32,
+    pub endpoints: EndpointCounts,
+    pub peers: Vec<PeerInfo>,
+    /// Addresses claimed by more than one host.
+    pub conflicts: Vec<String>,
     pub counters: BTreeMap<String, Counter>,
 }
 

@@ -13,11 +13,13 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 use crate::{
+    addressing::Cidr,
     api::{self, Request, Response, Unreachable},
     bpffs,
     cli::{Cli, Command, LaunchArgs, OutputArgs},
-    daemon, datapath,
+    container, daemon, datapath, gossip,
     location::Location,
+    netlink,
 };
 
 /// How long `stop` waits for the daemon to exit after it agreed to.
@@ -29,7 +31,6 @@ pub fn run(cli: Cli) -> Result<()> {
     let loc = Location::resolve(cli.state_dir.clone())?;
     let global = cli_state_dir_args(&cli);
     match cli.command {
-        Command::Launch(args) if !args.peers.is_empty() => not_implemented("launch PEER..."),
         Command::Launch(args) if args.foreground => daemon::run(&args, &loc),
         Command::Launch(args) => launch(&global, &args, &loc),
         Command::Status(out) => status(&loc, out),
@@ -43,13 +44,111 @@ pub fn run(cli: Cli) -> Result<()> {
             bpffs::enter_host_mount_namespace()?;
             reset(&loc)
         }
-        Command::Join { .. } => not_implemented("join"),
+        Command::Join { addr, mut launch } => join(&global, &addr, &mut launch, &loc),
         Command::Run { .. } => not_implemented("run"),
-        Command::Attach { .. } => not_implemented("attach"),
-        Command::Detach { .. } => not_implemented("detach"),
-        Command::Ps(_) => not_implemented("ps"),
-        Command::Peers(_) => not_implemented("peers"),
+        Command::Attach {
+            cidr,
+            container,
+            mtu,
+        } => attach(&loc, &cidr, &container, mtu),
+        Command::Detach { container } => detach(&loc, &container),
+        Command::Ps(out) => ps(&loc, out),
+        Command::Peers(out) => peers(&loc, out),
     }
+}
+
+/// Tells the running agent to connect to `addr`, or launches one that does.
+fn join(global: &[String], addr: &str, launch_args: &mut LaunchArgs, loc: &Location) -> Result<()> {
+    gossip::peer_addr(addr)?;
+    match api::call(
+        &loc.socket(),
+        &Request::Join {
+            peer: addr.to_owned(),
+        },
+    ) {
+        Ok(Response::Joined { address }) => {
+            println!("joining the mesh through {address}");
+            Ok(())
+        }
+        Ok(Response::Error { message }) => bail!("the agent refused: {message}"),
+        Ok(other) => bail!("the agent answered join with {other:?}"),
+        Err(Unreachable::NoAgent) => {
+            launch_args.peers.push(addr.to_owned());
+            launch(global, launch_args, loc)
+        }
+        Err(Unreachable::Other(err)) => Err(err),
+    }
+}
+
+fn attach(loc: &Location, cidr: &str, container_arg: &str, mtu: Option<u32>) -> Result<()> {
+    // Refuse bad input before anything is changed anywhere.
+    let parsed: Cidr = cidr.parse()?;
+    let netns = container::netns_path(container_arg)?;
+    let request = Request::Attach {
+        cidr: parsed.to_string(),
+        container: container_arg.to_owned(),
+        netns,
+        mtu,
+    };
+    let Response::Attached { endpoint } = api::call_agent(&loc.socket(), &request)? else {
+        bail!("the agent answered attach with something else");
+    };
+    println!(
+        "{} {} {} (ethwe, MTU {})",
+        endpoint.container, endpoint.mac, endpoint.cidr, endpoint.mtu
+    );
+    Ok(())
+}
+
+fn detach(loc: &Location, container_arg: &str) -> Result<()> {
+    let request = Request::Detach {
+        container: container_arg.to_owned(),
+        netns: container::netns_path(container_arg).ok(),
+    };
+    let Response::Detached { endpoints } = api::call_agent(&loc.socket(), &request)? else {
+        bail!("the agent answered detach with something else");
+    };
+    for ep in endpoints {
+        println!("{} {} {} detached", ep.container, ep.mac, ep.cidr);
+    }
+    Ok(())
+}
+
+fn ps(loc: &Location, out: OutputArgs) -> Result<()> {
+    let Response::Endpoints { endpoints } = api::call_agent(&loc.socket(), &Request::Ps)? else {
+        bail!("the agent answered ps with something else");
+    };
+    if out.json {
+        println!("{}", serde_json::to_string_pretty(&endpoints)?);
+        return Ok(());
+    }
+    for ep in endpoints {
+        println!("{} {} {}", ep.container, ep.mac, ep.cidr);
+    }
+    Ok(())
+}
+
+fn peers(loc: &Location, out: OutputArgs) -> Result<()> {
+    let Response::Peers { peers } = api::call_agent(&loc.socket(), &Request::Peers)? else {
+        bail!("the agent answered peers with something else");
+    };
+    if out.json {
+        let list: Vec<_> = peers
+            .iter()
+            .map(|p| serde_json::json!({"name": p.name, "address": p.address, "state": p.state}))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(());
+    }
+    for p in peers {
+        let name = if p.name.is_empty() {
+            "-".to_owned()
+        } else {
+            format!("{}({})", p.name, p.nickname)
+        };
+        println!("{name} {} {}", p.address, p.state);
+    }
+    Ok(())
 }
 
 fn not_implemented(what: &str) -> Result<()> {
@@ -226,6 +325,7 @@ fn reset(loc: &Location) -> Result<()> {
         Err(Unreachable::Other(err)) => return Err(err),
     }
     let pins = datapath::remove_pins(&loc.pin_dir)?;
+    let links = remove_links()?;
     match fs::remove_dir_all(&loc.state_dir) {
         Ok(()) => {}
         Err(err) if err.kind() == ErrorKind::NotFound => {}
@@ -235,10 +335,30 @@ fn reset(loc: &Location) -> Result<()> {
         }
     }
     println!(
-        "weave-agent reset in network namespace {}: removed {} pins and {}",
+        "weave-agent reset in network namespace {}: removed {} pins, {} links and {}",
         loc.netns,
         pins.len(),
+        links.len(),
         loc.state_dir.display()
     );
     Ok(())
+}
+
+/// Deletes the links the agent makes in this namespace: the VXLAN device and the host ends of
+/// container veths (deleting those removes `ethwe` in the containers too).
+fn remove_links() -> Result<Vec<String>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let handle = netlink::connect()?;
+        let mut removed = Vec::new();
+        for link in netlink::links(&handle).await? {
+            let ours = link.name == daemon::VXLAN_DEVICE || link.name.starts_with("vethwe");
+            if ours && netlink::delete_link(&handle, &link.name).await? {
+                removed.push(link.name);
+            }
+        }
+        Ok(removed)
+    })
 }

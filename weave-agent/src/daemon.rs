@@ -1,31 +1,40 @@
 //! The agent daemon: owns the data path and answers the control socket until told to stop.
 
 use std::{
+    collections::{BTreeMap, BTreeSet},
     fs::{self, File, OpenOptions, TryLockError},
     io::Write as _,
+    net::{Ipv4Addr, SocketAddr},
     os::{
         fd::{FromRawFd as _, RawFd},
         unix::fs::PermissionsExt as _,
     },
     path::Path,
-    sync::{Arc, Mutex},
+    sync::Arc,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
+use chitchat::transport::UdpTransport;
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
     net::{UnixListener, UnixStream},
     signal::unix::{SignalKind, signal},
-    sync::watch,
+    sync::{Mutex, watch},
 };
+use weave_common::{OVERLAY_OVERHEAD, VXLAN_PORT, endpoint::Endpoint};
 
 use crate::{
+    addressing::{Cidr, format_mac},
     api::{self, Request, Response},
     bpffs,
     cli::LaunchArgs,
+    container,
     datapath::Datapath,
+    gossip::{self, Gossip, PeerView},
     location::Location,
     netlink,
+    state::{self, LocalEndpoint, State},
 };
 
 /// Environment variable naming the pipe on which a foreground daemon reports readiness to the
@@ -75,10 +84,37 @@ fn run_inner(args: &LaunchArgs, loc: &Location, ready: &mut Option<File>) -> Res
     result
 }
 
+/// Name of the overlay's VXLAN device (Weave's fastdp used the same).
+pub const VXLAN_DEVICE: &str = "vxlan-6784";
+/// How often the view of the mesh is reconciled into the maps even without gossip changes
+/// (liveness changes are not notified by chitchat's watcher).
+const SYNC_INTERVAL: Duration = Duration::from_millis(250);
+/// How often a configured peer that is not live is contacted again.
+const RETRY_INTERVAL: Duration = Duration::from_secs(1);
+/// After a start, remote entries left in the pinned maps by the previous agent are kept this
+/// long, so traffic keeps flowing while gossip reconverges.
+const ADOPTION_GRACE: Duration = Duration::from_secs(5);
+
 struct Agent {
-    status: api::Status,
-    datapath: Mutex<Datapath>,
+    loc: Location,
+    base: api::Status,
+    gossip: Gossip,
+    inner: Mutex<Inner>,
     shutdown: watch::Sender<bool>,
+}
+
+struct Inner {
+    datapath: Datapath,
+    netlink: rtnetlink::Handle,
+    state: State,
+    /// Default `ethwe` MTU.
+    mtu: u32,
+    peers: Vec<PeerView>,
+    conflicts: Vec<String>,
+    /// Remote endpoints as last written to the map.
+    remote: BTreeMap<Ipv4Addr, Endpoint>,
+    started: Instant,
+    last_contact: BTreeMap<SocketAddr, Instant>,
 }
 
 async fn serve(args: &LaunchArgs, loc: &Location, ready: &mut Option<File>) -> Result<()> {
@@ -86,16 +122,33 @@ async fn serve(args: &LaunchArgs, loc: &Location, ready: &mut Option<File>) -> R
     let links = netlink::links(&handle).await?;
     let default_oif = netlink::default_route_oif(&handle).await?;
     let underlay = netlink::select_underlay(&links, default_oif, args.iface.as_deref())?.clone();
-    let datapath = Datapath::load(&loc.pin_dir, &underlay)?;
+    let mut state = state::load(&loc.state_dir)?;
+    let adopt = state.underlay.as_deref() == Some(underlay.name.as_str());
+    let mut datapath = Datapath::load(&loc.pin_dir, &underlay, adopt)?;
+    state.underlay = Some(underlay.name.clone());
+    for peer in &args.peers {
+        gossip::peer_addr(peer)?;
+        if !state.peers.contains(peer) {
+            state.peers.push(peer.clone());
+        }
+    }
+
+    let mtu = underlay.mtu.saturating_sub(OVERLAY_OVERHEAD);
+    let vxlan_index = netlink::ensure_vxlan(&handle, VXLAN_DEVICE, VXLAN_PORT, mtu).await?;
+    datapath.attach_overlay(VXLAN_DEVICE, vxlan_index)?;
 
     let (ip, prefix) = underlay
         .ipv4
         .expect("select_underlay guarantees an IPv4 address");
-    let status = api::Status {
+    let peer_name = underlay.mac_string().unwrap_or_else(|| loc.netns.clone());
+    let nickname = args.name.clone().unwrap_or_else(|| loc.netns.clone());
+    let gossip = Gossip::start(&peer_name, &nickname, ip, &UdpTransport).await?;
+
+    let base = api::Status {
         version: env!("CARGO_PKG_VERSION").to_owned(),
         pid: std::process::id(),
-        peer_name: underlay.mac_string().unwrap_or_else(|| loc.netns.clone()),
-        nickname: args.name.clone().unwrap_or_else(|| loc.netns.clone()),
+        peer_name,
+        nickname,
         netns: loc.netns.clone(),
         state_dir: loc.state_dir.display().to_string(),
         pin_dir: loc.pin_dir.display().to_string(),
@@ -107,17 +160,38 @@ async fn serve(args: &LaunchArgs, loc: &Location, ready: &mut Option<File>) -> R
             kind: underlay.kind.clone(),
         },
         programs: datapath.programs(),
+        vxlan: VXLAN_DEVICE.to_owned(),
+        mtu,
+        endpoints: api::EndpointCounts::default(),
+        peers: Vec::new(),
+        conflicts: Vec::new(),
         counters: Default::default(),
     };
+    let mut inner = Inner {
+        datapath,
+        netlink: handle,
+        state,
+        mtu,
+        peers: Vec::new(),
+        conflicts: Vec::new(),
+        remote: BTreeMap::new(),
+        started: Instant::now(),
+        last_contact: BTreeMap::new(),
+    };
+    adopt_endpoints(&mut inner, &gossip).await?;
+    state::save(&loc.state_dir, &inner.state)?;
 
     let socket = loc.socket();
     let listener = bind_socket(&socket)?;
     let (shutdown, mut stopping) = watch::channel(false);
     let agent = Arc::new(Agent {
-        status,
-        datapath: Mutex::new(datapath),
+        loc: loc.clone(),
+        base,
+        gossip,
+        inner: Mutex::new(inner),
         shutdown,
     });
+    let sync = tokio::spawn(sync_loop(Arc::clone(&agent)));
     tracing::info!(
         netns = %loc.netns,
         underlay = %underlay.name,
@@ -148,12 +222,332 @@ async fn serve(args: &LaunchArgs, loc: &Location, ready: &mut Option<File>) -> R
             _ = sigint.recv() => break,
         }
     }
+    let _ = agent.shutdown.send(true);
+    let _ = sync.await;
     let _ = fs::remove_file(&socket);
     tracing::info!(
         "agent stopped; the data path stays attached (pinned in {}); `weave-agent reset` removes it",
         loc.pin_dir.display()
     );
     Ok(())
+}
+
+/// Takes over the endpoints the previous agent attached: those whose veth still exists keep
+/// forwarding (their pinned TC links get the new program in place) and are published again;
+/// the others are cleaned out of the maps and the state.
+async fn adopt_endpoints(inner: &mut Inner, gossip: &Gossip) -> Result<()> {
+    let mut kept = Vec::new();
+    for ep in std::mem::take(&mut inner.state.endpoints) {
+        match netlink::link_index(&inner.netlink, &ep.host_veth).await? {
+            Some(index) => {
+                inner.datapath.attach_container(&ep.host_veth)?;
+                inner
+                    .datapath
+                    .set_endpoint(ep.cidr.ip, ep.cidr.local_endpoint(index))?;
+                gossip.publish(&ep.cidr, &ep.container).await;
+                tracing::info!(cidr = %ep.cidr, container = %ep.container, "adopted endpoint");
+                kept.push(ep);
+            }
+            None => {
+                tracing::info!(cidr = %ep.cidr, container = %ep.container, "container gone; dropping its endpoint");
+                inner.datapath.detach_container(&ep.host_veth)?;
+                inner.datapath.remove_endpoint(ep.cidr.ip)?;
+            }
+        }
+    }
+    inner.state.endpoints = kept;
+    // Local entries no state knows of are leftovers of a crash between map write and save.
+    let ours: BTreeSet<Ipv4Addr> = inner.state.endpoints.iter().map(|e| e.cidr.ip).collect();
+    for (ip, ep) in inner.datapath.endpoints()? {
+        if ep.is_local() && !ours.contains(&ip) {
+            inner.datapath.remove_endpoint(ip)?;
+        } else if !ep.is_local() {
+            inner.remote.insert(ip, ep);
+        }
+    }
+    Ok(())
+}
+
+/// Reconciles the maps with the mesh: remote endpoints and peers from the live view, local
+/// endpoints whose container vanished withdrawn, configured peers contacted until they answer.
+async fn sync_loop(agent: Arc<Agent>) {
+    let mut changes = agent.gossip.watcher().await;
+    let mut stopping = agent.shutdown.subscribe();
+    let mut tick = tokio::time::interval(SYNC_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = changes.changed() => {}
+            _ = tick.tick() => {}
+            _ = stopping.changed() => return,
+        }
+        if let Err(err) = sync_once(&agent).await {
+            tracing::warn!("syncing the mesh into the data path: {err:#}");
+        }
+    }
+}
+
+async fn sync_once(agent: &Agent) -> Result<()> {
+    let peers = agent.gossip.peers().await;
+    let mut inner = agent.inner.lock().await;
+    let inner = &mut *inner;
+
+    // Containers that died took their veth with them: withdraw their addresses.
+    let present: BTreeSet<String> = netlink::links(&inner.netlink)
+        .await?
+        .into_iter()
+        .map(|l| l.name)
+        .collect();
+    let vanished: Vec<LocalEndpoint> = inner
+        .state
+        .endpoints
+        .iter()
+        .filter(|ep| !present.contains(&ep.host_veth))
+        .cloned()
+        .collect();
+    for ep in &vanished {
+        tracing::info!(cidr = %ep.cidr, container = %ep.container, "container gone; withdrawing its address");
+        remove_endpoint(inner, &agent.gossip, ep).await?;
+    }
+    if !vanished.is_empty() {
+        state::save(&agent.loc.state_dir, &inner.state)?;
+    }
+
+    let local: BTreeSet<Ipv4Addr> = inner.state.endpoints.iter().map(|e| e.cidr.ip).collect();
+    let desired = gossip::desired(&peers, &local);
+    let may_remove = inner.started.elapsed() >= ADOPTION_GRACE;
+    for (ip, ep) in &desired.endpoints {
+        if inner.remote.get(ip) != Some(ep) {
+            inner.datapath.set_endpoint(*ip, *ep)?;
+            inner.remote.insert(*ip, *ep);
+        }
+    }
+    if may_remove {
+        let stale: Vec<Ipv4Addr> = inner
+            .remote
+            .keys()
+            .filter(|ip| !desired.endpoints.contains_key(ip))
+            .copied()
+            .collect();
+        for ip in stale {
+            inner.datapath.remove_endpoint(ip)?;
+            inner.remote.remove(&ip);
+        }
+        inner.datapath.set_peers(&desired.peers)?;
+    } else {
+        let mut peers_now: BTreeSet<Ipv4Addr> = inner.datapath.peers()?.into_iter().collect();
+        peers_now.extend(&desired.peers);
+        inner.datapath.set_peers(&peers_now)?;
+    }
+    for conflict in &desired.conflicts {
+        if !inner.conflicts.contains(conflict) {
+            tracing::warn!("address conflict: {conflict}");
+        }
+    }
+    inner.conflicts = desired.conflicts;
+
+    // Configured peers that are not live get another gossip round, once a second.
+    let live: BTreeSet<SocketAddr> = peers
+        .iter()
+        .filter(|p| p.alive)
+        .map(|p| p.address)
+        .collect();
+    for peer in &inner.state.peers {
+        let Ok(addr) = gossip::peer_addr(peer) else {
+            continue;
+        };
+        let due = inner
+            .last_contact
+            .get(&addr)
+            .is_none_or(|at| at.elapsed() >= RETRY_INTERVAL);
+        if !live.contains(&addr) && addr != agent.gossip.self_address() && due {
+            if let Err(err) = agent.gossip.contact(addr) {
+                tracing::debug!("contacting {addr}: {err:#}");
+            }
+            inner.last_contact.insert(addr, Instant::now());
+        }
+    }
+    inner.peers = peers;
+    Ok(())
+}
+
+/// Withdraws a local endpoint everywhere: gossip, map, TC link, veth, state.
+async fn remove_endpoint(inner: &mut Inner, gossip: &Gossip, ep: &LocalEndpoint) -> Result<()> {
+    gossip.withdraw(ep.cidr.ip).await;
+    inner.datapath.remove_endpoint(ep.cidr.ip)?;
+    inner.datapath.detach_container(&ep.host_veth)?;
+    // Deleting the host end deletes `ethwe` in the container with it.
+    netlink::delete_link(&inner.netlink, &ep.host_veth).await?;
+    inner.state.endpoints.retain(|e| e.cidr.ip != ep.cidr.ip);
+    Ok(())
+}
+
+fn endpoint_info(ep: &LocalEndpoint) -> api::EndpointInfo {
+    api::EndpointInfo {
+        container: ep.container.clone(),
+        mac: format_mac(&ep.cidr.mac()),
+        cidr: ep.cidr.to_string(),
+        host_veth: ep.host_veth.clone(),
+        mtu: ep.mtu,
+    }
+}
+
+fn peer_infos(inner: &Inner) -> Vec<api::PeerInfo> {
+    let mut out: Vec<api::PeerInfo> = inner
+        .peers
+        .iter()
+        .map(|p| api::PeerInfo {
+            name: p.name.clone(),
+            nickname: p.nickname.clone(),
+            address: p.address.ip().to_string(),
+            state: if p.alive { "alive" } else { "dead" }.to_owned(),
+            endpoints: p.endpoints.len(),
+        })
+        .collect();
+    for peer in &inner.state.peers {
+        let Ok(addr) = gossip::peer_addr(peer) else {
+            continue;
+        };
+        if !inner.peers.iter().any(|p| p.address == addr) {
+            out.push(api::PeerInfo {
+                name: String::new(),
+                nickname: String::new(),
+                address: addr.ip().to_string(),
+                state: "connecting".to_owned(),
+                endpoints: 0,
+            });
+        }
+    }
+    out
+}
+
+async fn attach(
+    agent: &Agent,
+    cidr: &str,
+    container: &str,
+    netns: &Path,
+    mtu: Option<u32>,
+) -> Result<api::EndpointInfo> {
+    let cidr: Cidr = cidr.parse()?;
+    let peers = agent.gossip.peers().await;
+    let mut inner = agent.inner.lock().await;
+    let inner = &mut *inner;
+    if let Some(ep) = inner.state.endpoints.iter().find(|e| e.cidr.ip == cidr.ip) {
+        bail!(
+            "{} is already in use: attached here to {}",
+            cidr.ip,
+            ep.container
+        );
+    }
+    for peer in &peers {
+        if let Some(ep) = peer.endpoints.iter().find(|e| e.cidr.ip == cidr.ip) {
+            bail!(
+                "{} is already in use: attached to {} on peer {} ({}, {})",
+                cidr.ip,
+                ep.container,
+                peer.name,
+                peer.nickname,
+                if peer.alive { "alive" } else { "dead" }
+            );
+        }
+    }
+    if let Some(ep) = inner
+        .state
+        .endpoints
+        .iter()
+        .find(|e| e.netns == netns || e.container == container)
+    {
+        bail!(
+            "{container} already has {} on ethwe; detach it first",
+            ep.cidr
+        );
+    }
+    let mtu = mtu.unwrap_or(inner.mtu);
+    let host = cidr.host_veth();
+    let temp = cidr.peer_temp_name();
+    // A leftover of a crash mid-attach would make the create fail.
+    netlink::delete_link(&inner.netlink, &host).await?;
+    let index = netlink::create_veth(&inner.netlink, &host, &temp, mtu).await?;
+    let ep = LocalEndpoint {
+        cidr,
+        container: container.to_owned(),
+        netns: netns.to_owned(),
+        host_veth: host.clone(),
+        mtu,
+    };
+    let result: Result<()> = async {
+        container::move_into(&inner.netlink, &temp, netns).await?;
+        container::configure_ethwe(netns, temp.clone(), cidr, mtu).await?;
+        inner
+            .datapath
+            .set_endpoint(cidr.ip, cidr.local_endpoint(index))?;
+        inner.datapath.attach_container(&host)?;
+        netlink::set_up(&inner.netlink, index).await?;
+        Ok(())
+    }
+    .await;
+    if let Err(err) = result {
+        // Leave nothing half-made behind.
+        let _ = inner.datapath.remove_endpoint(cidr.ip);
+        let _ = inner.datapath.detach_container(&host);
+        let _ = netlink::delete_link(&inner.netlink, &host).await;
+        return Err(err);
+    }
+    agent.gossip.publish(&cidr, container).await;
+    inner.state.endpoints.push(ep.clone());
+    state::save(&agent.loc.state_dir, &inner.state)?;
+    tracing::info!(%cidr, container, "attached");
+    Ok(endpoint_info(&ep))
+}
+
+async fn detach(
+    agent: &Agent,
+    container: &str,
+    netns: Option<&Path>,
+) -> Result<Vec<api::EndpointInfo>> {
+    let mut inner = agent.inner.lock().await;
+    let inner = &mut *inner;
+    let matching: Vec<LocalEndpoint> = inner
+        .state
+        .endpoints
+        .iter()
+        .filter(|e| e.container == container || netns.is_some_and(|n| n == e.netns))
+        .cloned()
+        .collect();
+    if matching.is_empty() {
+        bail!("{container} has no endpoint on this host (`weave-agent ps` lists them)");
+    }
+    for ep in &matching {
+        remove_endpoint(inner, &agent.gossip, ep).await?;
+        tracing::info!(cidr = %ep.cidr, container = %ep.container, "detached");
+    }
+    state::save(&agent.loc.state_dir, &inner.state)?;
+    Ok(matching.iter().map(endpoint_info).collect())
+}
+
+async fn join(agent: &Agent, peer: &str) -> Result<String> {
+    let addr = gossip::peer_addr(peer)?;
+    let mut inner = agent.inner.lock().await;
+    if !inner.state.peers.iter().any(|p| p == peer) {
+        inner.state.peers.push(peer.to_owned());
+        state::save(&agent.loc.state_dir, &inner.state)?;
+    }
+    agent.gossip.contact(addr)?;
+    inner.last_contact.insert(addr, Instant::now());
+    Ok(addr.to_string())
+}
+
+async fn status(agent: &Agent) -> Result<api::Status> {
+    let inner = agent.inner.lock().await;
+    let mut status = agent.base.clone();
+    status.counters = inner.datapath.counters()?;
+    let entries = inner.datapath.endpoints()?;
+    status.endpoints = api::EndpointCounts {
+        local: entries.iter().filter(|(_, e)| e.is_local()).count(),
+        remote: entries.iter().filter(|(_, e)| !e.is_local()).count(),
+    };
+    status.peers = peer_infos(&inner);
+    status.conflicts = inner.conflicts.clone();
+    Ok(status)
 }
 
 /// Binds the control socket, root-only. The state-directory lock proves no live daemon owns an
@@ -176,7 +570,11 @@ async fn handle_connection(agent: &Agent, stream: UnixStream) -> Result<()> {
     let mut line = String::new();
     BufReader::new(read).read_line(&mut line).await?;
     let response = match serde_json::from_str::<Request>(&line) {
-        Ok(request) => respond(agent, request),
+        Ok(request) => respond(agent, request)
+            .await
+            .unwrap_or_else(|err| Response::Error {
+                message: format!("{err:#}"),
+            }),
         Err(err) => Response::Error {
             message: format!("malformed request: {err}"),
         },
@@ -191,25 +589,41 @@ async fn handle_connection(agent: &Agent, stream: UnixStream) -> Result<()> {
     Ok(())
 }
 
-fn respond(agent: &Agent, request: Request) -> Response {
-    match request {
-        Request::Status => {
-            let datapath = agent.datapath.lock().expect("datapath lock poisoned");
-            match datapath.counters() {
-                Ok(counters) => {
-                    let mut status = agent.status.clone();
-                    status.counters = counters;
-                    Response::Status(Box::new(status))
-                }
-                Err(err) => Response::Error {
-                    message: format!("{err:#}"),
-                },
-            }
-        }
+async fn respond(agent: &Agent, request: Request) -> Result<Response> {
+    Ok(match request {
+        Request::Status => Response::Status(Box::new(status(agent).await?)),
         Request::Shutdown => Response::ShuttingDown {
-            pid: agent.status.pid,
+            pid: agent.base.pid,
         },
-    }
+        Request::Attach {
+            cidr,
+            container,
+            netns,
+            mtu,
+        } => Response::Attached {
+            endpoint: attach(agent, &cidr, &container, &netns, mtu).await?,
+        },
+        Request::Detach { container, netns } => Response::Detached {
+            endpoints: detach(agent, &container, netns.as_deref()).await?,
+        },
+        Request::Ps => Response::Endpoints {
+            endpoints: agent
+                .inner
+                .lock()
+                .await
+                .state
+                .endpoints
+                .iter()
+                .map(endpoint_info)
+                .collect(),
+        },
+        Request::Peers => Response::Peers {
+            peers: peer_infos(&*agent.inner.lock().await),
+        },
+        Request::Join { peer } => Response::Joined {
+            address: join(agent, &peer).await?,
+        },
+    })
 }
 
 /// Takes the readiness pipe handed down by `launch`, if any, so children do not inherit it.

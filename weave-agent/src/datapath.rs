@@ -10,17 +10,23 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use std::net::Ipv4Addr;
+
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::PerCpuArray,
+    maps::{Array, HashMap, MapData, PerCpuArray},
     programs::{
         ProgramError, SchedClassifier, Xdp, XdpMode,
-        links::{FdLink, PinnedLink},
+        links::{FdLink, LinkOrder, PinnedLink},
+        tc::{SchedClassifierLink, TcAttachOptions, TcAttachType},
+        xdp::XdpLink,
     },
 };
 use weave_common::{
+    OVERLAY_VNI,
     counters::{Counter, CounterId},
+    endpoint::{Config, Endpoint, Ipv4Key, ipv4_key, ipv4_octets},
     maps, programs,
 };
 
@@ -38,17 +44,25 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("WEAVE_EBPF_OBJECT"));
 
 /// Pin name of the XDP link on the underlay interface.
 const UNDERLAY_LINK_PIN: &str = "link_underlay_xdp";
+/// Pin names of TC links are this plus the interface name.
+const TC_LINK_PIN_PREFIX: &str = "link_tc_";
 
 pub struct Datapath {
     ebpf: Ebpf,
+    pin_dir: PathBuf,
     underlay: String,
     xdp_mode: XdpMode,
+    /// Interface the overlay TC program is attached to, once it is.
+    overlay: Option<String>,
 }
 
 impl Datapath {
     /// Loads the programs (so the verifier checks all of them now, not at first use) and
     /// attaches the XDP program to the underlay, replacing our own earlier attachment.
-    pub fn load(pin_dir: &Path, underlay: &Link) -> Result<Self> {
+    ///
+    /// With `adopt_underlay`, a pinned XDP link from an earlier agent on the same interface
+    /// gets the new program atomically instead of being replaced.
+    pub fn load(pin_dir: &Path, underlay: &Link, adopt_underlay: bool) -> Result<Self> {
         fs::create_dir_all(pin_dir)
             .with_context(|| format!("creating pin directory {}", pin_dir.display()))?;
         let mut ebpf = EbpfLoader::new()
@@ -71,23 +85,168 @@ impl Datapath {
         xdp.load()
             .with_context(|| format!("verifier rejected {}", programs::UNDERLAY_XDP))?;
         let link_pin = pin_dir.join(UNDERLAY_LINK_PIN);
-        remove_pinned_link(&link_pin)?;
-        let link_id = xdp
-            .attach_to_if_index(underlay.index, xdp_mode)
-            .map_err(|err| attach_error(err, &underlay.name))?;
-        let link = FdLink::try_from(xdp.take_link(link_id)?).context(
-            "the kernel attached XDP without a bpf_link, so the attachment cannot be pinned \
-             (needs Linux 5.9 or later)",
-        )?;
-        link.pin(&link_pin)
-            .with_context(|| format!("pinning the XDP link at {}", link_pin.display()))?;
-        tracing::info!(iface = %underlay.name, mode = ?xdp_mode, "attached {}", programs::UNDERLAY_XDP);
+        if adopt_underlay
+            && replace_in_place::<XdpLink>(&link_pin, |link| {
+                // Only the pin may hold the link, or detaching by unpinning would not detach.
+                let id = xdp.attach_to_link(link)?;
+                xdp.take_link(id).map(drop)
+            })
+        {
+            tracing::info!(iface = %underlay.name, "replaced the program of the pinned XDP link in place");
+        } else {
+            remove_pinned_link(&link_pin)?;
+            let link_id = xdp
+                .attach_to_if_index(underlay.index, xdp_mode)
+                .map_err(|err| attach_error(err, &underlay.name))?;
+            let link = FdLink::try_from(xdp.take_link(link_id)?).context(
+                "the kernel attached XDP without a bpf_link, so the attachment cannot be pinned \
+                 (needs Linux 5.9 or later)",
+            )?;
+            link.pin(&link_pin)
+                .with_context(|| format!("pinning the XDP link at {}", link_pin.display()))?;
+            tracing::info!(iface = %underlay.name, mode = ?xdp_mode, "attached {}", programs::UNDERLAY_XDP);
+        }
+        let overlay: &mut SchedClassifier = program(&mut ebpf, programs::OVERLAY_TC)?.try_into()?;
+        overlay
+            .load()
+            .with_context(|| format!("verifier rejected {}", programs::OVERLAY_TC))?;
 
         Ok(Self {
             ebpf,
+            pin_dir: pin_dir.to_owned(),
             underlay: underlay.name.clone(),
             xdp_mode,
+            overlay: None,
         })
+    }
+
+    /// Attaches `program` to TC ingress of `iface`, pinned as link_tc_<iface>. An existing pinned
+    /// link (from an earlier agent) gets the new program atomically, so no frame goes
+    /// unprocessed during an agent restart.
+    fn attach_tc(&mut self, program_name: &str, iface: &str) -> Result<()> {
+        let pin = self.pin_dir.join(format!("{TC_LINK_PIN_PREFIX}{iface}"));
+        let tc: &mut SchedClassifier = program(&mut self.ebpf, program_name)?.try_into()?;
+        if replace_in_place::<SchedClassifierLink>(&pin, |link| {
+            let id = tc.attach_to_link(link)?;
+            tc.take_link(id).map(drop)
+        }) {
+            return Ok(());
+        }
+        remove_pinned_link(&pin)?;
+        let link_id = tc
+            .attach_with_options(
+                iface,
+                TcAttachType::Ingress,
+                TcAttachOptions::TcxOrder(LinkOrder::default()),
+            )
+            .with_context(|| format!("attaching {program_name} to TC ingress of {iface}"))?;
+        let link = FdLink::try_from(tc.take_link(link_id)?)
+            .context("TC attached without a bpf_link (tcx needs Linux 6.6 or later)")?;
+        link.pin(&pin)
+            .with_context(|| format!("pinning the TC link at {}", pin.display()))?;
+        Ok(())
+    }
+
+    /// Attaches the container program to a container's host-side veth.
+    pub fn attach_container(&mut self, veth: &str) -> Result<()> {
+        self.attach_tc(programs::CONTAINER_TC, veth)
+    }
+
+    /// Drops the pinned TC link of a container veth (the veth itself may already be gone).
+    pub fn detach_container(&mut self, veth: &str) -> Result<()> {
+        remove_pinned_link(&self.pin_dir.join(format!("{TC_LINK_PIN_PREFIX}{veth}")))
+    }
+
+    /// Attaches the decapsulation program to the VXLAN device and points the container program
+    /// at it for remote traffic.
+    pub fn attach_overlay(&mut self, vxlan: &str, vxlan_ifindex: u32) -> Result<()> {
+        self.attach_tc(programs::OVERLAY_TC, vxlan)?;
+        let mut config: Array<&mut MapData, Config> = Array::try_from(
+            self.ebpf
+                .map_mut(maps::CONFIG)
+                .with_context(|| format!("the eBPF object has no {} map", maps::CONFIG))?,
+        )?;
+        config.set(
+            0,
+            Config {
+                vxlan_ifindex,
+                vni: OVERLAY_VNI,
+            },
+            0,
+        )?;
+        self.overlay = Some(vxlan.to_owned());
+        Ok(())
+    }
+
+    fn endpoints_map(&mut self) -> Result<HashMap<&mut MapData, Ipv4Key, Endpoint>> {
+        Ok(HashMap::try_from(
+            self.ebpf
+                .map_mut(maps::ENDPOINTS)
+                .with_context(|| format!("the eBPF object has no {} map", maps::ENDPOINTS))?,
+        )?)
+    }
+
+    pub fn set_endpoint(&mut self, ip: Ipv4Addr, endpoint: Endpoint) -> Result<()> {
+        self.endpoints_map()?
+            .insert(ipv4_key(ip.octets()), endpoint, 0)
+            .with_context(|| format!("writing endpoint {ip} to the map"))
+    }
+
+    pub fn remove_endpoint(&mut self, ip: Ipv4Addr) -> Result<()> {
+        match self.endpoints_map()?.remove(&ipv4_key(ip.octets())) {
+            Ok(()) => Ok(()),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(err) => Err(err).with_context(|| format!("removing endpoint {ip} from the map")),
+        }
+    }
+
+    /// Every entry of the endpoint map, as the kernel has it.
+    pub fn endpoints(&self) -> Result<Vec<(Ipv4Addr, Endpoint)>> {
+        let map: HashMap<&MapData, Ipv4Key, Endpoint> = HashMap::try_from(
+            self.ebpf
+                .map(maps::ENDPOINTS)
+                .with_context(|| format!("the eBPF object has no {} map", maps::ENDPOINTS))?,
+        )?;
+        map.iter()
+            .map(|entry| {
+                let (key, ep) = entry?;
+                Ok((Ipv4Addr::from(ipv4_octets(key)), ep))
+            })
+            .collect()
+    }
+
+    /// Makes the peer map hold exactly `peers`.
+    pub fn set_peers(&mut self, peers: &std::collections::BTreeSet<Ipv4Addr>) -> Result<()> {
+        let mut map: HashMap<&mut MapData, Ipv4Key, u32> = HashMap::try_from(
+            self.ebpf
+                .map_mut(maps::PEERS)
+                .with_context(|| format!("the eBPF object has no {} map", maps::PEERS))?,
+        )?;
+        let present: Vec<Ipv4Key> = map.keys().collect::<Result<_, _>>()?;
+        for key in &present {
+            if !peers.contains(&Ipv4Addr::from(ipv4_octets(*key))) {
+                map.remove(key)?;
+            }
+        }
+        for peer in peers {
+            let key = ipv4_key(peer.octets());
+            if !present.contains(&key) {
+                map.insert(key, 1, 0)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Underlay addresses in the kernel's peer map.
+    pub fn peers(&self) -> Result<Vec<Ipv4Addr>> {
+        let map: HashMap<&MapData, Ipv4Key, u32> = HashMap::try_from(
+            self.ebpf
+                .map(maps::PEERS)
+                .with_context(|| format!("the eBPF object has no {} map", maps::PEERS))?,
+        )?;
+        map.keys()
+            .map(|key| Ok(Ipv4Addr::from(ipv4_octets(key?))))
+            .collect()
     }
 
     pub fn programs(&self) -> Vec<api::Program> {
@@ -102,7 +261,14 @@ impl Datapath {
             ),
             (
                 programs::CONTAINER_TC,
-                "loaded; tc ingress of container veths".to_owned(),
+                "tc ingress of container veths (vethwe*), pinned".to_owned(),
+            ),
+            (
+                programs::OVERLAY_TC,
+                match &self.overlay {
+                    Some(dev) => format!("tc ingress of {dev}, pinned"),
+                    None => "loaded; no VXLAN device yet".to_owned(),
+                },
             ),
         ]
         .into_iter()
@@ -162,6 +328,28 @@ fn attach_error(err: ProgramError, iface: &str) -> anyhow::Error {
         )
     } else {
         anyhow::Error::new(err).context(format!("attaching XDP to {iface}"))
+    }
+}
+
+/// Gives the link pinned at `pin` a new program atomically (bpf_link_update). False if there is
+/// no such link or it cannot be updated (e.g. its interface is gone), so the caller attaches
+/// afresh.
+fn replace_in_place<L>(pin: &Path, attach: impl FnOnce(L) -> Result<(), ProgramError>) -> bool
+where
+    L: aya::programs::links::Link + TryFrom<FdLink>,
+{
+    let Ok(pinned) = PinnedLink::from_pin(pin) else {
+        return false;
+    };
+    let Ok(link) = L::try_from(FdLink::from(pinned)) else {
+        return false;
+    };
+    match attach(link) {
+        Ok(()) => true,
+        Err(err) => {
+            tracing::debug!("cannot update pinned link {}: {err}", pin.display());
+            false
+        }
     }
 }
 

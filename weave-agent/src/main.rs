@@ -1,15 +1,19 @@
 //! weave-agent: containers on different hosts on one virtual network, forwarded in the kernel.
 
+mod addressing;
 mod api;
 mod bpffs;
 mod cli;
 mod commands;
+mod container;
 mod daemon;
 mod datapath;
+mod gossip;
 mod location;
 mod netlink;
+mod state;
 
-use std::process::ExitCode;
+use std::{io::IsTerminal as _, process::ExitCode};
 
 use clap::Parser as _;
 
@@ -36,6 +40,8 @@ fn init_tracing(verbose: u8) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // The daemon's stderr is its log file: no colour codes there.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .init();
 }

@@ -24,11 +24,62 @@ pub enum CounterId {
     UnderlayRx = 0,
     /// Every frame the container-veth TC program saw.
     ContainerRx = 1,
+    /// Overlay (VXLAN) packets from a live peer, passed on to be decapsulated.
+    UnderlayOverlayPass = 2,
+    /// Dropped: overlay packet whose outer source is not a live peer.
+    DropOverlayNotPeer = 3,
+    /// ARP requests for a known endpoint in the asker's subnet, answered in eBPF.
+    ArpReplied = 4,
+    /// Container frames handed to a container on this host.
+    LocalDelivered = 5,
+    /// Container frames sent to a remote host through the VXLAN device.
+    RemoteSent = 6,
+    /// Decapsulated frames the overlay TC program saw.
+    OverlayRx = 7,
+    /// Decapsulated frames handed to a container on this host.
+    OverlayDelivered = 8,
+    /// Dropped: source IP or MAC is not the sending endpoint's (anti-spoofing).
+    DropSpoofed = 9,
+    /// Dropped: source and destination are in different subnets (isolation).
+    DropIsolated = 10,
+    /// Dropped: IPv4 destination that is no endpoint.
+    DropUnknownDst = 11,
+    /// Dropped: neither ARP nor unicast IPv4 (broadcast, multicast, IPv6, other ethertypes).
+    DropNotIpv4Unicast = 12,
+    /// Dropped: ARP that is not a request for a known endpoint.
+    DropArp = 13,
+    /// Dropped: frame too short for its headers.
+    DropMalformed = 14,
+    /// Dropped: remote destination but no VXLAN device configured.
+    DropNoTunnel = 15,
+    /// Dropped: decapsulated frame from a tunnel source that does not host the inner source.
+    DropOverlaySpoofed = 16,
+    /// Dropped: a redirect or tunnel-key helper failed.
+    DropRedirectFailed = 17,
 }
 
 impl CounterId {
     /// All slots, in index order.
-    pub const ALL: [Self; 2] = [Self::UnderlayRx, Self::ContainerRx];
+    pub const ALL: [Self; 18] = [
+        Self::UnderlayRx,
+        Self::ContainerRx,
+        Self::UnderlayOverlayPass,
+        Self::DropOverlayNotPeer,
+        Self::ArpReplied,
+        Self::LocalDelivered,
+        Self::RemoteSent,
+        Self::OverlayRx,
+        Self::OverlayDelivered,
+        Self::DropSpoofed,
+        Self::DropIsolated,
+        Self::DropUnknownDst,
+        Self::DropNotIpv4Unicast,
+        Self::DropArp,
+        Self::DropMalformed,
+        Self::DropNoTunnel,
+        Self::DropOverlaySpoofed,
+        Self::DropRedirectFailed,
+    ];
 
     /// Number of slots the counters map must hold.
     pub const SLOTS: u32 = Self::ALL.len() as u32;
@@ -38,6 +89,22 @@ impl CounterId {
         match self {
             Self::UnderlayRx => "underlay_rx",
             Self::ContainerRx => "container_rx",
+            Self::UnderlayOverlayPass => "underlay_overlay_pass",
+            Self::DropOverlayNotPeer => "drop_overlay_not_peer",
+            Self::ArpReplied => "arp_replied",
+            Self::LocalDelivered => "local_delivered",
+            Self::RemoteSent => "remote_sent",
+            Self::OverlayRx => "overlay_rx",
+            Self::OverlayDelivered => "overlay_delivered",
+            Self::DropSpoofed => "drop_spoofed",
+            Self::DropIsolated => "drop_isolated",
+            Self::DropUnknownDst => "drop_unknown_dst",
+            Self::DropNotIpv4Unicast => "drop_not_ipv4_unicast",
+            Self::DropArp => "drop_arp",
+            Self::DropMalformed => "drop_malformed",
+            Self::DropNoTunnel => "drop_no_tunnel",
+            Self::DropOverlaySpoofed => "drop_overlay_spoofed",
+            Self::DropRedirectFailed => "drop_redirect_failed",
         }
     }
 

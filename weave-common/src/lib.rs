@@ -5,24 +5,38 @@
 #![cfg_attr(not(test), no_std)]
 
 pub mod counters;
+pub mod endpoint;
 
 /// UDP port of the gossip control plane (Weave Net's control port).
 pub const GOSSIP_PORT: u16 = 6783;
 /// UDP port of the VXLAN data plane (Weave Net's fastdp port).
 pub const VXLAN_PORT: u16 = 6784;
+/// VXLAN network identifier of the overlay.
+pub const OVERLAY_VNI: u32 = 6784;
 /// Bytes an overlay frame needs on top of the container's IP packet:
 /// outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8. Container MTU = underlay MTU - this.
 pub const OVERLAY_OVERHEAD: u32 = 50;
 
 /// Names of the eBPF programs inside the object, as the agent looks them up.
 pub mod programs {
-    /// XDP on the underlay (host) NIC.
+    /// XDP on the underlay (host) NIC: drops overlay traffic from non-peers.
     pub const UNDERLAY_XDP: &str = "underlay_xdp";
-    /// TC ingress on the host side of each container veth.
+    /// TC ingress on the host side of each container veth: ARP, anti-spoofing, isolation,
+    /// local delivery, encapsulation.
     pub const CONTAINER_TC: &str = "container_tc";
+    /// TC ingress on the VXLAN device: decapsulated frames to local containers.
+    pub const OVERLAY_TC: &str = "overlay_tc";
 }
 
-/// Names of the maps inside the object. Kernel object names are cut at 15 bytes, so keep them short.
+/// Names of the maps inside the object. Kernel object names are cut at 15 bytes, so keep them
+/// short. All are pinned by name, so they outlive the agent.
 pub mod maps {
+    /// Per-CPU [`crate::counters::Counter`] by [`crate::counters::CounterId`].
     pub const COUNTERS: &str = "WEAVE_COUNTERS";
+    /// [`crate::endpoint::Ipv4Key`] -> [`crate::endpoint::Endpoint`], local and remote.
+    pub const ENDPOINTS: &str = "WEAVE_ENDPOINTS";
+    /// Underlay address of every live peer ([`crate::endpoint::Ipv4Key`] -> u32, unused).
+    pub const PEERS: &str = "WEAVE_PEERS";
+    /// One [`crate::endpoint::Config`] at index 0.
+    pub const CONFIG: &str = "WEAVE_CONFIG";
 }

@@ -1,12 +1,162 @@
 //! TC ingress on the host side of a container veth: every frame a container sends.
+//!
+//! ARP requests are answered here from the endpoint map, so no broadcast ever leaves the host.
+//! IPv4 frames must come from the endpoint's own address and MAC (anti-spoofing) and go to an
+//! endpoint in the same subnet (isolation); they are then handed straight to a local container
+//! or sent to the remote host through the VXLAN device. Everything else is dropped and counted.
 
-use aya_ebpf::{bindings::TC_ACT_OK, macros::classifier, programs::TcContext};
-use weave_common::counters::CounterId;
+use aya_ebpf::{
+    bindings::{TC_ACT_REDIRECT, TC_ACT_SHOT, bpf_tunnel_key},
+    helpers::generated::{bpf_redirect, bpf_redirect_peer, bpf_skb_set_tunnel_key},
+    macros::classifier,
+    programs::TcContext,
+};
+use weave_common::{
+    counters::CounterId,
+    endpoint::{Endpoint, ipv4_key},
+};
 
-use crate::counters::count;
+use crate::{
+    counters::count,
+    headers::{
+        ARP_REPLY, ARP_REQUEST, ArpHdr, ETH_LEN, ETH_P_ARP, ETH_P_IP, EthHdr, Ipv4Hdr, ptr_at,
+    },
+    maps::{config, endpoint},
+};
+
+/// Outer TTL of encapsulated packets.
+const TUNNEL_TTL: u8 = 64;
+/// Bytes the programs read directly: Ethernet + ARP, which covers Ethernet + IPv4 too.
+const HEADERS_LEN: u32 = (ETH_LEN + core::mem::size_of::<ArpHdr>()) as u32;
 
 #[classifier]
 pub fn container_tc(ctx: TcContext) -> i32 {
-    count(CounterId::ContainerRx, u64::from(ctx.len()));
-    TC_ACT_OK
+    let len = u64::from(ctx.len());
+    count(CounterId::ContainerRx, len);
+    match forward(&ctx) {
+        Ok(done) => {
+            count(done, len);
+            TC_ACT_REDIRECT as i32
+        }
+        Err(reason) => {
+            count(reason, len);
+            TC_ACT_SHOT as i32
+        }
+    }
+}
+
+/// Redirects the frame; the counter for what was done, or the drop reason.
+#[inline(always)]
+fn forward(ctx: &TcContext) -> Result<CounterId, CounterId> {
+    // Headers may sit in paged data; pull them into the linear part we can read directly.
+    if ctx.data_end() - ctx.data() < HEADERS_LEN as usize && ctx.len() >= HEADERS_LEN {
+        ctx.pull_data(HEADERS_LEN)
+            .map_err(|_| CounterId::DropMalformed)?;
+    }
+    let (start, end) = (ctx.data(), ctx.data_end());
+    let eth: *mut EthHdr = ptr_at(start, end, 0).ok_or(CounterId::DropMalformed)?;
+    // SAFETY: the skb pointer is the program's context.
+    let ifindex = unsafe { (*ctx.skb.skb).ingress_ifindex };
+    // SAFETY: ptr_at checked the header lies inside the packet.
+    match unsafe { (*eth).proto() } {
+        ETH_P_ARP => answer_arp(start, end, eth, ifindex),
+        ETH_P_IP => send_ipv4(ctx, start, end, eth, ifindex),
+        _ => Err(CounterId::DropNotIpv4Unicast),
+    }
+}
+
+/// The local endpoint that owns `ifindex` and claims `ip`/`mac`, or a spoofing drop.
+#[inline(always)]
+fn sender(ip: [u8; 4], mac: &[u8; 6], ifindex: u32) -> Result<Endpoint, CounterId> {
+    match endpoint(ipv4_key(ip)) {
+        Some(ep) if ep.is_local() && ep.ifindex == ifindex && ep.mac == *mac => Ok(ep),
+        _ => Err(CounterId::DropSpoofed),
+    }
+}
+
+#[inline(always)]
+fn answer_arp(
+    start: usize,
+    end: usize,
+    eth: *mut EthHdr,
+    ifindex: u32,
+) -> Result<CounterId, CounterId> {
+    let arp: *mut ArpHdr = ptr_at(start, end, ETH_LEN).ok_or(CounterId::DropMalformed)?;
+    // SAFETY: ptr_at checked both headers lie inside the packet; TC may write packet data.
+    unsafe {
+        if !(*arp).is_ipv4_ethernet() || u16::from_be_bytes((*arp).op) != ARP_REQUEST {
+            return Err(CounterId::DropArp);
+        }
+        let asker = sender((*arp).spa, &(*eth).src, ifindex)?;
+        if (*arp).sha != (*eth).src {
+            return Err(CounterId::DropSpoofed);
+        }
+        let wanted = (*arp).tpa;
+        let target = endpoint(ipv4_key(wanted)).ok_or(CounterId::DropArp)?;
+        if !asker.same_subnet(&target) {
+            return Err(CounterId::DropIsolated);
+        }
+        // Turn the request into the reply, in place.
+        (*arp).op = ARP_REPLY.to_be_bytes();
+        (*arp).tha = (*arp).sha;
+        (*arp).tpa = (*arp).spa;
+        (*arp).sha = target.mac;
+        (*arp).spa = wanted;
+        (*eth).dst = (*eth).src;
+        (*eth).src = target.mac;
+        // Back out of the same veth: egress towards the container that asked.
+        if bpf_redirect(ifindex, 0) != i64::from(TC_ACT_REDIRECT) {
+            return Err(CounterId::DropRedirectFailed);
+        }
+    }
+    Ok(CounterId::ArpReplied)
+}
+
+#[inline(always)]
+fn send_ipv4(
+    ctx: &TcContext,
+    start: usize,
+    end: usize,
+    eth: *mut EthHdr,
+    ifindex: u32,
+) -> Result<CounterId, CounterId> {
+    let ip: *mut Ipv4Hdr = ptr_at(start, end, ETH_LEN).ok_or(CounterId::DropMalformed)?;
+    // SAFETY: ptr_at checked both headers lie inside the packet; TC may write packet data.
+    unsafe {
+        if (*eth).dst[0] & 1 != 0 {
+            return Err(CounterId::DropNotIpv4Unicast);
+        }
+        let src = sender((*ip).src, &(*eth).src, ifindex)?;
+        let dst = endpoint(ipv4_key((*ip).dst)).ok_or(CounterId::DropUnknownDst)?;
+        if !src.same_subnet(&dst) {
+            return Err(CounterId::DropIsolated);
+        }
+        // Always the endpoint's current MAC: a stale neighbour entry cannot black-hole traffic.
+        (*eth).dst = dst.mac;
+        if dst.is_local() {
+            if bpf_redirect_peer(dst.ifindex, 0) != i64::from(TC_ACT_REDIRECT) {
+                return Err(CounterId::DropRedirectFailed);
+            }
+            return Ok(CounterId::LocalDelivered);
+        }
+        let cfg = config();
+        if cfg.vxlan_ifindex == 0 {
+            return Err(CounterId::DropNoTunnel);
+        }
+        let mut key: bpf_tunnel_key = core::mem::zeroed();
+        key.tunnel_id = cfg.vni;
+        // The helper takes the remote address in host byte order.
+        key.__bindgen_anon_1.remote_ipv4 = u32::from_be(dst.peer);
+        key.tunnel_ttl = TUNNEL_TTL;
+        let set = bpf_skb_set_tunnel_key(
+            ctx.skb.skb,
+            &mut key,
+            core::mem::size_of::<bpf_tunnel_key>() as u32,
+            0,
+        );
+        if set < 0 || bpf_redirect(cfg.vxlan_ifindex, 0) != i64::from(TC_ACT_REDIRECT) {
+            return Err(CounterId::DropRedirectFailed);
+        }
+    }
+    Ok(CounterId::RemoteSent)
 }

@@ -1,10 +1,17 @@
 //! weave-agent's data path. One module per attach point; the agent loads this object, attaches
 //! the programs and fills the maps. Built by `cargo xtask build-ebpf` for `bpfel-unknown-none`.
+//!
+//! - `container`: TC ingress on the host side of each container veth (frames containers send)
+//! - `overlay`: TC ingress on the VXLAN device (frames other hosts sent, decapsulated)
+//! - `underlay`: XDP on the host NIC (drops overlay packets from non-peers)
 #![no_std]
 #![no_main]
 
 mod container;
 mod counters;
+mod headers;
+mod maps;
+mod overlay;
 mod underlay;
 
 /// The kernel only lets GPL-compatible programs call some helpers (e.g. redirects).

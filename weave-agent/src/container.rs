@@ -1,0 +1,99 @@
+//! Containers as network namespaces: naming them, and configuring `ethwe` inside them.
+
+use std::{
+    fs::File,
+    os::fd::AsRawFd as _,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, Result, bail};
+use nix::sched::{CloneFlags, setns};
+
+use crate::{addressing::Cidr, netlink};
+
+/// Name of the overlay interface inside containers.
+pub const ETHWE: &str = "ethwe";
+
+/// The network namespace file a CONTAINER argument stands for.
+pub fn netns_path(container: &str) -> Result<PathBuf> {
+    let path = if let Some(name) = container.strip_prefix("netns:") {
+        Path::new("/run/netns").join(name)
+    } else if let Some(pid) = container.strip_prefix("pid:") {
+        let pid: u32 = pid
+            .parse()
+            .with_context(|| format!("{container:?}: expected pid:<number>"))?;
+        PathBuf::from(format!("/proc/{pid}/ns/net"))
+    } else if container.starts_with('/') {
+        PathBuf::from(container)
+    } else {
+        bail!(
+            "{container:?} is not a network namespace: use netns:NAME, pid:PID or a path to a \
+             netns file (Docker container names are not supported yet)"
+        );
+    };
+    if !path.exists() {
+        bail!("{container}: {} does not exist", path.display());
+    }
+    Ok(path)
+}
+
+/// Runs `work` with a netlink handle inside the network namespace `netns`.
+///
+/// setns(CLONE_NEWNET) changes only the calling thread, so a dedicated thread enters the
+/// namespace, runs its own small runtime (netlink sockets belong to the namespace they are
+/// opened in) and ends; no pooled thread is ever left in a container's namespace.
+pub async fn in_netns<F, Fut, T>(netns: &Path, work: F) -> Result<T>
+where
+    F: FnOnce(rtnetlink::Handle) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<T>>,
+    T: Send + 'static,
+{
+    let ns = File::open(netns).with_context(|| format!("opening {}", netns.display()))?;
+    let (done, result) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("netns".into())
+        .spawn(move || {
+            let run = || -> Result<T> {
+                setns(&ns, CloneFlags::CLONE_NEWNET)
+                    .context("entering the container's network namespace")?;
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                rt.block_on(async {
+                    let handle = netlink::connect()?;
+                    work(handle).await
+                })
+            };
+            let _ = done.send(run());
+        })
+        .context("starting a thread for the container namespace")?;
+    result
+        .await
+        .context("the container namespace thread died")?
+}
+
+/// Inside the container: renames the veth end `temp` to `ethwe`, gives it the address-derived
+/// MAC, the MTU and the address (which adds only the subnet route), and brings it up.
+pub async fn configure_ethwe(netns: &Path, temp: String, cidr: Cidr, mtu: u32) -> Result<()> {
+    in_netns(netns, move |handle| async move {
+        if netlink::link_index(&handle, ETHWE).await?.is_some() {
+            bail!("the container already has an {ETHWE} interface; detach it first");
+        }
+        let index = netlink::link_index(&handle, &temp)
+            .await?
+            .with_context(|| format!("{temp} did not arrive in the container"))?;
+        netlink::configure_link(&handle, index, ETHWE, &cidr.mac(), mtu).await?;
+        netlink::add_address(&handle, index, cidr.ip, cidr.prefix).await?;
+        // IPv6 on ethwe would only produce router solicitations the data path drops.
+        let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{ETHWE}/disable_ipv6"), "1");
+        netlink::set_up(&handle, index).await?;
+        Ok(())
+    })
+    .await
+}
+
+/// Moves the container end of a new veth into the namespace (by fd, valid for any netns file).
+pub async fn move_into(handle: &rtnetlink::Handle, link: &str, netns: &Path) -> Result<()> {
+    let ns = File::open(netns).with_context(|| format!("opening {}", netns.display()))?;
+    netlink::move_to_netns(handle, link, ns.as_raw_fd()).await
+}

@@ -1,0 +1,91 @@
+//! What survives an agent restart: the peers to connect to and the endpoints attached here.
+//! Written atomically (temp file + rename), so a crash never leaves half a file.
+
+use std::{
+    fs,
+    io::{ErrorKind, Write as _},
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::addressing::Cidr;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct State {
+    /// Underlay interface the XDP link was attached to.
+    #[serde(default)]
+    pub underlay: Option<String>,
+    /// Peers given to `launch`/`join`, as typed (IP or IP:PORT).
+    #[serde(default)]
+    pub peers: Vec<String>,
+    #[serde(default)]
+    pub endpoints: Vec<LocalEndpoint>,
+}
+
+/// An endpoint attached on this host.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LocalEndpoint {
+    pub cidr: Cidr,
+    /// The container as the user named it (`netns:ctr1`, `pid:123`, a path).
+    pub container: String,
+    /// Network namespace file of the container.
+    pub netns: PathBuf,
+    pub host_veth: String,
+    pub mtu: u32,
+}
+
+pub fn path(state_dir: &Path) -> PathBuf {
+    state_dir.join("state.json")
+}
+
+pub fn load(state_dir: &Path) -> Result<State> {
+    let file = path(state_dir);
+    match fs::read_to_string(&file) {
+        Ok(text) => serde_json::from_str(&text).with_context(|| {
+            format!(
+                "{} is corrupt; move it away to start afresh",
+                file.display()
+            )
+        }),
+        Err(err) if err.kind() == ErrorKind::NotFound => Ok(State::default()),
+        Err(err) => Err(err).with_context(|| format!("reading {}", file.display())),
+    }
+}
+
+pub fn save(state_dir: &Path, state: &State) -> Result<()> {
+    let file = path(state_dir);
+    let tmp = file.with_extension("json.tmp");
+    let text = serde_json::to_string_pretty(state)?;
+    let mut out = fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+    out.write_all(text.as_bytes())?;
+    out.sync_all()?;
+    fs::rename(&tmp, &file).with_context(|| format!("replacing {}", file.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_through_disk() {
+        let dir = std::env::temp_dir().join(format!("weave-state-test-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        assert_eq!(load(&dir).unwrap(), State::default());
+        let state = State {
+            underlay: Some("eth0".into()),
+            peers: vec!["192.168.56.101".into()],
+            endpoints: vec![LocalEndpoint {
+                cidr: "192.168.1.10/24".parse().unwrap(),
+                container: "netns:c1".into(),
+                netns: "/run/netns/c1".into(),
+                host_veth: "vethwec0a8010a".into(),
+                mtu: 1450,
+            }],
+        };
+        save(&dir, &state).unwrap();
+        assert_eq!(load(&dir).unwrap(), state);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,80 @@
+//! Endpoint and configuration map values.
+
+/// An IPv4 address as it sits in a packet (network byte order), read as a native `u32`.
+/// Both sides build keys with [`ipv4_key`], so the byte order never has to be thought about.
+pub type Ipv4Key = u32;
+
+/// Map key for the address `a.b.c.d`.
+pub const fn ipv4_key(octets: [u8; 4]) -> Ipv4Key {
+    u32::from_ne_bytes(octets)
+}
+
+/// The address a key stands for.
+pub const fn ipv4_octets(key: Ipv4Key) -> [u8; 4] {
+    key.to_ne_bytes()
+}
+
+/// The endpoint lives on this host (its veth is [`Endpoint::ifindex`]).
+pub const ENDPOINT_LOCAL: u8 = 1;
+
+/// A container address on the overlay: where it lives and which subnet it belongs to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Endpoint {
+    /// The container's `ethwe` MAC; frames handed to the endpoint get it as destination.
+    pub mac: [u8; 6],
+    pub prefix_len: u8,
+    /// [`ENDPOINT_LOCAL`] or 0 (remote).
+    pub flags: u8,
+    /// Local: ifindex of the host-side veth. Remote: 0.
+    pub ifindex: u32,
+    /// Remote: underlay address of the peer hosting it ([`Ipv4Key`]). Local: 0.
+    pub peer: Ipv4Key,
+    /// Network address of the endpoint's subnet ([`Ipv4Key`]); with `prefix_len` it decides
+    /// who may talk to whom.
+    pub subnet: Ipv4Key,
+}
+
+impl Endpoint {
+    pub const fn is_local(&self) -> bool {
+        self.flags & ENDPOINT_LOCAL != 0
+    }
+
+    /// Both endpoints are in the same subnet, so traffic between them is allowed.
+    pub const fn same_subnet(&self, other: &Self) -> bool {
+        self.subnet == other.subnet && self.prefix_len == other.prefix_len
+    }
+}
+
+/// Data-path settings the agent fills in at start.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// ifindex of the VXLAN (collect_md) device remote traffic is sent through; 0 = none yet.
+    pub vxlan_ifindex: u32,
+    pub vni: u32,
+}
+
+#[cfg(feature = "user")]
+// SAFETY: repr(C) of integers and byte arrays, no padding (6+1+1+4+4+4), any bits valid.
+unsafe impl aya::Pod for Endpoint {}
+#[cfg(feature = "user")]
+// SAFETY: repr(C), two u32.
+unsafe impl aya::Pod for Config {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_has_no_padding() {
+        assert_eq!(core::mem::size_of::<Endpoint>(), 20);
+    }
+
+    #[test]
+    fn keys_are_packet_byte_order() {
+        let key = ipv4_key([192, 168, 1, 10]);
+        assert_eq!(key.to_ne_bytes(), [192, 168, 1, 10]);
+        assert_eq!(ipv4_octets(key), [192, 168, 1, 10]);
+    }
+}

@@ -1,0 +1,38 @@
+//! The maps the agent fills; layouts from `weave_common`. All pinned by name so forwarding
+//! survives agent restarts.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap},
+};
+use weave_common::endpoint::{Config, Endpoint, Ipv4Key};
+
+/// Container addresses, local and remote.
+#[map]
+pub(crate) static WEAVE_ENDPOINTS: HashMap<Ipv4Key, Endpoint> = HashMap::pinned(65_536, 0);
+
+/// Underlay addresses of live peers.
+#[map]
+pub(crate) static WEAVE_PEERS: HashMap<Ipv4Key, u32> = HashMap::pinned(4_096, 0);
+
+#[map]
+pub(crate) static WEAVE_CONFIG: Array<Config> = Array::pinned(1, 0);
+
+/// A copy of the endpoint with address `key`, if any.
+#[inline(always)]
+pub(crate) fn endpoint(key: Ipv4Key) -> Option<Endpoint> {
+    // SAFETY: the value is copied out at once; the agent replaces entries whole, so a
+    // concurrent update yields either the old or the new endpoint.
+    unsafe { WEAVE_ENDPOINTS.get(&key).copied() }
+}
+
+#[inline(always)]
+pub(crate) fn is_peer(key: Ipv4Key) -> bool {
+    // SAFETY: only presence is checked.
+    unsafe { WEAVE_PEERS.get(&key).is_some() }
+}
+
+#[inline(always)]
+pub(crate) fn config() -> Config {
+    WEAVE_CONFIG.get(0).copied().unwrap_or_default()
+}

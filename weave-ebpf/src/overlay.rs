@@ -1,0 +1,88 @@
+//! TC ingress on the VXLAN (collect_md) device: frames other hosts sent, already decapsulated
+//! by the kernel. The tunnel's outer source must be a live peer that hosts the inner source
+//! address; the destination must be a local endpoint in the same subnet.
+
+use aya_ebpf::{
+    bindings::{TC_ACT_REDIRECT, TC_ACT_SHOT, bpf_tunnel_key},
+    helpers::generated::{bpf_redirect_peer, bpf_skb_get_tunnel_key},
+    macros::classifier,
+    programs::TcContext,
+};
+use weave_common::{counters::CounterId, endpoint::ipv4_key};
+
+use crate::{
+    counters::count,
+    headers::{ETH_LEN, ETH_P_IP, EthHdr, Ipv4Hdr, ptr_at},
+    maps::{config, endpoint, is_peer},
+};
+
+const HEADERS_LEN: u32 = (ETH_LEN + core::mem::size_of::<Ipv4Hdr>()) as u32;
+
+#[classifier]
+pub fn overlay_tc(ctx: TcContext) -> i32 {
+    let len = u64::from(ctx.len());
+    count(CounterId::OverlayRx, len);
+    match deliver(&ctx) {
+        Ok(()) => {
+            count(CounterId::OverlayDelivered, len);
+            TC_ACT_REDIRECT as i32
+        }
+        Err(reason) => {
+            count(reason, len);
+            TC_ACT_SHOT as i32
+        }
+    }
+}
+
+#[inline(always)]
+fn deliver(ctx: &TcContext) -> Result<(), CounterId> {
+    // SAFETY: a zeroed tunnel key is valid; the helper fills it.
+    let mut key: bpf_tunnel_key = unsafe { core::mem::zeroed() };
+    // SAFETY: the skb pointer is the program's context, the key a local of the size given.
+    let got = unsafe {
+        bpf_skb_get_tunnel_key(
+            ctx.skb.skb,
+            &mut key,
+            core::mem::size_of::<bpf_tunnel_key>() as u32,
+            0,
+        )
+    };
+    if got < 0 || key.tunnel_id != config().vni {
+        return Err(CounterId::DropOverlayNotPeer);
+    }
+    // SAFETY: an IPv4 tunnel (no BPF_F_TUNINFO_IPV6) fills remote_ipv4, in host byte order.
+    let outer_source = u32::to_be(unsafe { key.__bindgen_anon_1.remote_ipv4 });
+    if !is_peer(outer_source) {
+        return Err(CounterId::DropOverlayNotPeer);
+    }
+
+    if ctx.data_end() - ctx.data() < HEADERS_LEN as usize && ctx.len() >= HEADERS_LEN {
+        ctx.pull_data(HEADERS_LEN)
+            .map_err(|_| CounterId::DropMalformed)?;
+    }
+    let (start, end) = (ctx.data(), ctx.data_end());
+    let eth: *mut EthHdr = ptr_at(start, end, 0).ok_or(CounterId::DropMalformed)?;
+    let ip: *mut Ipv4Hdr = ptr_at(start, end, ETH_LEN).ok_or(CounterId::DropMalformed)?;
+    // SAFETY: ptr_at checked both headers lie inside the packet; TC may write packet data.
+    unsafe {
+        if (*eth).proto() != ETH_P_IP || (*eth).dst[0] & 1 != 0 {
+            return Err(CounterId::DropNotIpv4Unicast);
+        }
+        match endpoint(ipv4_key((*ip).src)) {
+            Some(src) if !src.is_local() && src.peer == outer_source && src.mac == (*eth).src => {
+                let dst = endpoint(ipv4_key((*ip).dst))
+                    .filter(|d| d.is_local())
+                    .ok_or(CounterId::DropUnknownDst)?;
+                if !src.same_subnet(&dst) {
+                    return Err(CounterId::DropIsolated);
+                }
+                (*eth).dst = dst.mac;
+                if bpf_redirect_peer(dst.ifindex, 0) != i64::from(TC_ACT_REDIRECT) {
+                    return Err(CounterId::DropRedirectFailed);
+                }
+                Ok(())
+            }
+            _ => Err(CounterId::DropOverlaySpoofed),
+        }
+    }
+}
