@@ -10,7 +10,10 @@ use std::{
     path::{Path, PathBuf},
     process::{Command, Output},
     sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
 };
+
+pub mod walkthrough;
 
 use anyhow::{Context as _, Result, bail, ensure};
 
@@ -90,6 +93,25 @@ where
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Creates network namespace `name` with loopback up. `ip netns add` can fail spuriously
+/// right after other namespaces were deleted ("Bind /proc/self/ns/net ... failed"), so retry.
+fn add_netns(name: &str) -> Result<()> {
+    let mut last = String::new();
+    for _ in 0..5 {
+        let out = run("ip", ["netns", "add", name])?;
+        if out.status.success() {
+            return run_ok("ip", ["-n", name, "link", "set", "lo", "up"]).map(drop);
+        }
+        last = String::from_utf8_lossy(&out.stderr).into_owned();
+        if last.contains("File exists") {
+            break;
+        }
+        // The failed attempt may have left the mount point behind.
+        let _ = run("ip", ["netns", "del", name]);
+    }
+    bail!("ip netns add {name} failed: {last}")
+}
+
 /// A network namespace standing in for a host, with its own agent.
 pub struct Host {
     pub name: String,
@@ -98,28 +120,13 @@ pub struct Host {
 }
 
 impl Host {
-    /// Creates the namespace with loopback up. `ip netns add` can fail spuriously right after
-    /// other namespaces were deleted ("Bind /proc/self/ns/net ... failed"), so retry it.
+    /// Creates the host's namespace with loopback up.
     pub fn new(name: &str) -> Result<Self> {
-        let mut last = String::new();
-        for _ in 0..5 {
-            let out = run("ip", ["netns", "add", name])?;
-            if out.status.success() {
-                let host = Self {
-                    name: name.to_owned(),
-                    verbose: false,
-                };
-                host.ip(["link", "set", "lo", "up"])?;
-                return Ok(host);
-            }
-            last = String::from_utf8_lossy(&out.stderr).into_owned();
-            if last.contains("File exists") {
-                break;
-            }
-            // The failed attempt may have left the mount point behind.
-            let _ = run("ip", ["netns", "del", name]);
-        }
-        bail!("ip netns add {name} failed: {last}")
+        add_netns(name)?;
+        Ok(Self {
+            name: name.to_owned(),
+            verbose: false,
+        })
     }
 
     /// `ip -n NAME ARGS...`
@@ -146,18 +153,20 @@ impl Host {
 
     /// Runs `weave-agent ARGS...` inside the host, whatever its exit status.
     pub fn agent(&self, args: &[&str]) -> Result<Output> {
-        let bin = agent_bin();
-        let out = {
-            let mut all = vec!["netns", "exec", &self.name];
-            let bin = bin.to_str().context("agent path is not UTF-8")?;
-            all.push(bin);
-            all.extend_from_slice(args);
-            run("ip", &all)?
-        };
+        let out = self.agent_quiet(args)?;
         if self.verbose {
             self.show("weave-agent", args, &out);
         }
         Ok(out)
+    }
+
+    /// Like [`Host::agent`], never shown in the transcript (for polling).
+    fn agent_quiet(&self, args: &[&str]) -> Result<Output> {
+        let bin = agent_bin();
+        let mut all = vec!["netns", "exec", &self.name];
+        all.push(bin.to_str().context("agent path is not UTF-8")?);
+        all.extend_from_slice(args);
+        run("ip", &all)
     }
 
     /// Runs `weave-agent ARGS...` and fails unless it exits 0; returns stdout.
@@ -177,7 +186,14 @@ impl Host {
 
     /// `weave-agent status --json`, parsed.
     pub fn status(&self) -> Result<serde_json::Value> {
-        let text = self.agent_ok(&["status", "--json"])?;
+        let out = self.agent_quiet(&["status", "--json"])?;
+        ensure!(
+            out.status.success(),
+            "status in {} failed: {}",
+            self.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
         serde_json::from_str(&text).with_context(|| format!("status --json gave: {text}"))
     }
 
@@ -198,17 +214,22 @@ impl Host {
     }
 
     fn show(&self, program: &str, args: &[&str], out: &Output) {
-        let mut text = format!("{}$ {program} {}\n", self.name, args.join(" "));
-        for stream in [&out.stdout, &out.stderr] {
-            for line in String::from_utf8_lossy(stream).lines() {
-                let _ = writeln!(text, "    {line}");
-            }
-        }
-        if !out.status.success() {
-            let _ = writeln!(text, "    ({})", out.status);
-        }
-        print!("{text}");
+        show(&self.name, program, args, out);
     }
+}
+
+/// Prints a command as a user would type it at `prompt`, then its output.
+fn show(prompt: &str, program: &str, args: &[&str], out: &Output) {
+    let mut text = format!("{prompt}$ {program} {}\n", args.join(" "));
+    for stream in [&out.stdout, &out.stderr] {
+        for line in String::from_utf8_lossy(stream).lines() {
+            let _ = writeln!(text, "    {line}");
+        }
+    }
+    if !out.status.success() {
+        let _ = writeln!(text, "    ({})", out.status);
+    }
+    print!("{text}");
 }
 
 impl Drop for Host {
@@ -228,6 +249,163 @@ impl Drop for Host {
         let _ = std::fs::remove_dir_all(self.pin_dir());
         let _ = std::fs::remove_dir_all(self.state_dir());
         let _ = run("ip", ["netns", "del", &self.name]);
+    }
+}
+
+/// A container: a network namespace of its own that the agent gives an `ethwe`.
+pub struct Container {
+    pub name: String,
+    /// Where it runs, for the transcript.
+    pub host: String,
+    pub verbose: bool,
+}
+
+impl Container {
+    pub fn new(name: &str, host: &Host) -> Result<Self> {
+        add_netns(name)?;
+        Ok(Self {
+            name: name.to_owned(),
+            host: host.name.clone(),
+            verbose: host.verbose,
+        })
+    }
+
+    /// The CONTAINER argument naming it for `weave-agent attach`.
+    pub fn spec(&self) -> String {
+        format!("netns:{}", self.name)
+    }
+
+    /// Runs a program inside the container, whatever its exit status.
+    pub fn exec(&self, program: &str, args: &[&str]) -> Result<Output> {
+        let mut all = vec!["netns", "exec", &self.name, program];
+        all.extend_from_slice(args);
+        let out = run("ip", &all)?;
+        if self.verbose {
+            show(
+                &format!("[{} on {}]", self.name, self.host),
+                program,
+                args,
+                &out,
+            );
+        }
+        Ok(out)
+    }
+
+    /// True if `count` pings to `ip` all get an answer.
+    pub fn ping(&self, ip: &str, count: u32) -> Result<bool> {
+        let count = count.to_string();
+        let out = self.exec("ping", &["-c", &count, "-i", "0.2", "-W", "1", ip])?;
+        Ok(out.status.success())
+    }
+
+    /// `ip -n NAME ARGS...`
+    pub fn ip<I, S>(&self, args: I) -> Result<String>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut all: Vec<std::ffi::OsString> = vec!["-n".into(), self.name.clone().into()];
+        all.extend(args.into_iter().map(|a| a.as_ref().to_owned()));
+        run_ok("ip", all)
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = run("ip", ["netns", "del", &self.name]);
+    }
+}
+
+/// Polls `check` until it returns true or `within` passes; returns how long it took.
+/// A readiness check, not a sleep: it returns as soon as the condition holds.
+pub fn wait_until(
+    within: Duration,
+    what: &str,
+    mut check: impl FnMut() -> Result<bool>,
+) -> Result<Duration> {
+    let start = Instant::now();
+    loop {
+        if check()? {
+            return Ok(start.elapsed());
+        }
+        if start.elapsed() > within {
+            bail!("{what}: not done within {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+impl Host {
+    /// `weave-agent attach CIDR netns:CONTAINER`, which must succeed.
+    pub fn attach(&self, cidr: &str, container: &Container) -> Result<String> {
+        self.agent_ok(&["attach", cidr, &container.spec()])
+    }
+
+    /// Entries in the kernel endpoint map (local, remote), as `status` reads them.
+    pub fn endpoint_counts(&self) -> Result<(u64, u64)> {
+        let status = self.status()?;
+        let get = |kind: &str| {
+            status["endpoints"][kind]
+                .as_u64()
+                .with_context(|| format!("no endpoints.{kind} in status: {status}"))
+        };
+        Ok((get("local")?, get("remote")?))
+    }
+
+    /// Waits until this host's maps hold `remote` remote endpoints.
+    pub fn wait_for_remote(&self, remote: u64) -> Result<Duration> {
+        wait_until(
+            Duration::from_secs(10),
+            &format!("{} learning {remote} remote endpoints", self.name),
+            || Ok(self.endpoint_counts()?.1 == remote),
+        )
+    }
+
+    /// Pid of this host's agent, from `status`.
+    pub fn agent_pid(&self) -> Result<u32> {
+        let status = self.status()?;
+        let pid = status["pid"].as_u64().context("status has no pid")?;
+        Ok(u32::try_from(pid)?)
+    }
+}
+
+/// A "physical" segment joining several hosts: a switch namespace with a bridge and one veth
+/// per host (`eth0` inside the host, address 192.168.56.(100+i)/24). The bridge is test
+/// scaffolding standing for the underlay switch; the hosts themselves have none.
+pub struct Segment {
+    pub hosts: Vec<Host>,
+    switch: Host,
+}
+
+impl Segment {
+    pub fn new(prefix: &str, count: usize) -> Result<Self> {
+        let switch = Host::new(&format!("{prefix}sw"))?;
+        switch.ip(["link", "add", "br0", "type", "bridge"])?;
+        switch.ip(["link", "set", "br0", "up"])?;
+        let mut hosts = Vec::new();
+        for i in 1..=count {
+            let host = Host::new(&format!("{prefix}h{i}"))?;
+            let port = format!("p{i}");
+            switch.ip([
+                "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &host.name,
+            ])?;
+            switch.ip(["link", "set", &port, "master", "br0", "up"])?;
+            host.ip([
+                "addr",
+                "add",
+                &format!("192.168.56.{}/24", 100 + i),
+                "dev",
+                "eth0",
+            ])?;
+            host.ip(["link", "set", "eth0", "up"])?;
+            hosts.push(host);
+        }
+        Ok(Self { hosts, switch })
+    }
+
+    /// Name of the switch namespace (to cut or inspect the wire).
+    pub fn switch(&self) -> &Host {
+        &self.switch
     }
 }
 

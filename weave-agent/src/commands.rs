@@ -1,12 +1,13 @@
 //! What each subcommand does on the CLI side.
 
 use std::{
-    fs::{self, File, OpenOptions},
+    fs::{self, OpenOptions},
     io::{ErrorKind, Read as _},
-    os::{fd::AsRawFd as _, unix::process::CommandExt as _},
+    os::{
+        fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+        unix::process::CommandExt as _,
+    },
     process::{Command as Process, Stdio},
-    sync::mpsc,
-    thread,
     time::Duration,
 };
 
@@ -270,10 +271,31 @@ fn status(loc: &Location, out: OutputArgs) -> Result<()> {
     for p in &s.programs {
         println!("                 {} (id {}): {}", p.name, p.id, p.attached);
     }
+    println!(
+        "        Overlay: {} (VXLAN external, UDP 6784), ethwe MTU {}",
+        s.vxlan, s.mtu
+    );
+    println!(
+        "      Endpoints: {} local, {} remote (kernel map)",
+        s.endpoints.local, s.endpoints.remote
+    );
+    if s.peers.is_empty() {
+        println!("          Peers: none (`weave-agent join ADDR` connects to one)");
+    }
+    for (i, p) in s.peers.iter().enumerate() {
+        let label = if i == 0 { "Peers:" } else { "" };
+        println!(
+            "{label:>16} {}({}) {} {} ({} endpoints)",
+            p.name, p.nickname, p.address, p.state, p.endpoints
+        );
+    }
+    for conflict in &s.conflicts {
+        println!("       Conflict: {conflict}");
+    }
     println!("       Counters:");
     for (name, c) in &s.counters {
         println!(
-            "                 {name:<16} {:>12} packets {:>14} bytes",
+            "                 {name:<22} {:>12} packets {:>14} bytes",
             c.packets, c.bytes
         );
     }
@@ -282,10 +304,21 @@ fn status(loc: &Location, out: OutputArgs) -> Result<()> {
 
 /// Asks the daemon to exit and waits until it has. Returns its pid.
 fn stop(loc: &Location) -> Result<u32> {
+    let Response::Status(status) = api::call_agent(&loc.socket(), &Request::Status)? else {
+        bail!("the agent answered status with something else");
+    };
+    // Opened before asking it to stop, so a recycled pid can never be mistaken for it.
+    let exited = PidFd::open(status.pid)?;
     let Response::ShuttingDown { pid } = api::call_agent(&loc.socket(), &Request::Shutdown)? else {
         bail!("the agent answered stop with something else");
     };
-    wait_for_exit(loc)?;
+    if !exited.wait(STOP_TIMEOUT)? {
+        bail!(
+            "the agent (pid {pid}) did not exit within {}s; see {}",
+            STOP_TIMEOUT.as_secs(),
+            loc.log_file().display()
+        );
+    }
     if loc.socket().exists() {
         bail!(
             "the agent (pid {pid}) exited but left {} behind",
@@ -295,23 +328,40 @@ fn stop(loc: &Location) -> Result<u32> {
     Ok(pid)
 }
 
-/// The daemon holds an exclusive lock on its lock file until the kernel tears the process
-/// down; getting a shared lock therefore means it has exited.
-fn wait_for_exit(loc: &Location) -> Result<()> {
-    let lock = File::open(loc.lock_file())
-        .with_context(|| format!("opening {}", loc.lock_file().display()))?;
-    let (done, exited) = mpsc::channel();
-    thread::spawn(move || {
-        let _ = done.send(lock.lock_shared());
-    });
-    match exited.recv_timeout(STOP_TIMEOUT) {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(err)) => Err(err).context("waiting for the agent to exit"),
-        Err(_) => bail!(
-            "the agent did not exit within {}s; see {}",
-            STOP_TIMEOUT.as_secs(),
-            loc.log_file().display()
-        ),
+/// A process handle that becomes readable when the process has exited (pidfd_open(2)).
+struct PidFd(OwnedFd);
+
+impl PidFd {
+    fn open(pid: u32) -> Result<Self> {
+        // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("watching agent process {pid}"));
+        }
+        // SAFETY: the descriptor was just created and is owned by nobody else.
+        Ok(Self(unsafe { OwnedFd::from_raw_fd(fd as i32) }))
+    }
+
+    /// True once the process has exited, false if `timeout` passed first.
+    fn wait(&self, timeout: Duration) -> Result<bool> {
+        let mut poll = libc::pollfd {
+            fd: self.0.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let millis = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+        loop {
+            // SAFETY: one valid pollfd, count 1.
+            let ready = unsafe { libc::poll(&mut poll, 1, millis) };
+            if ready >= 0 {
+                return Ok(ready == 1);
+            }
+            let err = std::io::Error::last_os_error();
+            if err.kind() != ErrorKind::Interrupted {
+                return Err(err).context("waiting for the agent to exit");
+            }
+        }
     }
 }
 

@@ -44,8 +44,7 @@ impl Location {
         self.state_dir.join("agent.sock")
     }
 
-    /// Held (flock) by the running daemon for its whole life; released by the kernel when it
-    /// exits, which is what `stop` waits for.
+    /// Held (flock) by the running daemon for its whole life, so only one runs per namespace.
     pub fn lock_file(&self) -> PathBuf {
         self.state_dir.join("agent.lock")
     }

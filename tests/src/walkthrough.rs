@@ -1,0 +1,69 @@
+//! The Weave walkthrough on two namespace hosts: what `cargo xtask demo` shows and what the
+//! integration tests check, from one piece of code.
+
+use anyhow::{Result, ensure};
+
+use crate::{Container, Host, two_hosts};
+
+/// Hosts and containers of a finished walkthrough, for further checks. Dropping it removes
+/// everything.
+pub struct Walkthrough {
+    // Containers first: they are dropped before the hosts that reset the agents.
+    pub c1: Container,
+    pub c2: Container,
+    pub c3: Container,
+    pub a: Host,
+    pub b: Host,
+}
+
+/// Host A launches, host B joins A's underlay address; 192.168.1.10/24 on A and
+/// 192.168.1.20/24 on B ping each other both ways; 192.168.2.30/24 on B cannot reach
+/// 192.168.1.10. Fails if any of that does not hold.
+pub fn run(a: &str, b: &str, verbose: bool) -> Result<Walkthrough> {
+    let (mut host_a, mut host_b) = two_hosts(a, b)?;
+    host_a.verbose = verbose;
+    host_b.verbose = verbose;
+    let c1 = Container::new(&format!("{a}-c1"), &host_a)?;
+    let c2 = Container::new(&format!("{b}-c2"), &host_b)?;
+    let c3 = Container::new(&format!("{b}-c3"), &host_b)?;
+
+    host_a.agent_ok(&["launch"])?;
+    host_b.agent_ok(&["join", "192.168.56.101"])?;
+    host_a.attach("192.168.1.10/24", &c1)?;
+    host_b.attach("192.168.1.20/24", &c2)?;
+    host_b.attach("192.168.2.30/24", &c3)?;
+    // Gossip carries each side's endpoints to the other.
+    host_a.wait_for_remote(2)?;
+    host_b.wait_for_remote(1)?;
+    host_b.agent_ok(&["peers"])?;
+    host_a.agent_ok(&["ps"])?;
+
+    ensure!(
+        c1.ping("192.168.1.20", 3)?,
+        "192.168.1.10 on {a} cannot reach 192.168.1.20 on {b}"
+    );
+    ensure!(
+        c2.ping("192.168.1.10", 3)?,
+        "192.168.1.20 on {b} cannot reach 192.168.1.10 on {a}"
+    );
+    ensure!(
+        !c3.ping("192.168.1.10", 2)?,
+        "192.168.2.30 reached 192.168.1.10 across subnets"
+    );
+    // Even routing the other subnet through ethwe does not help: the data path drops it.
+    c3.exec("ip", &["route", "add", "192.168.1.0/24", "dev", "ethwe"])?;
+    ensure!(
+        !c3.ping("192.168.1.10", 2)?,
+        "192.168.2.30 reached 192.168.1.10 through its own route"
+    );
+    host_a.agent_ok(&["status"])?;
+    // The overlay device: external (collect_md) mode, no learning, no remotes; no bridge.
+    host_a.exec("ip", &["-d", "link", "show", "vxlan-6784"])?;
+    Ok(Walkthrough {
+        c1,
+        c2,
+        c3,
+        a: host_a,
+        b: host_b,
+    })
+}
