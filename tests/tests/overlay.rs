@@ -74,9 +74,15 @@ fn three_hosts_reach_each_other() -> Result<()> {
     let prefix = unique_name("t");
     let seg = Segment::new(&prefix, 3)?;
     let [h1, h2, h3] = [&seg.hosts[0], &seg.hosts[1], &seg.hosts[2]];
+    // Three ways in: launch alone, launch with a peer, and join told to a running agent
+    // (which first points at an address where nobody answers: retried, shown, not fatal).
     h1.agent_ok(&["launch"])?;
     h2.agent_ok(&["launch", "192.168.56.101"])?;
-    h3.agent_ok(&["join", "192.168.56.102"])?;
+    h3.agent_ok(&["launch", "192.168.56.199"])?;
+    let peers = h3.agent_ok(&["peers"])?;
+    assert!(peers.contains("192.168.56.199 connecting"), "{peers}");
+    let joined = h3.agent_ok(&["join", "192.168.56.102"])?;
+    assert!(joined.contains("192.168.56.102:6783"), "{joined}");
     let cs: Vec<Container> = seg
         .hosts
         .iter()
@@ -108,6 +114,11 @@ fn three_hosts_reach_each_other() -> Result<()> {
             .count();
         assert_eq!(alive, 2, "{}: {peers}", h.name);
     }
+    let peers = h3.agent_ok(&["peers"])?;
+    assert!(
+        peers.contains("192.168.56.199 connecting"),
+        "still retried: {peers}"
+    );
     Ok(())
 }
 
