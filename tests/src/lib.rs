@@ -13,6 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod docker;
 pub mod walkthrough;
 
 use anyhow::{Context as _, Result, bail, ensure};
@@ -219,7 +220,7 @@ impl Host {
 }
 
 /// Prints a command as a user would type it at `prompt`, then its output.
-fn show(prompt: &str, program: &str, args: &[&str], out: &Output) {
+pub(crate) fn show(prompt: &str, program: &str, args: &[&str], out: &Output) {
     let mut text = format!("{prompt}$ {program} {}\n", args.join(" "));
     for stream in [&out.stdout, &out.stderr] {
         for line in String::from_utf8_lossy(stream).lines() {

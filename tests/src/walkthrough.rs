@@ -3,7 +3,7 @@
 
 use anyhow::{Result, ensure};
 
-use crate::{Container, Host, two_hosts};
+use crate::{Container, Host, docker, two_hosts};
 
 /// Hosts and containers of a finished walkthrough, for further checks. Dropping it removes
 /// everything.
@@ -66,4 +66,108 @@ pub fn run(a: &str, b: &str, verbose: bool) -> Result<Walkthrough> {
         a: host_a,
         b: host_b,
     })
+}
+
+/// The walkthrough with real Docker containers, as Weave users know it.
+pub struct DockerWalkthrough {
+    // Containers first: removed before the hosts reset their agents.
+    pub on_a: docker::Named,
+    pub on_b: docker::Named,
+    /// 192.168.2.30/24 on B: another subnet.
+    pub other: docker::Named,
+    /// Full ids `run` printed.
+    pub id_a: String,
+    pub id_b: String,
+    pub a: Host,
+    pub b: Host,
+}
+
+/// Host A launches, host B joins; `weave-agent run 192.168.1.20/24 --name ... -it IMAGE sh` on
+/// B and `... 192.168.1.10/24 ...` on A print container ids; the containers ping each other
+/// with `docker exec`. Fails if any of that does not hold.
+pub fn run_docker(a: &str, b: &str, verbose: bool) -> Result<DockerWalkthrough> {
+    docker::require()?;
+    let (mut host_a, mut host_b) = two_hosts(a, b)?;
+    host_a.verbose = verbose;
+    host_b.verbose = verbose;
+    host_a.agent_ok(&["launch"])?;
+    host_b.agent_ok(&["join", "192.168.56.101"])?;
+    let on_b = docker::Named::new(format!("{b}-wet"));
+    let id_b = host_b
+        .agent_ok(&[
+            "run",
+            "192.168.1.20/24",
+            "--name",
+            &on_b.0,
+            "-it",
+            docker::IMAGE,
+            "sh",
+        ])?
+        .trim()
+        .to_owned();
+    let on_a = docker::Named::new(format!("{a}-wet"));
+    let id_a = host_a
+        .agent_ok(&[
+            "run",
+            "192.168.1.10/24",
+            "--name",
+            &on_a.0,
+            "-it",
+            docker::IMAGE,
+            "sh",
+        ])?
+        .trim()
+        .to_owned();
+    host_a.wait_for_remote(1)?;
+    host_b.wait_for_remote(1)?;
+    for (name, peer) in [(&on_a.0, "192.168.1.20"), (&on_b.0, "192.168.1.10")] {
+        let out = show_docker(verbose, &["exec", name, "ping", "-c", "3", "-W", "1", peer])?;
+        ensure!(out.status.success(), "{name} cannot reach {peer}");
+    }
+    show_docker(verbose, &["exec", &on_b.0, "ip", "addr", "show", "ethwe"])?;
+    let other = docker::Named::new(format!("{b}-other"));
+    host_b.agent_ok(&[
+        "run",
+        "192.168.2.30/24",
+        "--name",
+        &other.0,
+        "-it",
+        docker::IMAGE,
+        "sh",
+    ])?;
+    let out = show_docker(
+        verbose,
+        &[
+            "exec",
+            &other.0,
+            "ping",
+            "-c",
+            "2",
+            "-W",
+            "1",
+            "192.168.1.10",
+        ],
+    )?;
+    ensure!(
+        !out.status.success(),
+        "192.168.2.30 reached 192.168.1.10 across subnets"
+    );
+    Ok(DockerWalkthrough {
+        on_a,
+        on_b,
+        other,
+        id_a,
+        id_b,
+        a: host_a,
+        b: host_b,
+    })
+}
+
+/// `docker ARGS...`, shown in the transcript when `verbose`.
+pub fn show_docker(verbose: bool, args: &[&str]) -> Result<std::process::Output> {
+    let out = docker::docker(args)?;
+    if verbose {
+        crate::show("docker-host", "docker", args, &out);
+    }
+    Ok(out)
 }

@@ -12,6 +12,8 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 use serde::{Deserialize, Serialize};
 
+use crate::run_args::RunSpec;
+
 /// How long the CLI waits for the daemon to answer one request.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -20,11 +22,18 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum Request {
     Status,
     Shutdown,
-    /// Attach `cidr` to the container whose network namespace file is `netns`.
+    /// Attach `cidr` to the container whose network namespace file is `netns`, or, without
+    /// one, to the Docker container named `container`.
     Attach {
         cidr: String,
         container: String,
-        netns: PathBuf,
+        netns: Option<PathBuf>,
+        mtu: Option<u32>,
+    },
+    /// Create and start a Docker container, then attach `cidr` to it.
+    Run {
+        cidr: String,
+        spec: Box<RunSpec>,
         mtu: Option<u32>,
     },
     /// Detach every endpoint of `container` (as named at attach, or by its netns file).
@@ -44,13 +53,31 @@ pub enum Request {
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum Response {
     Status(Box<Status>),
-    ShuttingDown { pid: u32 },
-    Attached { endpoint: EndpointInfo },
-    Detached { endpoints: Vec<EndpointInfo> },
-    Endpoints { endpoints: Vec<EndpointInfo> },
-    Peers { peers: Vec<PeerInfo> },
-    Joined { address: String },
-    Error { message: String },
+    ShuttingDown {
+        pid: u32,
+    },
+    Attached {
+        endpoint: EndpointInfo,
+    },
+    /// Full id of the container `run` created.
+    Ran {
+        id: String,
+    },
+    Detached {
+        endpoints: Vec<EndpointInfo>,
+    },
+    Endpoints {
+        endpoints: Vec<EndpointInfo>,
+    },
+    Peers {
+        peers: Vec<PeerInfo>,
+    },
+    Joined {
+        address: String,
+    },
+    Error {
+        message: String,
+    },
 }
 
 /// An endpoint attached on this host, as `ps` shows it.

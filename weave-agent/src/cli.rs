@@ -64,6 +64,9 @@ pub enum Command {
         after_help = "Example:\n  weave-agent run 192.168.1.20/24 --name wet -it IMAGE sh"
     )]
     Run {
+        /// MTU of `ethwe` (default: underlay MTU - 50). Goes before CIDR.
+        #[arg(long)]
+        mtu: Option<u32>,
         /// Overlay address of the container with its subnet, e.g. 192.168.1.20/24.
         #[arg(value_name = "CIDR")]
         cidr: String,
@@ -165,7 +168,10 @@ mod tests {
             "busybox",
             "sh",
         ]);
-        let Command::Run { cidr, docker_args } = cli.command else {
+        let Command::Run {
+            cidr, docker_args, ..
+        } = cli.command
+        else {
             panic!("parsed as {:?}", cli.command);
         };
         assert_eq!(cidr, "192.168.1.20/24");

@@ -21,6 +21,7 @@ use crate::{
     container, daemon, datapath, gossip,
     location::Location,
     netlink,
+    run_args::RunSpec,
 };
 
 /// How long `stop` waits for the daemon to exit after it agreed to.
@@ -46,7 +47,11 @@ pub fn run(cli: Cli) -> Result<()> {
             reset(&loc)
         }
         Command::Join { addr, mut launch } => join(&global, &addr, &mut launch, &loc),
-        Command::Run { .. } => not_implemented("run"),
+        Command::Run {
+            cidr,
+            docker_args,
+            mtu,
+        } => run_container(&loc, &cidr, &docker_args, mtu),
         Command::Attach {
             cidr,
             container,
@@ -104,7 +109,7 @@ fn attach(loc: &Location, cidr: &str, container_arg: &str, mtu: Option<u32>) -> 
 fn detach(loc: &Location, container_arg: &str) -> Result<()> {
     let request = Request::Detach {
         container: container_arg.to_owned(),
-        netns: container::netns_path(container_arg).ok(),
+        netns: container::netns_path(container_arg).ok().flatten(),
     };
     let Response::Detached { endpoints } = api::call_agent(&loc.socket(), &request)? else {
         bail!("the agent answered detach with something else");
@@ -152,8 +157,26 @@ fn peers(loc: &Location, out: OutputArgs) -> Result<()> {
     Ok(())
 }
 
-fn not_implemented(what: &str) -> Result<()> {
-    bail!("`weave-agent {what}` is not implemented yet")
+/// `run`: the full container id alone on stdout, so `id=$(weave-agent run ...)` works.
+fn run_container(
+    loc: &Location,
+    cidr: &str,
+    docker_args: &[String],
+    mtu: Option<u32>,
+) -> Result<()> {
+    // Refuse bad input before Docker creates anything.
+    let parsed: Cidr = cidr.parse()?;
+    let spec = RunSpec::parse(docker_args)?;
+    let request = Request::Run {
+        cidr: parsed.to_string(),
+        spec: Box::new(spec),
+        mtu,
+    };
+    let Response::Ran { id } = api::call_agent(&loc.socket(), &request)? else {
+        bail!("the agent answered run with something else");
+    };
+    println!("{id}");
+    Ok(())
 }
 
 /// Global flags the daemon must see exactly as this invocation did.

@@ -14,8 +14,9 @@ use crate::{addressing::Cidr, netlink};
 /// Name of the overlay interface inside containers.
 pub const ETHWE: &str = "ethwe";
 
-/// The network namespace file a CONTAINER argument stands for.
-pub fn netns_path(container: &str) -> Result<PathBuf> {
+/// The network namespace file a CONTAINER argument stands for; None for anything else, which
+/// is taken for a Docker container name or id.
+pub fn netns_path(container: &str) -> Result<Option<PathBuf>> {
     let path = if let Some(name) = container.strip_prefix("netns:") {
         Path::new("/run/netns").join(name)
     } else if let Some(pid) = container.strip_prefix("pid:") {
@@ -26,15 +27,12 @@ pub fn netns_path(container: &str) -> Result<PathBuf> {
     } else if container.starts_with('/') {
         PathBuf::from(container)
     } else {
-        bail!(
-            "{container:?} is not a network namespace: use netns:NAME, pid:PID or a path to a \
-             netns file (Docker container names are not supported yet)"
-        );
+        return Ok(None);
     };
     if !path.exists() {
         bail!("{container}: {} does not exist", path.display());
     }
-    Ok(path)
+    Ok(Some(path))
 }
 
 /// Runs `work` with a netlink handle inside the network namespace `netns`.

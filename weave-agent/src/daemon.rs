@@ -9,13 +9,14 @@ use std::{
         fd::{FromRawFd as _, RawFd},
         unix::fs::PermissionsExt as _,
     },
-    path::Path,
+    path::{Path, PathBuf},
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
 use chitchat::transport::UdpTransport;
+use futures_util::StreamExt as _;
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
     net::{UnixListener, UnixStream},
@@ -34,6 +35,7 @@ use crate::{
     gossip::{self, Gossip, PeerView},
     location::Location,
     netlink,
+    run_args::RunSpec,
     state::{self, LocalEndpoint, State},
 };
 
@@ -94,6 +96,8 @@ const RETRY_INTERVAL: Duration = Duration::from_secs(1);
 /// After a start, remote entries left in the pinned maps by the previous agent are kept this
 /// long, so traffic keeps flowing while gossip reconverges.
 const ADOPTION_GRACE: Duration = Duration::from_secs(5);
+/// How often the agent looks for a Docker engine while none answers.
+const DOCKER_RETRY: Duration = Duration::from_secs(2);
 
 struct Agent {
     loc: Location,
@@ -192,6 +196,7 @@ async fn serve(args: &LaunchArgs, loc: &Location, ready: &mut Option<File>) -> R
         shutdown,
     });
     let sync = tokio::spawn(sync_loop(Arc::clone(&agent)));
+    let docker = tokio::spawn(docker_loop(Arc::clone(&agent)));
     tracing::info!(
         netns = %loc.netns,
         underlay = %underlay.name,
@@ -224,6 +229,7 @@ async fn serve(args: &LaunchArgs, loc: &Location, ready: &mut Option<File>) -> R
     }
     let _ = agent.shutdown.send(true);
     let _ = sync.await;
+    let _ = docker.await;
     let _ = fs::remove_file(&socket);
     tracing::info!(
         "agent stopped; the data path stays attached (pinned in {}); `weave-agent reset` removes it",
@@ -252,6 +258,7 @@ async fn adopt_endpoints(inner: &mut Inner, gossip: &Gossip) -> Result<()> {
                 tracing::info!(cidr = %ep.cidr, container = %ep.container, "container gone; dropping its endpoint");
                 inner.datapath.detach_container(&ep.host_veth)?;
                 inner.datapath.remove_endpoint(ep.cidr.ip)?;
+                keep_dormant(inner, &ep);
             }
         }
     }
@@ -307,6 +314,7 @@ async fn sync_once(agent: &Agent) -> Result<()> {
     for ep in &vanished {
         tracing::info!(cidr = %ep.cidr, container = %ep.container, "container gone; withdrawing its address");
         remove_endpoint(inner, &agent.gossip, ep).await?;
+        keep_dormant(inner, ep);
     }
     if !vanished.is_empty() {
         state::save(&agent.loc.state_dir, &inner.state)?;
@@ -370,6 +378,133 @@ async fn sync_once(agent: &Agent) -> Result<()> {
     Ok(())
 }
 
+/// A Docker container that stopped keeps its address for when it starts again.
+fn keep_dormant(inner: &mut Inner, ep: &LocalEndpoint) {
+    if ep.docker_id.is_some() && !inner.state.dormant.iter().any(|d| d.cidr == ep.cidr) {
+        inner.state.dormant.push(ep.clone());
+    }
+}
+
+/// Follows Docker's events while Docker runs: a container of ours that dies is withdrawn from
+/// the mesh at once, one that starts again gets its address back, one that is removed is
+/// forgotten. Without Docker this waits quietly; netns and pid attachments do not need it.
+async fn docker_loop(agent: Arc<Agent>) {
+    let mut stopping = agent.shutdown.subscribe();
+    loop {
+        if let Ok(docker) = crate::docker::connect().await {
+            tracing::debug!("following Docker events");
+            // Containers that started while we were not looking.
+            let dormant: Vec<String> = {
+                let inner = agent.inner.lock().await;
+                inner
+                    .state
+                    .dormant
+                    .iter()
+                    .filter_map(|d| d.docker_id.clone())
+                    .collect()
+            };
+            for id in dormant {
+                container_started(&agent, &docker, &id).await;
+            }
+            let mut events = crate::docker::events(&docker);
+            loop {
+                tokio::select! {
+                    event = events.next() => match event {
+                        Some(Ok(event)) => {
+                            let id = event.actor.and_then(|a| a.id).unwrap_or_default();
+                            match event.action.as_deref() {
+                                Some("start") => container_started(&agent, &docker, &id).await,
+                                Some("die") => container_died(&agent, &id, false).await,
+                                Some("destroy") => container_died(&agent, &id, true).await,
+                                _ => {}
+                            }
+                        }
+                        Some(Err(err)) => {
+                            tracing::debug!("Docker events: {err}");
+                            break;
+                        }
+                        None => break,
+                    },
+                    _ = stopping.changed() => return,
+                }
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(DOCKER_RETRY) => {}
+            _ = stopping.changed() => return,
+        }
+    }
+}
+
+async fn container_died(agent: &Agent, id: &str, destroyed: bool) {
+    let mut inner = agent.inner.lock().await;
+    let inner = &mut *inner;
+    let gone: Vec<LocalEndpoint> = inner
+        .state
+        .endpoints
+        .iter()
+        .filter(|e| e.docker_id.as_deref() == Some(id))
+        .cloned()
+        .collect();
+    for ep in &gone {
+        tracing::info!(cidr = %ep.cidr, container = %ep.container, "container died; withdrawing its address");
+        if let Err(err) = remove_endpoint(inner, &agent.gossip, ep).await {
+            tracing::warn!("withdrawing {}: {err:#}", ep.cidr);
+        }
+        keep_dormant(inner, ep);
+    }
+    let before = inner.state.dormant.len();
+    if destroyed {
+        inner
+            .state
+            .dormant
+            .retain(|d| d.docker_id.as_deref() != Some(id));
+    }
+    if (!gone.is_empty() || inner.state.dormant.len() != before)
+        && let Err(err) = state::save(&agent.loc.state_dir, &inner.state)
+    {
+        tracing::warn!("{err:#}");
+    }
+}
+
+async fn container_started(agent: &Agent, docker: &bollard::Docker, id: &str) {
+    let dormant = {
+        let mut inner = agent.inner.lock().await;
+        let found = inner
+            .state
+            .dormant
+            .iter()
+            .position(|d| d.docker_id.as_deref() == Some(id));
+        found.map(|i| inner.state.dormant.remove(i))
+    };
+    let Some(ep) = dormant else {
+        return;
+    };
+    let result = async {
+        let container = crate::docker::inspect(docker, id)
+            .await?
+            .filter(|c| c.pid != 0)
+            .context("the container is not running")?;
+        let target = Target {
+            label: ep.container.clone(),
+            netns: container.netns(),
+            docker_id: Some(container.id),
+        };
+        attach_endpoint(agent, ep.cidr, &target, Some(ep.mtu)).await
+    }
+    .await;
+    match result {
+        Ok(_) => {
+            tracing::info!(cidr = %ep.cidr, container = %ep.container, "container started again; address restored")
+        }
+        Err(err) => {
+            tracing::warn!(cidr = %ep.cidr, container = %ep.container, "restoring the address: {err:#}");
+            let mut inner = agent.inner.lock().await;
+            keep_dormant(&mut inner, &ep);
+        }
+    }
+}
+
 /// Withdraws a local endpoint everywhere: gossip, map, TC link, veth, state.
 async fn remove_endpoint(inner: &mut Inner, gossip: &Gossip, ep: &LocalEndpoint) -> Result<()> {
     gossip.withdraw(ep.cidr.ip).await;
@@ -420,29 +555,34 @@ fn peer_infos(inner: &Inner) -> Vec<api::PeerInfo> {
     out
 }
 
-async fn attach(
-    agent: &Agent,
-    cidr: &str,
-    container: &str,
-    netns: &Path,
-    mtu: Option<u32>,
-) -> Result<api::EndpointInfo> {
-    let cidr: Cidr = cidr.parse()?;
+/// Both paths name the same file (for namespaces: the same namespace).
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    match (fs::metadata(a), fs::metadata(b)) {
+        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+        _ => false,
+    }
+}
+
+/// The container an endpoint is attached to.
+struct Target {
+    /// As the user named it (netns:NAME, pid:PID, a path, a Docker name or short id).
+    label: String,
+    netns: PathBuf,
+    docker_id: Option<String>,
+}
+
+/// Refuses an address already used here or anywhere in the mesh, naming where.
+async fn check_free(agent: &Agent, ip: Ipv4Addr) -> Result<()> {
     let peers = agent.gossip.peers().await;
-    let mut inner = agent.inner.lock().await;
-    let inner = &mut *inner;
-    if let Some(ep) = inner.state.endpoints.iter().find(|e| e.cidr.ip == cidr.ip) {
-        bail!(
-            "{} is already in use: attached here to {}",
-            cidr.ip,
-            ep.container
-        );
+    let inner = agent.inner.lock().await;
+    if let Some(ep) = inner.state.endpoints.iter().find(|e| e.cidr.ip == ip) {
+        bail!("{ip} is already in use: attached here to {}", ep.container);
     }
     for peer in &peers {
-        if let Some(ep) = peer.endpoints.iter().find(|e| e.cidr.ip == cidr.ip) {
+        if let Some(ep) = peer.endpoints.iter().find(|e| e.cidr.ip == ip) {
             bail!(
-                "{} is already in use: attached to {} on peer {} ({}, {})",
-                cidr.ip,
+                "{ip} is already in use: attached to {} on peer {} ({}, {})",
                 ep.container,
                 peer.name,
                 peer.nickname,
@@ -450,12 +590,107 @@ async fn attach(
             );
         }
     }
-    if let Some(ep) = inner
-        .state
-        .endpoints
-        .iter()
-        .find(|e| e.netns == netns || e.container == container)
-    {
+    Ok(())
+}
+
+/// `attach`: to a namespace, or (without one) to a running Docker container by name or id.
+async fn attach(
+    agent: &Agent,
+    cidr: &str,
+    container: &str,
+    netns: Option<PathBuf>,
+    mtu: Option<u32>,
+) -> Result<api::EndpointInfo> {
+    let cidr: Cidr = cidr.parse()?;
+    let target =
+        match netns {
+            Some(netns) => Target {
+                label: container.to_owned(),
+                netns,
+                docker_id: None,
+            },
+            None => {
+                let docker = crate::docker::connect().await?;
+                let found = crate::docker::inspect(&docker, container).await?.with_context(|| {
+                format!(
+                    "no container {container:?}: not a Docker container name or id, and not \
+                     netns:NAME, pid:PID or a netns path"
+                )
+            })?;
+                if found.pid == 0 {
+                    bail!("container {container} is not running");
+                }
+                Target {
+                    label: container.to_owned(),
+                    netns: found.netns(),
+                    docker_id: Some(found.id),
+                }
+            }
+        };
+    attach_endpoint(agent, cidr, &target, mtu).await
+}
+
+/// `run`: creates and starts the container through Docker, attaches it, and removes it again
+/// if attaching fails. Returns the full container id.
+async fn run_container(
+    agent: &Agent,
+    cidr: &str,
+    spec: &RunSpec,
+    mtu: Option<u32>,
+) -> Result<String> {
+    let cidr: Cidr = cidr.parse()?;
+    check_free(agent, cidr.ip).await?;
+    let docker = crate::docker::connect().await?;
+    let id =
+        crate::docker::create_and_start(&docker, spec, &agent.base.peer_name, &cidr.to_string())
+            .await?;
+    let attached = async {
+        let container = crate::docker::inspect(&docker, &id)
+            .await?
+            .filter(|c| c.pid != 0)
+            .context("the container exited right after it started")?;
+        let target = Target {
+            label: spec
+                .name
+                .clone()
+                .unwrap_or_else(|| crate::docker::short_id(&id).to_owned()),
+            netns: container.netns(),
+            docker_id: Some(id.clone()),
+        };
+        attach_endpoint(agent, cidr, &target, mtu).await
+    }
+    .await;
+    if let Err(err) = attached {
+        let _ = crate::docker::remove(&docker, &id).await;
+        return Err(err.context(format!(
+            "attaching {cidr} to the new container failed, so it was removed again"
+        )));
+    }
+    Ok(id)
+}
+
+async fn attach_endpoint(
+    agent: &Agent,
+    cidr: Cidr,
+    target: &Target,
+    mtu: Option<u32>,
+) -> Result<api::EndpointInfo> {
+    check_free(agent, cidr.ip).await?;
+    if same_file(&target.netns, Path::new("/proc/self/ns/net")) {
+        bail!(
+            "{} is the host's own network namespace; containers need one of their own",
+            target.label
+        );
+    }
+    let mut inner = agent.inner.lock().await;
+    let inner = &mut *inner;
+    let netns = target.netns.as_path();
+    let container = target.label.as_str();
+    if let Some(ep) = inner.state.endpoints.iter().find(|e| {
+        e.netns == netns
+            || e.container == container
+            || (e.docker_id.is_some() && e.docker_id == target.docker_id)
+    }) {
         bail!(
             "{container} already has {} on ethwe; detach it first",
             ep.cidr
@@ -473,6 +708,7 @@ async fn attach(
         netns: netns.to_owned(),
         host_veth: host.clone(),
         mtu,
+        docker_id: target.docker_id.clone(),
     };
     let result: Result<()> = async {
         container::move_into(&inner.netlink, &temp, netns).await?;
@@ -493,6 +729,7 @@ async fn attach(
         return Err(err);
     }
     agent.gossip.publish(&cidr, container).await;
+    inner.state.dormant.retain(|d| d.cidr != cidr);
     inner.state.endpoints.push(ep.clone());
     state::save(&agent.loc.state_dir, &inner.state)?;
     tracing::info!(%cidr, container, "attached");
@@ -504,16 +741,35 @@ async fn detach(
     container: &str,
     netns: Option<&Path>,
 ) -> Result<Vec<api::EndpointInfo>> {
+    // A Docker name resolves to the id the endpoint recorded.
+    let docker_id = match netns {
+        Some(_) => None,
+        None => match crate::docker::connect().await {
+            Ok(docker) => crate::docker::inspect(&docker, container)
+                .await
+                .ok()
+                .flatten()
+                .map(|c| c.id),
+            Err(_) => None,
+        },
+    };
+    let matches = |e: &LocalEndpoint| {
+        e.container == container
+            || netns.is_some_and(|n| n == e.netns)
+            || (e.docker_id.is_some() && e.docker_id == docker_id)
+    };
     let mut inner = agent.inner.lock().await;
     let inner = &mut *inner;
     let matching: Vec<LocalEndpoint> = inner
         .state
         .endpoints
         .iter()
-        .filter(|e| e.container == container || netns.is_some_and(|n| n == e.netns))
+        .filter(|e| matches(e))
         .cloned()
         .collect();
-    if matching.is_empty() {
+    let dormant = inner.state.dormant.len();
+    inner.state.dormant.retain(|e| !matches(e));
+    if matching.is_empty() && inner.state.dormant.len() == dormant {
         bail!("{container} has no endpoint on this host (`weave-agent ps` lists them)");
     }
     for ep in &matching {
@@ -601,7 +857,10 @@ async fn respond(agent: &Agent, request: Request) -> Result<Response> {
             netns,
             mtu,
         } => Response::Attached {
-            endpoint: attach(agent, &cidr, &container, &netns, mtu).await?,
+            endpoint: attach(agent, &cidr, &container, netns, mtu).await?,
+        },
+        Request::Run { cidr, spec, mtu } => Response::Ran {
+            id: run_container(agent, &cidr, &spec, mtu).await?,
         },
         Request::Detach { container, netns } => Response::Detached {
             endpoints: detach(agent, &container, netns.as_deref()).await?,

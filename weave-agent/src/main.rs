@@ -8,9 +8,11 @@ mod commands;
 mod container;
 mod daemon;
 mod datapath;
+mod docker;
 mod gossip;
 mod location;
 mod netlink;
+mod run_args;
 mod state;
 
 use std::{io::IsTerminal as _, process::ExitCode};

@@ -22,6 +22,10 @@ pub struct State {
     pub peers: Vec<String>,
     #[serde(default)]
     pub endpoints: Vec<LocalEndpoint>,
+    /// Endpoints of Docker containers that stopped; they get their address back when the
+    /// container starts again (`docker restart`, a restart policy).
+    #[serde(default)]
+    pub dormant: Vec<LocalEndpoint>,
 }
 
 /// An endpoint attached on this host.
@@ -34,6 +38,9 @@ pub struct LocalEndpoint {
     pub netns: PathBuf,
     pub host_veth: String,
     pub mtu: u32,
+    /// Full id when the container is a Docker container.
+    #[serde(default)]
+    pub docker_id: Option<String>,
 }
 
 pub fn path(state_dir: &Path) -> PathBuf {
@@ -82,7 +89,9 @@ mod tests {
                 netns: "/run/netns/c1".into(),
                 host_veth: "vethwec0a8010a".into(),
                 mtu: 1450,
+                docker_id: None,
             }],
+            dormant: Vec::new(),
         };
         save(&dir, &state).unwrap();
         assert_eq!(load(&dir).unwrap(), state);

@@ -1,6 +1,7 @@
 //! `cargo xtask ...`: everything from a brand-new machine to a tested agent.
 
 mod demo;
+mod dockerd;
 mod ebpf;
 mod progress;
 mod setup;

@@ -2,7 +2,7 @@
 
 use anyhow::{Result, ensure};
 
-use crate::{agent_path, build_agent, ebpf, progress, setup};
+use crate::{agent_path, build_agent, dockerd, ebpf, progress, setup};
 
 pub fn run() -> Result<()> {
     // SAFETY: geteuid has no preconditions.
@@ -23,11 +23,13 @@ pub fn run() -> Result<()> {
     step.finish();
 
     build_agent(false)?;
+    let _dockerd = dockerd::ensure()?;
 
     let step = progress::step("cargo test (unit and integration tests)");
     let totals = progress::run_counting_tests(
         crate::cargo()
-            .arg("test")
+            // Every test binary runs, so one failure does not hide the others' results.
+            .args(["test", "--no-fail-fast"])
             .env("WEAVE_AGENT_BIN", agent_path(false)),
     )?;
     if totals.failed == 0 {

@@ -1,0 +1,174 @@
+//! Real Docker containers on namespace hosts sharing one Docker engine: `run`, attach/detach/ps
+//! by container name, restarts and removal followed through Docker's events.
+
+use std::time::Duration;
+
+use anyhow::{Result, ensure};
+use weave_tests::{
+    docker::{self, Named, docker, docker_ok},
+    require_root, two_hosts, unique_name, wait_until, walkthrough,
+};
+
+fn pings(container: &str, ip: &str) -> Result<bool> {
+    Ok(
+        docker(&["exec", container, "ping", "-c", "2", "-W", "1", ip])?
+            .status
+            .success(),
+    )
+}
+
+#[test]
+fn docker_walkthrough_restart_keeps_the_address_and_rm_withdraws_it() -> Result<()> {
+    require_root();
+    let w = walkthrough::run_docker(&unique_name("a"), &unique_name("b"), false)?;
+    for id in [&w.id_a, &w.id_b] {
+        assert!(
+            id.len() == 64 && id.chars().all(|c| c.is_ascii_hexdigit()),
+            "run printed {id:?}, not a full container id"
+        );
+    }
+    // ethwe inside the container: the address, MTU 1450; Docker's own network untouched.
+    let addr = docker_ok(&["exec", &w.on_b.0, "ip", "addr", "show", "ethwe"])?;
+    assert!(
+        addr.contains("inet 192.168.1.20/24") && addr.contains("mtu 1450"),
+        "{addr}"
+    );
+    // Each agent lists only what it attached, although both share the engine.
+    let ps_b = w.b.agent_ok(&["ps"])?;
+    assert!(
+        ps_b.contains(&w.on_b.0) && !ps_b.contains(&w.on_a.0),
+        "{ps_b}"
+    );
+
+    // docker restart: the container comes back with its address and is reachable again.
+    docker_ok(&["restart", "-t", "1", &w.on_b.0])?;
+    wait_until(
+        Duration::from_secs(10),
+        "address restored after docker restart",
+        || {
+            Ok(w.b.agent_ok(&["ps"])?.contains("192.168.1.20/24")
+                && docker(&["exec", &w.on_b.0, "ip", "addr", "show", "ethwe"])?
+                    .status
+                    .success())
+        },
+    )?;
+    w.a.wait_for_remote(1)?;
+    ensure!(
+        pings(&w.on_a.0, "192.168.1.20")?,
+        "no connectivity after docker restart"
+    );
+
+    // docker rm -f: the address is withdrawn from the mesh.
+    docker_ok(&["rm", "-f", &w.on_b.0])?;
+    w.a.wait_for_remote(1)?;
+    assert!(!w.b.agent_ok(&["ps"])?.contains("192.168.1.20"));
+    assert!(!pings(&w.on_a.0, "192.168.1.20")?);
+    Ok(())
+}
+
+#[test]
+fn attach_detach_and_ps_by_docker_name() -> Result<()> {
+    require_root();
+    docker::require()?;
+    let (a, _b) = two_hosts(&unique_name("a"), &unique_name("b"))?;
+    a.agent_ok(&["launch"])?;
+    let ctr = Named::new(format!("{}-plain", a.name));
+    docker_ok(&["run", "-d", "--name", &ctr.0, "-it", docker::IMAGE, "sh"])?;
+    let out = a.agent_ok(&["attach", "192.168.1.30/24", &ctr.0])?;
+    assert!(out.contains("192.168.1.30/24"), "{out}");
+    let ps = a.agent_ok(&["ps"])?;
+    assert!(
+        ps.contains(&format!("{} 02:57:c0:a8:01:1e 192.168.1.30/24", ctr.0)),
+        "{ps}"
+    );
+    let addr = docker_ok(&["exec", &ctr.0, "ip", "addr", "show", "ethwe"])?;
+    assert!(addr.contains("192.168.1.30/24"), "{addr}");
+
+    a.agent_ok(&["detach", &ctr.0])?;
+    assert!(
+        !docker(&["exec", &ctr.0, "ip", "link", "show", "ethwe"])?
+            .status
+            .success()
+    );
+    assert!(!a.agent_ok(&["ps"])?.contains(&ctr.0));
+
+    // A name Docker does not know is an error that says what CONTAINER may be.
+    let out = a.agent(&["attach", "192.168.1.31/24", "no-such-container-xyz"])?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("netns:NAME"), "{err}");
+    Ok(())
+}
+
+#[test]
+fn run_that_cannot_attach_removes_the_container_again() -> Result<()> {
+    require_root();
+    docker::require()?;
+    let (a, _b) = two_hosts(&unique_name("a"), &unique_name("b"))?;
+    a.agent_ok(&["launch"])?;
+    // `true` exits at once: there is no running container to attach to.
+    let ctr = Named::new(format!("{}-quick", a.name));
+    let out = a.agent(&[
+        "run",
+        "192.168.1.40/24",
+        "--name",
+        &ctr.0,
+        docker::IMAGE,
+        "true",
+    ])?;
+    assert!(
+        !out.status.success(),
+        "run of an exiting container succeeded"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("removed again"), "{err}");
+    assert!(
+        !docker(&["inspect", &ctr.0])?.status.success(),
+        "the container was left behind"
+    );
+    // Bad input is refused before Docker creates anything.
+    let out = a.agent(&[
+        "run",
+        "192.168.1.0/24",
+        "--name",
+        &ctr.0,
+        docker::IMAGE,
+        "sh",
+    ])?;
+    assert!(!out.status.success());
+    assert!(!docker(&["inspect", &ctr.0])?.status.success());
+    Ok(())
+}
+
+#[test]
+fn without_docker_run_says_so_and_netns_attach_still_works() -> Result<()> {
+    require_root();
+    let (a, _b) = two_hosts(&unique_name("a"), &unique_name("b"))?;
+    // An agent pointed at a Docker socket where nothing listens.
+    let bin = weave_tests::agent_bin();
+    let out = weave_tests::run(
+        "ip",
+        [
+            "netns",
+            "exec",
+            &a.name,
+            "env",
+            "DOCKER_HOST=unix:///nonexistent/docker.sock",
+            bin.to_str().unwrap(),
+            "launch",
+        ],
+    )?;
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = a.agent(&["run", "192.168.1.50/24", docker::IMAGE, "sh"])?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("Docker is not running"),
+        "{err}"
+    );
+    let c = weave_tests::Container::new(&format!("{}c", a.name), &a)?;
+    a.attach("192.168.1.50/24", &c)?;
+    Ok(())
+}

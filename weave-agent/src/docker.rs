@@ -1,0 +1,203 @@
+//! Docker's API over /var/run/docker.sock (bollard): creating containers for `run`, finding
+//! containers by name, following their life through events.
+
+use std::{collections::HashMap, path::PathBuf};
+
+use anyhow::{Context as _, Result, bail};
+use bollard::{
+    API_DEFAULT_VERSION, Docker,
+    models::{ContainerCreateBody, EventMessage, HostConfig, RestartPolicy, RestartPolicyNameEnum},
+    query_parameters::{
+        CreateContainerOptions, EventsOptions, InspectContainerOptions, RemoveContainerOptions,
+    },
+};
+use futures_util::Stream;
+
+use crate::run_args::RunSpec;
+
+/// Docker's socket, unless DOCKER_HOST names another (unix://PATH).
+const SOCKET: &str = "/var/run/docker.sock";
+/// Label naming the peer whose agent created the container with `run`; agents sharing one
+/// Docker engine act only on their own containers.
+pub const PEER_LABEL: &str = "weave-agent.peer";
+/// Label holding the container's overlay address, so a restarted container gets it back.
+pub const CIDR_LABEL: &str = "weave-agent.cidr";
+
+/// A running (or stopped) container, as far as the overlay cares.
+#[derive(Debug, Clone)]
+pub struct Container {
+    pub id: String,
+    /// Main process, 0 when not running.
+    pub pid: u32,
+}
+
+impl Container {
+    pub fn netns(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/{}/ns/net", self.pid))
+    }
+}
+
+pub async fn connect() -> Result<Docker> {
+    let socket = std::env::var("DOCKER_HOST")
+        .ok()
+        .and_then(|h| h.strip_prefix("unix://").map(str::to_owned))
+        .unwrap_or_else(|| SOCKET.to_owned());
+    let not_running = || {
+        format!(
+            "Docker is not running (no answer on {socket}); start dockerd, or attach \
+             containers by netns:NAME, pid:PID or a netns path"
+        )
+    };
+    Docker::connect_with_unix(&socket, 30, API_DEFAULT_VERSION)
+        .with_context(not_running)?
+        .negotiate_version()
+        .await
+        .with_context(not_running)
+}
+
+/// The container called `name_or_id`, or None if Docker has no such container.
+pub async fn inspect(docker: &Docker, name_or_id: &str) -> Result<Option<Container>> {
+    match docker
+        .inspect_container(name_or_id, None::<InspectContainerOptions>)
+        .await
+    {
+        Ok(info) => {
+            let state = info.state.unwrap_or_default();
+            let pid = if state.running.unwrap_or(false) {
+                u32::try_from(state.pid.unwrap_or(0)).unwrap_or(0)
+            } else {
+                0
+            };
+            Ok(Some(Container {
+                id: info.id.unwrap_or_default(),
+                pid,
+            }))
+        }
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        }) => Ok(None),
+        Err(err) => Err(err).with_context(|| format!("inspecting container {name_or_id}")),
+    }
+}
+
+/// Creates and starts a container like `docker run -d` would; returns its full id.
+pub async fn create_and_start(
+    docker: &Docker,
+    spec: &RunSpec,
+    peer: &str,
+    cidr: &str,
+) -> Result<String> {
+    let mut labels: HashMap<String, String> = spec
+        .labels
+        .iter()
+        .map(|l| match l.split_once('=') {
+            Some((k, v)) => (k.to_owned(), v.to_owned()),
+            None => (l.clone(), String::new()),
+        })
+        .collect();
+    labels.insert(PEER_LABEL.to_owned(), peer.to_owned());
+    labels.insert(CIDR_LABEL.to_owned(), cidr.to_owned());
+    let restart = spec
+        .restart
+        .as_deref()
+        .map(|policy| {
+            let (name, retries) = policy.split_once(':').unwrap_or((policy, ""));
+            let name = match name {
+                "no" => RestartPolicyNameEnum::NO,
+                "always" => RestartPolicyNameEnum::ALWAYS,
+                "unless-stopped" => RestartPolicyNameEnum::UNLESS_STOPPED,
+                "on-failure" => RestartPolicyNameEnum::ON_FAILURE,
+                other => bail!("unknown restart policy {other:?}"),
+            };
+            Ok(RestartPolicy {
+                name: Some(name),
+                maximum_retry_count: retries.parse().ok(),
+            })
+        })
+        .transpose()?;
+    let body = ContainerCreateBody {
+        image: Some(spec.image.clone()),
+        cmd: (!spec.cmd.is_empty()).then(|| spec.cmd.clone()),
+        entrypoint: spec.entrypoint.clone().map(|e| vec![e]),
+        env: (!spec.env.is_empty()).then(|| spec.env.clone()),
+        tty: Some(spec.tty),
+        open_stdin: Some(spec.interactive),
+        attach_stdin: Some(spec.interactive),
+        working_dir: spec.workdir.clone(),
+        hostname: spec.hostname.clone(),
+        user: spec.user.clone(),
+        labels: Some(labels),
+        host_config: Some(HostConfig {
+            binds: (!spec.volumes.is_empty()).then(|| spec.volumes.clone()),
+            network_mode: spec.network.clone(),
+            restart_policy: restart,
+            cap_add: (!spec.cap_add.is_empty()).then(|| spec.cap_add.clone()),
+            privileged: Some(spec.privileged),
+            auto_remove: Some(spec.auto_remove),
+            init: spec.init.then_some(true),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let options = CreateContainerOptions {
+        name: spec.name.clone(),
+        ..Default::default()
+    };
+    let created = docker
+        .create_container(Some(options), body)
+        .await
+        .with_context(|| format!("creating a container from {}", spec.image))?;
+    if let Err(err) = docker.start_container(&created.id, None).await {
+        let _ = remove(docker, &created.id).await;
+        return Err(err).with_context(|| {
+            format!(
+                "starting container {} failed, so it was removed again",
+                created.id
+            )
+        });
+    }
+    Ok(created.id)
+}
+
+/// Removes a container, running or not.
+pub async fn remove(docker: &Docker, id: &str) -> Result<()> {
+    docker
+        .remove_container(
+            id,
+            Some(RemoveContainerOptions {
+                force: true,
+                ..Default::default()
+            }),
+        )
+        .await
+        .with_context(|| format!("removing container {id}"))
+}
+
+/// Container start/die/destroy events.
+pub fn events(docker: &Docker) -> impl Stream<Item = Result<EventMessage, bollard::errors::Error>> {
+    let filters = HashMap::from([
+        ("type".to_owned(), vec!["container".to_owned()]),
+        (
+            "event".to_owned(),
+            vec!["start".to_owned(), "die".to_owned(), "destroy".to_owned()],
+        ),
+    ]);
+    docker.events(Some(EventsOptions {
+        filters: Some(filters),
+        ..Default::default()
+    }))
+}
+
+/// Short id as `docker ps` shows it.
+pub fn short_id(id: &str) -> &str {
+    &id[..id.len().min(12)]
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn short_ids_are_twelve_hex() {
+        assert_eq!(super::short_id("0123456789abcdef0123"), "0123456789ab");
+        assert_eq!(super::short_id("abc"), "abc");
+    }
+}
