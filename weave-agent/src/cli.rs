@@ -116,6 +116,21 @@ pub enum Command {
 
     /// Stop the agent and remove everything it made: programs, pins, state.
     Reset,
+
+    /// Benchmark helper: a gossip-only peer that publishes synthetic endpoints, so
+    /// `cargo xtask bench` can time how fast an agent learns many of them. Runs until killed.
+    #[command(hide = true)]
+    BenchPeer {
+        /// Underlay address to gossip from (must be on an interface of this namespace).
+        #[arg(long)]
+        address: std::net::Ipv4Addr,
+        /// Agent to join.
+        #[arg(long)]
+        seed: String,
+        /// How many endpoints to publish, in 10.200.0.0/16.
+        #[arg(long, default_value_t = 1000)]
+        endpoints: u16,
+    },
 }
 
 #[derive(Debug, Args, Clone, Default)]

@@ -59,6 +59,11 @@ pub fn run(cli: Cli) -> Result<()> {
         } => attach(&loc, &cidr, &container, mtu),
         Command::Detach { container } => detach(&loc, &container),
         Command::Ps(out) => ps(&loc, out),
+        Command::BenchPeer {
+            address,
+            seed,
+            endpoints,
+        } => gossip::bench_peer(address, &seed, endpoints),
         Command::Peers(out) => peers(&loc, out),
     }
 }

@@ -186,6 +186,30 @@ impl Gossip {
     }
 }
 
+/// `weave-agent bench-peer`: joins `seed` and publishes `count` synthetic endpoints
+/// (10.200.0.0/16) over real gossip, then stays until killed.
+pub fn bench_peer(address: Ipv4Addr, seed: &str, count: u16) -> Result<()> {
+    let seed = peer_addr(seed)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let name = format!("bench-{address}");
+        let gossip =
+            Gossip::start(&name, &name, address, &chitchat::transport::UdpTransport).await?;
+        for i in 0..count {
+            let [hi, lo] = (i + 1).to_be_bytes();
+            let cidr: Cidr = format!("10.200.{hi}.{lo}/16").parse()?;
+            gossip.publish(&cidr, "bench").await;
+        }
+        println!("publishing {count} endpoints",);
+        loop {
+            gossip.contact(seed)?;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    })
+}
+
 fn published_endpoints(state: &NodeState) -> Vec<PublishedEndpoint> {
     state
         .key_values()

@@ -1,8 +1,10 @@
 //! `cargo xtask ...`: everything from a brand-new machine to a tested agent.
 
+mod bench;
 mod demo;
 mod dockerd;
 mod ebpf;
+mod netprobe;
 mod progress;
 mod setup;
 mod test;
@@ -40,6 +42,19 @@ enum Task {
     Test,
     /// The walkthrough on namespace hosts scvmu01/scvmu02, printed as a user would type it.
     Demo,
+    /// Overlay vs bare underlay vs kernel VXLAN + bridge; writes target/bench/overlay.json.
+    Bench,
+    #[command(hide = true)]
+    RrServer { addr: std::net::SocketAddr },
+    #[command(hide = true)]
+    RrClient {
+        addr: std::net::SocketAddr,
+        count: usize,
+    },
+    #[command(hide = true)]
+    UdpEcho { port: u16 },
+    #[command(hide = true)]
+    Probe { addr: std::net::SocketAddr },
 }
 
 fn main() -> ExitCode {
@@ -50,6 +65,11 @@ fn main() -> ExitCode {
         Task::Build { release } => ebpf::build(release).and_then(|_| build_agent(release)),
         Task::Test => test::run(),
         Task::Demo => demo::run(),
+        Task::Bench => bench::run(),
+        Task::RrServer { addr } => netprobe::rr_server(addr),
+        Task::RrClient { addr, count } => netprobe::rr_client(addr, count),
+        Task::UdpEcho { port } => netprobe::udp_echo(port),
+        Task::Probe { addr } => netprobe::probe(addr, std::time::Duration::from_secs(10)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

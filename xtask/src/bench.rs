@@ -1,0 +1,454 @@
+//! `cargo xtask bench`: the overlay against the bare underlay and kernel VXLAN + bridge, side by
+//! side on namespace hosts, plus control-plane timings. Writes target/bench/overlay.json.
+//!
+//! Each path gets its own pair of hosts joined by a 1500-MTU veth, so nothing one path installs
+//! (XDP, VXLAN devices) touches another's packets. Paths are measured interleaved, round by
+//! round, and each figure is the median of the rounds.
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead as _, BufReader, Lines},
+    process::{Child, ChildStdout, Command, Stdio},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use serde_json::{Value, json};
+use weave_tests::{Container, Host, Segment, two_hosts, unique_name};
+
+use crate::{agent_path, build_agent, ebpf, progress, setup, target_dir};
+
+const ROUNDS: usize = 3;
+const TCP_SECONDS: &str = "4";
+const UDP_SECONDS: &str = "3";
+const RR_COUNT: &str = "10000";
+const REACHABLE_SAMPLES: usize = 20;
+const LEARN_ENDPOINTS: u64 = 1000;
+const PATHS: [&str; 3] = ["bare", "vxlan_bridge", "weave"];
+const FIGURES: [&str; 5] = [
+    "tcp_gbps",
+    "tcp8_gbps",
+    "rr_p50_us",
+    "rr_p99_us",
+    "udp64_kpps",
+];
+
+/// Where a path's traffic goes: server and client namespaces and the server's address.
+struct Path {
+    server: String,
+    client: String,
+    address: String,
+}
+
+pub fn run() -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    ensure!(
+        unsafe { libc::geteuid() } == 0,
+        "the benchmark makes namespaces: run it as root"
+    );
+    let started = Instant::now();
+    setup::run()?;
+    ebpf::build(true)?;
+    build_agent(true)?;
+    // SAFETY: single-threaded here; nothing else reads the environment concurrently.
+    unsafe { std::env::set_var("WEAVE_AGENT_BIN", agent_path(true)) };
+
+    let step = progress::step("bench: building the three testbeds");
+    let bare = two_hosts(&unique_name("bb"), &unique_name("bb"))?;
+    let vx = VxlanBridge::new()?;
+    let weave = WeaveBed::new()?;
+    let paths = BTreeMap::from([
+        (
+            "bare",
+            Path {
+                server: bare.0.name.clone(),
+                client: bare.1.name.clone(),
+                address: "192.168.56.101".into(),
+            },
+        ),
+        (
+            "vxlan_bridge",
+            Path {
+                server: vx.c1.name.clone(),
+                client: vx.c2.name.clone(),
+                address: "10.10.0.1".into(),
+            },
+        ),
+        (
+            "weave",
+            Path {
+                server: weave.c1.name.clone(),
+                client: weave.c2.name.clone(),
+                address: "192.168.1.10".into(),
+            },
+        ),
+    ]);
+    step.finish();
+
+    let mut samples: BTreeMap<&str, BTreeMap<&str, Vec<f64>>> = BTreeMap::new();
+    for round in 1..=ROUNDS {
+        for name in PATHS {
+            let step = progress::step(format!("bench round {round}/{ROUNDS}: {name}"));
+            let path = &paths[name];
+            let figures = samples.entry(name).or_default();
+            let mut add = |figure, value| figures.entry(figure).or_default().push(value);
+            add("tcp_gbps", iperf_tcp(path, 1)?);
+            add("tcp8_gbps", iperf_tcp(path, 8)?);
+            let (p50, p99) = request_response(path)?;
+            add("rr_p50_us", p50);
+            add("rr_p99_us", p99);
+            add("udp64_kpps", udp64(path)?);
+            step.finish();
+        }
+    }
+    let medians: BTreeMap<&str, BTreeMap<&str, f64>> = samples
+        .iter()
+        .map(|(path, figs)| (*path, figs.iter().map(|(f, v)| (*f, median(v))).collect()))
+        .collect();
+
+    let step = progress::step(format!(
+        "bench: attach -> reachable ({REACHABLE_SAMPLES} samples)"
+    ));
+    let reach = attach_to_reachable(&weave)?;
+    step.finish();
+    drop((bare, vx, weave));
+    let step = progress::step(format!(
+        "bench: learning {LEARN_ENDPOINTS} remote endpoints"
+    ));
+    let learn_ms = learn_endpoints()?;
+    step.finish();
+
+    let ratio = |a: &str, b: &str, f: &str| medians[a][f] / medians[b][f];
+    let ratios: BTreeMap<String, BTreeMap<&str, f64>> = ["bare", "vxlan_bridge"]
+        .iter()
+        .map(|base| {
+            let r = FIGURES
+                .iter()
+                .map(|f| (*f, ratio("weave", base, f)))
+                .collect();
+            (format!("weave_vs_{base}"), r)
+        })
+        .collect();
+    let report = json!({
+        "paths": medians,
+        "ratios": ratios,
+        "control_plane": {
+            "attach_to_reachable_ms_p50": median(&reach),
+            "attach_to_reachable_ms_max": reach.iter().copied().fold(0.0, f64::max),
+            "learn_1000_endpoints_ms": learn_ms,
+        },
+        "samples": samples,
+        "rounds": ROUNDS,
+        "machine": machine(),
+    });
+    let out = target_dir().join("bench").join("overlay.json");
+    std::fs::create_dir_all(out.parent().expect("has a parent"))?;
+    std::fs::write(&out, serde_json::to_string_pretty(&report)?)?;
+    print_table(&medians, &ratios);
+    println!(
+        "attach -> reachable: median {:.0} ms over {REACHABLE_SAMPLES} samples; \
+         learning {LEARN_ENDPOINTS} remote endpoints: {learn_ms:.0} ms",
+        median(&reach)
+    );
+    println!(
+        "wrote {} in {:.0}s",
+        out.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn machine() -> Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_owned())
+        })
+        .unwrap_or_default();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    json!({
+        "cpu": cpu,
+        "cores": std::thread::available_parallelism().map_or(0, usize::from),
+        "kernel": kernel.trim(),
+    })
+}
+
+fn print_table(
+    medians: &BTreeMap<&str, BTreeMap<&str, f64>>,
+    ratios: &BTreeMap<String, BTreeMap<&str, f64>>,
+) {
+    println!(
+        "\n{:<24}{}",
+        "path",
+        FIGURES.map(|f| format!("{f:>12}")).join("")
+    );
+    for path in PATHS {
+        let row: String = FIGURES
+            .iter()
+            .map(|f| format!("{:>12.2}", medians[path][f]))
+            .collect();
+        println!("{path:<24}{row}");
+    }
+    for (name, r) in ratios {
+        let row: String = FIGURES.iter().map(|f| format!("{:>12.2}", r[f])).collect();
+        println!("{name:<24}{row}");
+    }
+    println!();
+}
+
+/// Runs a program in a namespace with stdout piped; returns the child and its stdout lines.
+fn spawn_in(
+    ns: &str,
+    program: &str,
+    args: &[&str],
+) -> Result<(Child, Lines<BufReader<ChildStdout>>)> {
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns, program])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {program} in {ns}"))?;
+    let lines = BufReader::new(child.stdout.take().expect("piped")).lines();
+    Ok((child, lines))
+}
+
+/// Reads lines until one contains `marker` (the server says it is ready).
+fn wait_for_line(lines: &mut Lines<BufReader<ChildStdout>>, marker: &str) -> Result<()> {
+    for line in lines {
+        if line?.contains(marker) {
+            return Ok(());
+        }
+    }
+    bail!("the server exited before saying {marker:?}")
+}
+
+fn output_in(ns: &str, program: &str, args: &[&str]) -> Result<String> {
+    let mut all = vec!["netns", "exec", ns, program];
+    all.extend_from_slice(args);
+    weave_tests::run_ok("ip", all)
+}
+
+fn iperf_json(path: &Path, client_args: &[&str]) -> Result<Value> {
+    let (mut server, mut lines) = spawn_in(&path.server, "iperf3", &["-s", "-1", "--forceflush"])?;
+    wait_for_line(&mut lines, "Server listening")?;
+    let mut args = vec!["-c", path.address.as_str(), "-J"];
+    args.extend_from_slice(client_args);
+    let text = output_in(&path.client, "iperf3", &args);
+    let _ = server.kill();
+    let _ = server.wait();
+    Ok(serde_json::from_str(&text?)?)
+}
+
+fn iperf_tcp(path: &Path, streams: u32) -> Result<f64> {
+    let streams = streams.to_string();
+    let report = iperf_json(path, &["-t", TCP_SECONDS, "-P", &streams])?;
+    report["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .map(|bps| bps / 1e9)
+        .with_context(|| format!("no TCP result from iperf3: {report}"))
+}
+
+/// Packets per second the receiver got, in thousands, for 64-byte UDP payloads sent as fast as
+/// the sender can.
+fn udp64(path: &Path) -> Result<f64> {
+    let report = iperf_json(path, &["-u", "-b", "0", "-l", "64", "-t", UDP_SECONDS])?;
+    let sum = &report["end"]["sum"];
+    let (Some(packets), Some(lost), Some(seconds)) = (
+        sum["packets"].as_f64(),
+        sum["lost_packets"].as_f64(),
+        sum["seconds"].as_f64(),
+    ) else {
+        bail!("no UDP result from iperf3: {report}");
+    };
+    Ok((packets - lost) / seconds / 1e3)
+}
+
+fn xtask_exe() -> Result<String> {
+    Ok(std::env::current_exe()?
+        .to_str()
+        .context("xtask path is not UTF-8")?
+        .to_owned())
+}
+
+fn request_response(path: &Path) -> Result<(f64, f64)> {
+    let exe = xtask_exe()?;
+    let addr = format!("{}:7000", path.address);
+    let (mut server, mut lines) = spawn_in(&path.server, &exe, &["rr-server", &addr])?;
+    wait_for_line(&mut lines, "ready")?;
+    let out = output_in(&path.client, &exe, &["rr-client", &addr, RR_COUNT]);
+    let _ = server.wait();
+    let out = out?;
+    let mut parts = out.split_whitespace().map(str::parse::<f64>);
+    match (parts.next(), parts.next()) {
+        (Some(Ok(p50)), Some(Ok(p99))) => Ok((p50, p99)),
+        _ => bail!("rr-client printed {out:?}"),
+    }
+}
+
+/// Two hosts, each with a Linux bridge holding a kernel VXLAN device (static remote) and a
+/// container veth: the classic kernel overlay (flannel, Docker overlay, Weave fastdp's shape).
+struct VxlanBridge {
+    c1: Container,
+    c2: Container,
+    _hosts: (Host, Host),
+}
+
+impl VxlanBridge {
+    fn new() -> Result<Self> {
+        let hosts = two_hosts(&unique_name("bv"), &unique_name("bv"))?;
+        let c1 = Container::new(&unique_name("bvc"), &hosts.0)?;
+        let c2 = Container::new(&unique_name("bvc"), &hosts.1)?;
+        for (host, ctr, local, remote, addr) in [
+            (
+                &hosts.0,
+                &c1,
+                "192.168.56.101",
+                "192.168.56.102",
+                "10.10.0.1/24",
+            ),
+            (
+                &hosts.1,
+                &c2,
+                "192.168.56.102",
+                "192.168.56.101",
+                "10.10.0.2/24",
+            ),
+        ] {
+            host.ip([
+                "link", "add", "vx0", "type", "vxlan", "id", "42", "local", local, "remote",
+                remote, "dstport", "4789", "dev", "eth0",
+            ])?;
+            host.ip(["link", "add", "br0", "type", "bridge"])?;
+            host.ip([
+                "link", "add", "vc0", "mtu", "1450", "type", "veth", "peer", "name", "eth0",
+                "netns", &ctr.name,
+            ])?;
+            for dev in ["vx0", "vc0"] {
+                host.ip(["link", "set", dev, "master", "br0", "up"])?;
+            }
+            host.ip(["link", "set", "br0", "up"])?;
+            ctr.ip(["addr", "add", addr, "dev", "eth0"])?;
+            ctr.ip(["link", "set", "eth0", "up"])?;
+        }
+        ensure!(
+            c2.ping("10.10.0.1", 1)?,
+            "the VXLAN + bridge testbed does not pass traffic"
+        );
+        Ok(Self {
+            c1,
+            c2,
+            _hosts: hosts,
+        })
+    }
+}
+
+/// Two hosts with weave-agent and a container each.
+struct WeaveBed {
+    c1: Container,
+    c2: Container,
+    hosts: (Host, Host),
+}
+
+impl WeaveBed {
+    fn new() -> Result<Self> {
+        let hosts = two_hosts(&unique_name("bw"), &unique_name("bw"))?;
+        hosts.0.agent_ok(&["launch"])?;
+        hosts.1.agent_ok(&["join", "192.168.56.101"])?;
+        let c1 = Container::new(&unique_name("bwc"), &hosts.0)?;
+        let c2 = Container::new(&unique_name("bwc"), &hosts.1)?;
+        hosts.0.attach("192.168.1.10/24", &c1)?;
+        hosts.1.attach("192.168.1.20/24", &c2)?;
+        hosts.0.wait_for_remote(1)?;
+        hosts.1.wait_for_remote(1)?;
+        ensure!(
+            c2.ping("192.168.1.10", 1)?,
+            "the weave testbed does not pass traffic"
+        );
+        Ok(Self { c1, c2, hosts })
+    }
+}
+
+fn now_micros() -> Result<u128> {
+    Ok(SystemTime::now().duration_since(UNIX_EPOCH)?.as_micros())
+}
+
+/// Milliseconds from `attach` returning on host A to the first answer a container on host B
+/// gets from the new address. B's ARP retries every 10 ms, so its own timer does not dominate.
+fn attach_to_reachable(bed: &WeaveBed) -> Result<Vec<f64>> {
+    let exe = xtask_exe()?;
+    output_in(
+        &bed.c2.name,
+        "sysctl",
+        &[
+            "-q",
+            "-w",
+            "net.ipv4.neigh.ethwe.retrans_time_ms=10",
+            "net.ipv4.neigh.ethwe.mcast_solicit=100",
+        ],
+    )?;
+    let mut samples = Vec::new();
+    for i in 0..REACHABLE_SAMPLES {
+        let ctr = Container::new(&unique_name("bwr"), &bed.hosts.0)?;
+        let (mut echo, mut lines) = spawn_in(&ctr.name, &exe, &["udp-echo", "7001"])?;
+        wait_for_line(&mut lines, "ready")?;
+        let ip = format!("192.168.1.{}", 100 + i);
+        let target = format!("{ip}:7001");
+        let (mut probe, mut answers) = spawn_in(&bed.c2.name, &exe, &["probe", &target])?;
+        wait_for_line(&mut answers, "probing")?;
+        bed.hosts.0.attach(&format!("{ip}/24"), &ctr)?;
+        let attached = now_micros()?;
+        let reply: u128 = answers
+            .next()
+            .context("the probe ended without an answer")??
+            .trim()
+            .parse()?;
+        probe.wait()?;
+        samples.push((reply.saturating_sub(attached)) as f64 / 1e3);
+        let _ = echo.kill();
+        let _ = echo.wait();
+        bed.hosts.0.agent_ok(&["detach", &ctr.spec()])?;
+    }
+    Ok(samples)
+}
+
+/// Milliseconds until an agent's map holds the endpoints a bench peer publishes over gossip.
+fn learn_endpoints() -> Result<f64> {
+    let seg = Segment::new(&unique_name("bl"), 2)?;
+    let agent = &seg.hosts[0];
+    agent.agent_ok(&["launch"])?;
+    let bin = agent_path(true);
+    let count = LEARN_ENDPOINTS.to_string();
+    let start = Instant::now();
+    let (mut peer, mut lines) = spawn_in(
+        &seg.hosts[1].name,
+        bin.to_str().context("path")?,
+        &[
+            "bench-peer",
+            "--address",
+            "192.168.56.102",
+            "--seed",
+            "192.168.56.101",
+            "--endpoints",
+            &count,
+        ],
+    )?;
+    wait_for_line(&mut lines, "publishing")?;
+    let took = weave_tests::wait_until(Duration::from_secs(60), "learning the endpoints", || {
+        Ok(agent.endpoint_counts()?.1 == LEARN_ENDPOINTS)
+    });
+    let elapsed = start.elapsed();
+    let _ = peer.kill();
+    let _ = peer.wait();
+    took?;
+    Ok(elapsed.as_secs_f64() * 1e3)
+}
