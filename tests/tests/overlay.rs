@@ -30,6 +30,12 @@ fn walkthrough_pings_both_ways_isolates_other_subnet_and_counts_it() -> Result<(
         "remote_sent {sent}, overlay_delivered {delivered}"
     );
     assert!(counter(&w.a, "arp_replied")? >= 1);
+    // Single packets were decapsulated by the underlay TC program (the default eBPF
+    // encapsulation), not by the VXLAN device.
+    assert!(
+        counter(&w.b, "underlay_decap")? >= 6,
+        "eBPF decapsulation unused"
+    );
 
     // peers --json: the other host, alive, with its underlay address.
     let peers: serde_json::Value = serde_json::from_str(&w.b.agent_ok(&["peers", "--json"])?)?;
@@ -78,7 +84,8 @@ fn three_hosts_reach_each_other() -> Result<()> {
     // (which first points at an address where nobody answers: retried, shown, not fatal).
     h1.agent_ok(&["launch"])?;
     h2.agent_ok(&["launch", "192.168.56.101"])?;
-    h3.agent_ok(&["launch", "192.168.56.199"])?;
+    // Host 3 sends everything through the kernel VXLAN device: both encapsulations interoperate.
+    h3.agent_ok(&["launch", "--encap", "vxlan", "192.168.56.199"])?;
     let peers = h3.agent_ok(&["peers"])?;
     assert!(peers.contains("192.168.56.199 connecting"), "{peers}");
     let joined = h3.agent_ok(&["join", "192.168.56.102"])?;
@@ -119,6 +126,10 @@ fn three_hosts_reach_each_other() -> Result<()> {
         peers.contains("192.168.56.199 connecting"),
         "still retried: {peers}"
     );
+    // Host 3 (--encap vxlan) received through its VXLAN device only; the others in eBPF.
+    assert_eq!(counter(h3, "underlay_decap")?, 0);
+    assert!(counter(h3, "overlay_delivered")? >= 2);
+    assert!(counter(h1, "underlay_decap")? >= 2);
     Ok(())
 }
 

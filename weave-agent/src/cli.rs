@@ -151,6 +151,20 @@ pub struct LaunchArgs {
     /// Run in the foreground (for service managers); logs go to stderr.
     #[arg(long)]
     pub foreground: bool,
+
+    /// How remote frames are encapsulated: `ebpf` (single packets get their VXLAN headers
+    /// built and stripped by the eBPF programs; GSO bulk goes through the kernel VXLAN device,
+    /// which measured faster for it) or `vxlan` (everything through the device). Both speak
+    /// VXLAN on UDP 6784, so peers may differ.
+    #[arg(long, env = "WEAVE_ENCAP", value_enum, default_value_t = Encap::Ebpf)]
+    pub encap: Encap,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Encap {
+    Vxlan,
+    #[default]
+    Ebpf,
 }
 
 #[derive(Debug, Args, Clone, Copy, Default)]

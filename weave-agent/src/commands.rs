@@ -17,7 +17,7 @@ use crate::{
     addressing::Cidr,
     api::{self, Request, Response, Unreachable},
     bpffs,
-    cli::{Cli, Command, LaunchArgs, OutputArgs},
+    cli::{Cli, Command, Encap, LaunchArgs, OutputArgs},
     container, daemon, datapath, gossip,
     location::Location,
     netlink,
@@ -217,6 +217,9 @@ fn launch(global: &[String], args: &LaunchArgs, loc: &Location) -> Result<()> {
     }
     if let Some(name) = &args.name {
         daemon.args(["--name", name]);
+    }
+    if args.encap == Encap::Vxlan {
+        daemon.args(["--encap", "vxlan"]);
     }
     daemon
         .args(&args.peers)

@@ -29,7 +29,7 @@ use crate::{
     addressing::{Cidr, format_mac},
     api::{self, Request, Response},
     bpffs,
-    cli::LaunchArgs,
+    cli::{Encap, LaunchArgs},
     container,
     datapath::Datapath,
     gossip::{self, Gossip, PeerView},
@@ -139,11 +139,16 @@ async fn serve(args: &LaunchArgs, loc: &Location, ready: &mut Option<File>) -> R
 
     let mtu = underlay.mtu.saturating_sub(OVERLAY_OVERHEAD);
     let vxlan_index = netlink::ensure_vxlan(&handle, VXLAN_DEVICE, VXLAN_PORT, mtu).await?;
-    datapath.attach_overlay(VXLAN_DEVICE, vxlan_index)?;
-
     let (ip, prefix) = underlay
         .ipv4
         .expect("select_underlay guarantees an IPv4 address");
+    datapath.attach_overlay(
+        VXLAN_DEVICE,
+        vxlan_index,
+        &underlay,
+        ip,
+        args.encap == Encap::Ebpf,
+    )?;
     let peer_name = underlay.mac_string().unwrap_or_else(|| loc.netns.clone());
     let nickname = args.name.clone().unwrap_or_else(|| loc.netns.clone());
     let gossip = Gossip::start(&peer_name, &nickname, ip, &UdpTransport).await?;

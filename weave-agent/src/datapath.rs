@@ -26,7 +26,7 @@ use aya::{
 use weave_common::{
     OVERLAY_VNI,
     counters::{Counter, CounterId},
-    endpoint::{Config, Endpoint, Ipv4Key, ipv4_key, ipv4_octets},
+    endpoint::{Config, ENCAP_EBPF, ENCAP_VXLAN_DEVICE, Endpoint, Ipv4Key, ipv4_key, ipv4_octets},
     maps, programs,
 };
 
@@ -54,6 +54,7 @@ pub struct Datapath {
     xdp_mode: XdpMode,
     /// Interface the overlay TC program is attached to, once it is.
     overlay: Option<String>,
+    ebpf_encap: bool,
 }
 
 impl Datapath {
@@ -106,10 +107,11 @@ impl Datapath {
                 .with_context(|| format!("pinning the XDP link at {}", link_pin.display()))?;
             tracing::info!(iface = %underlay.name, mode = ?xdp_mode, "attached {}", programs::UNDERLAY_XDP);
         }
-        let overlay: &mut SchedClassifier = program(&mut ebpf, programs::OVERLAY_TC)?.try_into()?;
-        overlay
-            .load()
-            .with_context(|| format!("verifier rejected {}", programs::OVERLAY_TC))?;
+        for name in [programs::OVERLAY_TC, programs::UNDERLAY_TC] {
+            let tc: &mut SchedClassifier = program(&mut ebpf, name)?.try_into()?;
+            tc.load()
+                .with_context(|| format!("verifier rejected {name}"))?;
+        }
 
         Ok(Self {
             ebpf,
@@ -117,6 +119,7 @@ impl Datapath {
             underlay: underlay.name.clone(),
             xdp_mode,
             overlay: None,
+            ebpf_encap: false,
         })
     }
 
@@ -157,10 +160,21 @@ impl Datapath {
         remove_pinned_link(&self.pin_dir.join(format!("{TC_LINK_PIN_PREFIX}{veth}")))
     }
 
-    /// Attaches the decapsulation program to the VXLAN device and points the container program
-    /// at it for remote traffic.
-    pub fn attach_overlay(&mut self, vxlan: &str, vxlan_ifindex: u32) -> Result<()> {
+    /// Attaches the decapsulation program to the VXLAN device and tells the container program
+    /// how to send remote traffic: through that device, or (`ebpf_encap`) with headers built
+    /// in eBPF and sent out of the underlay, whose TC program then decapsulates arrivals.
+    pub fn attach_overlay(
+        &mut self,
+        vxlan: &str,
+        vxlan_ifindex: u32,
+        underlay: &Link,
+        underlay_ip: Ipv4Addr,
+        ebpf_encap: bool,
+    ) -> Result<()> {
         self.attach_tc(programs::OVERLAY_TC, vxlan)?;
+        if ebpf_encap {
+            self.attach_tc(programs::UNDERLAY_TC, &underlay.name)?;
+        }
         let mut config: Array<&mut MapData, Config> = Array::try_from(
             self.ebpf
                 .map_mut(maps::CONFIG)
@@ -171,10 +185,18 @@ impl Datapath {
             Config {
                 vxlan_ifindex,
                 vni: OVERLAY_VNI,
+                encap: if ebpf_encap {
+                    ENCAP_EBPF
+                } else {
+                    ENCAP_VXLAN_DEVICE
+                },
+                underlay_ifindex: underlay.index,
+                underlay_ip: ipv4_key(underlay_ip.octets()),
             },
             0,
         )?;
         self.overlay = Some(vxlan.to_owned());
+        self.ebpf_encap = ebpf_encap;
         Ok(())
     }
 
@@ -268,6 +290,17 @@ impl Datapath {
                 match &self.overlay {
                     Some(dev) => format!("tc ingress of {dev}, pinned"),
                     None => "loaded; no VXLAN device yet".to_owned(),
+                },
+            ),
+            (
+                programs::UNDERLAY_TC,
+                if self.ebpf_encap {
+                    format!(
+                        "tc ingress of {}, pinned (eBPF encapsulation)",
+                        self.underlay
+                    )
+                } else {
+                    "loaded; not attached (encapsulation by the VXLAN device)".to_owned()
                 },
             ),
         ]

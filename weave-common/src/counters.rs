@@ -56,11 +56,13 @@ pub enum CounterId {
     DropOverlaySpoofed = 16,
     /// Dropped: a redirect or tunnel-key helper failed.
     DropRedirectFailed = 17,
+    /// Overlay frames decapsulated by the underlay TC program (eBPF encapsulation mode).
+    UnderlayDecap = 18,
 }
 
 impl CounterId {
     /// All slots, in index order.
-    pub const ALL: [Self; 18] = [
+    pub const ALL: [Self; 19] = [
         Self::UnderlayRx,
         Self::ContainerRx,
         Self::UnderlayOverlayPass,
@@ -79,6 +81,7 @@ impl CounterId {
         Self::DropNoTunnel,
         Self::DropOverlaySpoofed,
         Self::DropRedirectFailed,
+        Self::UnderlayDecap,
     ];
 
     /// Number of slots the counters map must hold.
@@ -105,6 +108,7 @@ impl CounterId {
             Self::DropNoTunnel => "drop_no_tunnel",
             Self::DropOverlaySpoofed => "drop_overlay_spoofed",
             Self::DropRedirectFailed => "drop_redirect_failed",
+            Self::UnderlayDecap => "underlay_decap",
         }
     }
 

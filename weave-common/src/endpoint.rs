@@ -46,6 +46,11 @@ impl Endpoint {
     }
 }
 
+/// Remote frames go through the kernel VXLAN (collect_md) device.
+pub const ENCAP_VXLAN_DEVICE: u32 = 0;
+/// Remote frames are encapsulated and decapsulated by the eBPF programs themselves.
+pub const ENCAP_EBPF: u32 = 1;
+
 /// Data-path settings the agent fills in at start.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -53,13 +58,18 @@ pub struct Config {
     /// ifindex of the VXLAN (collect_md) device remote traffic is sent through; 0 = none yet.
     pub vxlan_ifindex: u32,
     pub vni: u32,
+    /// [`ENCAP_VXLAN_DEVICE`] or [`ENCAP_EBPF`].
+    pub encap: u32,
+    /// The underlay interface and its address ([`Ipv4Key`]), for eBPF encapsulation.
+    pub underlay_ifindex: u32,
+    pub underlay_ip: Ipv4Key,
 }
 
 #[cfg(feature = "user")]
 // SAFETY: repr(C) of integers and byte arrays, no padding (6+1+1+4+4+4), any bits valid.
 unsafe impl aya::Pod for Endpoint {}
 #[cfg(feature = "user")]
-// SAFETY: repr(C), two u32.
+// SAFETY: repr(C), five u32, no padding.
 unsafe impl aya::Pod for Config {}
 
 #[cfg(test)]

@@ -26,6 +26,8 @@ pub mod programs {
     pub const CONTAINER_TC: &str = "container_tc";
     /// TC ingress on the VXLAN device: decapsulated frames to local containers.
     pub const OVERLAY_TC: &str = "overlay_tc";
+    /// TC ingress on the underlay NIC: decapsulates overlay frames itself (eBPF encapsulation).
+    pub const UNDERLAY_TC: &str = "underlay_tc";
 }
 
 /// Names of the maps inside the object. Kernel object names are cut at 15 bytes, so keep them

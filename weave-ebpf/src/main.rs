@@ -4,15 +4,19 @@
 //! - `container`: TC ingress on the host side of each container veth (frames containers send)
 //! - `overlay`: TC ingress on the VXLAN device (frames other hosts sent, decapsulated)
 //! - `underlay`: XDP on the host NIC (drops overlay packets from non-peers)
+//! - `underlay_tc`: TC ingress on the host NIC (decapsulates overlay frames itself when the
+//!   agent encapsulates in eBPF; `encap` builds the headers on the sending side)
 #![no_std]
 #![no_main]
 
 mod container;
 mod counters;
+mod encap;
 mod headers;
 mod maps;
 mod overlay;
 mod underlay;
+mod underlay_tc;
 
 /// The kernel only lets GPL-compatible programs call some helpers (e.g. redirects).
 #[unsafe(link_section = "license")]

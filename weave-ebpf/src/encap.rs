@@ -1,0 +1,89 @@
+//! VXLAN encapsulation built in eBPF (the alternative to the kernel VXLAN device): outer IPv4,
+//! UDP and VXLAN headers are written in place, the kernel is told it is a UDP tunnel so GSO
+//! still works, and the neighbour subsystem fills in the outer Ethernet header.
+
+use aya_ebpf::{
+    bindings::{
+        BPF_F_ADJ_ROOM_ENCAP_L2_ETH, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L4_UDP,
+        BPF_F_ADJ_ROOM_FIXED_GSO, TC_ACT_REDIRECT, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
+    },
+    helpers::generated::{bpf_get_hash_recalc, bpf_redirect_neigh},
+    programs::TcContext,
+};
+use weave_common::{VXLAN_PORT, counters::CounterId, endpoint::Config};
+
+use crate::headers::{ETH_LEN, EthHdr, IPPROTO_UDP};
+
+/// Outer IPv4 (20) + UDP (8) + VXLAN (8) + inner Ethernet (14).
+pub(crate) const ENCAP_LEN: usize = 50;
+/// Shift of the inner L2 length in adjust_room's flags (BPF_ADJ_ROOM_ENCAP_L2_SHIFT).
+const ENCAP_L2_SHIFT: u64 = 56;
+const TUNNEL_TTL: u8 = 64;
+
+/// Wraps the frame for the peer at underlay address `peer` (packet byte order) and sends it
+/// out of the underlay interface.
+#[inline(always)]
+pub(crate) fn encapsulate(ctx: &TcContext, peer: u32, cfg: &Config) -> Result<(), CounterId> {
+    let inner_len = ctx.len() as usize;
+    // SAFETY: the context pointer is the program's skb.
+    let hash = unsafe { bpf_get_hash_recalc(ctx.skb.skb) };
+    let inner_eth: EthHdr = ctx.load(0).map_err(|_| CounterId::DropMalformed)?;
+    let flags = u64::from(BPF_F_ADJ_ROOM_FIXED_GSO)
+        | u64::from(BPF_F_ADJ_ROOM_ENCAP_L3_IPV4)
+        | u64::from(BPF_F_ADJ_ROOM_ENCAP_L4_UDP)
+        | u64::from(BPF_F_ADJ_ROOM_ENCAP_L2_ETH)
+        | ((ETH_LEN as u64) << ENCAP_L2_SHIFT);
+    ctx.adjust_room(ENCAP_LEN as i32, BPF_ADJ_ROOM_MAC, flags)
+        .map_err(|_| CounterId::DropRedirectFailed)?;
+
+    let ip_len = (inner_len + ENCAP_LEN - ETH_LEN) as u16;
+    let mut hdr = [0u8; ENCAP_LEN];
+    // Outer IPv4: version 4, IHL 5, DF, TTL, UDP.
+    hdr[0] = 0x45;
+    hdr[2..4].copy_from_slice(&ip_len.to_be_bytes());
+    hdr[6] = 0x40;
+    hdr[8] = TUNNEL_TTL;
+    hdr[9] = IPPROTO_UDP;
+    hdr[12..16].copy_from_slice(&cfg.underlay_ip.to_ne_bytes());
+    hdr[16..20].copy_from_slice(&peer.to_ne_bytes());
+    let csum = ipv4_checksum(&hdr);
+    hdr[10..12].copy_from_slice(&csum.to_be_bytes());
+    // UDP: a source port from the inner flow's hash spreads flows over receive queues; a zero
+    // checksum is allowed for IPv4 tunnels.
+    let sport = 0xc000 | (hash as u16 & 0x3fff);
+    hdr[20..22].copy_from_slice(&sport.to_be_bytes());
+    hdr[22..24].copy_from_slice(&VXLAN_PORT.to_be_bytes());
+    hdr[24..26].copy_from_slice(&(ip_len - 20).to_be_bytes());
+    // VXLAN: the I flag, then the VNI in the upper 24 bits of the second word.
+    hdr[28] = 0x08;
+    hdr[32..36].copy_from_slice(&(cfg.vni << 8).to_be_bytes());
+    // The inner Ethernet header is the frame's own (its destination already rewritten).
+    hdr[36..42].copy_from_slice(&inner_eth.dst);
+    hdr[42..48].copy_from_slice(&inner_eth.src);
+    hdr[48..50].copy_from_slice(&inner_eth.proto);
+    ctx.store(ETH_LEN, &hdr, 0)
+        .map_err(|_| CounterId::DropRedirectFailed)?;
+
+    // The FIB and neighbour tables pick the next hop and write the outer Ethernet header.
+    // SAFETY: a null parameter block asks the helper to look the route up itself.
+    let sent = unsafe { bpf_redirect_neigh(cfg.underlay_ifindex, core::ptr::null_mut(), 0, 0) };
+    if sent != i64::from(TC_ACT_REDIRECT) {
+        return Err(CounterId::DropRedirectFailed);
+    }
+    Ok(())
+}
+
+/// RFC 791 header checksum over the first 20 bytes (checksum field zero).
+#[inline(always)]
+fn ipv4_checksum(hdr: &[u8; ENCAP_LEN]) -> u16 {
+    let mut sum = 0u32;
+    let mut i = 0;
+    while i < 20 {
+        sum += u32::from(u16::from_be_bytes([hdr[i], hdr[i + 1]]));
+        i += 2;
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}

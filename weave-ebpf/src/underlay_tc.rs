@@ -1,0 +1,121 @@
+//! TC ingress on the underlay NIC, used when the agent encapsulates in eBPF: overlay frames are
+//! checked and decapsulated here and handed straight to the container, without the UDP socket
+//! and VXLAN device receive path. GSO super-packets (a peer's TCP bulk over a veth underlay) are
+//! left to the kernel VXLAN device and its GRO, which handle them whole.
+
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC},
+    helpers::generated::bpf_redirect_peer,
+    macros::classifier,
+    programs::TcContext,
+};
+use weave_common::{
+    VXLAN_PORT,
+    counters::CounterId,
+    endpoint::{ENCAP_EBPF, ipv4_key},
+};
+
+use crate::{
+    counters::count,
+    encap::ENCAP_LEN,
+    headers::{ETH_LEN, ETH_P_IP, EthHdr, IPPROTO_UDP, Ipv4Hdr, UdpHdr, ptr_at},
+    maps::{config, endpoint, is_peer},
+};
+
+/// Outer Ethernet + IPv4 (no options) + UDP + VXLAN, then inner Ethernet + IPv4.
+const OUTER_LEN: usize = ETH_LEN + 20 + 8 + 8;
+const HEADERS_LEN: u32 = (OUTER_LEN + ETH_LEN + 20) as u32;
+
+#[classifier]
+pub fn underlay_tc(ctx: TcContext) -> i32 {
+    let len = u64::from(ctx.len());
+    match decapsulate(&ctx) {
+        Ok(false) => TC_ACT_OK,
+        Ok(true) => {
+            count(CounterId::OverlayRx, len);
+            count(CounterId::UnderlayDecap, len);
+            count(CounterId::OverlayDelivered, len);
+            TC_ACT_REDIRECT as i32
+        }
+        Err(reason) => {
+            count(CounterId::OverlayRx, len);
+            count(reason, len);
+            TC_ACT_SHOT as i32
+        }
+    }
+}
+
+/// Ok(true): decapsulated and redirected; Ok(false): not ours to handle, pass it on.
+#[inline(always)]
+fn decapsulate(ctx: &TcContext) -> Result<bool, CounterId> {
+    let cfg = config();
+    // SAFETY: the context pointer is the program's skb.
+    let gso = unsafe { (*ctx.skb.skb).gso_size != 0 || (*ctx.skb.skb).gso_segs > 1 };
+    if cfg.encap != ENCAP_EBPF || gso || ctx.len() < HEADERS_LEN {
+        return Ok(false);
+    }
+    if ctx.data_end() - ctx.data() < HEADERS_LEN as usize {
+        ctx.pull_data(HEADERS_LEN)
+            .map_err(|_| CounterId::DropMalformed)?;
+    }
+    let (start, end) = (ctx.data(), ctx.data_end());
+    let Some(outer_eth) = ptr_at::<EthHdr>(start, end, 0) else {
+        return Ok(false);
+    };
+    let Some(outer_ip) = ptr_at::<Ipv4Hdr>(start, end, ETH_LEN) else {
+        return Ok(false);
+    };
+    let Some(udp) = ptr_at::<UdpHdr>(start, end, ETH_LEN + 20) else {
+        return Ok(false);
+    };
+    let Some(vxlan) = ptr_at::<[u8; 8]>(start, end, ETH_LEN + 28) else {
+        return Ok(false);
+    };
+    let Some(eth) = ptr_at::<EthHdr>(start, end, OUTER_LEN) else {
+        return Ok(false);
+    };
+    let Some(ip) = ptr_at::<Ipv4Hdr>(start, end, OUTER_LEN + ETH_LEN) else {
+        return Ok(false);
+    };
+    // SAFETY: ptr_at checked every header lies inside the packet; TC may write packet data.
+    unsafe {
+        if (*outer_eth).proto() != ETH_P_IP
+            || (*outer_ip).ver_ihl != 0x45
+            || (*outer_ip).proto != IPPROTO_UDP
+            || u16::from_be_bytes((*udp).dst) != VXLAN_PORT
+        {
+            return Ok(false);
+        }
+        let vni = u32::from_be_bytes([(*vxlan)[4], (*vxlan)[5], (*vxlan)[6], 0]) >> 8;
+        let source = ipv4_key((*outer_ip).src);
+        if (*vxlan)[0] & 0x08 == 0 || vni != cfg.vni || !is_peer(source) {
+            return Err(CounterId::DropOverlayNotPeer);
+        }
+        if (*eth).proto() != ETH_P_IP || (*eth).dst[0] & 1 != 0 {
+            return Err(CounterId::DropNotIpv4Unicast);
+        }
+        let src = match endpoint(ipv4_key((*ip).src)) {
+            Some(src) if !src.is_local() && src.peer == source && src.mac == (*eth).src => src,
+            _ => return Err(CounterId::DropOverlaySpoofed),
+        };
+        let dst = endpoint(ipv4_key((*ip).dst))
+            .filter(|d| d.is_local())
+            .ok_or(CounterId::DropUnknownDst)?;
+        if !src.same_subnet(&dst) {
+            return Err(CounterId::DropIsolated);
+        }
+        let inner_src = (*eth).src;
+        // Drop outer IPv4, UDP, VXLAN and the inner Ethernet header; the outer Ethernet header
+        // stays and takes the inner addresses.
+        ctx.adjust_room(-(ENCAP_LEN as i32), BPF_ADJ_ROOM_MAC, 0)
+            .map_err(|_| CounterId::DropMalformed)?;
+        let (start, end) = (ctx.data(), ctx.data_end());
+        let eth: *mut EthHdr = ptr_at(start, end, 0).ok_or(CounterId::DropMalformed)?;
+        (*eth).dst = dst.mac;
+        (*eth).src = inner_src;
+        if bpf_redirect_peer(dst.ifindex, 0) != i64::from(TC_ACT_REDIRECT) {
+            return Err(CounterId::DropRedirectFailed);
+        }
+    }
+    Ok(true)
+}
