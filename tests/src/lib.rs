@@ -94,6 +94,24 @@ where
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// `ip -n NS ARGS...`, which must succeed; returns stdout.
+fn ip_in<I, S>(ns: &str, args: I) -> Result<String>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let mut all: Vec<std::ffi::OsString> = vec!["-n".into(), ns.into()];
+    all.extend(args.into_iter().map(|a| a.as_ref().to_owned()));
+    run_ok("ip", all)
+}
+
+/// Runs a program inside namespace `ns` (`ip netns exec`), whatever its exit status.
+fn exec_in(ns: &str, program: &str, args: &[&str]) -> Result<Output> {
+    let mut all = vec!["netns", "exec", ns, program];
+    all.extend_from_slice(args);
+    run("ip", &all)
+}
+
 /// Creates network namespace `name` with loopback up. `ip netns add` can fail spuriously
 /// right after other namespaces were deleted ("Bind /proc/self/ns/net ... failed"), so retry.
 fn add_netns(name: &str) -> Result<()> {
@@ -136,16 +154,12 @@ impl Host {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        let mut all: Vec<std::ffi::OsString> = vec!["-n".into(), self.name.clone().into()];
-        all.extend(args.into_iter().map(|a| a.as_ref().to_owned()));
-        run_ok("ip", all)
+        ip_in(&self.name, args)
     }
 
     /// Runs a program inside the host (`ip netns exec`), whatever its exit status.
     pub fn exec(&self, program: &str, args: &[&str]) -> Result<Output> {
-        let mut all = vec!["netns", "exec", &self.name, program];
-        all.extend_from_slice(args);
-        let out = run("ip", &all)?;
+        let out = exec_in(&self.name, program, args)?;
         if self.verbose {
             self.show(program, args, &out);
         }
@@ -305,9 +319,7 @@ impl Container {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        let mut all: Vec<std::ffi::OsString> = vec!["-n".into(), self.name.clone().into()];
-        all.extend(args.into_iter().map(|a| a.as_ref().to_owned()));
-        run_ok("ip", all)
+        ip_in(&self.name, args)
     }
 }
 
@@ -402,6 +414,25 @@ impl Segment {
             hosts.push(host);
         }
         Ok(Self { hosts, switch })
+    }
+
+    /// One container per host (host i gets `cidr(i)`), returned once every host's maps hold
+    /// all the others' endpoints.
+    pub fn attach_one_each(
+        &self,
+        prefix: &str,
+        cidr: impl Fn(usize) -> String,
+    ) -> Result<Vec<Container>> {
+        let mut containers = Vec::new();
+        for (i, host) in self.hosts.iter().enumerate() {
+            let container = Container::new(&format!("{prefix}c{}", i + 1), host)?;
+            host.attach(&cidr(i), &container)?;
+            containers.push(container);
+        }
+        for host in &self.hosts {
+            host.wait_for_remote(self.hosts.len() as u64 - 1)?;
+        }
+        Ok(containers)
     }
 
     /// Name of the switch namespace (to cut or inspect the wire).

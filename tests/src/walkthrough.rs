@@ -93,31 +93,9 @@ pub fn run_docker(a: &str, b: &str, verbose: bool) -> Result<DockerWalkthrough> 
     host_a.agent_ok(&["launch"])?;
     host_b.agent_ok(&["join", "192.168.56.101"])?;
     let on_b = docker::Named::new(format!("{b}-wet"));
-    let id_b = host_b
-        .agent_ok(&[
-            "run",
-            "192.168.1.20/24",
-            "--name",
-            &on_b.0,
-            "-it",
-            docker::IMAGE,
-            "sh",
-        ])?
-        .trim()
-        .to_owned();
+    let id_b = run_container(&host_b, "192.168.1.20/24", &on_b)?;
     let on_a = docker::Named::new(format!("{a}-wet"));
-    let id_a = host_a
-        .agent_ok(&[
-            "run",
-            "192.168.1.10/24",
-            "--name",
-            &on_a.0,
-            "-it",
-            docker::IMAGE,
-            "sh",
-        ])?
-        .trim()
-        .to_owned();
+    let id_a = run_container(&host_a, "192.168.1.10/24", &on_a)?;
     host_a.wait_for_remote(1)?;
     host_b.wait_for_remote(1)?;
     for (name, peer) in [(&on_a.0, "192.168.1.20"), (&on_b.0, "192.168.1.10")] {
@@ -126,15 +104,7 @@ pub fn run_docker(a: &str, b: &str, verbose: bool) -> Result<DockerWalkthrough> 
     }
     show_docker(verbose, &["exec", &on_b.0, "ip", "addr", "show", "ethwe"])?;
     let other = docker::Named::new(format!("{b}-other"));
-    host_b.agent_ok(&[
-        "run",
-        "192.168.2.30/24",
-        "--name",
-        &other.0,
-        "-it",
-        docker::IMAGE,
-        "sh",
-    ])?;
+    run_container(&host_b, "192.168.2.30/24", &other)?;
     let out = show_docker(
         verbose,
         &[
@@ -161,6 +131,12 @@ pub fn run_docker(a: &str, b: &str, verbose: bool) -> Result<DockerWalkthrough> 
         a: host_a,
         b: host_b,
     })
+}
+
+/// `weave-agent run CIDR --name NAME -it IMAGE sh` on `host`; returns the id it printed.
+fn run_container(host: &Host, cidr: &str, name: &docker::Named) -> Result<String> {
+    let id = host.agent_ok(&["run", cidr, "--name", &name.0, "-it", docker::IMAGE, "sh"])?;
+    Ok(id.trim().to_owned())
 }
 
 /// `docker ARGS...`, shown in the transcript when `verbose`.

@@ -11,14 +11,19 @@ use std::{
 use anyhow::{Context as _, Result, ensure};
 use weave_tests::{Container, Host, Segment, require_root, unique_name, wait_until, walkthrough};
 
+/// The walkthrough (both hosts, three containers, pings checked) on fresh namespaces.
+fn walkthrough() -> Result<walkthrough::Walkthrough> {
+    require_root();
+    walkthrough::run(&unique_name("a"), &unique_name("b"), false)
+}
+
 fn counter(host: &Host, name: &str) -> Result<u64> {
     host.counter_packets(name)
 }
 
 #[test]
 fn walkthrough_pings_both_ways_isolates_other_subnet_and_counts_it() -> Result<()> {
-    require_root();
-    let w = walkthrough::run(&unique_name("a"), &unique_name("b"), false)?;
+    let w = walkthrough()?;
 
     // The packets went through the programs: encapsulated on one side, delivered on the other,
     // ARP answered in eBPF. (The cross-subnet ping never leaves 192.168.2.30: it has no route;
@@ -90,18 +95,7 @@ fn three_hosts_reach_each_other() -> Result<()> {
     assert!(peers.contains("192.168.56.199 connecting"), "{peers}");
     let joined = h3.agent_ok(&["join", "192.168.56.102"])?;
     assert!(joined.contains("192.168.56.102:6783"), "{joined}");
-    let cs: Vec<Container> = seg
-        .hosts
-        .iter()
-        .enumerate()
-        .map(|(i, h)| Container::new(&format!("{prefix}c{}", i + 1), h))
-        .collect::<Result<_>>()?;
-    for (i, (h, c)) in seg.hosts.iter().zip(&cs).enumerate() {
-        h.attach(&format!("10.32.0.{}/16", i + 1), c)?;
-    }
-    for h in &seg.hosts {
-        h.wait_for_remote(2)?;
-    }
+    let cs = seg.attach_one_each(&prefix, |i| format!("10.32.0.{}/16", i + 1))?;
     for (i, c) in cs.iter().enumerate() {
         for j in 0..3 {
             if i != j {
@@ -164,8 +158,7 @@ fn two_endpoints_on_one_host_talk_without_the_tunnel() -> Result<()> {
 
 #[test]
 fn routing_the_other_subnet_through_ethwe_is_still_isolated() -> Result<()> {
-    require_root();
-    let w = walkthrough::run(&unique_name("a"), &unique_name("b"), false)?;
+    let w = walkthrough()?;
     // The walkthrough gave c3 an on-link route to the other subnet; a static neighbour entry
     // takes ARP out of the way too.
     w.c3.ip([
@@ -191,8 +184,7 @@ fn routing_the_other_subnet_through_ethwe_is_still_isolated() -> Result<()> {
 
 #[test]
 fn spoofed_source_address_or_mac_never_arrives() -> Result<()> {
-    require_root();
-    let w = walkthrough::run(&unique_name("a"), &unique_name("b"), false)?;
+    let w = walkthrough()?;
     let delivered = counter(&w.a, "overlay_delivered")?;
     let spoofed = counter(&w.b, "drop_spoofed")?;
 
@@ -265,8 +257,7 @@ print(len(data), hashlib.sha256(data).hexdigest(), flush=True)
 
 #[test]
 fn large_tcp_transfer_arrives_intact() -> Result<()> {
-    require_root();
-    let w = walkthrough::run(&unique_name("a"), &unique_name("b"), false)?;
+    let w = walkthrough()?;
     let mut sink = Command::new("ip")
         .args([
             "netns",
@@ -314,18 +305,7 @@ fn killed_host_is_withdrawn_within_5s_and_survivors_keep_talking() -> Result<()>
     for h in &seg.hosts[1..] {
         h.agent_ok(&["join", "192.168.56.101"])?;
     }
-    let cs: Vec<Container> = seg
-        .hosts
-        .iter()
-        .enumerate()
-        .map(|(i, h)| Container::new(&format!("{prefix}c{}", i + 1), h))
-        .collect::<Result<_>>()?;
-    for (i, (h, c)) in seg.hosts.iter().zip(&cs).enumerate() {
-        h.attach(&format!("192.168.1.{}/24", 10 + i), c)?;
-    }
-    for h in &seg.hosts {
-        h.wait_for_remote(2)?;
-    }
+    let cs = seg.attach_one_each(&prefix, |i| format!("192.168.1.{}/24", 10 + i))?;
 
     // Host 3 dies: its agent is killed and its NIC goes dark.
     let victim = &seg.hosts[2];
@@ -352,8 +332,7 @@ fn killed_host_is_withdrawn_within_5s_and_survivors_keep_talking() -> Result<()>
 
 #[test]
 fn duplicate_address_and_invalid_cidr_are_refused_with_nothing_changed() -> Result<()> {
-    require_root();
-    let w = walkthrough::run(&unique_name("a"), &unique_name("b"), false)?;
+    let w = walkthrough()?;
     let extra = Container::new(&format!("{}-x", w.a.name), &w.a)?;
     let links_before = w.a.ip(["-o", "link"])?.lines().count();
     let ps_before = w.a.agent_ok(&["ps"])?;
@@ -389,8 +368,7 @@ fn duplicate_address_and_invalid_cidr_are_refused_with_nothing_changed() -> Resu
 
 #[test]
 fn detach_removes_reachability_everywhere() -> Result<()> {
-    require_root();
-    let w = walkthrough::run(&unique_name("a"), &unique_name("b"), false)?;
+    let w = walkthrough()?;
     let out = w.b.agent_ok(&["detach", &w.c2.spec()])?;
     assert!(out.contains("192.168.1.20/24 detached"), "{out}");
     assert!(
@@ -425,6 +403,24 @@ for _ in range(5):
     s.sendto(vxlan + eth + ip + icmp, ("192.168.56.101", 6784))
 "#;
 
+/// Sends [`FORGED_VXLAN`]'s five frames from `sender` and waits for `receiver`'s `counter`
+/// to count them.
+fn send_forged_vxlan(sender: &Host, receiver: &Host, counter_name: &str) -> Result<()> {
+    let before = counter(receiver, counter_name)?;
+    let out = sender.exec("python3", &["-c", FORGED_VXLAN])?;
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_until(
+        Duration::from_secs(5),
+        &format!("{counter_name} counting the forged frames"),
+        || Ok(counter(receiver, counter_name)? >= before + 5),
+    )?;
+    Ok(())
+}
+
 #[test]
 fn overlay_packets_from_a_non_peer_are_dropped_at_xdp() -> Result<()> {
     require_root();
@@ -440,37 +436,14 @@ fn overlay_packets_from_a_non_peer_are_dropped_at_xdp() -> Result<()> {
     h1.wait_for_remote(1)?;
 
     // The outsider runs no agent, so it is no peer: its forged frames die in XDP.
-    let dropped = counter(h1, "drop_overlay_not_peer")?;
     let delivered = counter(h1, "overlay_delivered")?;
-    let out = outsider.exec("python3", &["-c", FORGED_VXLAN])?;
-    ensure!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    wait_until(
-        Duration::from_secs(5),
-        "XDP counting the forged frames",
-        || Ok(counter(h1, "drop_overlay_not_peer")? >= dropped + 5),
-    )?;
+    send_forged_vxlan(outsider, h1, "drop_overlay_not_peer")?;
     assert_eq!(
         counter(h1, "overlay_delivered")?,
         delivered,
         "a forged frame was delivered"
     );
-
     // The same frames from a live peer pass XDP (and reach the decapsulating program).
-    let passed = counter(h1, "underlay_overlay_pass")?;
-    let out = h2.exec("python3", &["-c", FORGED_VXLAN])?;
-    ensure!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    wait_until(
-        Duration::from_secs(5),
-        "XDP passing the peer's frames",
-        || Ok(counter(h1, "underlay_overlay_pass")? >= passed + 5),
-    )?;
+    send_forged_vxlan(h2, h1, "underlay_overlay_pass")?;
     Ok(())
 }
