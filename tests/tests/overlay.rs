@@ -17,6 +17,14 @@ fn walkthrough() -> Result<walkthrough::Walkthrough> {
     walkthrough::run(&unique_name("a"), &unique_name("b"), false)
 }
 
+fn same_inode(a: &str, b: &str) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+        _ => false,
+    }
+}
+
 fn counter(host: &Host, name: &str) -> Result<u64> {
     host.counter_packets(name)
 }
@@ -140,7 +148,34 @@ fn two_endpoints_on_one_host_talk_without_the_tunnel() -> Result<()> {
     let c1 = Container::new(&format!("{}c1", host.name), &host)?;
     let c2 = Container::new(&format!("{}c2", host.name), &host)?;
     host.attach("192.168.1.10/24", &c1)?;
-    host.attach("192.168.1.11/24", &c2)?;
+    // The second container named by the pid of a process inside it, as `pid:PID`.
+    let mut sleeper = std::process::Command::new("ip")
+        .args(["netns", "exec", &c2.name, "sleep", "600"])
+        .spawn()?;
+    // `ip netns exec` enters the namespace before it becomes `sleep`: wait for that, or
+    // pid:PID would still name this test's own namespace.
+    let pid_ns = format!("/proc/{}/ns/net", sleeper.id());
+    let target = format!("/run/netns/{}", c2.name);
+    let entered = wait_until(
+        Duration::from_secs(5),
+        "sleep entering the container",
+        || Ok(same_inode(&pid_ns, &target)),
+    );
+    let out = entered.and_then(|_| {
+        host.agent(&[
+            "attach",
+            "192.168.1.11/24",
+            &format!("pid:{}", sleeper.id()),
+        ])
+    });
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    let out = out?;
+    ensure!(
+        out.status.success(),
+        "attach pid: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let before = counter(&host, "local_delivered")?;
     ensure!(
         c1.ping("192.168.1.11", 3)?,
@@ -148,6 +183,26 @@ fn two_endpoints_on_one_host_talk_without_the_tunnel() -> Result<()> {
     );
     assert!(counter(&host, "local_delivered")? >= before + 6);
     assert_eq!(counter(&host, "remote_sent")?, 0);
+
+    // Unknown destinations and broadcasts are dropped and counted, not flooded.
+    c1.ip([
+        "neigh",
+        "replace",
+        "192.168.1.99",
+        "lladdr",
+        "02:57:c0:a8:01:63",
+        "dev",
+        "ethwe",
+    ])?;
+    let unknown = counter(&host, "drop_unknown_dst")?;
+    assert!(!c1.ping("192.168.1.99", 2)?);
+    assert!(counter(&host, "drop_unknown_dst")? >= unknown + 2);
+    let broadcast = counter(&host, "drop_not_ipv4_unicast")?;
+    let _ = c1.exec(
+        "ping",
+        &["-b", "-c", "2", "-i", "0.2", "-W", "1", "192.168.1.255"],
+    )?;
+    assert!(counter(&host, "drop_not_ipv4_unicast")? >= broadcast + 2);
     let ps = host.agent_ok(&["ps"])?;
     assert!(
         ps.contains(&format!("{} 02:57:c0:a8:01:0a 192.168.1.10/24", c1.spec())),

@@ -681,7 +681,10 @@ async fn attach_endpoint(
     mtu: Option<u32>,
 ) -> Result<api::EndpointInfo> {
     check_free(agent, cidr.ip).await?;
-    if same_file(&target.netns, Path::new("/proc/self/ns/net")) {
+    // ethwe must land in a container, never in a host: ours, or the machine's initial one.
+    if same_file(&target.netns, Path::new("/proc/self/ns/net"))
+        || same_file(&target.netns, Path::new("/proc/1/ns/net"))
+    {
         bail!(
             "{} is the host's own network namespace; containers need one of their own",
             target.label

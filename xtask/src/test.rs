@@ -23,18 +23,21 @@ pub fn run() -> Result<()> {
     step.finish();
 
     build_agent(false)?;
-    let _dockerd = dockerd::ensure()?;
-
-    let step = progress::step("cargo test (unit and integration tests)");
-    let totals = progress::run_counting_tests(
-        crate::cargo()
-            // Every test binary runs, so one failure does not hide the others' results.
-            .args(["test", "--no-fail-fast"])
-            .env("WEAVE_AGENT_BIN", agent_path(false)),
-    )?;
-    if totals.failed == 0 {
-        step.finish();
-    }
+    let totals = {
+        // Stopped (if started here) before the closing line, which must come last.
+        let _dockerd = dockerd::ensure()?;
+        let step = progress::step("cargo test (unit and integration tests)");
+        let totals = progress::run_counting_tests(
+            crate::cargo()
+                // Every test binary runs, so one failure does not hide the others' results.
+                .args(["test", "--no-fail-fast"])
+                .env("WEAVE_AGENT_BIN", agent_path(false)),
+        )?;
+        if totals.failed == 0 {
+            step.finish();
+        }
+        totals
+    };
     // One closing line for the whole run, however many test binaries cargo ran.
     println!("tests: {} passed, {} failed", totals.passed, totals.failed);
     ensure!(totals.failed == 0, "{} tests failed", totals.failed);
