@@ -159,3 +159,36 @@ fn every_subcommand_has_help() -> Result<()> {
     assert!(String::from_utf8_lossy(&out.stdout).contains("weave-agent join 192.168.56.101"));
     Ok(())
 }
+
+#[test]
+fn control_socket_is_root_only_and_says_so() -> Result<()> {
+    require_root();
+    let (a, _b) = two_hosts(&unique_name("a"), &unique_name("b"))?;
+    a.agent_ok(&["launch"])?;
+    let socket = a.state_dir().join("agent.sock");
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&socket)?.permissions());
+    assert_eq!(mode & 0o777, 0o600, "socket mode {mode:o}");
+    // As nobody: a clear permission error, promptly, not a hang.
+    let bin = weave_tests::agent_bin();
+    let out = weave_tests::run(
+        "ip",
+        [
+            "netns",
+            "exec",
+            &a.name,
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            bin.to_str().unwrap(),
+            "status",
+        ],
+    )?;
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("permission denied") && err.contains("root"),
+        "{err}"
+    );
+    Ok(())
+}
