@@ -129,6 +129,7 @@ async fn serve(args: &LaunchArgs, loc: &Location, ready: &mut Option<File>) -> R
     let mut state = state::load(&loc.state_dir)?;
     let adopt = state.underlay.as_deref() == Some(underlay.name.as_str());
     let mut datapath = Datapath::load(&loc.pin_dir, &underlay, adopt)?;
+    datapath.start_logging();
     state.underlay = Some(underlay.name.clone());
     for peer in &args.peers {
         gossip::peer_addr(peer)?;

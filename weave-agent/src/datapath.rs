@@ -271,6 +271,36 @@ impl Datapath {
             .collect()
     }
 
+    /// Starts reading what the programs log (aya-log) into the agent's log. Only failures
+    /// that should never happen are logged in eBPF; everything else is counted.
+    pub fn start_logging(&mut self) {
+        let logger = match aya_log::EbpfLogger::init(&mut self.ebpf) {
+            Ok(logger) => logger,
+            Err(err) => {
+                tracing::warn!("eBPF logging unavailable: {err}");
+                return;
+            }
+        };
+        // SAFETY: the logger owns its ring buffer's descriptor, which stays open and the same
+        // for as long as the AsyncFd owns the logger.
+        let registered = unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
+        };
+        let mut logger = match registered {
+            Ok(logger) => logger,
+            Err(err) => {
+                tracing::warn!("eBPF logging unavailable: {err}");
+                return;
+            }
+        };
+        tokio::spawn(async move {
+            while let Ok(mut ready) = logger.readable_mut().await {
+                ready.get_inner_mut().flush();
+                ready.clear_ready();
+            }
+        });
+    }
+
     pub fn programs(&self) -> Vec<api::Program> {
         let mode = match self.xdp_mode {
             XdpMode::Skb => "generic (skb) mode",

@@ -11,6 +11,7 @@ use aya_ebpf::{
     macros::classifier,
     programs::TcContext,
 };
+use aya_log_ebpf::error;
 use weave_common::{
     counters::CounterId,
     endpoint::{ENCAP_EBPF, Endpoint, ipv4_key},
@@ -41,6 +42,13 @@ pub fn container_tc(ctx: TcContext) -> i32 {
         }
         Err(reason) => {
             count(reason, len);
+            if reason == CounterId::DropRedirectFailed {
+                // Never expected: a helper refused a redirect the maps said was valid.
+                error!(
+                    &ctx,
+                    "container_tc: redirect or encapsulation helper failed ({} bytes)", len
+                );
+            }
             TC_ACT_SHOT as i32
         }
     }

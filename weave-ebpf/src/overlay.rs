@@ -8,6 +8,7 @@ use aya_ebpf::{
     macros::classifier,
     programs::TcContext,
 };
+use aya_log_ebpf::error;
 use weave_common::{counters::CounterId, endpoint::ipv4_key};
 
 use crate::{
@@ -29,6 +30,12 @@ pub fn overlay_tc(ctx: TcContext) -> i32 {
         }
         Err(reason) => {
             count(reason, len);
+            if reason == CounterId::DropRedirectFailed {
+                error!(
+                    &ctx,
+                    "overlay_tc: redirect to a container failed ({} bytes)", len
+                );
+            }
             TC_ACT_SHOT as i32
         }
     }

@@ -9,6 +9,7 @@ use aya_ebpf::{
     macros::classifier,
     programs::TcContext,
 };
+use aya_log_ebpf::error;
 use weave_common::{
     VXLAN_PORT,
     counters::CounterId,
@@ -40,6 +41,12 @@ pub fn underlay_tc(ctx: TcContext) -> i32 {
         Err(reason) => {
             count(CounterId::OverlayRx, len);
             count(reason, len);
+            if reason == CounterId::DropRedirectFailed {
+                error!(
+                    &ctx,
+                    "underlay_tc: redirect to a container failed ({} bytes)", len
+                );
+            }
             TC_ACT_SHOT as i32
         }
     }
