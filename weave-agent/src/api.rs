@@ -129,6 +129,11 @@ pub struct Status {
     pub peers: Vec<PeerInfo>,
     /// Addresses claimed by more than one host.
     pub conflicts: Vec<String>,
+    /// Gossip is authenticated and encrypted (a password is set).
+    pub encryption: bool,
+    /// Gossip datagrams refused for failing authentication, and from where.
+    pub auth_failures: u64,
+    pub auth_failure_sources: BTreeMap<String, u64>,
     pub counters: BTreeMap<String, Counter>,
 }
 

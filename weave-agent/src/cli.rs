@@ -152,6 +152,21 @@ pub struct LaunchArgs {
     #[arg(long)]
     pub foreground: bool,
 
+    /// Mesh password: every gossip datagram is authenticated and encrypted with a key derived
+    /// from it; peers without it never join. Prefer WEAVE_PASSWORD or --password-file, which
+    /// keep it out of `ps`.
+    #[arg(
+        long,
+        env = "WEAVE_PASSWORD",
+        hide_env_values = true,
+        conflicts_with = "password_file"
+    )]
+    pub password: Option<String>,
+
+    /// File holding the mesh password (its first line).
+    #[arg(long, value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
+
     /// How remote frames are encapsulated: `ebpf` (single packets get their VXLAN headers
     /// built and stripped by the eBPF programs; GSO bulk goes through the kernel VXLAN device,
     /// which measured faster for it) or `vxlan` (everything through the device). Both speak

@@ -221,6 +221,14 @@ fn launch(global: &[String], args: &LaunchArgs, loc: &Location) -> Result<()> {
     if args.encap == Encap::Vxlan {
         daemon.args(["--encap", "vxlan"]);
     }
+    // The password travels in the environment, never on the daemon's command line.
+    match &args.password {
+        Some(password) => daemon.env("WEAVE_PASSWORD", password),
+        None => daemon.env_remove("WEAVE_PASSWORD"),
+    };
+    if let Some(file) = &args.password_file {
+        daemon.arg("--password-file").arg(file);
+    }
     daemon
         .args(&args.peers)
         .env(daemon::READY_FD_ENV, READY_FD.to_string())
@@ -318,6 +326,26 @@ fn status(loc: &Location, out: OutputArgs) -> Result<()> {
         println!(
             "{label:>16} {}({}) {} {} ({} endpoints)",
             p.name, p.nickname, p.address, p.state, p.endpoints
+        );
+    }
+    println!(
+        "     Encryption: {}",
+        if s.encryption {
+            "on (password set)"
+        } else {
+            "off"
+        }
+    );
+    if s.auth_failures > 0 {
+        let sources: Vec<String> = s
+            .auth_failure_sources
+            .iter()
+            .map(|(ip, n)| format!("{ip} ({n})"))
+            .collect();
+        println!(
+            "  Auth failures: {} gossip datagrams refused, from {}",
+            s.auth_failures,
+            sources.join(", ")
         );
     }
     for conflict in &s.conflicts {

@@ -36,6 +36,7 @@ use crate::{
     location::Location,
     netlink,
     run_args::RunSpec,
+    sealed_transport::{self, AuthFailures, SealedTransport},
     state::{self, LocalEndpoint, State},
 };
 
@@ -103,6 +104,8 @@ struct Agent {
     loc: Location,
     base: api::Status,
     gossip: Gossip,
+    /// Gossip datagrams refused by the sealed transport (stays empty without a password).
+    auth_failures: Arc<std::sync::Mutex<AuthFailures>>,
     inner: Mutex<Inner>,
     shutdown: watch::Sender<bool>,
 }
@@ -152,7 +155,16 @@ async fn serve(args: &LaunchArgs, loc: &Location, ready: &mut Option<File>) -> R
     )?;
     let peer_name = underlay.mac_string().unwrap_or_else(|| loc.netns.clone());
     let nickname = args.name.clone().unwrap_or_else(|| loc.netns.clone());
-    let gossip = Gossip::start(&peer_name, &nickname, ip, &UdpTransport).await?;
+    let password = password(args)?;
+    let auth_failures = Arc::new(std::sync::Mutex::new(AuthFailures::default()));
+    let gossip = match &password {
+        Some(password) => {
+            let key = sealed_transport::derive_key(password)?;
+            let transport = SealedTransport::new(&key, Arc::clone(&auth_failures));
+            Gossip::start(&peer_name, &nickname, ip, &transport).await?
+        }
+        None => Gossip::start(&peer_name, &nickname, ip, &UdpTransport).await?,
+    };
 
     let base = api::Status {
         version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -175,6 +187,9 @@ async fn serve(args: &LaunchArgs, loc: &Location, ready: &mut Option<File>) -> R
         endpoints: api::EndpointCounts::default(),
         peers: Vec::new(),
         conflicts: Vec::new(),
+        encryption: password.is_some(),
+        auth_failures: 0,
+        auth_failure_sources: BTreeMap::new(),
         counters: Default::default(),
     };
     let mut inner = Inner {
@@ -198,6 +213,7 @@ async fn serve(args: &LaunchArgs, loc: &Location, ready: &mut Option<File>) -> R
         loc: loc.clone(),
         base,
         gossip,
+        auth_failures,
         inner: Mutex::new(inner),
         shutdown,
     });
@@ -242,6 +258,23 @@ async fn serve(args: &LaunchArgs, loc: &Location, ready: &mut Option<File>) -> R
         loc.pin_dir.display()
     );
     Ok(())
+}
+
+/// The mesh password from --password / WEAVE_PASSWORD or --password-file, if any.
+fn password(args: &LaunchArgs) -> Result<Option<String>> {
+    if let Some(password) = &args.password {
+        return Ok(Some(password.clone()));
+    }
+    let Some(file) = &args.password_file else {
+        return Ok(None);
+    };
+    let text = fs::read_to_string(file)
+        .with_context(|| format!("reading the password file {}", file.display()))?;
+    let password = text.lines().next().unwrap_or_default().to_owned();
+    if password.is_empty() {
+        bail!("{} holds no password on its first line", file.display());
+    }
+    Ok(Some(password))
 }
 
 /// Takes over the endpoints the previous agent attached: those whose veth still exists keep
@@ -812,6 +845,17 @@ async fn status(agent: &Agent) -> Result<api::Status> {
     };
     status.peers = peer_infos(&inner);
     status.conflicts = inner.conflicts.clone();
+    let failures = agent
+        .auth_failures
+        .lock()
+        .expect("auth failure lock")
+        .clone();
+    status.auth_failures = failures.total;
+    status.auth_failure_sources = failures
+        .by_source
+        .iter()
+        .map(|(ip, n)| (ip.to_string(), *n))
+        .collect();
     Ok(status)
 }
 

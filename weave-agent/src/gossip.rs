@@ -14,8 +14,8 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use chitchat::{
-    ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, NodeState, ProtocolVersion,
-    spawn_chitchat, transport::Transport,
+    ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, NodeState, spawn_chitchat,
+    transport::Transport,
 };
 use serde::{Deserialize, Serialize};
 use weave_common::{GOSSIP_PORT, endpoint::Endpoint};
@@ -109,7 +109,6 @@ impl Gossip {
             marked_for_deletion_grace_period: Duration::from_secs(60 * 60),
             catchup_callback: None,
             extra_liveness_predicate: None,
-            protocol_version: ProtocolVersion::V1,
         };
         let handle = spawn_chitchat(
             config,

@@ -13,6 +13,7 @@ mod gossip;
 mod location;
 mod netlink;
 mod run_args;
+mod sealed_transport;
 mod state;
 
 use std::{io::IsTerminal as _, process::ExitCode};
