@@ -120,6 +120,9 @@ struct Inner {
     conflicts: Vec<String>,
     /// Remote endpoints as last written to the map.
     remote: BTreeMap<Ipv4Addr, Endpoint>,
+    /// Remote entries found in the pinned map at start (left by the previous agent), kept for
+    /// [`ADOPTION_GRACE`] even if gossip has not confirmed them yet.
+    adopted: BTreeSet<Ipv4Addr>,
     started: Instant,
     last_contact: BTreeMap<SocketAddr, Instant>,
 }
@@ -200,6 +203,7 @@ async fn serve(args: &LaunchArgs, loc: &Location, ready: &mut Option<File>) -> R
         peers: Vec::new(),
         conflicts: Vec::new(),
         remote: BTreeMap::new(),
+        adopted: BTreeSet::new(),
         started: Instant::now(),
         last_contact: BTreeMap::new(),
     };
@@ -309,6 +313,7 @@ async fn adopt_endpoints(inner: &mut Inner, gossip: &Gossip) -> Result<()> {
             inner.datapath.remove_endpoint(ip)?;
         } else if !ep.is_local() {
             inner.remote.insert(ip, ep);
+            inner.adopted.insert(ip);
         }
     }
     Ok(())
@@ -361,26 +366,29 @@ async fn sync_once(agent: &Agent) -> Result<()> {
 
     let local: BTreeSet<Ipv4Addr> = inner.state.endpoints.iter().map(|e| e.cidr.ip).collect();
     let desired = gossip::desired(&peers, &local);
-    let may_remove = inner.started.elapsed() >= ADOPTION_GRACE;
+    if inner.started.elapsed() >= ADOPTION_GRACE {
+        inner.adopted.clear();
+    }
     for (ip, ep) in &desired.endpoints {
         if inner.remote.get(ip) != Some(ep) {
             inner.datapath.set_endpoint(*ip, *ep)?;
             inner.remote.insert(*ip, *ep);
         }
     }
-    if may_remove {
-        let stale: Vec<Ipv4Addr> = inner
-            .remote
-            .keys()
-            .filter(|ip| !desired.endpoints.contains_key(ip))
-            .copied()
-            .collect();
-        for ip in stale {
-            inner.datapath.remove_endpoint(ip)?;
-            inner.remote.remove(&ip);
-        }
+    let stale: Vec<Ipv4Addr> = inner
+        .remote
+        .keys()
+        .filter(|ip| !desired.endpoints.contains_key(ip) && !inner.adopted.contains(ip))
+        .copied()
+        .collect();
+    for ip in stale {
+        inner.datapath.remove_endpoint(ip)?;
+        inner.remote.remove(&ip);
+    }
+    if inner.adopted.is_empty() {
         inner.datapath.set_peers(&desired.peers)?;
     } else {
+        // Adopted entries still point at their peers: keep those peers too for now.
         let mut peers_now: BTreeSet<Ipv4Addr> = inner.datapath.peers()?.into_iter().collect();
         peers_now.extend(&desired.peers);
         inner.datapath.set_peers(&peers_now)?;
