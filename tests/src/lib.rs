@@ -177,8 +177,15 @@ impl Host {
 
     /// Like [`Host::agent`], never shown in the transcript (for polling).
     fn agent_quiet(&self, args: &[&str]) -> Result<Output> {
+        self.agent_via(&[], args)
+    }
+
+    /// `weave-agent ARGS...` inside the host behind a wrapper command (`env VAR=...`,
+    /// `setpriv ...`), whatever its exit status; never shown in the transcript.
+    pub fn agent_via(&self, wrapper: &[&str], args: &[&str]) -> Result<Output> {
         let bin = agent_bin();
         let mut all = vec!["netns", "exec", &self.name];
+        all.extend_from_slice(wrapper);
         all.push(bin.to_str().context("agent path is not UTF-8")?);
         all.extend_from_slice(args);
         run("ip", &all)

@@ -146,18 +146,9 @@ fn without_docker_run_says_so_and_netns_attach_still_works() -> Result<()> {
     require_root();
     let (a, _b) = two_hosts(&unique_name("a"), &unique_name("b"))?;
     // An agent pointed at a Docker socket where nothing listens.
-    let bin = weave_tests::agent_bin();
-    let out = weave_tests::run(
-        "ip",
-        [
-            "netns",
-            "exec",
-            &a.name,
-            "env",
-            "DOCKER_HOST=unix:///nonexistent/docker.sock",
-            bin.to_str().unwrap(),
-            "launch",
-        ],
+    let out = a.agent_via(
+        &["env", "DOCKER_HOST=unix:///nonexistent/docker.sock"],
+        &["launch"],
     )?;
     ensure!(
         out.status.success(),

@@ -169,20 +169,14 @@ fn control_socket_is_root_only_and_says_so() -> Result<()> {
     let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&socket)?.permissions());
     assert_eq!(mode & 0o777, 0o600, "socket mode {mode:o}");
     // As nobody: a clear permission error, promptly, not a hang.
-    let bin = weave_tests::agent_bin();
-    let out = weave_tests::run(
-        "ip",
-        [
-            "netns",
-            "exec",
-            &a.name,
+    let out = a.agent_via(
+        &[
             "setpriv",
             "--reuid=65534",
             "--regid=65534",
             "--clear-groups",
-            bin.to_str().unwrap(),
-            "status",
         ],
+        &["status"],
     )?;
     assert!(!out.status.success());
     let err = stderr(&out);

@@ -6,12 +6,11 @@
 //! or sent to the remote host through the VXLAN device. Everything else is dropped and counted.
 
 use aya_ebpf::{
-    bindings::{TC_ACT_REDIRECT, TC_ACT_SHOT, bpf_tunnel_key},
+    bindings::{TC_ACT_REDIRECT, bpf_tunnel_key},
     helpers::generated::{bpf_redirect, bpf_redirect_peer, bpf_skb_set_tunnel_key},
     macros::classifier,
     programs::TcContext,
 };
-use aya_log_ebpf::error;
 use weave_common::{
     counters::CounterId,
     endpoint::{ENCAP_EBPF, Endpoint, ipv4_key},
@@ -24,6 +23,7 @@ use crate::{
         ARP_REPLY, ARP_REQUEST, ArpHdr, ETH_LEN, ETH_P_ARP, ETH_P_IP, EthHdr, Ipv4Hdr, ptr_at,
     },
     maps::{config, endpoint},
+    verdict::tc_verdict,
 };
 
 /// Outer TTL of encapsulated packets.
@@ -35,23 +35,7 @@ const HEADERS_LEN: u32 = (ETH_LEN + core::mem::size_of::<ArpHdr>()) as u32;
 pub fn container_tc(ctx: TcContext) -> i32 {
     let len = u64::from(ctx.len());
     count(CounterId::ContainerRx, len);
-    match forward(&ctx) {
-        Ok(done) => {
-            count(done, len);
-            TC_ACT_REDIRECT as i32
-        }
-        Err(reason) => {
-            count(reason, len);
-            if reason == CounterId::DropRedirectFailed {
-                // Never expected: a helper refused a redirect the maps said was valid.
-                error!(
-                    &ctx,
-                    "container_tc: redirect or encapsulation helper failed ({} bytes)", len
-                );
-            }
-            TC_ACT_SHOT as i32
-        }
-    }
+    tc_verdict(&ctx, "container_tc", forward(&ctx), len)
 }
 
 /// Redirects the frame; the counter for what was done, or the drop reason.

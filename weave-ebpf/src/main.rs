@@ -17,6 +17,7 @@ mod maps;
 mod overlay;
 mod underlay;
 mod underlay_tc;
+mod verdict;
 
 /// The kernel only lets GPL-compatible programs call some helpers (e.g. redirects).
 #[unsafe(link_section = "license")]

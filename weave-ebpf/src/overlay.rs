@@ -3,18 +3,18 @@
 //! address; the destination must be a local endpoint in the same subnet.
 
 use aya_ebpf::{
-    bindings::{TC_ACT_REDIRECT, TC_ACT_SHOT, bpf_tunnel_key},
+    bindings::{TC_ACT_REDIRECT, bpf_tunnel_key},
     helpers::generated::{bpf_redirect_peer, bpf_skb_get_tunnel_key},
     macros::classifier,
     programs::TcContext,
 };
-use aya_log_ebpf::error;
 use weave_common::{counters::CounterId, endpoint::ipv4_key};
 
 use crate::{
     counters::count,
     headers::{ETH_LEN, ETH_P_IP, EthHdr, Ipv4Hdr, ptr_at},
     maps::{config, endpoint, is_peer},
+    verdict::tc_verdict,
 };
 
 const HEADERS_LEN: u32 = (ETH_LEN + core::mem::size_of::<Ipv4Hdr>()) as u32;
@@ -23,26 +23,11 @@ const HEADERS_LEN: u32 = (ETH_LEN + core::mem::size_of::<Ipv4Hdr>()) as u32;
 pub fn overlay_tc(ctx: TcContext) -> i32 {
     let len = u64::from(ctx.len());
     count(CounterId::OverlayRx, len);
-    match deliver(&ctx) {
-        Ok(()) => {
-            count(CounterId::OverlayDelivered, len);
-            TC_ACT_REDIRECT as i32
-        }
-        Err(reason) => {
-            count(reason, len);
-            if reason == CounterId::DropRedirectFailed {
-                error!(
-                    &ctx,
-                    "overlay_tc: redirect to a container failed ({} bytes)", len
-                );
-            }
-            TC_ACT_SHOT as i32
-        }
-    }
+    tc_verdict(&ctx, "overlay_tc", deliver(&ctx), len)
 }
 
 #[inline(always)]
-fn deliver(ctx: &TcContext) -> Result<(), CounterId> {
+fn deliver(ctx: &TcContext) -> Result<CounterId, CounterId> {
     // SAFETY: a zeroed tunnel key is valid; the helper fills it.
     let mut key: bpf_tunnel_key = unsafe { core::mem::zeroed() };
     // SAFETY: the skb pointer is the program's context, the key a local of the size given.
@@ -87,7 +72,7 @@ fn deliver(ctx: &TcContext) -> Result<(), CounterId> {
                 if bpf_redirect_peer(dst.ifindex, 0) != i64::from(TC_ACT_REDIRECT) {
                     return Err(CounterId::DropRedirectFailed);
                 }
-                Ok(())
+                Ok(CounterId::OverlayDelivered)
             }
             _ => Err(CounterId::DropOverlaySpoofed),
         }
