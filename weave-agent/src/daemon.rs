@@ -33,7 +33,7 @@ use crate::{
     container,
     datapath::Datapath,
     gossip::{self, Gossip, PeerView},
-    location::Location,
+    location::{self, Location},
     netlink,
     run_args::RunSpec,
     sealed_transport::{self, AuthFailures, SealedTransport},
@@ -602,15 +602,6 @@ fn peer_infos(inner: &Inner) -> Vec<api::PeerInfo> {
     out
 }
 
-/// Both paths name the same file (for namespaces: the same namespace).
-fn same_file(a: &Path, b: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt as _;
-    match (fs::metadata(a), fs::metadata(b)) {
-        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
-        _ => false,
-    }
-}
-
 /// The container an endpoint is attached to.
 struct Target {
     /// As the user named it (netns:NAME, pid:PID, a path, a Docker name or short id).
@@ -724,8 +715,8 @@ async fn attach_endpoint(
 ) -> Result<api::EndpointInfo> {
     check_free(agent, cidr.ip).await?;
     // ethwe must land in a container, never in a host: ours, or the machine's initial one.
-    if same_file(&target.netns, Path::new("/proc/self/ns/net"))
-        || same_file(&target.netns, Path::new("/proc/1/ns/net"))
+    if location::same_namespace(&target.netns, Path::new("/proc/self/ns/net"))
+        || location::same_namespace(&target.netns, Path::new("/proc/1/ns/net"))
     {
         bail!(
             "{} is the host's own network namespace; containers need one of their own",

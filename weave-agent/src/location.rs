@@ -65,6 +65,11 @@ fn ns_identity(path: &Path) -> std::io::Result<(u64, u64)> {
     Ok((meta.dev(), meta.ino()))
 }
 
+/// Both namespace files (or any files) are the same one; false if either cannot be read.
+pub fn same_namespace(a: &Path, b: &Path) -> bool {
+    matches!((ns_identity(a), ns_identity(b)), (Ok(a), Ok(b)) if a == b)
+}
+
 fn current_netns_name() -> Result<String> {
     let own = ns_identity(Path::new("/proc/self/ns/net"))
         .context("reading /proc/self/ns/net (is /proc mounted?)")?;
