@@ -175,11 +175,7 @@ impl Datapath {
         if ebpf_encap {
             self.attach_tc(programs::UNDERLAY_TC, &underlay.name)?;
         }
-        let mut config: Array<&mut MapData, Config> = Array::try_from(
-            self.ebpf
-                .map_mut(maps::CONFIG)
-                .with_context(|| format!("the eBPF object has no {} map", maps::CONFIG))?,
-        )?;
+        let mut config: Array<&mut MapData, Config> = Array::try_from(self.map_mut(maps::CONFIG)?)?;
         config.set(
             0,
             Config {
@@ -200,12 +196,20 @@ impl Datapath {
         Ok(())
     }
 
+    fn map(&self, name: &str) -> Result<&aya::maps::Map> {
+        self.ebpf
+            .map(name)
+            .with_context(|| format!("the eBPF object has no {name} map"))
+    }
+
+    fn map_mut(&mut self, name: &str) -> Result<&mut aya::maps::Map> {
+        self.ebpf
+            .map_mut(name)
+            .with_context(|| format!("the eBPF object has no {name} map"))
+    }
+
     fn endpoints_map(&mut self) -> Result<HashMap<&mut MapData, Ipv4Key, Endpoint>> {
-        Ok(HashMap::try_from(
-            self.ebpf
-                .map_mut(maps::ENDPOINTS)
-                .with_context(|| format!("the eBPF object has no {} map", maps::ENDPOINTS))?,
-        )?)
+        Ok(HashMap::try_from(self.map_mut(maps::ENDPOINTS)?)?)
     }
 
     pub fn set_endpoint(&mut self, ip: Ipv4Addr, endpoint: Endpoint) -> Result<()> {
@@ -224,11 +228,8 @@ impl Datapath {
 
     /// Every entry of the endpoint map, as the kernel has it.
     pub fn endpoints(&self) -> Result<Vec<(Ipv4Addr, Endpoint)>> {
-        let map: HashMap<&MapData, Ipv4Key, Endpoint> = HashMap::try_from(
-            self.ebpf
-                .map(maps::ENDPOINTS)
-                .with_context(|| format!("the eBPF object has no {} map", maps::ENDPOINTS))?,
-        )?;
+        let map: HashMap<&MapData, Ipv4Key, Endpoint> =
+            HashMap::try_from(self.map(maps::ENDPOINTS)?)?;
         map.iter()
             .map(|entry| {
                 let (key, ep) = entry?;
@@ -239,11 +240,8 @@ impl Datapath {
 
     /// Makes the peer map hold exactly `peers`.
     pub fn set_peers(&mut self, peers: &std::collections::BTreeSet<Ipv4Addr>) -> Result<()> {
-        let mut map: HashMap<&mut MapData, Ipv4Key, u32> = HashMap::try_from(
-            self.ebpf
-                .map_mut(maps::PEERS)
-                .with_context(|| format!("the eBPF object has no {} map", maps::PEERS))?,
-        )?;
+        let mut map: HashMap<&mut MapData, Ipv4Key, u32> =
+            HashMap::try_from(self.map_mut(maps::PEERS)?)?;
         let present: Vec<Ipv4Key> = map.keys().collect::<Result<_, _>>()?;
         for key in &present {
             if !peers.contains(&Ipv4Addr::from(ipv4_octets(*key))) {
@@ -261,11 +259,7 @@ impl Datapath {
 
     /// Underlay addresses in the kernel's peer map.
     pub fn peers(&self) -> Result<Vec<Ipv4Addr>> {
-        let map: HashMap<&MapData, Ipv4Key, u32> = HashMap::try_from(
-            self.ebpf
-                .map(maps::PEERS)
-                .with_context(|| format!("the eBPF object has no {} map", maps::PEERS))?,
-        )?;
+        let map: HashMap<&MapData, Ipv4Key, u32> = HashMap::try_from(self.map(maps::PEERS)?)?;
         map.keys()
             .map(|key| Ok(Ipv4Addr::from(ipv4_octets(key?))))
             .collect()
@@ -349,10 +343,7 @@ impl Datapath {
 
     /// Sums of the per-CPU counters, by counter name.
     pub fn counters(&self) -> Result<BTreeMap<String, api::Counter>> {
-        let map = self
-            .ebpf
-            .map(maps::COUNTERS)
-            .with_context(|| format!("the eBPF object has no {} map", maps::COUNTERS))?;
+        let map = self.map(maps::COUNTERS)?;
         let counters: PerCpuArray<_, Counter> = PerCpuArray::try_from(map)?;
         CounterId::ALL
             .iter()
