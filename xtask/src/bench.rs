@@ -51,7 +51,7 @@ pub fn run() -> Result<()> {
     );
     let started = Instant::now();
     setup::run()?;
-    ebpf::build(true)?;
+    ebpf::build()?;
     build_agent(true)?;
     // SAFETY: single-threaded here; nothing else reads the environment concurrently.
     unsafe { std::env::set_var("WEAVE_AGENT_BIN", agent_path(true)) };

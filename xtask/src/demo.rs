@@ -10,7 +10,7 @@ const HOST_B: &str = "scvmu02";
 
 pub fn run() -> Result<()> {
     setup::run()?;
-    ebpf::build(true)?;
+    ebpf::build()?;
     build_agent(false)?;
     // The harness drives whatever binary this names.
     // SAFETY: single-threaded here; nothing else reads the environment concurrently.

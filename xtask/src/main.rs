@@ -28,11 +28,9 @@ enum Task {
     /// Install what building and testing need (apt packages, bpf-linker, an eBPF toolchain).
     /// Idempotent; quick when everything is present.
     Setup,
-    /// Compile weave-ebpf for bpfel-unknown-none into target/ebpf/weave-ebpf.o.
-    BuildEbpf {
-        #[arg(long)]
-        release: bool,
-    },
+    /// Compile weave-ebpf for bpfel-unknown-none into target/ebpf/weave-ebpf.o (always
+    /// optimised: the verifier rejects unoptimised eBPF).
+    BuildEbpf,
     /// build-ebpf, then the weave-agent binary that embeds the object.
     Build {
         #[arg(long)]
@@ -61,8 +59,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.task {
         Task::Setup => setup::run().map(|_| ()),
-        Task::BuildEbpf { release } => ebpf::build(release).map(|_| ()),
-        Task::Build { release } => ebpf::build(release).and_then(|_| build_agent(release)),
+        Task::BuildEbpf => ebpf::build().map(|_| ()),
+        Task::Build { release } => ebpf::build().and_then(|_| build_agent(release)),
         Task::Test => test::run(),
         Task::Demo => demo::run(),
         Task::Bench => bench::run(),

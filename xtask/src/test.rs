@@ -12,7 +12,7 @@ pub fn run() -> Result<()> {
         "`cargo xtask test` installs packages and makes network namespaces: run it as root"
     );
     setup::run()?;
-    ebpf::build(true)?;
+    ebpf::build()?;
 
     let step = progress::step("cargo fmt --check");
     progress::run(crate::cargo().args(["fmt", "--all", "--", "--check"]))?;
