@@ -12,7 +12,7 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 use serde::{Deserialize, Serialize};
 
-use crate::run_args::RunSpec;
+use crate::{policy::Action, run_args::RunSpec};
 
 /// How long the CLI waits for the daemon to answer one request.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -47,6 +47,13 @@ pub enum Request {
     Join {
         peer: String,
     },
+    /// Set the isolation rule for the pair of networks `a`, `b` (both directions).
+    PolicySet {
+        action: Action,
+        a: String,
+        b: String,
+    },
+    PolicyList,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -75,6 +82,10 @@ pub enum Response {
     Joined {
         address: String,
     },
+    /// The isolation rules this agent knows, one per pair of networks.
+    Rules {
+        rules: Vec<RuleInfo>,
+    },
     Error {
         message: String,
     },
@@ -88,6 +99,19 @@ pub struct EndpointInfo {
     pub cidr: String,
     pub host_veth: String,
     pub mtu: u32,
+}
+
+/// An isolation rule, as `policy list` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RuleInfo {
+    pub a: String,
+    pub b: String,
+    /// `allow` or `deny`.
+    pub action: String,
+    /// When it was made (Unix milliseconds); the newest word on a pair wins.
+    pub at_ms: u64,
+    /// Peer name of the agent it was made on.
+    pub by: String,
 }
 
 /// Another peer of the mesh, as `peers` shows it.

@@ -111,6 +111,19 @@ pub enum Command {
     /// List the peers of the mesh: NAME ADDRESS STATE.
     Peers(OutputArgs),
 
+    /// Isolation rules: which subnets may talk to each other across subnets.
+    ///
+    /// By default a container talks only to containers in its own subnet. A rule
+    /// covers both directions, reaches every host by gossip within about a second,
+    /// is enforced by the eBPF data path, and adds (or removes) an on-link route to
+    /// the other network through `ethwe` in the containers it concerns. Where rules
+    /// overlap, the most specific one decides.
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  weave-agent policy allow 192.168.1.0/24 192.168.2.0/24\n  weave-agent policy deny 192.168.1.0/24 192.168.2.0/24   (isolated again)\n  weave-agent policy list --json"
+    )]
+    Policy(PolicyCommand),
+
     /// Stop the agent; the pinned data path keeps forwarding. Returns once it has exited.
     Stop,
 
@@ -131,6 +144,26 @@ pub enum Command {
         #[arg(long, default_value_t = 1000)]
         endpoints: u16,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Let containers in network A and network B talk, both directions.
+    Allow(RulePair),
+    /// Isolate A and B again (replaces an earlier `allow` of the same pair).
+    Deny(RulePair),
+    /// List the rules the mesh holds: A B ACTION.
+    List(OutputArgs),
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct RulePair {
+    /// A network with its prefix and no host bits, e.g. 192.168.1.0/24.
+    #[arg(value_name = "CIDR_A")]
+    pub a: String,
+    /// The other network, e.g. 192.168.2.0/24.
+    #[arg(value_name = "CIDR_B")]
+    pub b: String,
 }
 
 #[derive(Debug, Args, Clone, Default)]

@@ -17,10 +17,11 @@ use crate::{
     addressing::Cidr,
     api::{self, Request, Response, Unreachable},
     bpffs,
-    cli::{Cli, Command, Encap, LaunchArgs, OutputArgs},
+    cli::{Cli, Command, Encap, LaunchArgs, OutputArgs, PolicyCommand},
     container, daemon, datapath, gossip,
     location::Location,
     netlink,
+    policy::{Action, Subnet},
     run_args::RunSpec,
 };
 
@@ -65,7 +66,41 @@ pub fn run(cli: Cli) -> Result<()> {
             endpoints,
         } => gossip::bench_peer(address, &seed, endpoints),
         Command::Peers(out) => peers(&loc, out),
+        Command::Policy(command) => policy(&loc, command),
     }
+}
+
+fn policy(loc: &Location, command: PolicyCommand) -> Result<()> {
+    let allow = matches!(command, PolicyCommand::Allow(_));
+    let (request, out) = match command {
+        PolicyCommand::Allow(pair) | PolicyCommand::Deny(pair) => {
+            // Checked here too, so a typo is reported before anything is sent.
+            let a: Subnet = pair.a.parse()?;
+            let b: Subnet = pair.b.parse()?;
+            let action = if allow { Action::Allow } else { Action::Deny };
+            let request = Request::PolicySet {
+                action,
+                a: a.to_string(),
+                b: b.to_string(),
+            };
+            (request, None)
+        }
+        PolicyCommand::List(out) => (Request::PolicyList, Some(out)),
+    };
+    let Response::Rules { rules } = api::call_agent(&loc.socket(), &request)? else {
+        bail!("the agent answered the policy request with something else");
+    };
+    match out {
+        Some(out) if out.json => println!("{}", serde_json::to_string_pretty(&rules)?),
+        Some(_) => {
+            for rule in &rules {
+                println!("{} {} {}", rule.a, rule.b, rule.action);
+            }
+        }
+        // allow/deny: silent on success, like `ip route add`.
+        None => {}
+    }
+    Ok(())
 }
 
 /// Tells the running agent to connect to `addr`, or launches one that does.

@@ -1,6 +1,7 @@
 //! Containers as network namespaces: naming them, and configuring `ethwe` inside them.
 
 use std::{
+    collections::BTreeSet,
     fs::File,
     os::fd::AsRawFd as _,
     path::{Path, PathBuf},
@@ -9,7 +10,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use nix::sched::{CloneFlags, setns};
 
-use crate::{addressing::Cidr, netlink};
+use crate::{addressing::Cidr, netlink, policy::Subnet};
 
 /// Name of the overlay interface inside containers.
 pub const ETHWE: &str = "ethwe";
@@ -94,4 +95,27 @@ pub async fn configure_ethwe(netns: &Path, temp: String, cidr: Cidr, mtu: u32) -
 pub async fn move_into(handle: &rtnetlink::Handle, link: &str, netns: &Path) -> Result<()> {
     let ns = File::open(netns).with_context(|| format!("opening {}", netns.display()))?;
     netlink::move_to_netns(handle, link, ns.as_raw_fd()).await
+}
+
+/// Inside the container: makes the agent's on-link routes through `ethwe` exactly `wanted`
+/// (the networks isolation rules open to it). The kernel's own subnet route is never touched.
+pub async fn sync_routes(netns: &Path, wanted: BTreeSet<Subnet>) -> Result<()> {
+    in_netns(netns, move |handle| async move {
+        let index = netlink::link_index(&handle, ETHWE)
+            .await?
+            .with_context(|| format!("the container has no {ETHWE} interface"))?;
+        let present: BTreeSet<Subnet> = netlink::agent_routes(&handle, index)
+            .await?
+            .into_iter()
+            .map(|(network, prefix)| Subnet::new(network, prefix))
+            .collect();
+        for gone in present.difference(&wanted) {
+            netlink::delete_on_link_route(&handle, gone.network, gone.prefix, index).await?;
+        }
+        for new in wanted.difference(&present) {
+            netlink::add_on_link_route(&handle, new.network, new.prefix, index).await?;
+        }
+        Ok(())
+    })
+    .await
 }

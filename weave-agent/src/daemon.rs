@@ -23,7 +23,11 @@ use tokio::{
     signal::unix::{SignalKind, signal},
     sync::{Mutex, watch},
 };
-use weave_common::{OVERLAY_OVERHEAD, VXLAN_PORT, endpoint::Endpoint};
+use weave_common::{
+    OVERLAY_OVERHEAD, VXLAN_PORT,
+    endpoint::{Endpoint, ipv4_octets},
+    policy::SubnetPair,
+};
 
 use crate::{
     addressing::{Cidr, format_mac},
@@ -35,6 +39,7 @@ use crate::{
     gossip::{self, Gossip, PeerView},
     location::{self, Location},
     netlink,
+    policy::{self, Action, Rule, Subnet},
     run_args::RunSpec,
     sealed_transport::{self, AuthFailures, SealedTransport},
     state::{self, LocalEndpoint, State},
@@ -125,6 +130,10 @@ struct Inner {
     adopted: BTreeSet<Ipv4Addr>,
     started: Instant,
     last_contact: BTreeMap<SocketAddr, Instant>,
+    /// The policy map as last written; None until the first sync writes it.
+    policy: Option<BTreeSet<SubnetPair>>,
+    /// On-link routes the rules put in each local endpoint's container, as last made.
+    routes: BTreeMap<Ipv4Addr, BTreeSet<Subnet>>,
 }
 
 async fn serve(args: &LaunchArgs, loc: &Location, ready: &mut Option<File>) -> Result<()> {
@@ -206,7 +215,12 @@ async fn serve(args: &LaunchArgs, loc: &Location, ready: &mut Option<File>) -> R
         adopted: BTreeSet::new(),
         started: Instant::now(),
         last_contact: BTreeMap::new(),
+        policy: None,
+        routes: BTreeMap::new(),
     };
+    for rule in &inner.state.rules {
+        gossip.publish_rule(rule).await;
+    }
     adopt_endpoints(&mut inner, &gossip).await?;
     state::save(&loc.state_dir, &inner.state)?;
 
@@ -399,6 +413,7 @@ async fn sync_once(agent: &Agent) -> Result<()> {
         }
     }
     inner.conflicts = desired.conflicts;
+    sync_policy(inner, &agent.gossip, &agent.loc, &peers).await?;
 
     // Configured peers that are not live get another gossip round, once a second.
     let live: BTreeSet<SocketAddr> = peers
@@ -423,6 +438,110 @@ async fn sync_once(agent: &Agent) -> Result<()> {
     }
     inner.peers = peers;
     Ok(())
+}
+
+/// Adopts newer isolation rules from the mesh, then makes the policy map and the containers'
+/// routes match the rules and the endpoint subnets known now.
+async fn sync_policy(
+    inner: &mut Inner,
+    gossip: &Gossip,
+    loc: &Location,
+    peers: &[PeerView],
+) -> Result<()> {
+    let merged: Vec<Rule> = policy::merge(
+        inner
+            .state
+            .rules
+            .iter()
+            .chain(peers.iter().flat_map(|p| &p.rules)),
+    )
+    .into_values()
+    .collect();
+    if merged != inner.state.rules {
+        for rule in merged.iter().filter(|r| !inner.state.rules.contains(r)) {
+            tracing::info!(a = %rule.a, b = %rule.b, action = %rule.action, by = %rule.by, "isolation rule");
+            gossip.publish_rule(rule).await;
+        }
+        inner.state.rules = merged;
+        state::save(&loc.state_dir, &inner.state)?;
+    }
+
+    let subnets: BTreeSet<Subnet> = inner
+        .state
+        .endpoints
+        .iter()
+        .map(|e| Subnet::new(e.cidr.ip, e.cidr.prefix))
+        .chain(
+            inner
+                .remote
+                .values()
+                .map(|e| Subnet::new(Ipv4Addr::from(ipv4_octets(e.subnet)), e.prefix_len)),
+        )
+        .collect();
+    let pairs = policy::allowed_pairs(&inner.state.rules, &subnets);
+    if inner.policy.as_ref() != Some(&pairs) {
+        inner.datapath.set_policy(&pairs)?;
+        inner.policy = Some(pairs);
+    }
+
+    let endpoints: BTreeSet<Ipv4Addr> = inner.state.endpoints.iter().map(|e| e.cidr.ip).collect();
+    inner.routes.retain(|ip, _| endpoints.contains(ip));
+    for ep in &inner.state.endpoints {
+        let wanted =
+            policy::routes_for(&inner.state.rules, &Subnet::new(ep.cidr.ip, ep.cidr.prefix));
+        if inner.routes.get(&ep.cidr.ip) == Some(&wanted) {
+            continue;
+        }
+        match container::sync_routes(&ep.netns, wanted.clone()).await {
+            Ok(()) => {
+                inner.routes.insert(ep.cidr.ip, wanted);
+            }
+            // Tried again next round; the container may be going away.
+            Err(err) => tracing::warn!(cidr = %ep.cidr, "routes for isolation rules: {err:#}"),
+        }
+    }
+    Ok(())
+}
+
+/// `policy allow|deny A B`: the new rule supersedes any earlier word on the pair, here and, by
+/// gossip, on every host.
+async fn set_rule(agent: &Agent, action: Action, a: &str, b: &str) -> Result<Vec<api::RuleInfo>> {
+    let (a, b): (Subnet, Subnet) = (a.parse()?, b.parse()?);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    {
+        let mut inner = agent.inner.lock().await;
+        let mut rule = Rule::new(a, b, action, now, &agent.base.peer_name)?;
+        // Later than anything said about the pair, even if another host's clock runs ahead.
+        if let Some(last) = inner.state.rules.iter().find(|r| r.pair() == rule.pair()) {
+            rule.at_ms = rule.at_ms.max(last.at_ms + 1);
+        }
+        inner.state.rules.retain(|r| r.pair() != rule.pair());
+        inner.state.rules.push(rule.clone());
+        inner.state.rules.sort_by_key(Rule::pair);
+        state::save(&agent.loc.state_dir, &inner.state)?;
+        agent.gossip.publish_rule(&rule).await;
+        tracing::info!(a = %rule.a, b = %rule.b, action = %rule.action, "isolation rule set here");
+    }
+    // Into this host's data path now rather than at the next tick.
+    sync_once(agent).await?;
+    Ok(rule_infos(&*agent.inner.lock().await))
+}
+
+fn rule_infos(inner: &Inner) -> Vec<api::RuleInfo> {
+    inner
+        .state
+        .rules
+        .iter()
+        .map(|r| api::RuleInfo {
+            a: r.a.to_string(),
+            b: r.b.to_string(),
+            action: r.action.to_string(),
+            at_ms: r.at_ms,
+            by: r.by.clone(),
+        })
+        .collect()
 }
 
 /// A Docker container that stopped keeps its address for when it starts again.
@@ -933,6 +1052,12 @@ async fn respond(agent: &Agent, request: Request) -> Result<Response> {
         },
         Request::Join { peer } => Response::Joined {
             address: join(agent, &peer).await?,
+        },
+        Request::PolicySet { action, a, b } => Response::Rules {
+            rules: set_rule(agent, action, &a, &b).await?,
+        },
+        Request::PolicyList => Response::Rules {
+            rules: rule_infos(&*agent.inner.lock().await),
         },
     })
 }

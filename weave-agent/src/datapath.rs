@@ -27,7 +27,9 @@ use weave_common::{
     OVERLAY_VNI,
     counters::{Counter, CounterId},
     endpoint::{Config, ENCAP_EBPF, ENCAP_VXLAN_DEVICE, Endpoint, Ipv4Key, ipv4_key, ipv4_octets},
-    maps, programs,
+    maps,
+    policy::SubnetPair,
+    programs,
 };
 
 use crate::{api, netlink::Link};
@@ -252,6 +254,24 @@ impl Datapath {
             let key = ipv4_key(peer.octets());
             if !present.contains(&key) {
                 map.insert(key, 1, 0)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes the policy map hold exactly `pairs`: the cross-subnet directions rules allow.
+    pub fn set_policy(&mut self, pairs: &std::collections::BTreeSet<SubnetPair>) -> Result<()> {
+        let mut map: HashMap<&mut MapData, SubnetPair, u8> =
+            HashMap::try_from(self.map_mut(maps::POLICY)?)?;
+        let present: Vec<SubnetPair> = map.keys().collect::<Result<_, _>>()?;
+        for key in &present {
+            if !pairs.contains(key) {
+                map.remove(key)?;
+            }
+        }
+        for pair in pairs {
+            if !present.contains(pair) {
+                map.insert(*pair, 1, 0)?;
             }
         }
         Ok(())

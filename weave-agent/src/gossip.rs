@@ -1,8 +1,9 @@
 //! Membership and replicated endpoint state over chitchat (scuttlebutt gossip with phi-accrual
 //! failure detection) on UDP 6783.
 //!
-//! Each agent writes only its own keys: `nickname`, and one `ep:<ip>` per local endpoint with
-//! value `<prefix> <mac> <container>`. What an agent should program into its maps is a pure
+//! Each agent writes only its own keys: `nickname`, one `ep:<ip>` per local endpoint with
+//! value `<prefix> <mac> <container>`, and one `rule:<a>,<b>` per isolation rule it knows
+//! (see [`crate::policy`]). What an agent should program into its maps is a pure
 //! function of the live nodes' keys ([`desired`]), recomputed whenever the live view changes;
 //! deletes are seen because the whole view is diffed, not individual key events.
 
@@ -20,7 +21,10 @@ use chitchat::{
 use serde::{Deserialize, Serialize};
 use weave_common::{GOSSIP_PORT, endpoint::Endpoint};
 
-use crate::addressing::{Cidr, format_mac, parse_mac};
+use crate::{
+    addressing::{Cidr, format_mac, parse_mac},
+    policy::{self, Rule},
+};
 
 /// One gossip round every 200 ms: heartbeats arrive often enough for a dead host to be noticed
 /// within a couple of seconds instead of chitchat's default tens of seconds.
@@ -79,6 +83,8 @@ pub struct PeerView {
     pub generation: u64,
     pub alive: bool,
     pub endpoints: Vec<PublishedEndpoint>,
+    /// Isolation rules the peer publishes (the newest it knows per pair).
+    pub rules: Vec<Rule>,
 }
 
 impl Gossip {
@@ -138,6 +144,14 @@ impl Gossip {
             .await;
     }
 
+    /// Publishes `rule` as this agent's word on its pair (replacing what it said before).
+    pub async fn publish_rule(&self, rule: &Rule) {
+        let (key, value) = (rule.gossip_key(), rule.gossip_value());
+        self.handle
+            .with_chitchat(|c| c.self_node_state().set(&key, &value))
+            .await;
+    }
+
     pub async fn withdraw(&self, ip: Ipv4Addr) {
         let key = format!("{ENDPOINT_PREFIX}{ip}");
         self.handle
@@ -174,6 +188,7 @@ impl Gossip {
                 generation: id.generation_id,
                 alive: live.contains(id),
                 endpoints: published_endpoints(state),
+                rules: published_rules(state),
             };
             match newest.get(&*id.node_id) {
                 Some(seen) if seen.generation >= view.generation => {}
@@ -217,6 +232,14 @@ fn published_endpoints(state: &NodeState) -> Vec<PublishedEndpoint> {
             let ip = key.strip_prefix(ENDPOINT_PREFIX)?;
             parse_endpoint(ip, value).ok()
         })
+        .collect()
+}
+
+fn published_rules(state: &NodeState) -> Vec<Rule> {
+    state
+        .key_values()
+        .filter(|(key, _)| key.starts_with(policy::GOSSIP_PREFIX))
+        .filter_map(|(key, value)| Rule::from_gossip(key, value).ok())
         .collect()
 }
 
@@ -307,6 +330,7 @@ mod tests {
                     }
                 })
                 .collect(),
+            rules: Vec::new(),
         }
     }
 

@@ -12,6 +12,7 @@ mod docker;
 mod gossip;
 mod location;
 mod netlink;
+mod policy;
 mod run_args;
 mod sealed_transport;
 mod state;

@@ -1,4 +1,5 @@
-//! What survives an agent restart: the peers to connect to and the endpoints attached here.
+//! What survives an agent restart: the peers to connect to, the endpoints attached here and
+//! the isolation rules.
 //! Written atomically (temp file + rename), so a crash never leaves half a file.
 
 use std::{
@@ -10,7 +11,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::addressing::Cidr;
+use crate::{addressing::Cidr, policy::Rule};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct State {
@@ -26,6 +27,10 @@ pub struct State {
     /// container starts again (`docker restart`, a restart policy).
     #[serde(default)]
     pub dormant: Vec<LocalEndpoint>,
+    /// The newest isolation rule per pair of networks this agent knows (its own and gossiped),
+    /// so rules survive even when every agent restarts.
+    #[serde(default)]
+    pub rules: Vec<Rule>,
 }
 
 /// An endpoint attached on this host.
@@ -92,6 +97,16 @@ mod tests {
                 docker_id: None,
             }],
             dormant: Vec::new(),
+            rules: vec![
+                Rule::new(
+                    "192.168.1.0/24".parse().unwrap(),
+                    "192.168.2.0/24".parse().unwrap(),
+                    crate::policy::Action::Allow,
+                    7,
+                    "peer",
+                )
+                .unwrap(),
+            ],
         };
         save(&dir, &state).unwrap();
         assert_eq!(load(&dir).unwrap(), state);

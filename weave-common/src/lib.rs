@@ -6,6 +6,7 @@
 
 pub mod counters;
 pub mod endpoint;
+pub mod policy;
 
 /// UDP port of the gossip control plane (Weave Net's control port).
 pub const GOSSIP_PORT: u16 = 6783;
@@ -41,4 +42,7 @@ pub mod maps {
     pub const PEERS: &str = "WEAVE_PEERS";
     /// One [`crate::endpoint::Config`] at index 0.
     pub const CONFIG: &str = "WEAVE_CONFIG";
+    /// Allowed cross-subnet directions: [`crate::policy::SubnetPair`] -> u8 (unused). A pair of
+    /// different subnets may talk only if present; a subnet always talks to itself.
+    pub const POLICY: &str = "WEAVE_POLICY";
 }

@@ -22,7 +22,7 @@ use crate::{
     headers::{
         ARP_REPLY, ARP_REQUEST, ArpHdr, ETH_LEN, ETH_P_ARP, ETH_P_IP, EthHdr, Ipv4Hdr, ptr_at,
     },
-    maps::{config, endpoint},
+    maps::{config, endpoint, may_talk},
     verdict::tc_verdict,
 };
 
@@ -86,7 +86,7 @@ fn answer_arp(
         }
         let wanted = (*arp).tpa;
         let target = endpoint(ipv4_key(wanted)).ok_or(CounterId::DropArp)?;
-        if !asker.same_subnet(&target) {
+        if !may_talk(&asker, &target) {
             return Err(CounterId::DropIsolated);
         }
         // Turn the request into the reply, in place.
@@ -121,7 +121,7 @@ fn send_ipv4(
         }
         let src = sender((*ip).src, &(*eth).src, ifindex)?;
         let dst = endpoint(ipv4_key((*ip).dst)).ok_or(CounterId::DropUnknownDst)?;
-        if !src.same_subnet(&dst) {
+        if !may_talk(&src, &dst) {
             return Err(CounterId::DropIsolated);
         }
         // Always the endpoint's current MAC: a stale neighbour entry cannot black-hole traffic.

@@ -5,7 +5,10 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap},
 };
-use weave_common::endpoint::{Config, Endpoint, Ipv4Key};
+use weave_common::{
+    endpoint::{Config, Endpoint, Ipv4Key},
+    policy::SubnetPair,
+};
 
 /// Container addresses, local and remote.
 #[map]
@@ -14,6 +17,10 @@ pub(crate) static WEAVE_ENDPOINTS: HashMap<Ipv4Key, Endpoint> = HashMap::pinned(
 /// Underlay addresses of live peers.
 #[map]
 pub(crate) static WEAVE_PEERS: HashMap<Ipv4Key, u32> = HashMap::pinned(4_096, 0);
+
+/// Cross-subnet directions the isolation rules allow.
+#[map]
+pub(crate) static WEAVE_POLICY: HashMap<SubnetPair, u8> = HashMap::pinned(16_384, 0);
 
 #[map]
 pub(crate) static WEAVE_CONFIG: Array<Config> = Array::pinned(1, 0);
@@ -35,4 +42,11 @@ pub(crate) fn is_peer(key: Ipv4Key) -> bool {
 #[inline(always)]
 pub(crate) fn config() -> Config {
     WEAVE_CONFIG.get(0).copied().unwrap_or_default()
+}
+
+/// `src` may send to `dst`: same subnet, or an isolation rule allows the pair.
+#[inline(always)]
+pub(crate) fn may_talk(src: &Endpoint, dst: &Endpoint) -> bool {
+    // SAFETY: only presence is checked.
+    src.same_subnet(dst) || unsafe { WEAVE_POLICY.get(&SubnetPair::between(src, dst)).is_some() }
 }

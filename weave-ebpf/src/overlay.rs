@@ -13,7 +13,7 @@ use weave_common::{counters::CounterId, endpoint::ipv4_key};
 use crate::{
     counters::count,
     headers::{ETH_LEN, ETH_P_IP, EthHdr, Ipv4Hdr, ptr_at},
-    maps::{config, endpoint, is_peer},
+    maps::{config, endpoint, is_peer, may_talk},
     verdict::tc_verdict,
 };
 
@@ -65,7 +65,7 @@ fn deliver(ctx: &TcContext) -> Result<CounterId, CounterId> {
                 let dst = endpoint(ipv4_key((*ip).dst))
                     .filter(|d| d.is_local())
                     .ok_or(CounterId::DropUnknownDst)?;
-                if !src.same_subnet(&dst) {
+                if !may_talk(&src, &dst) {
                     return Err(CounterId::DropIsolated);
                 }
                 (*eth).dst = dst.mac;

@@ -20,7 +20,7 @@ use crate::{
     counters::count,
     encap::ENCAP_LEN,
     headers::{ETH_LEN, ETH_P_IP, EthHdr, IPPROTO_UDP, Ipv4Hdr, UdpHdr, ptr_at},
-    maps::{config, endpoint, is_peer},
+    maps::{config, endpoint, is_peer, may_talk},
 };
 
 /// Outer Ethernet + IPv4 (no options) + UDP + VXLAN, then inner Ethernet + IPv4.
@@ -108,7 +108,7 @@ fn decapsulate(ctx: &TcContext) -> Result<bool, CounterId> {
         let dst = endpoint(ipv4_key((*ip).dst))
             .filter(|d| d.is_local())
             .ok_or(CounterId::DropUnknownDst)?;
-        if !src.same_subnet(&dst) {
+        if !may_talk(&src, &dst) {
             return Err(CounterId::DropIsolated);
         }
         let inner_src = (*eth).src;

@@ -1,0 +1,174 @@
+//! Isolation rules: `policy allow` opens two subnets to each other on every host, enforced by
+//! the eBPF data path with on-link routes added in the containers; `policy deny` closes it
+//! again; a third subnet stays isolated throughout.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, ensure};
+use weave_tests::{Container, Host, Segment, require_root, unique_name, wait_until};
+
+/// The acceptance bound: a rule is in force on every host this long after the command returns.
+const RULE_DEADLINE: Duration = Duration::from_secs(1);
+
+/// One quick ping: the answer arrives in well under a millisecond when the path is open, so a
+/// short timeout keeps the polling fine-grained.
+fn reaches(from: &Container, ip: &str) -> Result<bool> {
+    Ok(from
+        .exec("ping", &["-c", "1", "-W", "0.1", ip])?
+        .status
+        .success())
+}
+
+fn has_route(container: &Container, network: &str) -> Result<bool> {
+    let routes = container.ip(["route", "show", network])?;
+    Ok(routes.contains("dev ethwe") && routes.contains("proto static"))
+}
+
+/// Waits until every (from, to) path is open (or closed); the time from `since`.
+fn paths_become(
+    open: bool,
+    paths: &[(&Container, &str)],
+    since: Instant,
+    what: &str,
+) -> Result<Duration> {
+    for (from, to) in paths {
+        wait_until(Duration::from_secs(5), what, || {
+            Ok(reaches(from, to)? == open)
+        })
+        .with_context(|| format!("{} -> {to}", from.name))?;
+        eprintln!("{} -> {to}: {:?}", from.name, since.elapsed());
+    }
+    Ok(since.elapsed())
+}
+
+fn rules(host: &Host) -> Result<serde_json::Value> {
+    Ok(serde_json::from_str(
+        &host.agent_ok(&["policy", "list", "--json"])?,
+    )?)
+}
+
+#[test]
+fn allow_opens_a_pair_of_subnets_everywhere_and_deny_closes_it() -> Result<()> {
+    require_root();
+    let prefix = unique_name("r");
+    let seg = Segment::new(&prefix, 3)?;
+    let [h1, h2, h3] = [&seg.hosts[0], &seg.hosts[1], &seg.hosts[2]];
+    h1.agent_ok(&["launch"])?;
+    h2.agent_ok(&["join", "192.168.56.101"])?;
+    h3.agent_ok(&["join", "192.168.56.101"])?;
+    let c1 = Container::new(&format!("{prefix}c1"), h1)?;
+    let c2 = Container::new(&format!("{prefix}c2"), h2)?;
+    let c3 = Container::new(&format!("{prefix}c3"), h3)?;
+    let c4 = Container::new(&format!("{prefix}c4"), h3)?;
+    h1.attach("192.168.1.10/24", &c1)?;
+    h2.attach("192.168.2.20/24", &c2)?;
+    h3.attach("192.168.2.30/24", &c3)?;
+    h3.attach("192.168.3.40/24", &c4)?;
+    for host in [h1, h2] {
+        host.wait_for_remote(3)?;
+    }
+    h3.wait_for_remote(2)?;
+
+    // Default: isolated, and the containers do not even have a route to each other.
+    ensure!(!has_route(&c1, "192.168.2.0/24")?);
+    c4.ip(["route", "add", "192.168.1.0/24", "dev", "ethwe"])?;
+    ensure!(
+        !reaches(&c4, "192.168.1.10")?,
+        "different subnets talk without a rule"
+    );
+    ensure!(
+        h3.counter_packets("drop_isolated")? > 0,
+        "the isolation drop was not counted"
+    );
+
+    // Made on h2: h1 and h3 learn it by gossip alone.
+    let bad = h2.agent(&["policy", "allow", "192.168.1.7/24", "192.168.2.0/24"])?;
+    ensure!(!bad.status.success(), "a CIDR with host bits was accepted");
+    ensure!(
+        String::from_utf8_lossy(&bad.stderr).contains("192.168.1.0/24"),
+        "the error does not name the network: {}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+    h2.agent_ok(&["policy", "allow", "192.168.2.0/24", "192.168.1.0/24"])?;
+    let since = Instant::now();
+    let opened = paths_become(
+        true,
+        &[
+            (&c1, "192.168.2.20"),
+            (&c1, "192.168.2.30"),
+            (&c3, "192.168.1.10"),
+            (&c2, "192.168.1.10"),
+        ],
+        since,
+        "the allow rule opening the path",
+    )?;
+    eprintln!("allow in force on all hosts after {opened:?}");
+    ensure!(
+        opened <= RULE_DEADLINE,
+        "allow took {opened:?} to reach every host (goal {RULE_DEADLINE:?})"
+    );
+    for (container, network) in [
+        (&c1, "192.168.2.0/24"),
+        (&c2, "192.168.1.0/24"),
+        (&c3, "192.168.1.0/24"),
+    ] {
+        ensure!(
+            has_route(container, network)?,
+            "{} has no on-link route to {network}",
+            container.name
+        );
+    }
+    // The third subnet is not part of the rule: no route, and forced traffic is dropped.
+    ensure!(!has_route(&c4, "192.168.2.0/24")?);
+    ensure!(
+        !reaches(&c4, "192.168.1.10")?,
+        "a subnet outside the rule got through"
+    );
+    for host in [h1, h3] {
+        let list = rules(host)?;
+        ensure!(
+            list.as_array().is_some_and(|l| l.len() == 1)
+                && list[0]["a"] == "192.168.1.0/24"
+                && list[0]["b"] == "192.168.2.0/24"
+                && list[0]["action"] == "allow",
+            "{} lists {list}",
+            host.name
+        );
+    }
+
+    // Closed again from another host; routes go with it.
+    h1.agent_ok(&["policy", "deny", "192.168.1.0/24", "192.168.2.0/24"])?;
+    let since = Instant::now();
+    let closed = paths_become(
+        false,
+        &[
+            (&c1, "192.168.2.20"),
+            (&c1, "192.168.2.30"),
+            (&c2, "192.168.1.10"),
+            (&c3, "192.168.1.10"),
+        ],
+        since,
+        "the deny rule closing the path",
+    )?;
+    eprintln!("deny in force on all hosts after {closed:?}");
+    ensure!(
+        closed <= RULE_DEADLINE,
+        "deny took {closed:?} to reach every host (goal {RULE_DEADLINE:?})"
+    );
+    wait_until(Duration::from_secs(5), "routes removed", || {
+        Ok(!has_route(&c1, "192.168.2.0/24")?
+            && !has_route(&c2, "192.168.1.0/24")?
+            && !has_route(&c3, "192.168.1.0/24")?)
+    })?;
+    // The data path itself refuses, not just the missing route.
+    c2.ip(["route", "add", "192.168.1.0/24", "dev", "ethwe"])?;
+    let before = h2.counter_packets("drop_isolated")?;
+    ensure!(
+        !reaches(&c2, "192.168.1.10")?,
+        "deny did not close the path"
+    );
+    ensure!(h2.counter_packets("drop_isolated")? > before);
+    let list = rules(h3)?;
+    ensure!(list[0]["action"] == "deny", "h3 lists {list}");
+    Ok(())
+}
