@@ -2,8 +2,9 @@
 //!
 //! ARP requests are answered here from the endpoint map, so no broadcast ever leaves the host.
 //! IPv4 frames must come from the endpoint's own address and MAC (anti-spoofing) and go to an
-//! endpoint in the same subnet or one an isolation rule opens; they are then handed straight to a local container
-//! or sent to the remote host through the VXLAN device. Everything else is dropped and counted.
+//! endpoint in the same subnet or in one an isolation rule opens to it; they are then handed
+//! straight to a local container or sent to the remote host. Everything else is dropped and
+//! counted.
 
 use aya_ebpf::{
     bindings::{TC_ACT_REDIRECT, bpf_tunnel_key},

@@ -1,6 +1,7 @@
 //! TC ingress on the VXLAN (collect_md) device: frames other hosts sent, already decapsulated
 //! by the kernel. The tunnel's outer source must be a live peer that hosts the inner source
-//! address; the destination must be a local endpoint in the same subnet.
+//! address; the destination must be a local endpoint the source may talk to (same subnet or a
+//! pair an isolation rule opens).
 
 use aya_ebpf::{
     bindings::{TC_ACT_REDIRECT, bpf_tunnel_key},
