@@ -223,6 +223,17 @@ pub fn call(socket: &Path, request: &Request) -> Result<Response, Unreachable> {
     exchange(stream, request).map_err(Unreachable::Other)
 }
 
+/// Longest request line the daemon reads; real requests are a few hundred bytes.
+pub const MAX_REQUEST: usize = 64 * 1024;
+
+/// Parses one request line as the daemon receives it.
+pub fn parse_request(line: &[u8]) -> Result<Request> {
+    if line.len() > MAX_REQUEST {
+        bail!("request longer than {MAX_REQUEST} bytes");
+    }
+    serde_json::from_slice(line).map_err(|err| anyhow!("malformed request: {err}"))
+}
+
 /// Like [`call`], but "no agent" is an error telling the user how to start one.
 pub fn call_agent(socket: &Path, request: &Request) -> Result<Response> {
     match call(socket, request) {

@@ -18,7 +18,22 @@ pub const ETHWE: &str = "ethwe";
 /// The network namespace file a CONTAINER argument stands for; None for anything else, which
 /// is taken for a Docker container name or id.
 pub fn netns_path(container: &str) -> Result<Option<PathBuf>> {
+    let Some(path) = reference(container)? else {
+        return Ok(None);
+    };
+    if !path.exists() {
+        bail!("{container}: {} does not exist", path.display());
+    }
+    Ok(Some(path))
+}
+
+/// The namespace file a CONTAINER argument names, without looking at the file system.
+pub fn reference(container: &str) -> Result<Option<PathBuf>> {
     let path = if let Some(name) = container.strip_prefix("netns:") {
+        // A name, not a path: `netns:../x` or `netns:/x` would leave /run/netns.
+        if name.is_empty() || name == "." || name == ".." || name.contains('/') {
+            bail!("{container:?}: expected netns:NAME, a name under /run/netns");
+        }
         Path::new("/run/netns").join(name)
     } else if let Some(pid) = container.strip_prefix("pid:") {
         let pid: u32 = pid
@@ -30,9 +45,6 @@ pub fn netns_path(container: &str) -> Result<Option<PathBuf>> {
     } else {
         return Ok(None);
     };
-    if !path.exists() {
-        bail!("{container}: {} does not exist", path.display());
-    }
     Ok(Some(path))
 }
 

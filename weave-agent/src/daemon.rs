@@ -18,7 +18,7 @@ use anyhow::{Context as _, Result, bail};
 use chitchat::transport::UdpTransport;
 use futures_util::StreamExt as _;
 use tokio::{
-    io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
+    io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
     net::{UnixListener, UnixStream},
     signal::unix::{SignalKind, signal},
     sync::{Mutex, watch},
@@ -994,16 +994,20 @@ fn bind_socket(socket: &Path) -> Result<UnixListener> {
 
 async fn handle_connection(agent: &Agent, stream: UnixStream) -> Result<()> {
     let (read, mut write) = stream.into_split();
-    let mut line = String::new();
-    BufReader::new(read).read_line(&mut line).await?;
-    let response = match serde_json::from_str::<Request>(&line) {
+    let mut line = Vec::new();
+    // One byte over the limit is enough to know it is too long.
+    BufReader::new(read)
+        .take(api::MAX_REQUEST as u64 + 1)
+        .read_until(b'\n', &mut line)
+        .await?;
+    let response = match api::parse_request(&line) {
         Ok(request) => respond(agent, request)
             .await
             .unwrap_or_else(|err| Response::Error {
                 message: format!("{err:#}"),
             }),
         Err(err) => Response::Error {
-            message: format!("malformed request: {err}"),
+            message: format!("{err:#}"),
         },
     };
     let mut reply = serde_json::to_string(&response)?;

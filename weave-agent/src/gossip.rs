@@ -243,7 +243,8 @@ fn published_rules(state: &NodeState) -> Vec<Rule> {
         .collect()
 }
 
-fn parse_endpoint(ip: &str, value: &str) -> Result<PublishedEndpoint> {
+/// The endpoint behind a gossip key's address part and its value.
+pub fn parse_endpoint(ip: &str, value: &str) -> Result<PublishedEndpoint> {
     let mut parts = value.splitn(3, ' ');
     let (Some(prefix), Some(mac), container) = (parts.next(), parts.next(), parts.next()) else {
         bail!("malformed endpoint value {value:?}");

@@ -1,25 +1,9 @@
 //! weave-agent: containers on different hosts on one virtual network, forwarded in the kernel.
 
-mod addressing;
-mod api;
-mod bpffs;
-mod cli;
-mod commands;
-mod container;
-mod daemon;
-mod datapath;
-mod docker;
-mod gossip;
-mod location;
-mod netlink;
-mod policy;
-mod run_args;
-mod sealed_transport;
-mod state;
-
 use std::{io::IsTerminal as _, process::ExitCode};
 
 use clap::Parser as _;
+use weave_agent::{cli, commands};
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();

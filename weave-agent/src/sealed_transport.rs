@@ -77,15 +77,11 @@ impl Transport for SealedTransport {
         let socket = tokio::net::UdpSocket::bind(listen_addr)
             .await
             .with_context(|| format!("binding {listen_addr}/UDP for gossip"))?;
-        let mut instance = [0u8; 8];
-        getrandom::fill(&mut instance).map_err(|e| anyhow!("no randomness: {e}"))?;
         Ok(Box::new(SealedSocket {
             socket,
-            cipher: Arc::clone(&self.cipher),
+            sealer: Sealer::with_cipher(Arc::clone(&self.cipher))?,
+            opener: Opener::with_cipher(Arc::clone(&self.cipher)),
             failures: Arc::clone(&self.failures),
-            instance: u64::from_be_bytes(instance),
-            counter: 0,
-            seen: HashMap::new(),
             buf: vec![0u8; MAX_DATAGRAM],
         }))
     }
@@ -93,14 +89,80 @@ impl Transport for SealedTransport {
 
 struct SealedSocket {
     socket: tokio::net::UdpSocket,
-    cipher: Arc<XChaCha20Poly1305>,
+    sealer: Sealer,
+    opener: Opener,
     failures: Arc<Mutex<AuthFailures>>,
+    buf: Vec<u8>,
+}
+
+/// The sending half: seals message bodies with this socket's instance id and counter.
+pub struct Sealer {
+    cipher: Arc<XChaCha20Poly1305>,
     /// Random per socket, so a restarted peer's counters start afresh without being replays.
     instance: u64,
     counter: u64,
+}
+
+impl Sealer {
+    pub fn new(key: &[u8; 32]) -> Result<Self> {
+        Self::with_cipher(Arc::new(XChaCha20Poly1305::new(key.into())))
+    }
+
+    fn with_cipher(cipher: Arc<XChaCha20Poly1305>) -> Result<Self> {
+        let mut instance = [0u8; 8];
+        getrandom::fill(&mut instance).map_err(|e| anyhow!("no randomness: {e}"))?;
+        Ok(Self {
+            cipher,
+            instance: u64::from_be_bytes(instance),
+            counter: 0,
+        })
+    }
+
+    /// One datagram carrying `body` (zstd-compressed gossip), stamped `now_ms`.
+    pub fn seal(&mut self, body: &[u8], now_ms: u64) -> Result<Vec<u8>> {
+        self.counter += 1;
+        seal(&self.cipher, [self.instance, self.counter, now_ms], body)
+    }
+}
+
+/// The receiving half: opens datagrams and remembers counters for replay protection.
+pub struct Opener {
+    cipher: Arc<XChaCha20Poly1305>,
     /// Highest counter seen per sender instance, and when.
     seen: HashMap<u64, (u64, Instant)>,
-    buf: Vec<u8>,
+}
+
+impl Opener {
+    pub fn new(key: &[u8; 32]) -> Self {
+        Self::with_cipher(Arc::new(XChaCha20Poly1305::new(key.into())))
+    }
+
+    fn with_cipher(cipher: Arc<XChaCha20Poly1305>) -> Self {
+        Self {
+            cipher,
+            seen: HashMap::new(),
+        }
+    }
+
+    /// The gossip message a datagram received at `now_ms` carries, or why it is refused.
+    pub fn accept(
+        &mut self,
+        datagram: &[u8],
+        now_ms: u64,
+    ) -> Result<ChitchatMessage, &'static str> {
+        let opened = open(&self.cipher, datagram).ok_or("not sealed with our password")?;
+        if now_ms.abs_diff(opened.sent_ms) > MAX_AGE.as_millis() as u64 {
+            return Err("sent too long ago or in the future (a replay?)");
+        }
+        if !self.fresh(opened.instance, opened.counter) {
+            return Err("replayed");
+        }
+        // Bounded: a small datagram must not inflate into unbounded memory.
+        zstd::bulk::decompress(&opened.body, MAX_DATAGRAM * 16)
+            .ok()
+            .and_then(|raw| ChitchatMessage::deserialize(&mut raw.as_slice()).ok())
+            .ok_or("authentic but not a gossip message")
+    }
 }
 
 fn now_millis() -> u64 {
@@ -167,14 +229,7 @@ fn open(cipher: &XChaCha20Poly1305, datagram: &[u8]) -> Option<Opened> {
     })
 }
 
-impl SealedSocket {
-    fn refuse(&self, from: SocketAddr, why: &str) {
-        let mut failures = self.failures.lock().expect("auth failure lock");
-        failures.total += 1;
-        *failures.by_source.entry(from.ip()).or_default() += 1;
-        tracing::debug!(%from, "dropped gossip datagram: {why}");
-    }
-
+impl Opener {
     /// Accepts a counter from `instance` only if it is newer than any seen before.
     fn fresh(&mut self, instance: u64, counter: u64) -> bool {
         if let Some((last, _)) = self.seen.get(&instance)
@@ -196,18 +251,22 @@ impl SealedSocket {
     }
 }
 
+impl SealedSocket {
+    fn refuse(&self, from: SocketAddr, why: &str) {
+        let mut failures = self.failures.lock().expect("auth failure lock");
+        failures.total += 1;
+        *failures.by_source.entry(from.ip()).or_default() += 1;
+        tracing::debug!(%from, "dropped gossip datagram: {why}");
+    }
+}
+
 #[async_trait]
 impl Socket for SealedSocket {
     async fn send(&mut self, to: SocketAddr, message: ChitchatMessage) -> Result<()> {
-        self.counter += 1;
         // Gossip is text-heavy and compresses well, which leaves room for the sealing
         // overhead within the datagram size chitchat fills up to.
         let body = zstd::bulk::compress(&message.serialize_to_vec(), 1)?;
-        let datagram = seal(
-            &self.cipher,
-            [self.instance, self.counter, now_millis()],
-            &body,
-        )?;
+        let datagram = self.sealer.seal(&body, now_millis())?;
         self.socket.send_to(&datagram, to).await.with_context(|| {
             format!(
                 "sending a sealed gossip datagram of {} bytes to {to}",
@@ -232,24 +291,9 @@ impl Socket for SealedSocket {
                 }
                 Err(err) => return Err(err).context("receiving gossip"),
             };
-            let Some(opened) = open(&self.cipher, &self.buf[..len]) else {
-                self.refuse(from, "not sealed with our password");
-                continue;
-            };
-            if now_millis().abs_diff(opened.sent_ms) > MAX_AGE.as_millis() as u64 {
-                self.refuse(from, "sent too long ago or in the future (a replay?)");
-                continue;
-            }
-            if !self.fresh(opened.instance, opened.counter) {
-                self.refuse(from, "replayed");
-                continue;
-            }
-            let message = zstd::bulk::decompress(&opened.body, MAX_DATAGRAM * 16)
-                .ok()
-                .and_then(|raw| ChitchatMessage::deserialize(&mut raw.as_slice()).ok());
-            match message {
-                Some(message) => return Ok((from, message)),
-                None => self.refuse(from, "authentic but not a gossip message"),
+            match self.opener.accept(&self.buf[..len], now_millis()) {
+                Ok(message) => return Ok((from, message)),
+                Err(why) => self.refuse(from, why),
             }
         }
     }
@@ -286,6 +330,32 @@ mod tests {
         *tampered.last_mut().unwrap() ^= 1;
         assert!(open(&ours, &tampered).is_none());
         assert!(open(&ours, b"WA1short").is_none());
+    }
+
+    #[test]
+    fn replays_stale_and_non_gossip_datagrams_are_refused() {
+        let key = derive_key("secret").unwrap();
+        let (mut sealer, mut opener) = (Sealer::new(&key).unwrap(), Opener::new(&key));
+        let now = 1_000_000;
+        let message = chitchat::ChitchatMessage::BadCluster;
+        let body = zstd::bulk::compress(&message.serialize_to_vec(), 1).unwrap();
+        let first = sealer.seal(&body, now).unwrap();
+        assert!(opener.accept(&first, now).is_ok());
+        assert_eq!(opener.accept(&first, now).unwrap_err(), "replayed");
+        let late = sealer.seal(&body, now).unwrap();
+        assert!(
+            opener
+                .accept(&late, now + 61_000)
+                .unwrap_err()
+                .contains("too long ago")
+        );
+        let junk = sealer.seal(b"not zstd", now).unwrap();
+        assert!(
+            opener
+                .accept(&junk, now)
+                .unwrap_err()
+                .contains("not a gossip message")
+        );
     }
 
     #[test]

@@ -10,7 +10,7 @@ use crate::{
 };
 
 const TARGET: &str = "bpfel-unknown-none";
-const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
+pub const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
 
 /// How weave-ebpf gets compiled on this machine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -4,6 +4,7 @@ mod bench;
 mod demo;
 mod dockerd;
 mod ebpf;
+mod fuzz;
 mod netprobe;
 mod progress;
 mod setup;
@@ -38,6 +39,14 @@ enum Task {
     },
     /// setup, build-ebpf, fmt, clippy, unit and integration tests (needs root).
     Test,
+    /// Fuzz the parsers facing gossip peers and the control socket (cargo fuzz).
+    Fuzz {
+        /// Inputs per target.
+        #[arg(long, default_value_t = 10_000_000)]
+        runs: u64,
+        /// Targets to run (default: all).
+        targets: Vec<String>,
+    },
     /// The walkthrough on namespace hosts scvmu01/scvmu02, printed as a user would type it.
     Demo,
     /// Overlay vs bare underlay vs kernel VXLAN + bridge; writes target/bench/overlay.json.
@@ -62,6 +71,7 @@ fn main() -> ExitCode {
         Task::BuildEbpf => ebpf::build().map(|_| ()),
         Task::Build { release } => ebpf::build().and_then(|_| build_agent(release)),
         Task::Test => test::run(),
+        Task::Fuzz { runs, targets } => fuzz::run(runs, &targets),
         Task::Demo => demo::run(),
         Task::Bench => bench::run(),
         Task::RrServer { addr } => netprobe::rr_server(addr),

@@ -95,6 +95,36 @@ fn ensure_cargo_components() -> Result<()> {
     Ok(())
 }
 
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
+
+/// cargo-fuzz for `cargo xtask fuzz` (and the short fuzz runs of `cargo xtask test`).
+pub fn ensure_cargo_fuzz() -> Result<()> {
+    let ok = || {
+        progress::output(crate::cargo().args(["fuzz", "--version"]))
+            .is_some_and(|v| v.trim() == format!("cargo-fuzz {CARGO_FUZZ_VERSION}"))
+    };
+    if ok() {
+        return Ok(());
+    }
+    let step = step(format!(
+        "cargo install cargo-fuzz {CARGO_FUZZ_VERSION} (under a minute)"
+    ));
+    progress::run(crate::cargo().args([
+        "install",
+        "cargo-fuzz",
+        "--locked",
+        "--version",
+        CARGO_FUZZ_VERSION,
+    ]))?;
+    if !ok() {
+        bail!(
+            "cargo-fuzz installed but `cargo fuzz --version` does not answer; is ~/.cargo/bin on PATH?"
+        );
+    }
+    step.finish();
+    Ok(())
+}
+
 fn bpf_linker_ok() -> bool {
     progress::output(Command::new("bpf-linker").arg("--version"))
         .is_some_and(|v| v.trim() == format!("bpf-linker {BPF_LINKER_VERSION}"))

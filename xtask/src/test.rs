@@ -2,7 +2,10 @@
 
 use anyhow::{Result, ensure};
 
-use crate::{agent_path, build_agent, dockerd, ebpf, progress, setup};
+use crate::{agent_path, build_agent, dockerd, ebpf, fuzz, progress, setup};
+
+/// Inputs per fuzz target in a test run (seconds each; `cargo xtask fuzz` runs 10 million).
+const SHORT_FUZZ_RUNS: u64 = 20_000;
 
 pub fn run() -> Result<()> {
     // SAFETY: geteuid has no preconditions.
@@ -21,6 +24,9 @@ pub fn run() -> Result<()> {
     let step = progress::step("cargo clippy --all-targets -- -D warnings");
     progress::run(crate::cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
     step.finish();
+
+    // A short run of each fuzz target: the long runs are `cargo xtask fuzz`.
+    fuzz::run(SHORT_FUZZ_RUNS, &[])?;
 
     build_agent(false)?;
     let totals = {

@@ -1,0 +1,50 @@
+//! What users and peers type or send as text: CIDRs, networks, isolation rules and endpoints as
+//! gossiped, CONTAINER references, `docker run` options. The first byte picks the parser.
+//! (Peer addresses are left out: a host name there is resolved through DNS.)
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use weave_agent::{addressing::Cidr, container, gossip, policy, run_args::RunSpec};
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&which, rest)) = data.split_first() else {
+        return;
+    };
+    let Ok(text) = std::str::from_utf8(rest) else {
+        return;
+    };
+    let (first, second) = text.split_once('\n').unwrap_or((text, ""));
+    match which % 6 {
+        0 => {
+            if let Ok(cidr) = text.parse::<Cidr>() {
+                // What parses must print back to something that parses to the same.
+                assert_eq!(cidr.to_string().parse::<Cidr>().ok(), Some(cidr));
+            }
+        }
+        1 => {
+            if let Ok(net) = text.parse::<policy::Subnet>() {
+                assert_eq!(net.to_string().parse::<policy::Subnet>().ok(), Some(net));
+            }
+        }
+        2 => {
+            if let Ok(rule) = policy::Rule::from_gossip(first, second) {
+                let again = policy::Rule::from_gossip(&rule.gossip_key(), &rule.gossip_value());
+                assert_eq!(again.ok(), Some(rule));
+            }
+        }
+        3 => {
+            let _ = gossip::parse_endpoint(first, second);
+        }
+        4 => {
+            if let Ok(Some(path)) = container::reference(text) {
+                if text.starts_with("netns:") {
+                    assert!(path.starts_with("/run/netns/"), "{path:?} left /run/netns");
+                }
+            }
+        }
+        _ => {
+            let args: Vec<String> = text.split('\0').map(str::to_owned).collect();
+            let _ = RunSpec::parse(&args);
+        }
+    }
+});
