@@ -58,11 +58,15 @@ pub enum CounterId {
     DropRedirectFailed = 17,
     /// Overlay frames decapsulated by the underlay TC program (eBPF encapsulation mode).
     UnderlayDecap = 18,
+    /// Dropped: VXLAN from a peer with the I flag clear or another VNI.
+    DropBadVxlan = 19,
+    /// VXLAN packets arriving in IP fragments, left to the kernel to reassemble.
+    OverlayFragment = 20,
 }
 
 impl CounterId {
     /// All slots, in index order.
-    pub const ALL: [Self; 19] = [
+    pub const ALL: [Self; 21] = [
         Self::UnderlayRx,
         Self::ContainerRx,
         Self::UnderlayOverlayPass,
@@ -82,10 +86,13 @@ impl CounterId {
         Self::DropOverlaySpoofed,
         Self::DropRedirectFailed,
         Self::UnderlayDecap,
+        Self::DropBadVxlan,
+        Self::OverlayFragment,
     ];
 
-    /// Number of slots the counters map must hold.
-    pub const SLOTS: u32 = Self::ALL.len() as u32;
+    /// Slots in the counters map: room to append counters without a map of another size,
+    /// which an upgraded agent could not take over from the pins.
+    pub const SLOTS: u32 = 64;
 
     /// Stable name used in `status` output and metrics.
     pub const fn name(self) -> &'static str {
@@ -109,6 +116,8 @@ impl CounterId {
             Self::DropOverlaySpoofed => "drop_overlay_spoofed",
             Self::DropRedirectFailed => "drop_redirect_failed",
             Self::UnderlayDecap => "underlay_decap",
+            Self::DropBadVxlan => "drop_bad_vxlan",
+            Self::OverlayFragment => "overlay_fragment",
         }
     }
 
@@ -126,6 +135,11 @@ mod tests {
         for (i, id) in CounterId::ALL.iter().enumerate() {
             assert_eq!(id.index() as usize, i, "{id:?} is out of place");
         }
+    }
+
+    #[test]
+    fn the_map_has_room_for_every_counter() {
+        assert!(CounterId::ALL.len() as u32 <= CounterId::SLOTS);
     }
 
     #[test]

@@ -120,6 +120,10 @@ fn send_ipv4(
         if (*eth).dst[0] & 1 != 0 {
             return Err(CounterId::DropNotIpv4Unicast);
         }
+        let gso = (*ctx.skb.skb).gso_size != 0;
+        if !(*ip).is_sane(ctx.len() - ETH_LEN as u32, gso) {
+            return Err(CounterId::DropMalformed);
+        }
         let src = sender((*ip).src, &(*eth).src, ifindex)?;
         let dst = endpoint(ipv4_key((*ip).dst)).ok_or(CounterId::DropUnknownDst)?;
         if !may_talk(&src, &dst) {
@@ -136,7 +140,6 @@ fn send_ipv4(
         let cfg = config();
         // GSO super-packets (TCP bulk) go through the VXLAN device, which measured faster for
         // them; single packets skip its transmit path.
-        let gso = (*ctx.skb.skb).gso_size != 0;
         if cfg.encap == ENCAP_EBPF && !gso {
             encapsulate(ctx, dst.peer, &cfg)?;
             return Ok(CounterId::RemoteSent);

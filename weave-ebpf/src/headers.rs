@@ -38,6 +38,31 @@ pub(crate) struct Ipv4Hdr {
     pub dst: [u8; 4],
 }
 
+impl Ipv4Hdr {
+    /// Version 4, a header length of at least 20 bytes, and a total length that fits in the
+    /// `room` bytes the frame has from this header on: anything else is malformed, whatever
+    /// its addresses say. A GSO super-packet's total length is the stack's own (0 with BIG
+    /// TCP), so only its version and header length are checked.
+    #[inline(always)]
+    pub fn is_sane(&self, room: u32, gso: bool) -> bool {
+        let ihl = u32::from(self.ver_ihl & 0x0f) * 4;
+        let total = u32::from(u16::from_be_bytes(self.tot_len));
+        self.ver_ihl >> 4 == 4 && ihl >= 20 && (gso || (total >= ihl && total <= room))
+    }
+
+    /// Fragment offset or more-fragments set: a piece of a larger datagram.
+    #[inline(always)]
+    pub fn is_fragment(&self) -> bool {
+        u16::from_be_bytes(self.frag) & 0x3fff != 0
+    }
+
+    /// A fragment after the first, which carries no transport header.
+    #[inline(always)]
+    pub fn is_later_fragment(&self) -> bool {
+        u16::from_be_bytes(self.frag) & 0x1fff != 0
+    }
+}
+
 /// ARP for IPv4 over Ethernet.
 #[repr(C)]
 pub(crate) struct ArpHdr {

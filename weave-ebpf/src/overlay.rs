@@ -40,8 +40,11 @@ fn deliver(ctx: &TcContext) -> Result<CounterId, CounterId> {
             0,
         )
     };
-    if got < 0 || key.tunnel_id != config().vni {
+    if got < 0 {
         return Err(CounterId::DropOverlayNotPeer);
+    }
+    if key.tunnel_id != config().vni {
+        return Err(CounterId::DropBadVxlan);
     }
     // SAFETY: an IPv4 tunnel (no BPF_F_TUNINFO_IPV6) fills remote_ipv4, in host byte order.
     let outer_source = u32::to_be(unsafe { key.__bindgen_anon_1.remote_ipv4 });
@@ -60,6 +63,10 @@ fn deliver(ctx: &TcContext) -> Result<CounterId, CounterId> {
     unsafe {
         if (*eth).proto() != ETH_P_IP || (*eth).dst[0] & 1 != 0 {
             return Err(CounterId::DropNotIpv4Unicast);
+        }
+        let gso = (*ctx.skb.skb).gso_size != 0;
+        if !(*ip).is_sane(ctx.len() - ETH_LEN as u32, gso) {
+            return Err(CounterId::DropMalformed);
         }
         match endpoint(ipv4_key((*ip).src)) {
             Some(src) if !src.is_local() && src.peer == outer_source && src.mac == (*eth).src => {

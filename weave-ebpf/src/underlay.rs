@@ -38,8 +38,16 @@ fn overlay_source(start: usize, end: usize) -> Option<u32> {
     }
     let ip: *mut Ipv4Hdr = ptr_at(start, end, ETH_LEN)?;
     // SAFETY: as above.
-    let (ver_ihl, proto, src) = unsafe { ((*ip).ver_ihl, (*ip).proto, (*ip).src) };
-    if proto != IPPROTO_UDP {
+    let (ver_ihl, proto, src, later) = unsafe {
+        (
+            (*ip).ver_ihl,
+            (*ip).proto,
+            (*ip).src,
+            (*ip).is_later_fragment(),
+        )
+    };
+    // A later fragment has no UDP header: its payload could pass for any port.
+    if proto != IPPROTO_UDP || later {
         return None;
     }
     let ihl = usize::from(ver_ihl & 0x0f) * 4;

@@ -93,13 +93,26 @@ fn decapsulate(ctx: &TcContext) -> Result<bool, CounterId> {
         {
             return Ok(false);
         }
-        let vni = u32::from_be_bytes([(*vxlan)[4], (*vxlan)[5], (*vxlan)[6], 0]) >> 8;
+        // A piece of a larger datagram: the kernel reassembles it and hands it to the VXLAN
+        // device, whose program checks it whole.
+        if (*outer_ip).is_fragment() {
+            count(CounterId::OverlayFragment, u64::from(ctx.len()));
+            return Ok(false);
+        }
         let source = ipv4_key((*outer_ip).src);
-        if (*vxlan)[0] & 0x08 == 0 || vni != cfg.vni || !is_peer(source) {
+        if !is_peer(source) {
             return Err(CounterId::DropOverlayNotPeer);
+        }
+        let vni = u32::from_be_bytes([(*vxlan)[4], (*vxlan)[5], (*vxlan)[6], 0]) >> 8;
+        if (*vxlan)[0] & 0x08 == 0 || vni != cfg.vni {
+            return Err(CounterId::DropBadVxlan);
         }
         if (*eth).proto() != ETH_P_IP || (*eth).dst[0] & 1 != 0 {
             return Err(CounterId::DropNotIpv4Unicast);
+        }
+        // GSO never gets here (left to the device above).
+        if !(*ip).is_sane(ctx.len() - OUTER_LEN as u32 - ETH_LEN as u32, false) {
+            return Err(CounterId::DropMalformed);
         }
         let src = match endpoint(ipv4_key((*ip).src)) {
             Some(src) if !src.is_local() && src.peer == source && src.mac == (*eth).src => src,
