@@ -168,14 +168,47 @@ async fn serve(args: &LaunchArgs, loc: &Location, ready: &mut Option<File>) -> R
     let peer_name = underlay.mac_string().unwrap_or_else(|| loc.netns.clone());
     let nickname = args.name.clone().unwrap_or_else(|| loc.netns.clone());
     let password = password(args)?;
+    let programs = datapath.programs();
+    let mut inner = Inner {
+        datapath,
+        netlink: handle,
+        state,
+        mtu,
+        peers: Vec::new(),
+        conflicts: Vec::new(),
+        remote: BTreeMap::new(),
+        adopted: BTreeSet::new(),
+        started: Instant::now(),
+        last_contact: BTreeMap::new(),
+        policy: None,
+        routes: BTreeMap::new(),
+    };
+    adopt_endpoints(&mut inner).await?;
+    state::save(&loc.state_dir, &inner.state)?;
+
+    // Our endpoints and rules are in the very first state peers see of this generation: after a
+    // restart they never see us alive without them, so they never withdraw them.
+    let initial: Vec<(String, String)> = inner
+        .state
+        .endpoints
+        .iter()
+        .map(|e| gossip::endpoint_key_value(&e.cidr, &e.container))
+        .chain(
+            inner
+                .state
+                .rules
+                .iter()
+                .map(|r| (r.gossip_key(), r.gossip_value())),
+        )
+        .collect();
     let auth_failures = Arc::new(std::sync::Mutex::new(AuthFailures::default()));
     let gossip = match &password {
         Some(password) => {
             let key = sealed_transport::derive_key(password)?;
             let transport = SealedTransport::new(&key, Arc::clone(&auth_failures));
-            Gossip::start(&peer_name, &nickname, ip, &transport).await?
+            Gossip::start(&peer_name, &nickname, ip, initial, &transport).await?
         }
-        None => Gossip::start(&peer_name, &nickname, ip, &UdpTransport).await?,
+        None => Gossip::start(&peer_name, &nickname, ip, initial, &UdpTransport).await?,
     };
 
     let base = api::Status {
@@ -193,7 +226,7 @@ async fn serve(args: &LaunchArgs, loc: &Location, ready: &mut Option<File>) -> R
             mtu: underlay.mtu,
             kind: underlay.kind.clone(),
         },
-        programs: datapath.programs(),
+        programs,
         vxlan: VXLAN_DEVICE.to_owned(),
         mtu,
         endpoints: api::EndpointCounts::default(),
@@ -204,26 +237,6 @@ async fn serve(args: &LaunchArgs, loc: &Location, ready: &mut Option<File>) -> R
         auth_failure_sources: BTreeMap::new(),
         counters: Default::default(),
     };
-    let mut inner = Inner {
-        datapath,
-        netlink: handle,
-        state,
-        mtu,
-        peers: Vec::new(),
-        conflicts: Vec::new(),
-        remote: BTreeMap::new(),
-        adopted: BTreeSet::new(),
-        started: Instant::now(),
-        last_contact: BTreeMap::new(),
-        policy: None,
-        routes: BTreeMap::new(),
-    };
-    for rule in &inner.state.rules {
-        gossip.publish_rule(rule).await;
-    }
-    adopt_endpoints(&mut inner, &gossip).await?;
-    state::save(&loc.state_dir, &inner.state)?;
-
     let socket = loc.socket();
     let listener = bind_socket(&socket)?;
     let (shutdown, mut stopping) = watch::channel(false);
@@ -298,7 +311,7 @@ fn password(args: &LaunchArgs) -> Result<Option<String>> {
 /// Takes over the endpoints the previous agent attached: those whose veth still exists keep
 /// forwarding (their pinned TC links get the new program in place) and are published again;
 /// the others are cleaned out of the maps and the state.
-async fn adopt_endpoints(inner: &mut Inner, gossip: &Gossip) -> Result<()> {
+async fn adopt_endpoints(inner: &mut Inner) -> Result<()> {
     let mut kept = Vec::new();
     for ep in std::mem::take(&mut inner.state.endpoints) {
         match netlink::link_index(&inner.netlink, &ep.host_veth).await? {
@@ -307,7 +320,6 @@ async fn adopt_endpoints(inner: &mut Inner, gossip: &Gossip) -> Result<()> {
                 inner
                     .datapath
                     .set_endpoint(ep.cidr.ip, ep.cidr.local_endpoint(index))?;
-                gossip.publish(&ep.cidr, &ep.container).await;
                 tracing::info!(cidr = %ep.cidr, container = %ep.container, "adopted endpoint");
                 kept.push(ep);
             }

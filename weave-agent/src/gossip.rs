@@ -88,10 +88,13 @@ pub struct PeerView {
 }
 
 impl Gossip {
+    /// Starts gossiping as `name`, with `initial` keys (besides the nickname) in place from the
+    /// first datagram on.
     pub async fn start(
         name: &str,
         nickname: &str,
         underlay: Ipv4Addr,
+        initial: Vec<(String, String)>,
         transport: &dyn Transport,
     ) -> Result<Self> {
         let advertise = SocketAddr::new(IpAddr::V4(underlay), GOSSIP_PORT);
@@ -117,13 +120,11 @@ impl Gossip {
             catchup_callback: None,
             extra_liveness_predicate: None,
         };
-        let handle = spawn_chitchat(
-            config,
-            vec![(NICKNAME_KEY.to_owned(), nickname.to_owned())],
-            transport,
-        )
-        .await
-        .with_context(|| format!("starting gossip on UDP {advertise} (is the port in use?)"))?;
+        let mut keys = vec![(NICKNAME_KEY.to_owned(), nickname.to_owned())];
+        keys.extend(initial);
+        let handle = spawn_chitchat(config, keys, transport)
+            .await
+            .with_context(|| format!("starting gossip on UDP {advertise} (is the port in use?)"))?;
         Ok(Self { handle, self_id })
     }
 
@@ -137,8 +138,7 @@ impl Gossip {
     }
 
     pub async fn publish(&self, cidr: &Cidr, container: &str) {
-        let key = format!("{ENDPOINT_PREFIX}{}", cidr.ip);
-        let value = format!("{} {} {container}", cidr.prefix, format_mac(&cidr.mac()));
+        let (key, value) = endpoint_key_value(cidr, container);
         self.handle
             .with_chitchat(|c| c.self_node_state().set(&key, &value))
             .await;
@@ -168,7 +168,8 @@ impl Gossip {
         async move { chitchat.lock().await.live_nodes_watcher() }
     }
 
-    /// Every other peer we know, live or dead, newest generation per name.
+    /// Every other peer we know, live or dead: per name the newest live generation, else the
+    /// newest.
     pub async fn peers(&self) -> Vec<PeerView> {
         let chitchat = self.handle.chitchat();
         let guard = chitchat.lock().await;
@@ -190,8 +191,10 @@ impl Gossip {
                 endpoints: published_endpoints(state),
                 rules: published_rules(state),
             };
+            // A restarted peer's new generation takes over once it is alive; until then the
+            // old one, if still alive, speaks for it, so its endpoints never lapse.
             match newest.get(&*id.node_id) {
-                Some(seen) if seen.generation >= view.generation => {}
+                Some(seen) if (seen.alive, seen.generation) >= (view.alive, view.generation) => {}
                 _ => {
                     newest.insert(&id.node_id, view);
                 }
@@ -199,6 +202,13 @@ impl Gossip {
         }
         newest.into_values().collect()
     }
+}
+
+/// The gossip key and value announcing a local endpoint.
+pub fn endpoint_key_value(cidr: &Cidr, container: &str) -> (String, String) {
+    let key = format!("{ENDPOINT_PREFIX}{}", cidr.ip);
+    let value = format!("{} {} {container}", cidr.prefix, format_mac(&cidr.mac()));
+    (key, value)
 }
 
 /// `weave-agent bench-peer`: joins `seed` and publishes `count` synthetic endpoints
@@ -210,8 +220,14 @@ pub fn bench_peer(address: Ipv4Addr, seed: &str, count: u16) -> Result<()> {
         .build()?;
     runtime.block_on(async {
         let name = format!("bench-{address}");
-        let gossip =
-            Gossip::start(&name, &name, address, &chitchat::transport::UdpTransport).await?;
+        let gossip = Gossip::start(
+            &name,
+            &name,
+            address,
+            Vec::new(),
+            &chitchat::transport::UdpTransport,
+        )
+        .await?;
         for i in 0..count {
             let [hi, lo] = (i + 1).to_be_bytes();
             let cidr: Cidr = format!("10.200.{hi}.{lo}/16").parse()?;
