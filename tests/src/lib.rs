@@ -405,22 +405,45 @@ impl Segment {
         let mut hosts = Vec::new();
         for i in 1..=count {
             let host = Host::new(&format!("{prefix}h{i}"))?;
-            let port = format!("p{i}");
-            switch.ip([
-                "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &host.name,
-            ])?;
-            switch.ip(["link", "set", &port, "master", "br0", "up"])?;
-            host.ip([
-                "addr",
-                "add",
-                &format!("192.168.56.{}/24", 100 + i),
-                "dev",
-                "eth0",
-            ])?;
-            host.ip(["link", "set", "eth0", "up"])?;
+            plug(&switch, &host, i, None)?;
             hosts.push(host);
         }
         Ok(Self { hosts, switch })
+    }
+
+    /// Host `index` (from 0) "reboots": its agent dies with kill -9, its namespace goes (taking
+    /// its links and containers' `ethwe` with it), and so does what a reboot wipes (the state
+    /// in /run and the pins in bpffs). It comes back with the same NIC MAC and address and no
+    /// agent running.
+    pub fn reboot(&self, index: usize) -> Result<()> {
+        let host = &self.hosts[index];
+        let mac = host.ip(["-j", "link", "show", "eth0"])?;
+        let mac: serde_json::Value = serde_json::from_str(&mac)?;
+        let mac = mac[0]["address"]
+            .as_str()
+            .context("eth0 has no MAC")?
+            .to_owned();
+        if let Ok(pid) = host.agent_pid() {
+            run_ok("kill", ["-9", &pid.to_string()])?;
+        }
+        run_ok("ip", ["netns", "del", &host.name])?;
+        let _ = std::fs::remove_dir_all(host.state_dir());
+        let _ = std::fs::remove_dir_all(host.pin_dir());
+        // The switch port goes once the namespace is really gone.
+        let port = format!("p{}", index + 1);
+        wait_until(
+            Duration::from_secs(10),
+            "the old host's links to go",
+            || {
+                Ok(
+                    !run("ip", ["-n", &self.switch.name, "link", "show", &port])?
+                        .status
+                        .success(),
+                )
+            },
+        )?;
+        add_netns(&host.name)?;
+        plug(&self.switch, host, index + 1, Some(&mac))
     }
 
     /// One container per host (host i gets `cidr(i)`), returned once every host's maps hold
@@ -446,6 +469,27 @@ impl Segment {
     pub fn switch(&self) -> &Host {
         &self.switch
     }
+}
+
+/// Connects `host` to the switch as port p`i`: `eth0` with 192.168.56.(100+i)/24.
+fn plug(switch: &Host, host: &Host, i: usize, mac: Option<&str>) -> Result<()> {
+    let port = format!("p{i}");
+    switch.ip([
+        "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &host.name,
+    ])?;
+    switch.ip(["link", "set", &port, "master", "br0", "up"])?;
+    if let Some(mac) = mac {
+        host.ip(["link", "set", "eth0", "address", mac])?;
+    }
+    host.ip([
+        "addr",
+        "add",
+        &format!("192.168.56.{}/24", 100 + i),
+        "dev",
+        "eth0",
+    ])?;
+    host.ip(["link", "set", "eth0", "up"])?;
+    Ok(())
 }
 
 /// Two hosts on one underlay segment: a veth pair named `eth0` on both ends, addresses

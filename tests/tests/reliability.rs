@@ -161,3 +161,247 @@ fn kill_and_launch_of_the_sender_host_loses_no_ping() -> Result<()> {
 fn kill_and_launch_of_the_receiver_host_loses_no_ping() -> Result<()> {
     restart_loses_no_ping("rd", 1, Down::Kill)
 }
+
+/// `bpftool -j KIND show ...ARGS`, parsed; None when bpftool refuses (no such object).
+fn bpftool(args: &[&str]) -> Result<Option<serde_json::Value>> {
+    let mut all = vec!["-j"];
+    all.extend_from_slice(args);
+    let out = Command::new("bpftool").args(&all).output()?;
+    if !out.status.success() {
+        return Ok(None);
+    }
+    Ok(Some(serde_json::from_slice(&out.stdout)?))
+}
+
+#[test]
+fn reset_leaves_nothing_the_kernel_can_see() -> Result<()> {
+    require_root();
+    let prefix = unique_name("rz");
+    let seg = Segment::new(&prefix, 2)?;
+    let (h1, h2) = (&seg.hosts[0], &seg.hosts[1]);
+    h1.agent_ok(&["launch"])?;
+    h2.agent_ok(&["join", "192.168.56.101"])?;
+    let c1 = Container::new(&format!("{prefix}c1"), h1)?;
+    let c2 = Container::new(&format!("{prefix}c2"), h1)?;
+    h1.attach("192.168.1.10/24", &c1)?;
+    h1.attach("192.168.2.10/24", &c2)?;
+    h1.agent_ok(&["policy", "allow", "192.168.1.0/24", "192.168.2.0/24"])?;
+    wait_until(Duration::from_secs(5), "the rule's route", || {
+        Ok(c1
+            .ip(["route", "show", "192.168.2.0/24"])?
+            .contains("ethwe"))
+    })?;
+
+    // What the kernel holds for h1's agent, by id, taken before the reset.
+    let status = h1.status()?;
+    let programs: Vec<u64> = status["programs"]
+        .as_array()
+        .context("programs")?
+        .iter()
+        .filter_map(|p| p["id"].as_u64())
+        .collect();
+    ensure!(programs.len() >= 4, "programs: {}", status["programs"]);
+    let (mut maps, mut links) = (Vec::new(), Vec::new());
+    for pin in std::fs::read_dir(h1.pin_dir())? {
+        let pin = pin?.path();
+        let pin = pin.to_str().context("pin path")?;
+        if let Some(map) = bpftool(&["map", "show", "pinned", pin])? {
+            maps.push(map["id"].as_u64().context("map id")?);
+        } else if let Some(link) = bpftool(&["link", "show", "pinned", pin])? {
+            links.push(link["id"].as_u64().context("link id")?);
+        }
+    }
+    ensure!(
+        !maps.is_empty() && !links.is_empty(),
+        "maps {maps:?} links {links:?}"
+    );
+
+    h1.agent_ok(&["reset"])?;
+
+    wait_until(
+        Duration::from_secs(5),
+        "programs, maps and links freed",
+        || {
+            for id in &programs {
+                if bpftool(&["prog", "show", "id", &id.to_string()])?.is_some() {
+                    return Ok(false);
+                }
+            }
+            for id in &maps {
+                if bpftool(&["map", "show", "id", &id.to_string()])?.is_some() {
+                    return Ok(false);
+                }
+            }
+            for id in &links {
+                if bpftool(&["link", "show", "id", &id.to_string()])?.is_some() {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        },
+    )?;
+    let names: Vec<String> = serde_json::from_str::<serde_json::Value>(&h1.ip(["-j", "link"])?)?
+        .as_array()
+        .context("links")?
+        .iter()
+        .filter_map(|l| l["ifname"].as_str().map(str::to_owned))
+        .collect();
+    ensure!(
+        names
+            .iter()
+            .all(|n| n != "vxlan-6784" && !n.starts_with("vethwe")),
+        "links left in h1: {names:?}"
+    );
+    let attached = h1.exec("bpftool", &["-j", "net", "show"])?;
+    let attached: serde_json::Value = serde_json::from_slice(&attached.stdout)?;
+    for kind in ["xdp", "tc"] {
+        ensure!(
+            attached[0][kind].as_array().is_some_and(Vec::is_empty),
+            "{kind} attachments left in h1: {attached}"
+        );
+    }
+    for container in [&c1, &c2] {
+        ensure!(
+            !container.ip(["link"])?.contains("ethwe"),
+            "{} still has ethwe (and its routes)",
+            container.name
+        );
+    }
+    ensure!(
+        !h1.pin_dir().exists(),
+        "pins left in {}",
+        h1.pin_dir().display()
+    );
+    ensure!(
+        !h1.state_dir().exists(),
+        "state left in {}",
+        h1.state_dir().display()
+    );
+    Ok(())
+}
+
+/// Remote endpoints in `host`'s maps, as `status` counts them, and its conflicts.
+fn remote_and_conflicts(host: &Host) -> Result<(u64, Vec<String>)> {
+    let status = host.status()?;
+    let conflicts = status["conflicts"]
+        .as_array()
+        .context("conflicts")?
+        .iter()
+        .filter_map(|c| c.as_str().map(str::to_owned))
+        .collect();
+    Ok((
+        status["endpoints"]["remote"].as_u64().context("remote")?,
+        conflicts,
+    ))
+}
+
+#[test]
+fn a_rebooted_host_rejoins_and_no_stale_endpoint_survives() -> Result<()> {
+    require_root();
+    let prefix = unique_name("rr");
+    let seg = Segment::new(&prefix, 3)?;
+    let [h1, h2, h3] = [&seg.hosts[0], &seg.hosts[1], &seg.hosts[2]];
+    h1.agent_ok(&["launch"])?;
+    h2.agent_ok(&["join", "192.168.56.101"])?;
+    h3.agent_ok(&["join", "192.168.56.101"])?;
+    let c1 = Container::new(&format!("{prefix}c1"), h1)?;
+    let c2 = Container::new(&format!("{prefix}c2"), h2)?;
+    let old = Container::new(&format!("{prefix}c3"), h3)?;
+    h1.attach("192.168.1.10/24", &c1)?;
+    h2.attach("192.168.1.20/24", &c2)?;
+    h3.attach("192.168.1.30/24", &old)?;
+    for host in [h1, h2, h3] {
+        host.wait_for_remote(2)?;
+    }
+    let generation = |host: &Host| -> Result<Option<u64>> {
+        let status = host.status()?;
+        Ok(status["peers"]
+            .as_array()
+            .context("peers")?
+            .iter()
+            .find(|p| p["address"] == "192.168.56.103")
+            .and_then(|p| p["generation"].as_u64()))
+    };
+    let before = generation(h1)?.context("h1 does not list h3")?;
+
+    seg.reboot(2)?;
+    drop(old);
+    h3.agent_ok(&["join", "192.168.56.101"])?;
+    let new = Container::new(&format!("{prefix}c4"), h3)?;
+    h3.attach("192.168.1.40/24", &new)?;
+
+    // Everyone has exactly the new endpoint of h3, under a newer generation; .30 is gone.
+    for host in [h1, h2] {
+        wait_until(
+            Duration::from_secs(10),
+            "the rebooted host's new endpoints",
+            || {
+                Ok(
+                    host.endpoint_counts()?.1 == 2 && new.ping("192.168.1.10", 1)? && {
+                        let gen_now = generation(h1)?;
+                        gen_now.is_some_and(|g| g > before)
+                    },
+                )
+            },
+        )?;
+        ensure!(
+            !c1.ping("192.168.1.30", 1)?,
+            "the rebooted host's old endpoint still answers"
+        );
+    }
+    ensure!(c1.ping("192.168.1.40", 2)? && c2.ping("192.168.1.40", 2)?);
+    ensure!(
+        remote_and_conflicts(h1)?.1.is_empty(),
+        "conflicts after the reboot"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_partition_heals_by_itself_and_reports_double_claims() -> Result<()> {
+    require_root();
+    let prefix = unique_name("rp");
+    let seg = Segment::new(&prefix, 2)?;
+    let (h1, h2) = (&seg.hosts[0], &seg.hosts[1]);
+    h1.agent_ok(&["launch"])?;
+    h2.agent_ok(&["join", "192.168.56.101"])?;
+    let c1 = Container::new(&format!("{prefix}c1"), h1)?;
+    let c2 = Container::new(&format!("{prefix}c2"), h2)?;
+    h1.attach("192.168.1.10/24", &c1)?;
+    h2.attach("192.168.1.20/24", &c2)?;
+    h1.wait_for_remote(1)?;
+    h2.wait_for_remote(1)?;
+
+    // Cut h2's cable at the switch for 10 s.
+    let cut = std::time::Instant::now();
+    seg.switch().ip(["link", "set", "p2", "down"])?;
+    for host in [h1, h2] {
+        wait_until(
+            Duration::from_secs(8),
+            "each side seeing the other dead",
+            || Ok(!peers_alive(host)? && host.endpoint_counts()?.1 == 0),
+        )?;
+    }
+    // Both sides hand out the same address while they cannot see each other.
+    let d1 = Container::new(&format!("{prefix}d1"), h1)?;
+    let d2 = Container::new(&format!("{prefix}d2"), h2)?;
+    h1.attach("192.168.1.99/24", &d1)?;
+    h2.attach("192.168.1.99/24", &d2)?;
+    // The rest of the 10 s: the scenario's length, not a wait for readiness.
+    std::thread::sleep(Duration::from_secs(10).saturating_sub(cut.elapsed()));
+    seg.switch().ip(["link", "set", "p2", "up"])?;
+    let healed = std::time::Instant::now();
+
+    wait_until(Duration::from_secs(5), "the mesh reconverging", || {
+        Ok(peers_alive(h1)? && peers_alive(h2)? && c1.ping("192.168.1.20", 1)?)
+    })?;
+    eprintln!("reconverged {:?} after healing", healed.elapsed());
+    for host in [h1, h2] {
+        wait_until(Duration::from_secs(5), "the double claim reported", || {
+            let (_, conflicts) = remote_and_conflicts(host)?;
+            Ok(conflicts.iter().any(|c| c.contains("192.168.1.99")))
+        })
+        .with_context(|| format!("on {}", host.name))?;
+    }
+    Ok(())
+}

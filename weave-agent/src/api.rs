@@ -124,6 +124,9 @@ pub struct PeerInfo {
     /// `alive`, `dead`, or `connecting` (a peer given to launch/join that has not answered).
     pub state: String,
     pub endpoints: usize,
+    /// Start time (Unix ms) of the peer's agent as we know it: a restart or reboot raises it.
+    #[serde(default)]
+    pub generation: u64,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]

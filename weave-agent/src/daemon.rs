@@ -714,6 +714,7 @@ fn peer_infos(inner: &Inner) -> Vec<api::PeerInfo> {
             address: p.address.ip().to_string(),
             state: if p.alive { "alive" } else { "dead" }.to_owned(),
             endpoints: p.endpoints.len(),
+            generation: p.generation,
         })
         .collect();
     for peer in &inner.state.peers {
@@ -727,6 +728,7 @@ fn peer_infos(inner: &Inner) -> Vec<api::PeerInfo> {
                 address: addr.ip().to_string(),
                 state: "connecting".to_owned(),
                 endpoints: 0,
+                generation: 0,
             });
         }
     }
