@@ -206,6 +206,11 @@ pub struct LaunchArgs {
     /// VXLAN on UDP 6784, so peers may differ.
     #[arg(long, env = "WEAVE_ENCAP", value_enum, default_value_t = Encap::Ebpf)]
     pub encap: Encap,
+
+    /// Where Prometheus metrics are served (GET /metrics), inside this network namespace.
+    /// Default: 127.0.0.1:6782, Weave Net's status port.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]

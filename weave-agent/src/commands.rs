@@ -253,6 +253,9 @@ fn launch(global: &[String], args: &LaunchArgs, loc: &Location) -> Result<()> {
     if let Some(name) = &args.name {
         daemon.args(["--name", name]);
     }
+    if let Some(addr) = args.metrics_addr {
+        daemon.arg("--metrics-addr").arg(addr.to_string());
+    }
     if args.encap == Encap::Vxlan {
         daemon.args(["--encap", "vxlan"]);
     }

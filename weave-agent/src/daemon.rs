@@ -38,6 +38,7 @@ use crate::{
     datapath::Datapath,
     gossip::{self, Gossip, PeerView},
     location::{self, Location},
+    metrics::{self, CountingTransport, GossipTraffic},
     netlink,
     policy::{self, Action, Rule, Subnet},
     run_args::RunSpec,
@@ -111,6 +112,8 @@ struct Agent {
     gossip: Gossip,
     /// Gossip datagrams refused by the sealed transport (stays empty without a password).
     auth_failures: Arc<std::sync::Mutex<AuthFailures>>,
+    /// Gossip messages and bytes through the transport, for metrics.
+    traffic: Arc<GossipTraffic>,
     inner: Mutex<Inner>,
     shutdown: watch::Sender<bool>,
 }
@@ -202,14 +205,16 @@ async fn serve(args: &LaunchArgs, loc: &Location, ready: &mut Option<File>) -> R
         )
         .collect();
     let auth_failures = Arc::new(std::sync::Mutex::new(AuthFailures::default()));
-    let gossip = match &password {
+    let transport: Box<dyn chitchat::transport::Transport> = match &password {
         Some(password) => {
             let key = sealed_transport::derive_key(password)?;
-            let transport = SealedTransport::new(&key, Arc::clone(&auth_failures));
-            Gossip::start(&peer_name, &nickname, ip, initial, &transport).await?
+            Box::new(SealedTransport::new(&key, Arc::clone(&auth_failures)))
         }
-        None => Gossip::start(&peer_name, &nickname, ip, initial, &UdpTransport).await?,
+        None => Box::new(UdpTransport),
     };
+    let traffic = Arc::new(GossipTraffic::default());
+    let transport = CountingTransport::new(transport, Arc::clone(&traffic));
+    let gossip = Gossip::start(&peer_name, &nickname, ip, initial, &transport).await?;
 
     let base = api::Status {
         version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -245,9 +250,32 @@ async fn serve(args: &LaunchArgs, loc: &Location, ready: &mut Option<File>) -> R
         base,
         gossip,
         auth_failures,
+        traffic,
         inner: Mutex::new(inner),
         shutdown,
     });
+    let metrics_addr = args.metrics_addr.unwrap_or(metrics::DEFAULT_ADDR);
+    let metrics = match tokio::net::TcpListener::bind(metrics_addr).await {
+        Ok(listener) => {
+            let scrape = {
+                let agent = Arc::clone(&agent);
+                move || {
+                    let agent = Arc::clone(&agent);
+                    async move { metrics::render(&status(&agent).await?, &agent.traffic) }
+                }
+            };
+            Some(tokio::spawn(metrics::serve(
+                listener,
+                scrape,
+                agent.shutdown.subscribe(),
+            )))
+        }
+        Err(err) => {
+            // Metrics are worth a warning, not a data path without an agent.
+            tracing::warn!("not serving metrics on {metrics_addr}: {err}");
+            None
+        }
+    };
     let sync = tokio::spawn(sync_loop(Arc::clone(&agent)));
     let docker = tokio::spawn(docker_loop(Arc::clone(&agent)));
     tracing::info!(
@@ -283,6 +311,9 @@ async fn serve(args: &LaunchArgs, loc: &Location, ready: &mut Option<File>) -> R
     let _ = agent.shutdown.send(true);
     let _ = sync.await;
     let _ = docker.await;
+    if let Some(metrics) = metrics {
+        let _ = metrics.await;
+    }
     let _ = fs::remove_file(&socket);
     tracing::info!(
         "agent stopped; the data path stays attached (pinned in {}); `weave-agent reset` removes it",

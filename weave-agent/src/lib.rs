@@ -14,6 +14,7 @@ pub mod datapath;
 pub mod docker;
 pub mod gossip;
 pub mod location;
+pub mod metrics;
 pub mod netlink;
 pub mod policy;
 pub mod run_args;

@@ -1,0 +1,324 @@
+//! Prometheus metrics on `127.0.0.1:6782/metrics` (Weave Net's status port): peers by state,
+//! endpoints, the data path's packets and bytes per path and drops per reason, gossip traffic
+//! and authentication failures. Rendered from a fresh snapshot at every scrape.
+
+use std::{
+    convert::Infallible,
+    future::Future,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use anyhow::{Context as _, Result};
+use async_trait::async_trait;
+use chitchat::{
+    ChitchatMessage, Serializable as _,
+    transport::{Socket, Transport},
+};
+use http_body_util::Full;
+use hyper::{Request, Response, StatusCode, body::Bytes, server::conn::http1, service::service_fn};
+use hyper_util::rt::TokioIo;
+use prometheus_client::{
+    encoding::text::encode,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+use tokio::{net::TcpListener, sync::watch};
+
+use crate::api;
+
+/// Where metrics are served unless `--metrics-addr` says otherwise.
+pub const DEFAULT_ADDR: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 6782);
+
+/// Gossip traffic through this agent's transport.
+#[derive(Debug, Default)]
+pub struct GossipTraffic {
+    pub sent_messages: AtomicU64,
+    pub sent_bytes: AtomicU64,
+    pub received_messages: AtomicU64,
+    pub received_bytes: AtomicU64,
+}
+
+/// Wraps the gossip transport (plain or sealed) to count messages and their encoded size
+/// (before sealing).
+pub struct CountingTransport {
+    inner: Box<dyn Transport>,
+    traffic: Arc<GossipTraffic>,
+}
+
+impl CountingTransport {
+    pub fn new(inner: Box<dyn Transport>, traffic: Arc<GossipTraffic>) -> Self {
+        Self { inner, traffic }
+    }
+}
+
+#[async_trait]
+impl Transport for CountingTransport {
+    async fn open(&self, listen_addr: SocketAddr) -> Result<Box<dyn Socket>> {
+        Ok(Box::new(CountingSocket {
+            inner: self.inner.open(listen_addr).await?,
+            traffic: Arc::clone(&self.traffic),
+        }))
+    }
+}
+
+struct CountingSocket {
+    inner: Box<dyn Socket>,
+    traffic: Arc<GossipTraffic>,
+}
+
+#[async_trait]
+impl Socket for CountingSocket {
+    async fn send(&mut self, to: SocketAddr, message: ChitchatMessage) -> Result<()> {
+        let len = message.serialized_len() as u64;
+        self.inner.send(to, message).await?;
+        self.traffic.sent_messages.fetch_add(1, Ordering::Relaxed);
+        self.traffic.sent_bytes.fetch_add(len, Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn recv(&mut self) -> Result<(SocketAddr, ChitchatMessage)> {
+        let (from, message) = self.inner.recv().await?;
+        self.traffic
+            .received_messages
+            .fetch_add(1, Ordering::Relaxed);
+        self.traffic
+            .received_bytes
+            .fetch_add(message.serialized_len() as u64, Ordering::Relaxed);
+        Ok((from, message))
+    }
+}
+
+type Labels = Vec<(String, String)>;
+
+fn label(key: &str, value: &str) -> Labels {
+    vec![(key.to_owned(), value.to_owned())]
+}
+
+fn counter_family(registry: &mut Registry, name: &str, help: &str) -> Family<Labels, Counter> {
+    let family = Family::<Labels, Counter>::default();
+    registry.register(name, help, family.clone());
+    family
+}
+
+fn gauge_family(registry: &mut Registry, name: &str, help: &str) -> Family<Labels, Gauge> {
+    let family = Family::<Labels, Gauge>::default();
+    registry.register(name, help, family.clone());
+    family
+}
+
+/// The Prometheus text exposition of one status snapshot.
+pub fn render(status: &api::Status, gossip: &GossipTraffic) -> Result<String> {
+    let mut registry = Registry::with_prefix("weave");
+
+    let peers = gauge_family(&mut registry, "peers", "Peers of the mesh by state");
+    for state in ["alive", "dead", "connecting"] {
+        let n = status.peers.iter().filter(|p| p.state == state).count();
+        peers.get_or_create(&label("state", state)).set(n as i64);
+    }
+    let endpoints = gauge_family(
+        &mut registry,
+        "endpoints",
+        "Entries in the kernel endpoint map by kind",
+    );
+    endpoints
+        .get_or_create(&label("kind", "local"))
+        .set(status.endpoints.local as i64);
+    endpoints
+        .get_or_create(&label("kind", "remote"))
+        .set(status.endpoints.remote as i64);
+    let conflicts = Gauge::<i64>::default();
+    conflicts.set(status.conflicts.len() as i64);
+    registry.register(
+        "address_conflicts",
+        "Addresses claimed by more than one host",
+        conflicts,
+    );
+
+    let packets = counter_family(
+        &mut registry,
+        "datapath_packets",
+        "Packets seen or forwarded by the eBPF programs, per path",
+    );
+    let bytes = counter_family(
+        &mut registry,
+        "datapath_bytes",
+        "Bytes seen or forwarded by the eBPF programs, per path",
+    );
+    let drops = counter_family(
+        &mut registry,
+        "datapath_drops",
+        "Packets dropped by the eBPF programs, per reason",
+    );
+    let dropped_bytes = counter_family(
+        &mut registry,
+        "datapath_dropped_bytes",
+        "Bytes dropped by the eBPF programs, per reason",
+    );
+    for (name, counter) in &status.counters {
+        match name.strip_prefix("drop_") {
+            Some(reason) => {
+                drops
+                    .get_or_create(&label("reason", reason))
+                    .inc_by(counter.packets);
+                dropped_bytes
+                    .get_or_create(&label("reason", reason))
+                    .inc_by(counter.bytes);
+            }
+            None => {
+                packets
+                    .get_or_create(&label("path", name))
+                    .inc_by(counter.packets);
+                bytes
+                    .get_or_create(&label("path", name))
+                    .inc_by(counter.bytes);
+            }
+        }
+    }
+
+    let messages = counter_family(
+        &mut registry,
+        "gossip_messages",
+        "Gossip messages by direction",
+    );
+    let gossip_bytes = counter_family(
+        &mut registry,
+        "gossip_bytes",
+        "Encoded size of gossip messages (before sealing) by direction",
+    );
+    for (direction, n, size) in [
+        ("sent", &gossip.sent_messages, &gossip.sent_bytes),
+        (
+            "received",
+            &gossip.received_messages,
+            &gossip.received_bytes,
+        ),
+    ] {
+        messages
+            .get_or_create(&label("direction", direction))
+            .inc_by(n.load(Ordering::Relaxed));
+        gossip_bytes
+            .get_or_create(&label("direction", direction))
+            .inc_by(size.load(Ordering::Relaxed));
+    }
+    let auth = Counter::<u64>::default();
+    auth.inc_by(status.auth_failures);
+    registry.register(
+        "gossip_auth_failures",
+        "Gossip datagrams refused for failing authentication",
+        auth,
+    );
+
+    let mut text = String::new();
+    encode(&mut text, &registry).context("encoding metrics")?;
+    Ok(text)
+}
+
+/// Serves `GET /metrics` with what `snapshot` renders, until `stopping` changes.
+pub async fn serve<F, Fut>(listener: TcpListener, snapshot: F, mut stopping: watch::Receiver<bool>)
+where
+    F: Fn() -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<String>> + Send + 'static,
+{
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(err) => {
+                    tracing::debug!("accepting a metrics connection: {err}");
+                    continue;
+                }
+            },
+            _ = stopping.changed() => return,
+        };
+        let snapshot = snapshot.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request: Request<hyper::body::Incoming>| {
+                let snapshot = snapshot.clone();
+                async move { Ok::<_, Infallible>(respond(request.uri().path(), snapshot).await) }
+            });
+            if let Err(err) = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!("metrics connection: {err}");
+            }
+        });
+    }
+}
+
+async fn respond<F, Fut>(path: &str, snapshot: F) -> Response<Full<Bytes>>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<String>>,
+{
+    let (status, content_type, body) = match path {
+        "/metrics" => match snapshot().await {
+            Ok(text) => (
+                StatusCode::OK,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                text,
+            ),
+            Err(err) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "text/plain",
+                format!("{err:#}\n"),
+            ),
+        },
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "weave-agent serves /metrics here\n".to_owned(),
+        ),
+    };
+    Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .body(Full::new(Bytes::from(body)))
+        .expect("a valid response")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_peers_endpoints_drops_and_gossip() {
+        let status: api::Status = serde_json::from_value(serde_json::json!({
+            "version": "0", "pid": 1, "peer_name": "p", "nickname": "n", "netns": "x",
+            "state_dir": "", "pin_dir": "", "vxlan": "vxlan-6784", "mtu": 1450,
+            "underlay": {"name": "eth0", "ifindex": 2, "address": "10.0.0.1/24", "mtu": 1500, "kind": null},
+            "programs": [], "endpoints": {"local": 2, "remote": 5},
+            "peers": [
+                {"name": "a", "nickname": "a", "address": "10.0.0.2", "state": "alive", "endpoints": 1},
+                {"name": "b", "nickname": "b", "address": "10.0.0.3", "state": "dead", "endpoints": 0}
+            ],
+            "conflicts": [], "encryption": false, "auth_failures": 3, "auth_failure_sources": {},
+            "counters": {
+                "remote_sent": {"packets": 10, "bytes": 1000},
+                "drop_isolated": {"packets": 4, "bytes": 400}
+            }
+        }))
+        .unwrap();
+        let gossip = GossipTraffic::default();
+        gossip.sent_bytes.store(123, Ordering::Relaxed);
+        let text = render(&status, &gossip).unwrap();
+        for line in [
+            "weave_peers{state=\"alive\"} 1",
+            "weave_peers{state=\"dead\"} 1",
+            "weave_peers{state=\"connecting\"} 0",
+            "weave_endpoints{kind=\"remote\"} 5",
+            "weave_datapath_packets_total{path=\"remote_sent\"} 10",
+            "weave_datapath_drops_total{reason=\"isolated\"} 4",
+            "weave_gossip_bytes_total{direction=\"sent\"} 123",
+            "weave_gossip_auth_failures_total 3",
+        ] {
+            assert!(text.contains(line), "{line:?} missing from:\n{text}");
+        }
+        assert!(text.ends_with("# EOF\n"));
+    }
+}
