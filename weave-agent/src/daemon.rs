@@ -95,9 +95,11 @@ fn run_inner(args: &LaunchArgs, loc: &Location, ready: &mut Option<File>) -> Res
 
 /// Name of the overlay's VXLAN device (Weave's fastdp used the same).
 pub const VXLAN_DEVICE: &str = "vxlan-6784";
-/// How often the view of the mesh is reconciled into the maps even without gossip changes
-/// (liveness changes are not notified by chitchat's watcher).
-const SYNC_INTERVAL: Duration = Duration::from_millis(250);
+/// How often the view of the mesh is reconciled into the maps even without a change from
+/// chitchat's watcher: the safety net for what it does not report, and how vanished container
+/// veths are noticed. Every round costs CPU on every host (measured: 250 ms made an idle
+/// agent of the 8 x 50 scale run use 1.4 % of a core, 500 ms 0.7 %).
+const SYNC_INTERVAL: Duration = Duration::from_millis(500);
 /// How often a configured peer that is not live is contacted again.
 const RETRY_INTERVAL: Duration = Duration::from_secs(1);
 /// After a start, remote entries left in the pinned maps by the previous agent are kept this
@@ -133,6 +135,8 @@ struct Inner {
     adopted: BTreeSet<Ipv4Addr>,
     started: Instant,
     last_contact: BTreeMap<SocketAddr, Instant>,
+    /// The peer map as last written by the sync; None when it must be written again.
+    peers_written: Option<BTreeSet<Ipv4Addr>>,
     /// The policy map as last written; None until the first sync writes it.
     policy: Option<BTreeSet<SubnetPair>>,
     /// On-link routes the rules put in each local endpoint's container, as last made.
@@ -183,6 +187,7 @@ async fn serve(args: &LaunchArgs, loc: &Location, ready: &mut Option<File>) -> R
         adopted: BTreeSet::new(),
         started: Instant::now(),
         last_contact: BTreeMap::new(),
+        peers_written: None,
         policy: None,
         routes: BTreeMap::new(),
     };
@@ -399,17 +404,13 @@ async fn sync_once(agent: &Agent) -> Result<()> {
     let mut inner = agent.inner.lock().await;
     let inner = &mut *inner;
 
-    // Containers that died took their veth with them: withdraw their addresses.
-    let present: BTreeSet<String> = netlink::links(&inner.netlink)
-        .await?
-        .into_iter()
-        .map(|l| l.name)
-        .collect();
+    // Containers that died took their veth with them: withdraw their addresses. One cheap
+    // lookup per endpoint rather than a dump of every link, since this runs every round.
     let vanished: Vec<LocalEndpoint> = inner
         .state
         .endpoints
         .iter()
-        .filter(|ep| !present.contains(&ep.host_veth))
+        .filter(|ep| !link_exists(&ep.host_veth))
         .cloned()
         .collect();
     for ep in &vanished {
@@ -443,12 +444,16 @@ async fn sync_once(agent: &Agent) -> Result<()> {
         inner.remote.remove(&ip);
     }
     if inner.adopted.is_empty() {
-        inner.datapath.set_peers(&desired.peers)?;
+        if inner.peers_written.as_ref() != Some(&desired.peers) {
+            inner.datapath.set_peers(&desired.peers)?;
+            inner.peers_written = Some(desired.peers.clone());
+        }
     } else {
         // Adopted entries still point at their peers: keep those peers too for now.
         let mut peers_now: BTreeSet<Ipv4Addr> = inner.datapath.peers()?.into_iter().collect();
         peers_now.extend(&desired.peers);
         inner.datapath.set_peers(&peers_now)?;
+        inner.peers_written = None;
     }
     for conflict in &desired.conflicts {
         if !inner.conflicts.contains(conflict) {
@@ -585,6 +590,15 @@ fn rule_infos(inner: &Inner) -> Vec<api::RuleInfo> {
             by: r.by.clone(),
         })
         .collect()
+}
+
+/// An interface of that name exists in the agent's namespace.
+fn link_exists(name: &str) -> bool {
+    let Ok(name) = std::ffi::CString::new(name) else {
+        return false;
+    };
+    // SAFETY: a valid NUL-terminated string; the call only reads it.
+    unsafe { libc::if_nametoindex(name.as_ptr()) != 0 }
 }
 
 /// A Docker container that stopped keeps its address for when it starts again.

@@ -43,7 +43,16 @@ struct Path {
     address: String,
 }
 
-pub fn run() -> Result<()> {
+/// Parts of the benchmark `--only` can pick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Part {
+    /// Throughput and latency of the three paths, and the control-plane timings.
+    Overlay,
+    /// 8 hosts x 50 endpoints: convergence, memory, idle CPU.
+    Scale,
+}
+
+pub fn run(only: Option<Part>) -> Result<()> {
     // SAFETY: geteuid has no preconditions.
     ensure!(
         unsafe { libc::geteuid() } == 0,
@@ -55,6 +64,20 @@ pub fn run() -> Result<()> {
     build_agent(true)?;
     // SAFETY: single-threaded here; nothing else reads the environment concurrently.
     unsafe { std::env::set_var("WEAVE_AGENT_BIN", agent_path(true)) };
+
+    let out = target_dir().join("bench").join("overlay.json");
+    std::fs::create_dir_all(out.parent().expect("has a parent"))?;
+    if only == Some(Part::Scale) {
+        let scale = scale_step()?;
+        let path = target_dir().join("bench").join("scale.json");
+        std::fs::write(&path, serde_json::to_string_pretty(&scale)?)?;
+        println!(
+            "wrote {} in {:.0}s",
+            path.display(),
+            started.elapsed().as_secs_f64()
+        );
+        return Ok(());
+    }
 
     let step = progress::step("bench: building the testbeds");
     let bare = two_hosts(&unique_name("bb"), &unique_name("bb"))?;
@@ -115,6 +138,10 @@ pub fn run() -> Result<()> {
     ));
     let learn_ms = learn_endpoints()?;
     step.finish();
+    let scale = match only {
+        None => scale_step()?,
+        _ => Value::Null,
+    };
 
     let ratio = |a: &str, b: &str, f: &str| medians[a][f] / medians[b][f];
     let ratios: BTreeMap<String, BTreeMap<&str, f64>> = ["weave", "weave_vxlan_device"]
@@ -133,12 +160,11 @@ pub fn run() -> Result<()> {
             "attach_to_reachable_ms_max": reach.iter().copied().fold(0.0, f64::max),
             "learn_1000_endpoints_ms": learn_ms,
         },
+        "scale": scale,
         "samples": samples,
         "rounds": ROUNDS,
         "machine": machine(),
     });
-    let out = target_dir().join("bench").join("overlay.json");
-    std::fs::create_dir_all(out.parent().expect("has a parent"))?;
     std::fs::write(&out, serde_json::to_string_pretty(&report)?)?;
     print_table(&medians, &ratios);
     println!(
@@ -152,6 +178,25 @@ pub fn run() -> Result<()> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// The scale run as a progress step, its figures printed against the goals.
+fn scale_step() -> Result<Value> {
+    let step = progress::step(format!(
+        "bench: scale, {SCALE_HOSTS} hosts x {SCALE_ENDPOINTS} endpoints"
+    ));
+    let scale = scale()?;
+    step.finish();
+    println!(
+        "scale {SCALE_HOSTS}x{SCALE_ENDPOINTS}: converged {:.0} ms after the last attach (goal <= 5000); \
+         agent RSS max {:.1} MB (goal <= 40); idle CPU max {:.2}% per agent (goal <= 1)",
+        scale["converge_after_last_attach_ms"]
+            .as_f64()
+            .unwrap_or(f64::NAN),
+        scale["rss_mb_max"].as_f64().unwrap_or(f64::NAN),
+        scale["idle_cpu_percent_max"].as_f64().unwrap_or(f64::NAN),
+    );
+    Ok(scale)
 }
 
 fn median(values: &[f64]) -> f64 {
@@ -459,4 +504,104 @@ fn learn_endpoints() -> Result<f64> {
     let _ = peer.wait();
     took?;
     Ok(elapsed.as_secs_f64() * 1e3)
+}
+
+/// Hosts and endpoints per host of the scale run (issue: 8 x 50).
+const SCALE_HOSTS: usize = 8;
+const SCALE_ENDPOINTS: usize = 50;
+/// How long the agents are watched idle for their CPU use.
+const IDLE_SECONDS: u64 = 10;
+
+/// CPU time (user + system) of process `pid` so far, in clock ticks.
+fn cpu_ticks(pid: u32) -> Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(')').context("malformed stat")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    Ok(fields[11].parse::<u64>()? + fields[12].parse::<u64>()?)
+}
+
+fn rss_mb(pid: u32) -> Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .context("no VmRSS")?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()?;
+    Ok(kb / 1024.0)
+}
+
+/// 8 hosts x 50 endpoints: time from the last attach until every host's maps hold every other
+/// host's endpoints (then a ping from each host to each other host checks reachability), the
+/// agents' resident memory, and their CPU use while idle.
+fn scale() -> Result<Value> {
+    let seg = Segment::new(&unique_name("sc"), SCALE_HOSTS)?;
+    seg.hosts[0].agent_ok(&["launch"])?;
+    for host in &seg.hosts[1..] {
+        host.agent_ok(&["join", "192.168.56.101"])?;
+    }
+    let mut containers: Vec<Vec<Container>> = Vec::new();
+    for (i, host) in seg.hosts.iter().enumerate() {
+        let mut on_host = Vec::new();
+        for j in 1..=SCALE_ENDPOINTS {
+            let container = Container::new(&format!("{}e{j}", host.name), host)?;
+            host.attach(&format!("10.50.{}.{j}/16", i + 1), &container)?;
+            on_host.push(container);
+        }
+        containers.push(on_host);
+    }
+    let last_attach = Instant::now();
+    let remote = ((SCALE_HOSTS - 1) * SCALE_ENDPOINTS) as u64;
+    weave_tests::wait_until(Duration::from_secs(60), "the mesh converging", || {
+        for host in &seg.hosts {
+            if host.endpoint_counts()?.1 != remote {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    })?;
+    let converge_ms = last_attach.elapsed().as_secs_f64() * 1e3;
+    for (i, from) in containers.iter().enumerate() {
+        for j in (0..SCALE_HOSTS).filter(|j| *j != i) {
+            // A different endpoint of each host each time.
+            let target = format!("10.50.{}.{}", j + 1, (i % SCALE_ENDPOINTS) + 1);
+            ensure!(
+                from[j % SCALE_ENDPOINTS].ping(&target, 1)?,
+                "{target} is not reachable from host {}",
+                i + 1
+            );
+        }
+    }
+
+    let pids: Vec<u32> = seg
+        .hosts
+        .iter()
+        .map(|h| h.agent_pid())
+        .collect::<Result<_>>()?;
+    let rss: Vec<f64> = pids.iter().map(|p| rss_mb(*p)).collect::<Result<_>>()?;
+    let before: Vec<u64> = pids.iter().map(|p| cpu_ticks(*p)).collect::<Result<_>>()?;
+    let idle = Instant::now();
+    // Measuring idleness is the point here: nothing to wait for but time.
+    std::thread::sleep(Duration::from_secs(IDLE_SECONDS));
+    let seconds = idle.elapsed().as_secs_f64();
+    // SAFETY: sysconf has no preconditions.
+    let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let cpu: Vec<f64> = pids
+        .iter()
+        .zip(&before)
+        .map(|(p, b)| Ok((cpu_ticks(*p)? - b) as f64 / ticks_per_second / seconds * 100.0))
+        .collect::<Result<_>>()?;
+    drop(containers);
+    Ok(json!({
+        "hosts": SCALE_HOSTS,
+        "endpoints_per_host": SCALE_ENDPOINTS,
+        "converge_after_last_attach_ms": converge_ms,
+        "rss_mb_max": rss.iter().copied().fold(0.0, f64::max),
+        "rss_mb": rss,
+        "idle_cpu_percent_max": cpu.iter().copied().fold(0.0, f64::max),
+        "idle_cpu_percent": cpu,
+    }))
 }

@@ -49,8 +49,13 @@ enum Task {
     },
     /// The walkthrough on namespace hosts scvmu01/scvmu02, printed as a user would type it.
     Demo,
-    /// Overlay vs bare underlay vs kernel VXLAN + bridge; writes target/bench/overlay.json.
-    Bench,
+    /// Overlay vs bare underlay vs kernel VXLAN + bridge, control-plane timings and an 8 x 50
+    /// scale run; writes target/bench/overlay.json.
+    Bench {
+        /// Run one part only (scale alone writes target/bench/scale.json).
+        #[arg(long, value_enum)]
+        only: Option<bench::Part>,
+    },
     #[command(hide = true)]
     RrServer { addr: std::net::SocketAddr },
     #[command(hide = true)]
@@ -73,7 +78,7 @@ fn main() -> ExitCode {
         Task::Test => test::run(),
         Task::Fuzz { runs, targets } => fuzz::run(runs, &targets),
         Task::Demo => demo::run(),
-        Task::Bench => bench::run(),
+        Task::Bench { only } => bench::run(only),
         Task::RrServer { addr } => netprobe::rr_server(addr),
         Task::RrClient { addr, count } => netprobe::rr_client(addr, count),
         Task::UdpEcho { port } => netprobe::udp_echo(port),
