@@ -405,3 +405,48 @@ fn a_partition_heals_by_itself_and_reports_double_claims() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn a_container_gone_while_the_agent_was_down_is_withdrawn_everywhere() -> Result<()> {
+    require_root();
+    let prefix = unique_name("rg");
+    let seg = Segment::new(&prefix, 2)?;
+    let (h1, h2) = (&seg.hosts[0], &seg.hosts[1]);
+    h1.agent_ok(&["launch"])?;
+    h2.agent_ok(&["join", "192.168.56.101"])?;
+    let stays = Container::new(&format!("{prefix}c1"), h1)?;
+    let goes = Container::new(&format!("{prefix}c2"), h1)?;
+    let far = Container::new(&format!("{prefix}c3"), h2)?;
+    h1.attach("192.168.1.10/24", &stays)?;
+    h1.attach("192.168.1.11/24", &goes)?;
+    h2.attach("192.168.1.20/24", &far)?;
+    h1.agent_ok(&["policy", "allow", "192.168.1.0/24", "192.168.9.0/24"])?;
+    h2.wait_for_remote(2)?;
+
+    h1.agent_ok(&["stop"])?;
+    drop(goes);
+    h1.agent_ok(&["launch"])?;
+
+    // The survivor is adopted and still reachable; the vanished one is gone on both hosts.
+    h2.wait_for_remote(1)?;
+    ensure!(
+        far.ping("192.168.1.10", 2)?,
+        "the adopted endpoint is unreachable"
+    );
+    let ps = h1.agent_ok(&["ps"])?;
+    ensure!(
+        ps.contains("192.168.1.10/24") && !ps.contains("192.168.1.11"),
+        "ps after the restart: {ps}"
+    );
+    ensure!(
+        h1.endpoint_counts()?.0 == 1,
+        "stale local entry in h1's map"
+    );
+    // The rule is still known (from the state file; h2 keeps it too).
+    let rules = h1.agent_ok(&["policy", "list"])?;
+    ensure!(
+        rules.contains("192.168.1.0/24 192.168.9.0/24 allow"),
+        "rules after the restart: {rules}"
+    );
+    Ok(())
+}
