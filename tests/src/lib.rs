@@ -361,6 +361,13 @@ impl Host {
         self.agent_ok(&["attach", cidr, &container.spec()])
     }
 
+    /// A new container `name` on this host with `cidr` attached.
+    pub fn container(&self, name: &str, cidr: &str) -> Result<Container> {
+        let container = Container::new(name, self)?;
+        self.attach(cidr, &container)?;
+        Ok(container)
+    }
+
     /// Entries in the kernel endpoint map (local, remote), as `status` reads them.
     pub fn endpoint_counts(&self) -> Result<(u64, u64)> {
         let status = self.status()?;
@@ -409,6 +416,16 @@ impl Segment {
             hosts.push(host);
         }
         Ok(Self { hosts, switch })
+    }
+
+    /// `count` hosts with agents running: host 1 launched, the others joined to it.
+    pub fn mesh(prefix: &str, count: usize) -> Result<Self> {
+        let seg = Self::new(prefix, count)?;
+        seg.hosts[0].agent_ok(&["launch"])?;
+        for host in &seg.hosts[1..] {
+            host.agent_ok(&["join", "192.168.56.101"])?;
+        }
+        Ok(seg)
     }
 
     /// Host `index` (from 0) "reboots": its agent dies with kill -9, its namespace goes (taking

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
-use weave_tests::{Container, Host, Segment, require_root, unique_name, wait_until};
+use weave_tests::{Host, Segment, require_root, unique_name, wait_until};
 
 /// Sends each hex-encoded frame given on the command line, raw, out of interface argv[1].
 const INJECT: &str = r#"
@@ -15,6 +15,22 @@ s.bind((sys.argv[1], 0))
 for frame in sys.argv[2:]:
     s.send(bytes.fromhex(frame))
 "#;
+
+/// Arguments for `python3` to send `frames` (hex) out of `iface`.
+fn inject_args<'a>(iface: &'a str, frames: &'a [String]) -> Vec<&'a str> {
+    let mut args = vec!["-c", INJECT, iface];
+    args.extend(frames.iter().map(String::as_str));
+    args
+}
+
+fn injected(out: std::process::Output) -> Result<()> {
+    ensure!(
+        out.status.success(),
+        "injecting: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
 
 /// How many copies of each crafted frame are sent.
 const COPIES: usize = 3;
@@ -189,30 +205,16 @@ fn inject(
 fn crafted_frames_are_counted_and_harmless() -> Result<()> {
     require_root();
     let prefix = unique_name("z");
-    let seg = Segment::new(&prefix, 2)?;
+    let seg = Segment::mesh(&prefix, 2)?;
     let (h1, h2) = (&seg.hosts[0], &seg.hosts[1]);
-    // Launching proves the verifier accepts every program.
-    h1.agent_ok(&["launch"])?;
-    h2.agent_ok(&["join", "192.168.56.101"])?;
-    let c1 = Container::new(&format!("{prefix}c1"), h1)?;
-    let c2 = Container::new(&format!("{prefix}c2"), h2)?;
-    h1.attach("192.168.1.10/24", &c1)?;
-    h2.attach("192.168.1.20/24", &c2)?;
+    let c1 = h1.container(&format!("{prefix}c1"), "192.168.1.10/24")?;
+    let c2 = h2.container(&format!("{prefix}c2"), "192.168.1.20/24")?;
     h1.wait_for_remote(1)?;
     h2.wait_for_remote(1)?;
     ensure!(c1.ping("192.168.1.20", 2)?, "no baseline connectivity");
 
-    let from_container = |frames: &[String]| -> Result<()> {
-        let mut args = vec!["-c", INJECT, "ethwe"];
-        args.extend(frames.iter().map(String::as_str));
-        let out = c1.exec("python3", &args)?;
-        ensure!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(())
-    };
+    let from_container =
+        |frames: &[String]| injected(c1.exec("python3", &inject_args("ethwe", frames))?);
     let c1_mac = mac_of(C1_IP);
     let ok = Ip::default();
     for (case, frame, expect, delivered) in [
@@ -326,17 +328,7 @@ fn crafted_frames_are_counted_and_harmless() -> Result<()> {
         }
         .bytes(),
     );
-    let from_peer = |frames: &[String]| -> Result<()> {
-        let mut args = vec!["-c", INJECT, "eth0"];
-        args.extend(frames.iter().map(String::as_str));
-        let out = h2.exec("python3", &args)?;
-        ensure!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(())
-    };
+    let from_peer = |frames: &[String]| injected(h2.exec("python3", &inject_args("eth0", frames))?);
     let vni = 6784;
     for (case, frame, expect, delivered) in [
         (

@@ -1,7 +1,7 @@
 //! Prometheus metrics on 127.0.0.1:6782/metrics inside each host's namespace.
 
 use anyhow::{Context as _, Result, ensure};
-use weave_tests::{Container, Host, Segment, require_root, unique_name};
+use weave_tests::{Host, Segment, require_root, unique_name};
 
 const SCRAPE: &str = "import urllib.request
 print(urllib.request.urlopen('http://127.0.0.1:6782/metrics', timeout=5).read().decode())";
@@ -27,16 +27,11 @@ fn sample(text: &str, series: &str) -> Option<f64> {
 fn metrics_show_peers_endpoints_paths_drops_and_gossip() -> Result<()> {
     require_root();
     let prefix = unique_name("m");
-    let seg = Segment::new(&prefix, 2)?;
+    let seg = Segment::mesh(&prefix, 2)?;
     let (h1, h2) = (&seg.hosts[0], &seg.hosts[1]);
-    h1.agent_ok(&["launch"])?;
-    h2.agent_ok(&["join", "192.168.56.101"])?;
-    let c1 = Container::new(&format!("{prefix}c1"), h1)?;
-    let c2 = Container::new(&format!("{prefix}c2"), h2)?;
-    let c3 = Container::new(&format!("{prefix}c3"), h1)?;
-    h1.attach("192.168.1.10/24", &c1)?;
-    h2.attach("192.168.1.20/24", &c2)?;
-    h1.attach("192.168.2.30/24", &c3)?;
+    let c1 = h1.container(&format!("{prefix}c1"), "192.168.1.10/24")?;
+    let _c2 = h2.container(&format!("{prefix}c2"), "192.168.1.20/24")?;
+    let c3 = h1.container(&format!("{prefix}c3"), "192.168.2.30/24")?;
     h1.wait_for_remote(1)?;
     ensure!(c1.ping("192.168.1.20", 3)?, "no connectivity");
     // One isolated attempt, so a drop reason has a count.

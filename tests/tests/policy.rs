@@ -51,19 +51,12 @@ fn rules(host: &Host) -> Result<serde_json::Value> {
 fn allow_opens_a_pair_of_subnets_everywhere_and_deny_closes_it() -> Result<()> {
     require_root();
     let prefix = unique_name("r");
-    let seg = Segment::new(&prefix, 3)?;
+    let seg = Segment::mesh(&prefix, 3)?;
     let [h1, h2, h3] = [&seg.hosts[0], &seg.hosts[1], &seg.hosts[2]];
-    h1.agent_ok(&["launch"])?;
-    h2.agent_ok(&["join", "192.168.56.101"])?;
-    h3.agent_ok(&["join", "192.168.56.101"])?;
-    let c1 = Container::new(&format!("{prefix}c1"), h1)?;
-    let c2 = Container::new(&format!("{prefix}c2"), h2)?;
-    let c3 = Container::new(&format!("{prefix}c3"), h3)?;
-    let c4 = Container::new(&format!("{prefix}c4"), h3)?;
-    h1.attach("192.168.1.10/24", &c1)?;
-    h2.attach("192.168.2.20/24", &c2)?;
-    h3.attach("192.168.2.30/24", &c3)?;
-    h3.attach("192.168.3.40/24", &c4)?;
+    let c1 = h1.container(&format!("{prefix}c1"), "192.168.1.10/24")?;
+    let c2 = h2.container(&format!("{prefix}c2"), "192.168.2.20/24")?;
+    let c3 = h3.container(&format!("{prefix}c3"), "192.168.2.30/24")?;
+    let c4 = h3.container(&format!("{prefix}c4"), "192.168.3.40/24")?;
     for host in [h1, h2] {
         host.wait_for_remote(3)?;
     }

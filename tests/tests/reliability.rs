@@ -74,14 +74,10 @@ fn restart(host: &Host, how: Down) -> Result<()> {
 fn restart_loses_no_ping(tag: &str, which: usize, how: Down) -> Result<()> {
     require_root();
     let prefix = unique_name(tag);
-    let seg = Segment::new(&prefix, 2)?;
+    let seg = Segment::mesh(&prefix, 2)?;
     let (h1, h2) = (&seg.hosts[0], &seg.hosts[1]);
-    h1.agent_ok(&["launch"])?;
-    h2.agent_ok(&["join", "192.168.56.101"])?;
-    let c1 = Container::new(&format!("{prefix}c1"), h1)?;
-    let c2 = Container::new(&format!("{prefix}c2"), h2)?;
-    h1.attach("192.168.1.10/24", &c1)?;
-    h2.attach("192.168.1.20/24", &c2)?;
+    let c1 = h1.container(&format!("{prefix}c1"), "192.168.1.10/24")?;
+    let _c2 = h2.container(&format!("{prefix}c2"), "192.168.1.20/24")?;
     h1.wait_for_remote(1)?;
     h2.wait_for_remote(1)?;
     ensure!(
@@ -177,14 +173,10 @@ fn bpftool(args: &[&str]) -> Result<Option<serde_json::Value>> {
 fn reset_leaves_nothing_the_kernel_can_see() -> Result<()> {
     require_root();
     let prefix = unique_name("rz");
-    let seg = Segment::new(&prefix, 2)?;
-    let (h1, h2) = (&seg.hosts[0], &seg.hosts[1]);
-    h1.agent_ok(&["launch"])?;
-    h2.agent_ok(&["join", "192.168.56.101"])?;
-    let c1 = Container::new(&format!("{prefix}c1"), h1)?;
-    let c2 = Container::new(&format!("{prefix}c2"), h1)?;
-    h1.attach("192.168.1.10/24", &c1)?;
-    h1.attach("192.168.2.10/24", &c2)?;
+    let seg = Segment::mesh(&prefix, 2)?;
+    let h1 = &seg.hosts[0];
+    let c1 = h1.container(&format!("{prefix}c1"), "192.168.1.10/24")?;
+    let c2 = h1.container(&format!("{prefix}c2"), "192.168.2.10/24")?;
     h1.agent_ok(&["policy", "allow", "192.168.1.0/24", "192.168.2.0/24"])?;
     wait_until(Duration::from_secs(5), "the rule's route", || {
         Ok(c1
@@ -299,17 +291,11 @@ fn remote_and_conflicts(host: &Host) -> Result<(u64, Vec<String>)> {
 fn a_rebooted_host_rejoins_and_no_stale_endpoint_survives() -> Result<()> {
     require_root();
     let prefix = unique_name("rr");
-    let seg = Segment::new(&prefix, 3)?;
+    let seg = Segment::mesh(&prefix, 3)?;
     let [h1, h2, h3] = [&seg.hosts[0], &seg.hosts[1], &seg.hosts[2]];
-    h1.agent_ok(&["launch"])?;
-    h2.agent_ok(&["join", "192.168.56.101"])?;
-    h3.agent_ok(&["join", "192.168.56.101"])?;
-    let c1 = Container::new(&format!("{prefix}c1"), h1)?;
-    let c2 = Container::new(&format!("{prefix}c2"), h2)?;
-    let old = Container::new(&format!("{prefix}c3"), h3)?;
-    h1.attach("192.168.1.10/24", &c1)?;
-    h2.attach("192.168.1.20/24", &c2)?;
-    h3.attach("192.168.1.30/24", &old)?;
+    let c1 = h1.container(&format!("{prefix}c1"), "192.168.1.10/24")?;
+    let c2 = h2.container(&format!("{prefix}c2"), "192.168.1.20/24")?;
+    let old = h3.container(&format!("{prefix}c3"), "192.168.1.30/24")?;
     for host in [h1, h2, h3] {
         host.wait_for_remote(2)?;
     }
@@ -327,8 +313,7 @@ fn a_rebooted_host_rejoins_and_no_stale_endpoint_survives() -> Result<()> {
     seg.reboot(2)?;
     drop(old);
     h3.agent_ok(&["join", "192.168.56.101"])?;
-    let new = Container::new(&format!("{prefix}c4"), h3)?;
-    h3.attach("192.168.1.40/24", &new)?;
+    let new = h3.container(&format!("{prefix}c4"), "192.168.1.40/24")?;
 
     // Everyone has exactly the new endpoint of h3, under a newer generation; .30 is gone.
     for host in [h1, h2] {
@@ -361,14 +346,10 @@ fn a_rebooted_host_rejoins_and_no_stale_endpoint_survives() -> Result<()> {
 fn a_partition_heals_by_itself_and_reports_double_claims() -> Result<()> {
     require_root();
     let prefix = unique_name("rp");
-    let seg = Segment::new(&prefix, 2)?;
+    let seg = Segment::mesh(&prefix, 2)?;
     let (h1, h2) = (&seg.hosts[0], &seg.hosts[1]);
-    h1.agent_ok(&["launch"])?;
-    h2.agent_ok(&["join", "192.168.56.101"])?;
-    let c1 = Container::new(&format!("{prefix}c1"), h1)?;
-    let c2 = Container::new(&format!("{prefix}c2"), h2)?;
-    h1.attach("192.168.1.10/24", &c1)?;
-    h2.attach("192.168.1.20/24", &c2)?;
+    let c1 = h1.container(&format!("{prefix}c1"), "192.168.1.10/24")?;
+    let _c2 = h2.container(&format!("{prefix}c2"), "192.168.1.20/24")?;
     h1.wait_for_remote(1)?;
     h2.wait_for_remote(1)?;
 
@@ -383,10 +364,8 @@ fn a_partition_heals_by_itself_and_reports_double_claims() -> Result<()> {
         )?;
     }
     // Both sides hand out the same address while they cannot see each other.
-    let d1 = Container::new(&format!("{prefix}d1"), h1)?;
-    let d2 = Container::new(&format!("{prefix}d2"), h2)?;
-    h1.attach("192.168.1.99/24", &d1)?;
-    h2.attach("192.168.1.99/24", &d2)?;
+    let _d1 = h1.container(&format!("{prefix}d1"), "192.168.1.99/24")?;
+    let _d2 = h2.container(&format!("{prefix}d2"), "192.168.1.99/24")?;
     // The rest of the 10 s: the scenario's length, not a wait for readiness.
     std::thread::sleep(Duration::from_secs(10).saturating_sub(cut.elapsed()));
     seg.switch().ip(["link", "set", "p2", "up"])?;
@@ -410,16 +389,11 @@ fn a_partition_heals_by_itself_and_reports_double_claims() -> Result<()> {
 fn a_container_gone_while_the_agent_was_down_is_withdrawn_everywhere() -> Result<()> {
     require_root();
     let prefix = unique_name("rg");
-    let seg = Segment::new(&prefix, 2)?;
+    let seg = Segment::mesh(&prefix, 2)?;
     let (h1, h2) = (&seg.hosts[0], &seg.hosts[1]);
-    h1.agent_ok(&["launch"])?;
-    h2.agent_ok(&["join", "192.168.56.101"])?;
-    let stays = Container::new(&format!("{prefix}c1"), h1)?;
-    let goes = Container::new(&format!("{prefix}c2"), h1)?;
-    let far = Container::new(&format!("{prefix}c3"), h2)?;
-    h1.attach("192.168.1.10/24", &stays)?;
-    h1.attach("192.168.1.11/24", &goes)?;
-    h2.attach("192.168.1.20/24", &far)?;
+    let _stays = h1.container(&format!("{prefix}c1"), "192.168.1.10/24")?;
+    let goes = h1.container(&format!("{prefix}c2"), "192.168.1.11/24")?;
+    let far = h2.container(&format!("{prefix}c3"), "192.168.1.20/24")?;
     h1.agent_ok(&["policy", "allow", "192.168.1.0/24", "192.168.9.0/24"])?;
     h2.wait_for_remote(2)?;
 
