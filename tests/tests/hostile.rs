@@ -115,6 +115,11 @@ fn from_c1(ip: &Ip) -> Vec<u8> {
     ethernet(mac_of(C2_IP), mac_of(C1_IP), 0x0800, &ip.bytes())
 }
 
+/// A frame c2 could send towards c1 (inside VXLAN from h2).
+fn from_c2(ip: &Ip) -> Vec<u8> {
+    ethernet(mac_of(C1_IP), mac_of(C2_IP), 0x0800, &ip.bytes())
+}
+
 fn arp_request(eth_src: [u8; 6], sha: [u8; 6], spa: [u8; 4], tpa: [u8; 4]) -> Vec<u8> {
     let mut arp = vec![0, 1, 0x08, 0, 6, 4, 0, 1];
     arp.extend_from_slice(&sha);
@@ -317,17 +322,11 @@ fn crafted_frames_are_counted_and_harmless() -> Result<()> {
     // Onto the underlay, from h2 (a live peer) to h1.
     let (h1_mac, h2_mac) = (link_mac(h1, "eth0")?, link_mac(h2, "eth0")?);
     let on_wire = |ip: &Ip| ethernet(h1_mac, h2_mac, 0x0800, &ip.bytes());
-    let inner_ok = ethernet(
-        mac_of(C1_IP),
-        mac_of(C2_IP),
-        0x0800,
-        &Ip {
-            src: C2_IP,
-            dst: C1_IP,
-            ..Ip::default()
-        }
-        .bytes(),
-    );
+    let inner_ok = from_c2(&Ip {
+        src: C2_IP,
+        dst: C1_IP,
+        ..Ip::default()
+    });
     let from_peer = |frames: &[String]| injected(h2.exec("python3", &inject_args("eth0", frames))?);
     let vni = 6784;
     for (case, frame, expect, delivered) in [
@@ -348,18 +347,12 @@ fn crafted_frames_are_counted_and_harmless() -> Result<()> {
             on_wire(&vxlan(
                 0x08,
                 vni,
-                &ethernet(
-                    mac_of(C1_IP),
-                    mac_of(C2_IP),
-                    0x0800,
-                    &Ip {
-                        src: C2_IP,
-                        dst: C1_IP,
-                        claimed_len: Some(9000),
-                        ..Ip::default()
-                    }
-                    .bytes(),
-                ),
+                &from_c2(&Ip {
+                    src: C2_IP,
+                    dst: C1_IP,
+                    claimed_len: Some(9000),
+                    ..Ip::default()
+                }),
             )),
             "drop_malformed",
             false,
