@@ -6,6 +6,8 @@ use anyhow::{Context as _, Result, bail};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use weave_common::endpoint::{Endpoint, ipv4_key};
 
+use crate::policy::Subnet;
+
 /// An endpoint address with its subnet, e.g. 192.168.1.10/24.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Cidr {
@@ -15,12 +17,12 @@ pub struct Cidr {
 
 impl Cidr {
     pub fn network(&self) -> Ipv4Addr {
-        let mask = if self.prefix == 0 {
-            0
-        } else {
-            u32::MAX << (32 - u32::from(self.prefix))
-        };
-        Ipv4Addr::from(u32::from(self.ip) & mask)
+        self.subnet().network
+    }
+
+    /// The network the address belongs to, e.g. 192.168.1.0/24 for 192.168.1.10/24.
+    pub fn subnet(&self) -> Subnet {
+        Subnet::new(self.ip, self.prefix)
     }
 
     /// The `ethwe` MAC for this address: stable across detach/re-attach and restarts, so

@@ -518,7 +518,7 @@ async fn sync_policy(
         .state
         .endpoints
         .iter()
-        .map(|e| Subnet::new(e.cidr.ip, e.cidr.prefix))
+        .map(|e| e.cidr.subnet())
         .chain(
             inner
                 .remote
@@ -535,8 +535,7 @@ async fn sync_policy(
     let endpoints: BTreeSet<Ipv4Addr> = inner.state.endpoints.iter().map(|e| e.cidr.ip).collect();
     inner.routes.retain(|ip, _| endpoints.contains(ip));
     for ep in &inner.state.endpoints {
-        let wanted =
-            policy::routes_for(&inner.state.rules, &Subnet::new(ep.cidr.ip, ep.cidr.prefix));
+        let wanted = policy::routes_for(&inner.state.rules, &ep.cidr.subnet());
         if inner.routes.get(&ep.cidr.ip) == Some(&wanted) {
             continue;
         }
