@@ -242,39 +242,13 @@ impl Datapath {
 
     /// Makes the peer map hold exactly `peers`.
     pub fn set_peers(&mut self, peers: &std::collections::BTreeSet<Ipv4Addr>) -> Result<()> {
-        let mut map: HashMap<&mut MapData, Ipv4Key, u32> =
-            HashMap::try_from(self.map_mut(maps::PEERS)?)?;
-        let present: Vec<Ipv4Key> = map.keys().collect::<Result<_, _>>()?;
-        for key in &present {
-            if !peers.contains(&Ipv4Addr::from(ipv4_octets(*key))) {
-                map.remove(key)?;
-            }
-        }
-        for peer in peers {
-            let key = ipv4_key(peer.octets());
-            if !present.contains(&key) {
-                map.insert(key, 1, 0)?;
-            }
-        }
-        Ok(())
+        let keys = peers.iter().map(|p| ipv4_key(p.octets())).collect();
+        hold_exactly::<Ipv4Key, u32>(self.map_mut(maps::PEERS)?, &keys)
     }
 
     /// Makes the policy map hold exactly `pairs`: the cross-subnet directions rules allow.
     pub fn set_policy(&mut self, pairs: &std::collections::BTreeSet<SubnetPair>) -> Result<()> {
-        let mut map: HashMap<&mut MapData, SubnetPair, u8> =
-            HashMap::try_from(self.map_mut(maps::POLICY)?)?;
-        let present: Vec<SubnetPair> = map.keys().collect::<Result<_, _>>()?;
-        for key in &present {
-            if !pairs.contains(key) {
-                map.remove(key)?;
-            }
-        }
-        for pair in pairs {
-            if !present.contains(pair) {
-                map.insert(*pair, 1, 0)?;
-            }
-        }
-        Ok(())
+        hold_exactly::<SubnetPair, u8>(self.map_mut(maps::POLICY)?, pairs)
     }
 
     /// Underlay addresses in the kernel's peer map.
@@ -381,6 +355,31 @@ impl Datapath {
             })
             .collect()
     }
+}
+
+/// Makes a hash map used as a set hold exactly `wanted` (value 1), touching only the keys
+/// that differ, so lookups of unchanged keys never miss.
+fn hold_exactly<K, V>(
+    map: &mut aya::maps::Map,
+    wanted: &std::collections::BTreeSet<K>,
+) -> Result<()>
+where
+    K: aya::Pod + Ord,
+    V: aya::Pod + From<u8>,
+{
+    let mut map: HashMap<&mut MapData, K, V> = HashMap::try_from(map)?;
+    let present: Vec<K> = map.keys().collect::<Result<_, _>>()?;
+    for key in &present {
+        if !wanted.contains(key) {
+            map.remove(key)?;
+        }
+    }
+    for key in wanted {
+        if !present.contains(key) {
+            map.insert(*key, V::from(1), 0)?;
+        }
+    }
+    Ok(())
 }
 
 fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::programs::Program> {
