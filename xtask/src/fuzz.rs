@@ -21,9 +21,15 @@ pub const TARGETS: &[&str] = &[
 /// libFuzzer limits: a leak of memory or one huge allocation is a finding, not a slow run.
 const LIMITS: &[&str] = &["-rss_limit_mb=1024", "-malloc_limit_mb=256"];
 
-/// Runs each of `targets` (all when empty) for `runs` inputs.
+/// `cargo xtask fuzz`: setup, then each of `targets` (all when empty) for `runs` inputs.
 pub fn run(runs: u64, targets: &[String]) -> Result<()> {
     let route = setup::run()?;
+    run_with(route, runs, targets)
+}
+
+/// Each of `targets` (all when empty) for `runs` inputs, on a machine already set up for
+/// `route`.
+pub fn run_with(route: Route, runs: u64, targets: &[String]) -> Result<()> {
     setup::ensure_cargo_fuzz()?;
     let targets: Vec<&str> = if targets.is_empty() {
         TARGETS.to_vec()

@@ -14,7 +14,7 @@ pub fn run() -> Result<()> {
         euid == 0,
         "`cargo xtask test` installs packages and makes network namespaces: run it as root"
     );
-    setup::run()?;
+    let route = setup::run()?;
     ebpf::build()?;
 
     let step = progress::step("cargo fmt --check");
@@ -26,7 +26,7 @@ pub fn run() -> Result<()> {
     step.finish();
 
     // A short run of each fuzz target: the long runs are `cargo xtask fuzz`.
-    fuzz::run(SHORT_FUZZ_RUNS, &[])?;
+    fuzz::run_with(route, SHORT_FUZZ_RUNS, &[])?;
 
     build_agent(false)?;
     let totals = {
