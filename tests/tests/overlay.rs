@@ -477,7 +477,7 @@ fn send_forged_vxlan(sender: &Host, receiver: &Host, counter_name: &str) -> Resu
 }
 
 #[test]
-fn overlay_packets_from_a_non_peer_are_dropped_at_xdp() -> Result<()> {
+fn overlay_packets_from_a_non_peer_are_dropped_at_the_underlay() -> Result<()> {
     require_root();
     let prefix = unique_name("x");
     let seg = Segment::new(&prefix, 3)?;
@@ -490,7 +490,7 @@ fn overlay_packets_from_a_non_peer_are_dropped_at_xdp() -> Result<()> {
     h2.attach("192.168.1.20/24", &c2)?;
     h1.wait_for_remote(1)?;
 
-    // The outsider runs no agent, so it is no peer: its forged frames die in XDP.
+    // The outsider runs no agent, so it is no peer: its forged frames die in the underlay filter.
     let delivered = counter(h1, "overlay_delivered")?;
     send_forged_vxlan(outsider, h1, "drop_overlay_not_peer")?;
     assert_eq!(
@@ -498,7 +498,7 @@ fn overlay_packets_from_a_non_peer_are_dropped_at_xdp() -> Result<()> {
         delivered,
         "a forged frame was delivered"
     );
-    // The same frames from a live peer pass XDP (and reach the decapsulating program).
+    // The same frames from a live peer pass the filter (and reach decapsulation).
     send_forged_vxlan(h2, h1, "underlay_overlay_pass")?;
     Ok(())
 }

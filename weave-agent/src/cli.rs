@@ -39,8 +39,9 @@ pub struct Cli {
 pub enum Command {
     /// Start the agent in this network namespace; returns once it answers.
     ///
-    /// Loads the eBPF data path, attaches the XDP program to the underlay
-    /// interface and serves the control socket. The daemon runs in the
+    /// Loads the eBPF data path, attaches its programs to the underlay
+    /// interface (TC, plus XDP where the driver runs it natively) and serves
+    /// the control socket. The daemon runs in the
     /// background and logs to <state dir>/agent.log; use --foreground under a
     /// service manager.
     #[command(

@@ -15,7 +15,7 @@ use crate::{addressing::Cidr, policy::Rule};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct State {
-    /// Underlay interface the XDP link was attached to.
+    /// Underlay interface the programs were attached to.
     #[serde(default)]
     pub underlay: Option<String>,
     /// Peers given to `launch`/`join`, as typed (IP or IP:PORT).

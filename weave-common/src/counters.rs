@@ -20,7 +20,7 @@ unsafe impl aya::Pod for Counter {}
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CounterId {
-    /// Every frame the underlay XDP program saw.
+    /// Every frame that arrived on the underlay (counted by XDP, or by TC where no XDP runs).
     UnderlayRx = 0,
     /// Every frame the container-veth TC program saw.
     ContainerRx = 1,

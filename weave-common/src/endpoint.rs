@@ -63,13 +63,16 @@ pub struct Config {
     /// The underlay interface and its address ([`Ipv4Key`]), for eBPF encapsulation.
     pub underlay_ifindex: u32,
     pub underlay_ip: Ipv4Key,
+    /// 1 when an XDP program on the underlay filters and counts arrivals; else the underlay's
+    /// TC program does.
+    pub underlay_xdp: u32,
 }
 
 #[cfg(feature = "user")]
 // SAFETY: repr(C) of integers and byte arrays, no padding (6+1+1+4+4+4), any bits valid.
 unsafe impl aya::Pod for Endpoint {}
 #[cfg(feature = "user")]
-// SAFETY: repr(C), five u32, no padding.
+// SAFETY: repr(C), six u32, no padding.
 unsafe impl aya::Pod for Config {}
 
 #[cfg(test)]

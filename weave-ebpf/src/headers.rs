@@ -3,6 +3,8 @@
 
 use core::mem::size_of;
 
+use aya_ebpf::programs::{TcContext, XdpContext};
+
 pub(crate) const ETH_LEN: usize = 14;
 pub(crate) const ETH_P_IP: u16 = 0x0800;
 pub(crate) const ETH_P_ARP: u16 = 0x0806;
@@ -11,6 +13,7 @@ pub(crate) const ARP_REQUEST: u16 = 1;
 pub(crate) const ARP_REPLY: u16 = 2;
 
 #[repr(C)]
+#[derive(Clone, Copy)]
 pub(crate) struct EthHdr {
     pub dst: [u8; 6],
     pub src: [u8; 6],
@@ -25,6 +28,7 @@ impl EthHdr {
 }
 
 #[repr(C)]
+#[derive(Clone, Copy)]
 pub(crate) struct Ipv4Hdr {
     pub ver_ihl: u8,
     pub tos: u8,
@@ -88,6 +92,7 @@ impl ArpHdr {
 }
 
 #[repr(C)]
+#[derive(Clone, Copy)]
 pub(crate) struct UdpHdr {
     pub src: [u8; 2],
     pub dst: [u8; 2],
@@ -102,4 +107,33 @@ pub(crate) fn ptr_at<T>(start: usize, end: usize, offset: usize) -> Option<*mut 
         return None;
     }
     Some((start + offset) as *mut T)
+}
+
+/// A packet headers can be copied out of.
+pub(crate) trait Packet {
+    /// The `T` at `offset`, if the packet is long enough.
+    fn read<T: Copy>(&self, offset: usize) -> Option<T>;
+}
+
+impl Packet for XdpContext {
+    #[inline(always)]
+    fn read<T: Copy>(&self, offset: usize) -> Option<T> {
+        let ptr = ptr_at::<T>(self.data(), self.data_end(), offset)?;
+        // SAFETY: ptr_at checked the value lies inside the packet.
+        Some(unsafe { ptr.read_unaligned() })
+    }
+}
+
+impl Packet for TcContext {
+    /// Straight from the linear data when the value is there, else through the load helper:
+    /// an skb may keep even its headers in paged data, and pulling them in would copy the
+    /// head of every cloned skb (all TCP data is cloned) just to look at it.
+    #[inline(always)]
+    fn read<T: Copy>(&self, offset: usize) -> Option<T> {
+        match ptr_at::<T>(self.data(), self.data_end(), offset) {
+            // SAFETY: ptr_at checked the value lies inside the linear data.
+            Some(ptr) => Some(unsafe { ptr.read_unaligned() }),
+            None => self.load(offset).ok(),
+        }
+    }
 }

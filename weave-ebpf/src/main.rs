@@ -3,9 +3,11 @@
 //!
 //! - `container`: TC ingress on the host side of each container veth (frames containers send)
 //! - `overlay`: TC ingress on the VXLAN device (frames other hosts sent, decapsulated)
-//! - `underlay`: XDP on the host NIC (drops overlay packets from non-peers)
-//! - `underlay_tc`: TC ingress on the host NIC (decapsulates overlay frames itself when the
-//!   agent encapsulates in eBPF; `encap` builds the headers on the sending side)
+//! - `underlay`: XDP on the host NIC where its driver runs XDP natively (drops overlay packets
+//!   from non-peers; `prefilter` is that check)
+//! - `underlay_tc`: TC ingress on the host NIC (the same check where no XDP runs; decapsulates
+//!   overlay frames itself when the agent encapsulates in eBPF, `encap` building the headers
+//!   on the sending side)
 #![no_std]
 #![no_main]
 
@@ -15,6 +17,7 @@ mod encap;
 mod headers;
 mod maps;
 mod overlay;
+mod prefilter;
 mod underlay;
 mod underlay_tc;
 mod verdict;

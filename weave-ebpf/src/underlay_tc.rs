@@ -1,7 +1,9 @@
-//! TC ingress on the underlay NIC, used when the agent encapsulates in eBPF: overlay frames are
-//! checked and decapsulated here and handed straight to the container, without the UDP socket
-//! and VXLAN device receive path. GSO super-packets (a peer's TCP bulk over a veth underlay) are
-//! left to the kernel VXLAN device and its GRO, which handle them whole.
+//! TC ingress on the underlay NIC. Where no XDP program runs (a veth underlay), it makes the
+//! peer check of [`crate::prefilter`] and counts arrivals. When the agent encapsulates in eBPF,
+//! it also checks and decapsulates overlay frames and hands them straight to the container,
+//! without the UDP socket and VXLAN device receive path. GSO super-packets (a peer's TCP bulk
+//! over a veth underlay) are left to the kernel VXLAN device: this kernel's adjust_room cannot
+//! clear their UDP-tunnel GSO state, which would break them if the container forwarded them.
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC},
@@ -11,16 +13,16 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::error;
 use weave_common::{
-    VXLAN_PORT,
     counters::CounterId,
-    endpoint::{ENCAP_EBPF, ipv4_key},
+    endpoint::{Config, ENCAP_EBPF, ipv4_key},
 };
 
 use crate::{
     counters::count,
     encap::ENCAP_LEN,
-    headers::{ETH_LEN, ETH_P_IP, EthHdr, IPPROTO_UDP, Ipv4Hdr, UdpHdr, ptr_at},
+    headers::{ETH_LEN, ETH_P_IP, EthHdr, Ipv4Hdr, ptr_at},
     maps::{config, endpoint, is_peer, may_talk},
+    prefilter::overlay_source,
 };
 
 /// Outer Ethernet + IPv4 (no options) + UDP + VXLAN, then inner Ethernet + IPv4.
@@ -30,7 +32,23 @@ const HEADERS_LEN: u32 = (OUTER_LEN + ETH_LEN + 20) as u32;
 #[classifier]
 pub fn underlay_tc(ctx: TcContext) -> i32 {
     let len = u64::from(ctx.len());
-    match decapsulate(&ctx) {
+    let cfg = config();
+    // Where XDP runs, it has counted and filtered this frame already.
+    let counting = cfg.underlay_xdp == 0;
+    if counting {
+        count(CounterId::UnderlayRx, len);
+    }
+    let Some(source) = overlay_source(&ctx) else {
+        return TC_ACT_OK;
+    };
+    if !is_peer(source) {
+        count(CounterId::DropOverlayNotPeer, len);
+        return TC_ACT_SHOT;
+    }
+    if counting {
+        count(CounterId::UnderlayOverlayPass, len);
+    }
+    match decapsulate(&ctx, &cfg, source) {
         Ok(false) => TC_ACT_OK,
         Ok(true) => {
             count(CounterId::OverlayRx, len);
@@ -52,10 +70,10 @@ pub fn underlay_tc(ctx: TcContext) -> i32 {
     }
 }
 
-/// Ok(true): decapsulated and redirected; Ok(false): not ours to handle, pass it on.
+/// An overlay packet from the live peer `source`. Ok(true): decapsulated and redirected;
+/// Ok(false): not ours to handle, pass it on to the kernel.
 #[inline(always)]
-fn decapsulate(ctx: &TcContext) -> Result<bool, CounterId> {
-    let cfg = config();
+fn decapsulate(ctx: &TcContext, cfg: &Config, source: u32) -> Result<bool, CounterId> {
     // SAFETY: the context pointer is the program's skb.
     let gso = unsafe { (*ctx.skb.skb).gso_size != 0 || (*ctx.skb.skb).gso_segs > 1 };
     if cfg.encap != ENCAP_EBPF || gso || ctx.len() < HEADERS_LEN {
@@ -72,9 +90,6 @@ fn decapsulate(ctx: &TcContext) -> Result<bool, CounterId> {
     let Some(outer_ip) = ptr_at::<Ipv4Hdr>(start, end, ETH_LEN) else {
         return Ok(false);
     };
-    let Some(udp) = ptr_at::<UdpHdr>(start, end, ETH_LEN + 20) else {
-        return Ok(false);
-    };
     let Some(vxlan) = ptr_at::<[u8; 8]>(start, end, ETH_LEN + 28) else {
         return Ok(false);
     };
@@ -86,11 +101,8 @@ fn decapsulate(ctx: &TcContext) -> Result<bool, CounterId> {
     };
     // SAFETY: ptr_at checked every header lies inside the packet; TC may write packet data.
     unsafe {
-        if (*outer_eth).proto() != ETH_P_IP
-            || (*outer_ip).ver_ihl != 0x45
-            || (*outer_ip).proto != IPPROTO_UDP
-            || u16::from_be_bytes((*udp).dst) != VXLAN_PORT
-        {
+        // The prefilter found UDP to the VXLAN port; IP options are left to the kernel.
+        if (*outer_eth).proto() != ETH_P_IP || (*outer_ip).ver_ihl != 0x45 {
             return Ok(false);
         }
         // A piece of a larger datagram: the kernel reassembles it and hands it to the VXLAN
@@ -98,10 +110,6 @@ fn decapsulate(ctx: &TcContext) -> Result<bool, CounterId> {
         if (*outer_ip).is_fragment() {
             count(CounterId::OverlayFragment, u64::from(ctx.len()));
             return Ok(false);
-        }
-        let source = ipv4_key((*outer_ip).src);
-        if !is_peer(source) {
-            return Err(CounterId::DropOverlayNotPeer);
         }
         let vni = u32::from_be_bytes([(*vxlan)[4], (*vxlan)[5], (*vxlan)[6], 0]) >> 8;
         if (*vxlan)[0] & 0x08 == 0 || vni != cfg.vni {
