@@ -68,6 +68,8 @@ pub struct Datapath {
     /// Interface the overlay TC program is attached to, once it is.
     overlay: Option<String>,
     ebpf_encap: bool,
+    /// GSO super-packets are decapsulated in eBPF too (see [`kernel_clears_tunnel_gso`]).
+    gso_decap: bool,
 }
 
 impl Datapath {
@@ -143,6 +145,7 @@ impl Datapath {
             underlay_xdp,
             overlay: None,
             ebpf_encap: false,
+            gso_decap: false,
         })
     }
 
@@ -198,6 +201,7 @@ impl Datapath {
         self.attach_tc(programs::OVERLAY_TC, vxlan)?;
         self.attach_tc(programs::UNDERLAY_TC, &underlay.name)?;
         let underlay_xdp = u32::from(self.underlay_xdp == UnderlayXdp::Native);
+        let gso_decap = ebpf_encap && kernel_clears_tunnel_gso();
         let mut config: Array<&mut MapData, Config> = Array::try_from(self.map_mut(maps::CONFIG)?)?;
         config.set(
             0,
@@ -212,11 +216,13 @@ impl Datapath {
                 underlay_ifindex: underlay.index,
                 underlay_ip: ipv4_key(underlay_ip.octets()),
                 underlay_xdp,
+                gso_decap: u32::from(gso_decap),
             },
             0,
         )?;
         self.overlay = Some(vxlan.to_owned());
         self.ebpf_encap = ebpf_encap;
+        self.gso_decap = gso_decap;
         Ok(())
     }
 
@@ -335,19 +341,28 @@ impl Datapath {
                     None => "loaded; no VXLAN device yet".to_owned(),
                 },
             ),
-            (
-                programs::UNDERLAY_TC,
+            (programs::UNDERLAY_TC, {
+                let mut jobs = Vec::new();
+                if self.underlay_xdp != UnderlayXdp::Native {
+                    jobs.push("peer filter");
+                }
+                match (self.ebpf_encap, self.gso_decap) {
+                    (true, true) => jobs.push("eBPF decapsulation, GSO too"),
+                    (true, false) => jobs.push(
+                        "eBPF decapsulation; GSO via the VXLAN device, the kernel \
+                             lacks BPF_F_ADJ_ROOM_DECAP_L4_UDP",
+                    ),
+                    _ => {}
+                }
+                if jobs.is_empty() {
+                    jobs.push("passes everything on");
+                }
                 format!(
                     "tc ingress of {}, pinned ({})",
                     self.underlay,
-                    match (self.underlay_xdp == UnderlayXdp::Native, self.ebpf_encap) {
-                        (false, true) => "peer filter, eBPF decapsulation",
-                        (false, false) => "peer filter",
-                        (true, true) => "eBPF decapsulation",
-                        (true, false) => "passes everything on",
-                    }
-                ),
-            ),
+                    jobs.join(", ")
+                )
+            }),
         ]
         .into_iter()
         .map(|(name, attached)| api::Program {
@@ -382,6 +397,24 @@ impl Datapath {
             })
             .collect()
     }
+}
+
+/// Where the kernel describes itself, including every flag its helpers take.
+const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+/// Whether this kernel's bpf_skb_adjust_room can clear a packet's UDP-tunnel GSO state while
+/// eBPF strips the tunnel (`BPF_F_ADJ_ROOM_DECAP_L4_UDP`, newer than Linux 6.18). Without it a
+/// decapsulated super-packet would keep that state, which breaks it if the container forwards
+/// it to a NIC with tunnel offloads, so such packets are left to the kernel VXLAN device.
+fn kernel_clears_tunnel_gso() -> bool {
+    fs::read(KERNEL_BTF).is_ok_and(|btf| btf_names(&btf, "BPF_F_ADJ_ROOM_DECAP_L4_UDP"))
+}
+
+/// Whether `name` is a whole string in a BTF blob's string section (NUL-separated names); an
+/// enumerator's name is there exactly when the kernel has the enumerator.
+fn btf_names(btf: &[u8], name: &str) -> bool {
+    let needle = [b"\0", name.as_bytes(), b"\0"].concat();
+    btf.windows(needle.len()).any(|window| window == needle)
 }
 
 /// Makes a hash map used as a set hold exactly `wanted` (value 1), touching only the keys
@@ -494,4 +527,30 @@ pub fn remove_pins(pin_dir: &Path) -> Result<Vec<PathBuf>> {
     fs::remove_dir(pin_dir)
         .with_context(|| format!("removing pin directory {}", pin_dir.display()))?;
     Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn btf_names_finds_whole_names_only() {
+        let btf = b"\x9f\xeb\x01\0BPF_F_ADJ_ROOM_FIXED_GSO\0BPF_F_ADJ_ROOM_DECAP_L3_IPV4\0";
+        assert!(btf_names(btf, "BPF_F_ADJ_ROOM_DECAP_L3_IPV4"));
+        assert!(!btf_names(btf, "BPF_F_ADJ_ROOM_DECAP_L4_UDP"));
+        // A prefix or suffix of a name is not the name.
+        assert!(!btf_names(btf, "ADJ_ROOM_FIXED_GSO"));
+        assert!(!btf_names(btf, "BPF_F_ADJ_ROOM_FIXED"));
+    }
+
+    #[test]
+    fn the_running_kernel_names_its_adjust_room_flags() {
+        let Ok(btf) = fs::read(KERNEL_BTF) else {
+            eprintln!("{KERNEL_BTF} missing: this kernel has no BTF, nothing to check");
+            return;
+        };
+        // In every kernel with BTF (since Linux 4.20): the probe would find a present flag.
+        assert!(btf_names(&btf, "BPF_F_ADJ_ROOM_ENCAP_L4_UDP"));
+        assert!(!btf_names(&btf, "BPF_F_ADJ_ROOM_NO_SUCH_FLAG"));
+    }
 }

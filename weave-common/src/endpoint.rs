@@ -66,13 +66,16 @@ pub struct Config {
     /// 1 when an XDP program on the underlay filters and counts arrivals; else the underlay's
     /// TC program does.
     pub underlay_xdp: u32,
+    /// 1 when the kernel can clear a packet's UDP-tunnel GSO state as eBPF strips the tunnel
+    /// (`BPF_F_ADJ_ROOM_DECAP_L4_UDP`), so GSO super-packets are decapsulated in eBPF too.
+    pub gso_decap: u32,
 }
 
 #[cfg(feature = "user")]
 // SAFETY: repr(C) of integers and byte arrays, no padding (6+1+1+4+4+4), any bits valid.
 unsafe impl aya::Pod for Endpoint {}
 #[cfg(feature = "user")]
-// SAFETY: repr(C), six u32, no padding.
+// SAFETY: repr(C), seven u32, no padding.
 unsafe impl aya::Pod for Config {}
 
 #[cfg(test)]

@@ -2,11 +2,15 @@
 //! peer check of [`crate::prefilter`] and counts arrivals. When the agent encapsulates in eBPF,
 //! it also checks and decapsulates overlay frames and hands them straight to the container,
 //! without the UDP socket and VXLAN device receive path. GSO super-packets (a peer's TCP bulk
-//! over a veth underlay) are left to the kernel VXLAN device: this kernel's adjust_room cannot
-//! clear their UDP-tunnel GSO state, which would break them if the container forwarded them.
+//! over a veth underlay) too, where the kernel can clear their UDP-tunnel GSO state while the
+//! tunnel is stripped (`Config::gso_decap`); elsewhere they are left to the kernel VXLAN device,
+//! because a stale tunnel GSO state would break them if the container forwarded them.
 
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC},
+    bindings::{
+        BPF_F_ADJ_ROOM_FIXED_GSO, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT,
+        bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
+    },
     helpers::generated::bpf_redirect_peer,
     macros::classifier,
     programs::TcContext,
@@ -24,6 +28,10 @@ use crate::{
     maps::{config, endpoint, is_peer, may_talk},
     prefilter::overlay_source,
 };
+
+/// adjust_room flag of newer kernels (not in this crate's bindings): on shrinking, clear the
+/// UDP-tunnel GSO type and skb->encapsulation, as the kernel's own tunnel receive path does.
+const BPF_F_ADJ_ROOM_DECAP_L4_UDP: u64 = 1 << 10;
 
 /// Outer Ethernet + IPv4 (no options) + UDP + VXLAN, then inner Ethernet + IPv4.
 const OUTER_LEN: usize = ETH_LEN + 20 + 8 + 8;
@@ -76,7 +84,7 @@ pub fn underlay_tc(ctx: TcContext) -> i32 {
 fn decapsulate(ctx: &TcContext, cfg: &Config, source: u32) -> Result<bool, CounterId> {
     // SAFETY: the context pointer is the program's skb.
     let gso = unsafe { (*ctx.skb.skb).gso_size != 0 || (*ctx.skb.skb).gso_segs > 1 };
-    if cfg.encap != ENCAP_EBPF || gso || ctx.len() < HEADERS_LEN {
+    if cfg.encap != ENCAP_EBPF || (gso && cfg.gso_decap == 0) || ctx.len() < HEADERS_LEN {
         return Ok(false);
     }
     if ctx.data_end() - ctx.data() < HEADERS_LEN as usize {
@@ -118,8 +126,7 @@ fn decapsulate(ctx: &TcContext, cfg: &Config, source: u32) -> Result<bool, Count
         if (*eth).proto() != ETH_P_IP || (*eth).dst[0] & 1 != 0 {
             return Err(CounterId::DropNotIpv4Unicast);
         }
-        // GSO never gets here (left to the device above).
-        if !(*ip).is_sane(ctx.len() - OUTER_LEN as u32 - ETH_LEN as u32, false) {
+        if !(*ip).is_sane(ctx.len() - OUTER_LEN as u32 - ETH_LEN as u32, gso) {
             return Err(CounterId::DropMalformed);
         }
         let src = match endpoint(ipv4_key((*ip).src)) {
@@ -135,8 +142,24 @@ fn decapsulate(ctx: &TcContext, cfg: &Config, source: u32) -> Result<bool, Count
         let inner_src = (*eth).src;
         // Drop outer IPv4, UDP, VXLAN and the inner Ethernet header; the outer Ethernet header
         // stays and takes the inner addresses.
-        ctx.adjust_room(-(ENCAP_LEN as i32), BPF_ADJ_ROOM_MAC, 0)
-            .map_err(|_| CounterId::DropMalformed)?;
+        // A super-packet keeps its segment size: the sender's gso_size is the inner one.
+        let flags = if gso {
+            u64::from(BPF_F_ADJ_ROOM_FIXED_GSO) | BPF_F_ADJ_ROOM_DECAP_L4_UDP
+        } else {
+            0
+        };
+        if ctx
+            .adjust_room(-(ENCAP_LEN as i32), BPF_ADJ_ROOM_MAC, flags)
+            .is_err()
+        {
+            // A kernel that does not know a flag refuses before changing anything, so a
+            // super-packet can still take the VXLAN device.
+            return if gso {
+                Ok(false)
+            } else {
+                Err(CounterId::DropMalformed)
+            };
+        }
         let (start, end) = (ctx.data(), ctx.data_end());
         let eth: *mut EthHdr = ptr_at(start, end, 0).ok_or(CounterId::DropMalformed)?;
         (*eth).dst = dst.mac;
