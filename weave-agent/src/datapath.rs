@@ -407,14 +407,31 @@ const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
 /// decapsulated super-packet would keep that state, which breaks it if the container forwards
 /// it to a NIC with tunnel offloads, so such packets are left to the kernel VXLAN device.
 fn kernel_clears_tunnel_gso() -> bool {
-    fs::read(KERNEL_BTF).is_ok_and(|btf| btf_names(&btf, "BPF_F_ADJ_ROOM_DECAP_L4_UDP"))
+    fs::File::open(KERNEL_BTF)
+        .and_then(|btf| btf_names(btf, "BPF_F_ADJ_ROOM_DECAP_L4_UDP"))
+        .unwrap_or(false)
 }
 
 /// Whether `name` is a whole string in a BTF blob's string section (NUL-separated names); an
-/// enumerator's name is there exactly when the kernel has the enumerator.
-fn btf_names(btf: &[u8], name: &str) -> bool {
+/// enumerator's name is there exactly when the kernel has the enumerator. Read in chunks: the
+/// kernel's BTF is megabytes, which the agent should not keep as resident memory.
+fn btf_names(mut btf: impl std::io::Read, name: &str) -> std::io::Result<bool> {
     let needle = [b"\0", name.as_bytes(), b"\0"].concat();
-    btf.windows(needle.len()).any(|window| window == needle)
+    let mut window = Vec::with_capacity(64 * 1024 + needle.len());
+    let mut chunk = vec![0; 64 * 1024];
+    loop {
+        let read = btf.read(&mut chunk)?;
+        if read == 0 {
+            return Ok(false);
+        }
+        window.extend_from_slice(&chunk[..read]);
+        if window.windows(needle.len()).any(|w| w == needle) {
+            return Ok(true);
+        }
+        // Keep the tail, which may hold the start of a match that continues in the next chunk.
+        let keep = window.len().min(needle.len() - 1);
+        window.drain(..window.len() - keep);
+    }
 }
 
 /// Makes a hash map used as a set hold exactly `wanted` (value 1), touching only the keys
@@ -535,22 +552,45 @@ mod tests {
 
     #[test]
     fn btf_names_finds_whole_names_only() {
-        let btf = b"\x9f\xeb\x01\0BPF_F_ADJ_ROOM_FIXED_GSO\0BPF_F_ADJ_ROOM_DECAP_L3_IPV4\0";
-        assert!(btf_names(btf, "BPF_F_ADJ_ROOM_DECAP_L3_IPV4"));
-        assert!(!btf_names(btf, "BPF_F_ADJ_ROOM_DECAP_L4_UDP"));
+        let btf: &[u8] = b"\x9f\xeb\x01\0BPF_F_ADJ_ROOM_FIXED_GSO\0BPF_F_ADJ_ROOM_DECAP_L3_IPV4\0";
+        let names = |name| btf_names(btf, name).unwrap();
+        assert!(names("BPF_F_ADJ_ROOM_DECAP_L3_IPV4"));
+        assert!(!names("BPF_F_ADJ_ROOM_DECAP_L4_UDP"));
         // A prefix or suffix of a name is not the name.
-        assert!(!btf_names(btf, "ADJ_ROOM_FIXED_GSO"));
-        assert!(!btf_names(btf, "BPF_F_ADJ_ROOM_FIXED"));
+        assert!(!names("ADJ_ROOM_FIXED_GSO"));
+        assert!(!names("BPF_F_ADJ_ROOM_FIXED"));
+    }
+
+    /// Reads one byte at a time: every match straddles a chunk boundary.
+    struct Trickle<'a>(&'a [u8]);
+
+    impl std::io::Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let Some((first, rest)) = self.0.split_first() else {
+                return Ok(0);
+            };
+            buf[0] = *first;
+            self.0 = rest;
+            Ok(1)
+        }
+    }
+
+    #[test]
+    fn btf_names_finds_a_name_split_across_reads() {
+        let btf = b"\0AB\0BPF_F_ADJ_ROOM_DECAP_L4_UDP\0";
+        assert!(btf_names(Trickle(btf), "BPF_F_ADJ_ROOM_DECAP_L4_UDP").unwrap());
+        assert!(!btf_names(Trickle(btf), "BPF_F_ADJ_ROOM_DECAP_L3_IPV4").unwrap());
     }
 
     #[test]
     fn the_running_kernel_names_its_adjust_room_flags() {
-        let Ok(btf) = fs::read(KERNEL_BTF) else {
+        if !Path::new(KERNEL_BTF).exists() {
             eprintln!("{KERNEL_BTF} missing: this kernel has no BTF, nothing to check");
             return;
-        };
+        }
+        let names = |name| btf_names(fs::File::open(KERNEL_BTF).unwrap(), name).unwrap();
         // In every kernel with BTF (since Linux 4.20): the probe would find a present flag.
-        assert!(btf_names(&btf, "BPF_F_ADJ_ROOM_ENCAP_L4_UDP"));
-        assert!(!btf_names(&btf, "BPF_F_ADJ_ROOM_NO_SUCH_FLAG"));
+        assert!(names("BPF_F_ADJ_ROOM_ENCAP_L4_UDP"));
+        assert!(!names("BPF_F_ADJ_ROOM_NO_SUCH_FLAG"));
     }
 }
