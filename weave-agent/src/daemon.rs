@@ -385,10 +385,13 @@ async fn adopt_endpoints(inner: &mut Inner) -> Result<()> {
 /// endpoints whose container vanished withdrawn, configured peers contacted until they answer.
 async fn sync_loop(agent: Arc<Agent>) {
     let mut changes = agent.gossip.watcher().await;
+    let key_set = Arc::new(tokio::sync::Notify::new());
+    let _subscription = agent.gossip.on_key_set(key_set.clone()).await;
     let mut stopping = agent.shutdown.subscribe();
     let mut tick = tokio::time::interval(SYNC_INTERVAL);
     loop {
         tokio::select! {
+            _ = key_set.notified() => {}
             _ = changes.changed() => {}
             _ = tick.tick() => {}
             _ = stopping.changed() => return,

@@ -2,8 +2,8 @@
 //! side on namespace hosts, plus control-plane timings. Writes target/bench/overlay.json.
 //!
 //! Each path gets its own pair of hosts joined by a 1500-MTU veth, so nothing one path installs
-//! (XDP, VXLAN devices) touches another's packets. Paths are measured interleaved, round by
-//! round, and each figure is the median of the rounds.
+//! (programs, VXLAN devices, routes) touches another's packets. Paths are measured interleaved,
+//! round by round, and each figure is the median of the rounds.
 
 use std::{
     collections::BTreeMap,
@@ -26,8 +26,15 @@ const REACHABLE_SAMPLES: usize = 20;
 const LEARN_ENDPOINTS: u64 = 1000;
 /// `weave` is the agent's default (`--encap ebpf`: eBPF-built VXLAN for single packets, the
 /// kernel VXLAN device for GSO bulk); `weave_vxlan_device` sends everything through the device
-/// (`--encap vxlan`).
-const PATHS: [&str; 4] = ["bare", "vxlan_bridge", "weave", "weave_vxlan_device"];
+/// (`--encap vxlan`). `routed` is no overlay at all: containers behind veths, hosts routing
+/// between them, the floor for any overlay whose containers sit behind a veth.
+const PATHS: [&str; 5] = [
+    "bare",
+    "routed",
+    "vxlan_bridge",
+    "weave",
+    "weave_vxlan_device",
+];
 const FIGURES: [&str; 5] = [
     "tcp_gbps",
     "tcp8_gbps",
@@ -81,6 +88,7 @@ pub fn run(only: Option<Part>) -> Result<()> {
 
     let step = progress::step("bench: building the testbeds");
     let bare = two_hosts(&unique_name("bb"), &unique_name("bb"))?;
+    let routed = Routed::new()?;
     let vx = VxlanBridge::new()?;
     let weave = WeaveBed::new(&[])?;
     let weave_device = WeaveBed::new(&["--encap", "vxlan"])?;
@@ -91,6 +99,14 @@ pub fn run(only: Option<Part>) -> Result<()> {
                 server: bare.0.name.clone(),
                 client: bare.1.name.clone(),
                 address: "192.168.56.101".into(),
+            },
+        ),
+        (
+            "routed",
+            Path {
+                server: routed.c1.name.clone(),
+                client: routed.c2.name.clone(),
+                address: "10.20.1.10".into(),
             },
         ),
         (
@@ -132,7 +148,7 @@ pub fn run(only: Option<Part>) -> Result<()> {
     ));
     let reach = attach_to_reachable(&weave)?;
     step.finish();
-    drop((bare, vx, weave, weave_device));
+    drop((bare, routed, vx, weave, weave_device));
     let step = progress::step(format!(
         "bench: learning {LEARN_ENDPOINTS} remote endpoints"
     ));
@@ -146,7 +162,7 @@ pub fn run(only: Option<Part>) -> Result<()> {
     let ratio = |a: &str, b: &str, f: &str| medians[a][f] / medians[b][f];
     let ratios: BTreeMap<String, BTreeMap<&str, f64>> = ["weave", "weave_vxlan_device"]
         .iter()
-        .flat_map(|ours| ["bare", "vxlan_bridge"].map(|base| (*ours, base)))
+        .flat_map(|ours| ["bare", "routed", "vxlan_bridge"].map(|base| (*ours, base)))
         .map(|(ours, base)| {
             let r = FIGURES.iter().map(|f| (*f, ratio(ours, base, f))).collect();
             (format!("{ours}_vs_{base}"), r)
@@ -356,6 +372,60 @@ fn request_response(path: &Path) -> Result<(f64, f64)> {
     match (parts.next(), parts.next()) {
         (Some(Ok(p50)), Some(Ok(p99))) => Ok((p50, p99)),
         _ => bail!("rr-client printed {out:?}"),
+    }
+}
+
+/// Two hosts routing between their containers' networks (10.20.1.0/24 and 10.20.2.0/24) over
+/// the underlay: what a container behind a veth costs without any overlay.
+struct Routed {
+    c1: Container,
+    c2: Container,
+    _hosts: (Host, Host),
+}
+
+impl Routed {
+    fn new() -> Result<Self> {
+        let hosts = two_hosts(&unique_name("br"), &unique_name("br"))?;
+        let c1 = Container::new(&unique_name("brc"), &hosts.0)?;
+        let c2 = Container::new(&unique_name("brc"), &hosts.1)?;
+        for (host, ctr, net, other_net, other_host) in [
+            (&hosts.0, &c1, "1", "2", "192.168.56.102"),
+            (&hosts.1, &c2, "2", "1", "192.168.56.101"),
+        ] {
+            // The same MTU as weave's ethwe, so both send the same segments.
+            host.ip([
+                "link", "add", "vc0", "mtu", "1450", "type", "veth", "peer", "name", "eth0",
+                "netns", &ctr.name,
+            ])?;
+            host.ip(["addr", "add", &format!("10.20.{net}.1/24"), "dev", "vc0"])?;
+            host.ip(["link", "set", "vc0", "up"])?;
+            host.ip([
+                "route",
+                "add",
+                &format!("10.20.{other_net}.0/24"),
+                "via",
+                other_host,
+            ])?;
+            ensure!(
+                host.exec("sysctl", &["-q", "-w", "net.ipv4.ip_forward=1"])?
+                    .status
+                    .success(),
+                "cannot enable forwarding in {}",
+                host.name
+            );
+            ctr.ip(["addr", "add", &format!("10.20.{net}.10/24"), "dev", "eth0"])?;
+            ctr.ip(["link", "set", "eth0", "up"])?;
+            ctr.ip(["route", "add", "default", "via", &format!("10.20.{net}.1")])?;
+        }
+        ensure!(
+            c2.ping("10.20.1.10", 1)?,
+            "the routed testbed does not pass traffic"
+        );
+        Ok(Self {
+            c1,
+            c2,
+            _hosts: hosts,
+        })
     }
 }
 
