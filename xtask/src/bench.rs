@@ -88,8 +88,8 @@ pub fn run(only: Option<Part>) -> Result<()> {
 
     let step = progress::step("bench: building the testbeds");
     let bare = two_hosts(&unique_name("bb"), &unique_name("bb"))?;
-    let routed = Routed::new()?;
-    let vx = VxlanBridge::new()?;
+    let routed = KernelBed::routed()?;
+    let vx = KernelBed::vxlan_bridge()?;
     let weave = WeaveBed::new(&[])?;
     let weave_device = WeaveBed::new(&["--encap", "vxlan"])?;
     let paths = BTreeMap::from([
@@ -375,22 +375,29 @@ fn request_response(path: &Path) -> Result<(f64, f64)> {
     }
 }
 
-/// Two hosts routing between their containers' networks (10.20.1.0/24 and 10.20.2.0/24) over
-/// the underlay: what a container behind a veth costs without any overlay.
-struct Routed {
+/// Two hosts with a container each, wired by the kernel alone (no agent).
+struct KernelBed {
     c1: Container,
     c2: Container,
-    _hosts: (Host, Host),
+    hosts: (Host, Host),
 }
 
-impl Routed {
-    fn new() -> Result<Self> {
-        let hosts = two_hosts(&unique_name("br"), &unique_name("br"))?;
-        let c1 = Container::new(&unique_name("brc"), &hosts.0)?;
-        let c2 = Container::new(&unique_name("brc"), &hosts.1)?;
+impl KernelBed {
+    fn hosts_and_containers(prefix: &str) -> Result<Self> {
+        let hosts = two_hosts(&unique_name(prefix), &unique_name(prefix))?;
+        let c1 = Container::new(&unique_name(prefix), &hosts.0)?;
+        let c2 = Container::new(&unique_name(prefix), &hosts.1)?;
+        Ok(Self { c1, c2, hosts })
+    }
+
+    /// The hosts route between their containers' networks (10.20.1.0/24 and 10.20.2.0/24)
+    /// over the underlay: what a container behind a veth costs without any overlay.
+    fn routed() -> Result<Self> {
+        let bed = Self::hosts_and_containers("br")?;
+        let Self { c1, c2, hosts } = &bed;
         for (host, ctr, net, other_net, other_host) in [
-            (&hosts.0, &c1, "1", "2", "192.168.56.102"),
-            (&hosts.1, &c2, "2", "1", "192.168.56.101"),
+            (&hosts.0, c1, "1", "2", "192.168.56.102"),
+            (&hosts.1, c2, "2", "1", "192.168.56.101"),
         ] {
             // The same MTU as weave's ethwe, so both send the same segments.
             host.ip([
@@ -421,38 +428,26 @@ impl Routed {
             c2.ping("10.20.1.10", 1)?,
             "the routed testbed does not pass traffic"
         );
-        Ok(Self {
-            c1,
-            c2,
-            _hosts: hosts,
-        })
+        Ok(bed)
     }
-}
 
-/// Two hosts, each with a Linux bridge holding a kernel VXLAN device (static remote) and a
-/// container veth: the classic kernel overlay (flannel, Docker overlay, Weave fastdp's shape).
-struct VxlanBridge {
-    c1: Container,
-    c2: Container,
-    _hosts: (Host, Host),
-}
-
-impl VxlanBridge {
-    fn new() -> Result<Self> {
-        let hosts = two_hosts(&unique_name("bv"), &unique_name("bv"))?;
-        let c1 = Container::new(&unique_name("bvc"), &hosts.0)?;
-        let c2 = Container::new(&unique_name("bvc"), &hosts.1)?;
+    /// Each host has a Linux bridge holding a kernel VXLAN device (static remote) and the
+    /// container's veth: the classic kernel overlay (flannel, Docker overlay, Weave fastdp's
+    /// shape).
+    fn vxlan_bridge() -> Result<Self> {
+        let bed = Self::hosts_and_containers("bv")?;
+        let Self { c1, c2, hosts } = &bed;
         for (host, ctr, local, remote, addr) in [
             (
                 &hosts.0,
-                &c1,
+                c1,
                 "192.168.56.101",
                 "192.168.56.102",
                 "10.10.0.1/24",
             ),
             (
                 &hosts.1,
-                &c2,
+                c2,
                 "192.168.56.102",
                 "192.168.56.101",
                 "10.10.0.2/24",
@@ -478,11 +473,7 @@ impl VxlanBridge {
             c2.ping("10.10.0.1", 1)?,
             "the VXLAN + bridge testbed does not pass traffic"
         );
-        Ok(Self {
-            c1,
-            c2,
-            _hosts: hosts,
-        })
+        Ok(bed)
     }
 }
 
