@@ -53,7 +53,7 @@ const TC_LINK_PIN_PREFIX: &str = "link_tc_";
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum UnderlayXdp {
     Native,
-    /// Not on a veth: native XDP there costs its peer TSO, generic XDP copies every
+    /// The underlay is a veth: native XDP there costs its peer TSO, generic XDP copies every
     /// multi-page packet.
     NotOnVeth,
     /// The driver has no native XDP, and generic XDP would cost as on a veth.
