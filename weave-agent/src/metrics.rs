@@ -160,24 +160,13 @@ pub fn render(status: &api::Status, gossip: &GossipTraffic) -> Result<String> {
         "Bytes dropped by the eBPF programs, per reason",
     );
     for (name, counter) in &status.counters {
-        match name.strip_prefix("drop_") {
-            Some(reason) => {
-                drops
-                    .get_or_create(&label("reason", reason))
-                    .inc_by(counter.packets);
-                dropped_bytes
-                    .get_or_create(&label("reason", reason))
-                    .inc_by(counter.bytes);
-            }
-            None => {
-                packets
-                    .get_or_create(&label("path", name))
-                    .inc_by(counter.packets);
-                bytes
-                    .get_or_create(&label("path", name))
-                    .inc_by(counter.bytes);
-            }
-        }
+        // Drop counters become a reason of the drop families, the rest a path of the others.
+        let (packet_family, byte_family, labels) = match name.strip_prefix("drop_") {
+            Some(reason) => (&drops, &dropped_bytes, label("reason", reason)),
+            None => (&packets, &bytes, label("path", name)),
+        };
+        packet_family.get_or_create(&labels).inc_by(counter.packets);
+        byte_family.get_or_create(&labels).inc_by(counter.bytes);
     }
 
     let messages = counter_family(
