@@ -43,6 +43,11 @@ const FIGURES: [&str; 5] = [
     "udp64_kpps",
 ];
 
+/// Each path's figures, one value per round.
+type Samples = BTreeMap<&'static str, BTreeMap<&'static str, Vec<f64>>>;
+/// Ratios by name (`weave_vs_bare`), each figure's median of per-round ratios.
+type Ratios = BTreeMap<String, BTreeMap<&'static str, f64>>;
+
 /// Where a path's traffic goes: server and client namespaces and the server's address.
 struct Path {
     server: String,
@@ -122,7 +127,7 @@ pub fn run(only: Option<Part>) -> Result<()> {
     ]);
     step.finish();
 
-    let mut samples: BTreeMap<&str, BTreeMap<&str, Vec<f64>>> = BTreeMap::new();
+    let mut samples = Samples::new();
     for round in 1..=ROUNDS {
         for name in PATHS {
             let step = progress::step(format!("bench round {round}/{ROUNDS}: {name}"));
@@ -159,36 +164,17 @@ pub fn run(only: Option<Part>) -> Result<()> {
         _ => Value::Null,
     };
 
-    // The median of the per-round ratios, as the targets are stated: paths measured next to
-    // each other in one round share that moment's speed of the VM, which drifts.
-    let ratio = |a: &str, b: &str, f: &str| {
-        let per_round: Vec<f64> = samples[a][f]
-            .iter()
-            .zip(&samples[b][f])
-            .map(|(ours, base)| ours / base)
-            .collect();
-        median(&per_round)
-    };
-    let ratios: BTreeMap<String, BTreeMap<&str, f64>> = ["weave", "weave_vxlan_device"]
+    let ours: Vec<_> = ["weave", "weave_vxlan_device"]
         .iter()
         .flat_map(|ours| ["bare", "routed", "vxlan_bridge"].map(|base| (*ours, base)))
-        .map(|(ours, base)| {
-            let r = FIGURES.iter().map(|f| (*f, ratio(ours, base, f))).collect();
-            (format!("{ours}_vs_{base}"), r)
-        })
         .collect();
+    let ratios = ratio_table(&samples, &ours);
     // What no overlay at all achieves against vxlan_bridge on this machine: a target stated
     // against vxlan_bridge that these miss is out of reach for any overlay here.
-    let references: BTreeMap<String, BTreeMap<&str, f64>> = ["bare", "routed"]
-        .iter()
-        .map(|base| {
-            let r = FIGURES
-                .iter()
-                .map(|f| (*f, ratio(base, "vxlan_bridge", f)))
-                .collect();
-            (format!("{base}_vs_vxlan_bridge"), r)
-        })
-        .collect();
+    let references = ratio_table(
+        &samples,
+        &[("bare", "vxlan_bridge"), ("routed", "vxlan_bridge")],
+    );
     let report = json!({
         "paths": medians,
         "ratios": ratios,
@@ -237,6 +223,29 @@ fn scale_step() -> Result<Value> {
     Ok(scale)
 }
 
+/// `ours` against `base` for each pair, each figure as the median of the per-round ratios, as
+/// the targets are stated: paths measured next to each other in one round share that moment's
+/// speed of the VM, which drifts.
+fn ratio_table(samples: &Samples, pairs: &[(&str, &str)]) -> Ratios {
+    pairs
+        .iter()
+        .map(|(ours, base)| {
+            let r = FIGURES
+                .iter()
+                .map(|f| {
+                    let per_round: Vec<f64> = samples[ours][f]
+                        .iter()
+                        .zip(&samples[base][f])
+                        .map(|(ours, base)| ours / base)
+                        .collect();
+                    (*f, median(&per_round))
+                })
+                .collect();
+            (format!("{ours}_vs_{base}"), r)
+        })
+        .collect()
+}
+
 fn median(values: &[f64]) -> f64 {
     let mut v = values.to_vec();
     v.sort_by(f64::total_cmp);
@@ -263,8 +272,8 @@ fn machine() -> Value {
 
 fn print_table(
     medians: &BTreeMap<&str, BTreeMap<&str, f64>>,
-    ratios: &BTreeMap<String, BTreeMap<&str, f64>>,
-    references: &BTreeMap<String, BTreeMap<&str, f64>>,
+    ratios: &Ratios,
+    references: &Ratios,
 ) {
     println!(
         "\n{:<34}{}",
@@ -278,7 +287,7 @@ fn print_table(
             .collect();
         println!("{path:<34}{row}");
     }
-    let print_ratios = |ratios: &BTreeMap<String, BTreeMap<&str, f64>>| {
+    let print_ratios = |ratios: &Ratios| {
         for (name, r) in ratios {
             let row: String = FIGURES.iter().map(|f| format!("{:>12.2}", r[f])).collect();
             println!("{name:<34}{row}");
@@ -716,4 +725,24 @@ fn scale() -> Result<Value> {
         "idle_cpu_percent_max": cpu.iter().copied().fold(0.0, f64::max),
         "idle_cpu_percent": cpu,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ratios_are_medians_of_per_round_ratios_not_ratios_of_medians() {
+        let figures = |rounds: [f64; 3]| FIGURES.map(|f| (f, rounds.to_vec())).into();
+        let samples = Samples::from([
+            ("weave", figures([10.0, 30.0, 20.0])),
+            ("bare", figures([20.0, 20.0, 10.0])),
+        ]);
+        let table = ratio_table(&samples, &[("weave", "bare")]);
+        assert_eq!(table.keys().collect::<Vec<_>>(), ["weave_vs_bare"]);
+        // Per round 0.5, 1.5 and 2.0; the medians alone (20 and 20) would say 1.0.
+        for f in FIGURES {
+            assert_eq!(table["weave_vs_bare"][f], 1.5, "{f}");
+        }
+    }
 }
