@@ -306,48 +306,108 @@ print(n, h.hexdigest(), flush=True)
 const SOURCE: &str = r#"
 import hashlib, random, socket, sys
 data = random.Random(6784).randbytes(int(sys.argv[2]))
-s = socket.create_connection((sys.argv[1], 5001)); s.sendall(data); s.close()
+s = socket.create_connection((sys.argv[1], 5001), timeout=30); s.sendall(data); s.close()
 print(len(data), hashlib.sha256(data).hexdigest(), flush=True)
 "#;
+
+/// Sends `bytes` random bytes over TCP from `source` to `address` in `sink`; fails unless
+/// they arrive intact.
+fn tcp_transfer(sink: &Container, source: &Container, address: &str, bytes: usize) -> Result<()> {
+    let mut server = Command::new("ip")
+        .args(["netns", "exec", &sink.name, "python3", "-c", SINK, address])
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting the TCP sink")?;
+    let mut lines = BufReader::new(server.stdout.take().context("sink stdout")?).lines();
+    let first = lines.next().context("sink said nothing")??;
+    ensure!(first == "listening", "sink: {first}");
+
+    let sent = source.exec("python3", &["-c", SOURCE, address, &bytes.to_string()]);
+    let sent = match sent {
+        Ok(sent) if sent.status.success() => sent,
+        failed => {
+            let _ = server.kill();
+            let _ = server.wait();
+            let detail = match failed {
+                Ok(out) => String::from_utf8_lossy(&out.stderr).into_owned(),
+                Err(err) => format!("{err:#}"),
+            };
+            anyhow::bail!("source failed: {detail}");
+        }
+    };
+    let received = lines.next().context("sink ended without a digest")??;
+    server.wait()?;
+    ensure!(
+        received == String::from_utf8_lossy(&sent.stdout).trim(),
+        "bytes changed on the way: {received}"
+    );
+    ensure!(received.starts_with(&bytes.to_string()), "{received}");
+    Ok(())
+}
 
 #[test]
 fn large_tcp_transfer_arrives_intact() -> Result<()> {
     let w = walkthrough()?;
-    let mut sink = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &w.c1.name,
-            "python3",
-            "-c",
-            SINK,
-            "192.168.1.10",
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("starting the TCP sink")?;
-    let mut lines = BufReader::new(sink.stdout.take().context("sink stdout")?).lines();
-    let first = lines.next().context("sink said nothing")??;
-    ensure!(first == "listening", "sink: {first}");
+    tcp_transfer(&w.c1, &w.c2, "192.168.1.10", 64 << 20)
+}
 
-    let bytes = 64 << 20;
-    let sent = w.c2.exec(
-        "python3",
-        &["-c", SOURCE, "192.168.1.10", &bytes.to_string()],
+/// A container that runs a VXLAN tunnel of its own over `ethwe` (kind, flannel in a
+/// container): the kernel marks its TCP packets as tunnelled, and eBPF cannot wrap them a
+/// second time, so they must take the VXLAN device instead of being dropped.
+#[test]
+fn a_tunnel_inside_containers_carries_tcp() -> Result<()> {
+    let w = walkthrough()?;
+    for (c, local, remote, inner) in [
+        (&w.c1, "192.168.1.10", "192.168.1.20", "10.77.0.1/24"),
+        (&w.c2, "192.168.1.20", "192.168.1.10", "10.77.0.2/24"),
+    ] {
+        c.ip([
+            "link", "add", "vx0", "type", "vxlan", "id", "7", "local", local, "remote", remote,
+            "dstport", "4789", "dev", "ethwe",
+        ])?;
+        c.ip(["addr", "add", inner, "dev", "vx0"])?;
+        c.ip(["link", "set", "vx0", "up"])?;
+    }
+    tcp_transfer(&w.c1, &w.c2, "10.77.0.1", 1 << 20)?;
+    assert_eq!(counter(&w.a, "drop_redirect_failed")?, 0);
+    assert_eq!(counter(&w.b, "drop_redirect_failed")?, 0);
+    assert!(counter(&w.b, "remote_sent_device")? > 0);
+    Ok(())
+}
+
+/// `--mtu` may give `ethwe` the underlay's own MTU. Full-size frames then no longer fit the
+/// underlay once wrapped: eBPF cannot fragment, so they must take the VXLAN device, which
+/// fragments the outer packet, rather than vanish.
+#[test]
+fn frames_too_big_for_the_underlay_once_wrapped_still_arrive() -> Result<()> {
+    let w = walkthrough()?;
+    let big_a = Container::new(&unique_name("big"), &w.a)?;
+    let big_b = Container::new(&unique_name("big"), &w.b)?;
+    w.a.agent_ok(&["attach", "--mtu", "1500", "192.168.1.11/24", &big_a.spec()])?;
+    w.b.agent_ok(&["attach", "--mtu", "1500", "192.168.1.21/24", &big_b.spec()])?;
+    w.a.wait_for_remote(3)?;
+    w.b.wait_for_remote(2)?;
+    // 1472 bytes of payload: a 1500-byte IP packet that may not be fragmented itself.
+    let ping = big_b.exec(
+        "ping",
+        &[
+            "-c",
+            "3",
+            "-i",
+            "0.2",
+            "-W",
+            "1",
+            "-M",
+            "do",
+            "-s",
+            "1472",
+            "192.168.1.11",
+        ],
     )?;
-    ensure!(
-        sent.status.success(),
-        "source failed: {}",
-        String::from_utf8_lossy(&sent.stderr)
-    );
-    let received = lines.next().context("sink ended without a digest")??;
-    sink.wait()?;
-    assert_eq!(
-        received,
-        String::from_utf8_lossy(&sent.stdout).trim(),
-        "bytes changed on the way"
-    );
-    assert!(received.starts_with(&bytes.to_string()));
+    let report = String::from_utf8_lossy(&ping.stdout);
+    assert!(report.contains(" 0% packet loss"), "{report}");
+    assert!(counter(&w.b, "remote_sent_device")? >= 3);
+    assert!(counter(&w.a, "remote_sent_device")? >= 3);
     Ok(())
 }
 

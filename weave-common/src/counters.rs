@@ -32,7 +32,7 @@ pub enum CounterId {
     ArpReplied = 4,
     /// Container frames handed to a container on this host.
     LocalDelivered = 5,
-    /// Container frames sent to a remote host through the VXLAN device.
+    /// Container frames sent to a remote host (eBPF-built headers or the VXLAN device).
     RemoteSent = 6,
     /// Decapsulated frames the overlay TC program saw.
     OverlayRx = 7,
@@ -62,11 +62,15 @@ pub enum CounterId {
     DropBadVxlan = 19,
     /// VXLAN packets arriving in IP fragments, left to the kernel to reassemble.
     OverlayFragment = 20,
+    /// Container frames eBPF encapsulation left to the VXLAN device: too big for the underlay
+    /// once wrapped (the device fragments the outer packet), or already marked as tunnelled
+    /// (a tunnel inside the container), which the kernel refuses to wrap in eBPF.
+    RemoteSentDevice = 21,
 }
 
 impl CounterId {
     /// All slots, in index order.
-    pub const ALL: [Self; 21] = [
+    pub const ALL: [Self; 22] = [
         Self::UnderlayRx,
         Self::ContainerRx,
         Self::UnderlayOverlayPass,
@@ -88,6 +92,7 @@ impl CounterId {
         Self::UnderlayDecap,
         Self::DropBadVxlan,
         Self::OverlayFragment,
+        Self::RemoteSentDevice,
     ];
 
     /// Slots in the counters map: room to append counters without a map of another size,
@@ -118,6 +123,7 @@ impl CounterId {
             Self::UnderlayDecap => "underlay_decap",
             Self::DropBadVxlan => "drop_bad_vxlan",
             Self::OverlayFragment => "overlay_fragment",
+            Self::RemoteSentDevice => "remote_sent_device",
         }
     }
 

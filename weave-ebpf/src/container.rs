@@ -19,7 +19,7 @@ use weave_common::{
 
 use crate::{
     counters::count,
-    encap::encapsulate,
+    encap::{Encap, encapsulate},
     headers::{
         ARP_REPLY, ARP_REQUEST, ArpHdr, ETH_LEN, ETH_P_ARP, ETH_P_IP, EthHdr, Ipv4Hdr, ptr_at,
     },
@@ -139,10 +139,13 @@ fn send_ipv4(
         }
         let cfg = config();
         // GSO super-packets (TCP bulk) go through the VXLAN device, which measured faster for
-        // them; single packets skip its transmit path.
+        // them; single packets skip its transmit path unless eBPF cannot wrap them.
+        let mut sent = CounterId::RemoteSent;
         if cfg.encap == ENCAP_EBPF && !gso {
-            encapsulate(ctx, dst.peer, &cfg)?;
-            return Ok(CounterId::RemoteSent);
+            match encapsulate(ctx, dst.peer, &cfg)? {
+                Encap::Sent => return Ok(CounterId::RemoteSent),
+                Encap::Declined => sent = CounterId::RemoteSentDevice,
+            }
         }
         if cfg.vxlan_ifindex == 0 {
             return Err(CounterId::DropNoTunnel);
@@ -161,6 +164,6 @@ fn send_ipv4(
         if set < 0 || bpf_redirect(cfg.vxlan_ifindex, 0) != i64::from(TC_ACT_REDIRECT) {
             return Err(CounterId::DropRedirectFailed);
         }
+        Ok(sent)
     }
-    Ok(CounterId::RemoteSent)
 }

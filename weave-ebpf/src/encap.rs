@@ -7,7 +7,7 @@ use aya_ebpf::{
         BPF_F_ADJ_ROOM_ENCAP_L2_ETH, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L4_UDP,
         BPF_F_ADJ_ROOM_FIXED_GSO, TC_ACT_REDIRECT, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
     },
-    helpers::generated::{bpf_get_hash_recalc, bpf_redirect_neigh},
+    helpers::generated::{bpf_check_mtu, bpf_get_hash_recalc, bpf_redirect_neigh},
     programs::TcContext,
 };
 use weave_common::{VXLAN_PORT, counters::CounterId, endpoint::Config};
@@ -20,10 +20,37 @@ pub(crate) const ENCAP_LEN: usize = 50;
 const ENCAP_L2_SHIFT: u64 = 56;
 const TUNNEL_TTL: u8 = 64;
 
+/// What [`encapsulate`] did with a frame.
+pub(crate) enum Encap {
+    /// Wrapped and sent out of the underlay interface.
+    Sent,
+    /// Left untouched for the kernel VXLAN device.
+    Declined,
+}
+
 /// Wraps the frame for the peer at underlay address `peer` (packet byte order) and sends it
-/// out of the underlay interface.
+/// out of the underlay interface. Declines frames the device handles and this cannot: one too
+/// big for the underlay once wrapped (eBPF cannot fragment, the device fragments the outer
+/// packet) and one the kernel already marks as tunnelled, which `bpf_skb_adjust_room` refuses
+/// to wrap again (a tunnel inside the container, or a frame decapsulated here and forwarded
+/// by a container).
 #[inline(always)]
-pub(crate) fn encapsulate(ctx: &TcContext, peer: u32, cfg: &Config) -> Result<(), CounterId> {
+pub(crate) fn encapsulate(ctx: &TcContext, peer: u32, cfg: &Config) -> Result<Encap, CounterId> {
+    let mut mtu = 0u32;
+    // SAFETY: the context pointer is the program's skb; `mtu` is a valid out-parameter, and
+    // zero on input asks the helper to check the skb's own length.
+    let fits = unsafe {
+        bpf_check_mtu(
+            ctx.skb.skb.cast(),
+            cfg.underlay_ifindex,
+            &mut mtu,
+            ENCAP_LEN as i32,
+            0,
+        )
+    } == 0;
+    if !fits {
+        return Ok(Encap::Declined);
+    }
     let inner_len = ctx.len() as usize;
     // SAFETY: the context pointer is the program's skb.
     let hash = unsafe { bpf_get_hash_recalc(ctx.skb.skb) };
@@ -33,8 +60,13 @@ pub(crate) fn encapsulate(ctx: &TcContext, peer: u32, cfg: &Config) -> Result<()
         | u64::from(BPF_F_ADJ_ROOM_ENCAP_L4_UDP)
         | u64::from(BPF_F_ADJ_ROOM_ENCAP_L2_ETH)
         | ((ETH_LEN as u64) << ENCAP_L2_SHIFT);
-    ctx.adjust_room(ENCAP_LEN as i32, BPF_ADJ_ROOM_MAC, flags)
-        .map_err(|_| CounterId::DropRedirectFailed)?;
+    // A refusal leaves the frame as it was.
+    if ctx
+        .adjust_room(ENCAP_LEN as i32, BPF_ADJ_ROOM_MAC, flags)
+        .is_err()
+    {
+        return Ok(Encap::Declined);
+    }
 
     let ip_len = (inner_len + ENCAP_LEN - ETH_LEN) as u16;
     let mut hdr = [0u8; ENCAP_LEN];
@@ -70,7 +102,7 @@ pub(crate) fn encapsulate(ctx: &TcContext, peer: u32, cfg: &Config) -> Result<()
     if sent != i64::from(TC_ACT_REDIRECT) {
         return Err(CounterId::DropRedirectFailed);
     }
-    Ok(())
+    Ok(Encap::Sent)
 }
 
 /// RFC 791 header checksum over the first 20 bytes (checksum field zero).
