@@ -445,6 +445,52 @@ fn killed_host_is_withdrawn_within_5s_and_survivors_keep_talking() -> Result<()>
     Ok(())
 }
 
+/// Two attaches of one address that reach the agent together, while a third attach holds it
+/// busy: exactly one may win, and the loser must not touch the winner's veth.
+#[test]
+fn concurrent_attaches_of_one_address_leave_exactly_one() -> Result<()> {
+    require_root();
+    let seg = Segment::mesh(&unique_name("ca"), 1)?;
+    let host = &seg.hosts[0];
+    for round in 0..5 {
+        let busy = Container::new(&unique_name("cab"), host)?;
+        let rivals = [
+            Container::new(&unique_name("car"), host)?,
+            Container::new(&unique_name("car"), host)?,
+        ];
+        let busy_cidr = format!("10.9.{round}.6/24");
+        let cidr = format!("10.9.{round}.5/24");
+        let won: Vec<bool> = std::thread::scope(|s| {
+            let busy = s.spawn(|| host.agent(&["attach", &busy_cidr, &busy.spec()]));
+            let rivals: Vec<_> = rivals
+                .iter()
+                .map(|c| s.spawn(|| host.agent(&["attach", &cidr, &c.spec()])))
+                .collect();
+            busy.join().expect("attach thread")?;
+            rivals
+                .into_iter()
+                .map(|r| Ok(r.join().expect("attach thread")?.status.success()))
+                .collect::<Result<_>>()
+        })?;
+        assert_eq!(
+            won.iter().filter(|w| **w).count(),
+            1,
+            "round {round}: {won:?}"
+        );
+        let ps = host.agent_ok(&["ps"])?;
+        let listed = ps.lines().filter(|l| l.ends_with(&format!(" {cidr}")));
+        assert_eq!(listed.count(), 1, "{ps}");
+        for (rival, won) in rivals.iter().zip(&won) {
+            let has_ethwe = rival
+                .exec("ip", &["link", "show", "ethwe"])?
+                .status
+                .success();
+            assert_eq!(has_ethwe, *won, "round {round}: {}\n{ps}", rival.name);
+        }
+    }
+    Ok(())
+}
+
 #[test]
 fn duplicate_address_and_invalid_cidr_are_refused_with_nothing_changed() -> Result<()> {
     let w = walkthrough()?;

@@ -793,10 +793,7 @@ struct Target {
 /// Refuses an address already used here or anywhere in the mesh, naming where.
 async fn check_free(agent: &Agent, ip: Ipv4Addr) -> Result<()> {
     let peers = agent.gossip.peers().await;
-    let inner = agent.inner.lock().await;
-    if let Some(ep) = inner.state.endpoints.iter().find(|e| e.cidr.ip == ip) {
-        bail!("{ip} is already in use: attached here to {}", ep.container);
-    }
+    check_free_here(&*agent.inner.lock().await, ip)?;
     for peer in &peers {
         if let Some(ep) = peer.endpoints.iter().find(|e| e.cidr.ip == ip) {
             bail!(
@@ -807,6 +804,13 @@ async fn check_free(agent: &Agent, ip: Ipv4Addr) -> Result<()> {
                 if peer.alive { "alive" } else { "dead" }
             );
         }
+    }
+    Ok(())
+}
+
+fn check_free_here(inner: &Inner, ip: Ipv4Addr) -> Result<()> {
+    if let Some(ep) = inner.state.endpoints.iter().find(|e| e.cidr.ip == ip) {
+        bail!("{ip} is already in use: attached here to {}", ep.container);
     }
     Ok(())
 }
@@ -905,6 +909,9 @@ async fn attach_endpoint(
     }
     let mut inner = agent.inner.lock().await;
     let inner = &mut *inner;
+    // Again under the lock the endpoint is recorded under: an attach of the same address that
+    // passed check_free at the same time may have got in first.
+    check_free_here(inner, cidr.ip)?;
     let netns = target.netns.as_path();
     let container = target.label.as_str();
     if let Some(ep) = inner.state.endpoints.iter().find(|e| {
