@@ -424,3 +424,36 @@ fn a_container_gone_while_the_agent_was_down_is_withdrawn_everywhere() -> Result
     );
     Ok(())
 }
+
+/// An address detached on one host while another host's agent was down, and attached on that
+/// host right after its relaunch: the relaunched agent adopted the address from its pinned map
+/// as remote, and must not remove the entry, local by now, once the adoption grace ends.
+#[test]
+fn an_address_moved_to_a_relaunched_host_stays_reachable() -> Result<()> {
+    require_root();
+    let prefix = unique_name("rm");
+    let seg = Segment::mesh(&prefix, 2)?;
+    let (h1, h2) = (&seg.hosts[0], &seg.hosts[1]);
+    let old = h2.container(&format!("{prefix}c1"), "192.168.1.5/24")?;
+    let far = h2.container(&format!("{prefix}c2"), "192.168.1.20/24")?;
+    h1.wait_for_remote(2)?;
+
+    h1.agent_ok(&["stop"])?;
+    h2.agent_ok(&["detach", &old.spec()])?;
+    h1.agent_ok(&["launch"])?;
+    let _moved = h1.container(&format!("{prefix}c3"), "192.168.1.5/24")?;
+    wait_until(
+        Duration::from_secs(5),
+        "the moved address reachable",
+        || far.ping("192.168.1.5", 1),
+    )?;
+    // 7 s of pings outlast the relaunched agent's 5 s adoption grace.
+    let (sent, received) = ping_result(start_pinging(&far, "192.168.1.5", 7)?)?;
+    ensure!(
+        sent == received,
+        "{} of {sent} pings to the moved address lost; drops on h1: {}",
+        sent - received,
+        drops(h1)?
+    );
+    Ok(())
+}

@@ -426,6 +426,10 @@ async fn sync_once(agent: &Agent) -> Result<()> {
     }
 
     let local: BTreeSet<Ipv4Addr> = inner.state.endpoints.iter().map(|e| e.cidr.ip).collect();
+    // An address attached here since it was last seen on a peer (or adopted from the pinned
+    // map) has a local entry in the map now: it must not be removed below as a stale remote.
+    inner.remote.retain(|ip, _| !local.contains(ip));
+    inner.adopted.retain(|ip| !local.contains(ip));
     let desired = gossip::desired(&peers, &local);
     if inner.started.elapsed() >= ADOPTION_GRACE {
         inner.adopted.clear();
