@@ -569,7 +569,14 @@ async fn set_rule(agent: &Agent, action: Action, a: &str, b: &str) -> Result<Vec
         let mut rule = Rule::new(a, b, action, now, &agent.base.peer_name)?;
         // Later than anything said about the pair, even if another host's clock runs ahead.
         if let Some(last) = inner.state.rules.iter().find(|r| r.pair() == rule.pair()) {
-            rule.at_ms = rule.at_ms.max(last.at_ms + 1);
+            let at_ms = now.max(last.at_ms.saturating_add(1));
+            rule = Rule::new(a, b, action, at_ms, &agent.base.peer_name).with_context(|| {
+                format!(
+                    "the rule for {a} and {b} from {} is dated {} ms after 1970 and cannot be \
+                     superseded; check that host's clock",
+                    last.by, last.at_ms
+                )
+            })?;
         }
         inner.state.rules.retain(|r| r.pair() != rule.pair());
         inner.state.rules.push(rule.clone());

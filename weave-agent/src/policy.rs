@@ -119,10 +119,17 @@ pub struct Rule {
 /// Key prefix of rules in an agent's gossip state.
 pub const GOSSIP_PREFIX: &str = "rule:";
 
+/// The end of the year 9999 in Unix milliseconds. A rule dated later would win every merge,
+/// and a rule made to supersede it would overflow its time, so none is accepted.
+pub const LATEST_MS: u64 = 253_402_300_799_999;
+
 impl Rule {
     pub fn new(x: Subnet, y: Subnet, action: Action, at_ms: u64, by: &str) -> Result<Self> {
         if x == y {
             bail!("{x} always talks to itself; a rule needs two different networks");
+        }
+        if at_ms > LATEST_MS {
+            bail!("a rule dated {at_ms} ms after 1970 lies beyond the year 9999");
         }
         let (a, b) = if x <= y { (x, y) } else { (y, x) };
         Ok(Self {
@@ -378,6 +385,14 @@ mod tests {
             ("rule:192.168.1.0/24,192.168.2.0/24", "open 1 p"),
             ("rule:192.168.1.0/24,192.168.2.0/24", "allow x p"),
             ("rule:192.168.1.0/24,192.168.2.0/24", "allow 1"),
+            (
+                "rule:192.168.1.0/24,192.168.2.0/24",
+                "allow 18446744073709551615 p",
+            ),
+            (
+                "rule:192.168.1.0/24,192.168.2.0/24",
+                "allow 253402300800000 p",
+            ),
             ("ep:192.168.1.0", "allow 1 p"),
         ] {
             assert!(Rule::from_gossip(key, value).is_err(), "{key} {value}");
