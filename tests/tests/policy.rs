@@ -165,3 +165,40 @@ fn allow_opens_a_pair_of_subnets_everywhere_and_deny_closes_it() -> Result<()> {
     ensure!(list[0]["action"] == "deny", "h3 lists {list}");
     Ok(())
 }
+
+/// More allowed directions than the policy map holds: the agent's log says what to do, and the
+/// rest of its upkeep goes on (a host that joins afterwards is seen alive).
+#[test]
+fn a_policy_too_big_for_the_map_stops_nothing_else() -> Result<()> {
+    require_root();
+    let prefix = unique_name("rb");
+    let seg = Segment::new(&prefix, 2)?;
+    let (h1, h2) = (&seg.hosts[0], &seg.hosts[1]);
+    h1.agent_ok(&["launch"])?;
+    h1.agent_ok(&["policy", "allow", "10.0.0.0/9", "10.128.0.0/9"])?;
+    // 91 /30 networks on each side: 2 x 91 x 91 = 16562 directions, the map holds 16384.
+    let mut containers = Vec::new();
+    for side in [0, 128] {
+        for n in 0..91 {
+            let name = format!("{prefix}c{side}x{n}");
+            containers.push(h1.container(&name, &format!("10.{side}.{n}.1/30"))?);
+        }
+    }
+    h2.agent_ok(&["join", "192.168.56.101"])?;
+    wait_until(Duration::from_secs(10), "h1 seeing h2 alive", || {
+        let peers: serde_json::Value = serde_json::from_str(&h1.agent_ok(&["peers", "--json"])?)?;
+        Ok(peers.as_array().is_some_and(|peers| {
+            peers
+                .iter()
+                .any(|p| p["address"] == "192.168.56.102" && p["state"] == "alive")
+        }))
+    })?;
+    let log = std::fs::read_to_string(h1.state_dir().join("agent.log"))?;
+    ensure!(
+        log.contains("writing 16562 allowed directions between subnets into the policy map")
+            && log.contains("narrow them"),
+        "no advice in the log:\n{}",
+        &log[log.len().saturating_sub(2000)..]
+    );
+    Ok(())
+}

@@ -468,7 +468,6 @@ async fn sync_once(agent: &Agent) -> Result<()> {
         }
     }
     inner.conflicts = desired.conflicts;
-    sync_policy(inner, &agent.gossip, &agent.loc, &peers).await?;
 
     // Configured peers that are not live get another gossip round, once a second.
     let live: BTreeSet<SocketAddr> = peers
@@ -491,8 +490,10 @@ async fn sync_once(agent: &Agent) -> Result<()> {
             inner.last_contact.insert(addr, Instant::now());
         }
     }
+    // Last, so that a policy the map cannot hold does not also stop the peers' upkeep.
+    let policy = sync_policy(inner, &agent.gossip, &agent.loc, &peers).await;
     inner.peers = peers;
-    Ok(())
+    policy
 }
 
 /// Adopts newer isolation rules from the mesh, then makes the policy map and the containers'

@@ -28,7 +28,7 @@ use weave_common::{
     counters::{Counter, CounterId},
     endpoint::{Config, ENCAP_EBPF, ENCAP_VXLAN_DEVICE, Endpoint, Ipv4Key, ipv4_key, ipv4_octets},
     maps,
-    policy::SubnetPair,
+    policy::{POLICY_CAPACITY, SubnetPair},
     programs,
 };
 
@@ -276,7 +276,15 @@ impl Datapath {
 
     /// Makes the policy map hold exactly `pairs`: the cross-subnet directions rules allow.
     pub fn set_policy(&mut self, pairs: &std::collections::BTreeSet<SubnetPair>) -> Result<()> {
-        hold_exactly::<SubnetPair, u8>(self.map_mut(maps::POLICY)?, pairs)
+        // Removals come first, so a map too small for the rules loses allowed directions,
+        // never keeps ones that a rule closed.
+        hold_exactly::<SubnetPair, u8>(self.map_mut(maps::POLICY)?, pairs).with_context(|| {
+            format!(
+                "writing {} allowed directions between subnets into the policy map, which \
+                 holds {POLICY_CAPACITY}; if the rules allow more, narrow them",
+                pairs.len()
+            )
+        })
     }
 
     /// Underlay addresses in the kernel's peer map.

@@ -2,6 +2,9 @@
 
 use crate::endpoint::{Endpoint, Ipv4Key};
 
+/// How many allowed directions between subnets the policy map holds.
+pub const POLICY_CAPACITY: u32 = 16_384;
+
 /// One direction between two endpoint subnets. The agent writes both directions of every
 /// allowed pair, so the programs need a single lookup per frame.
 #[repr(C)]

@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use weave_common::{
     endpoint::{Config, Endpoint, Ipv4Key},
-    policy::SubnetPair,
+    policy::{POLICY_CAPACITY, SubnetPair},
 };
 
 /// Container addresses, local and remote.
@@ -20,7 +20,7 @@ pub(crate) static WEAVE_PEERS: HashMap<Ipv4Key, u32> = HashMap::pinned(4_096, 0)
 
 /// Cross-subnet directions the isolation rules allow.
 #[map]
-pub(crate) static WEAVE_POLICY: HashMap<SubnetPair, u8> = HashMap::pinned(16_384, 0);
+pub(crate) static WEAVE_POLICY: HashMap<SubnetPair, u8> = HashMap::pinned(POLICY_CAPACITY, 0);
 
 #[map]
 pub(crate) static WEAVE_CONFIG: Array<Config> = Array::pinned(1, 0);
