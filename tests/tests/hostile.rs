@@ -2,10 +2,18 @@
 //! each is dropped or passed as designed and counted under the expected counter, the programs
 //! load (the verifier never rejects them), and normal traffic is unaffected afterwards.
 
-use std::time::Duration;
+use std::{
+    io::{BufRead as _, BufReader, Lines},
+    process::{Child, ChildStdout, Command, Stdio},
+    time::Duration,
+};
 
 use anyhow::{Context as _, Result, ensure};
 use weave_tests::{Host, Segment, require_root, unique_name, wait_until};
+
+/// ECN field values (RFC 3168).
+const ECN_ECT0: u8 = 2;
+const ECN_CE: u8 = 3;
 
 /// Sends each hex-encoded frame given on the command line, raw, out of interface argv[1].
 const INJECT: &str = r#"
@@ -63,6 +71,8 @@ struct Ip {
     version: u8,
     /// 32-bit words of options (NOPs).
     option_words: u8,
+    /// Type of service: DSCP and ECN field.
+    tos: u8,
     /// Flags and fragment offset field.
     frag: u16,
     /// Overrides the total length field.
@@ -78,6 +88,7 @@ impl Default for Ip {
             dst: C2_IP,
             version: 4,
             option_words: 0,
+            tos: 0,
             frag: 0,
             claimed_len: None,
             proto: 17,
@@ -91,7 +102,7 @@ impl Ip {
     fn bytes(&self) -> Vec<u8> {
         let ihl = 5 + self.option_words;
         let total = u16::from(ihl) * 4 + self.payload.len() as u16;
-        let mut h = vec![(self.version << 4) | ihl, 0];
+        let mut h = vec![(self.version << 4) | ihl, self.tos];
         h.extend_from_slice(&self.claimed_len.unwrap_or(total).to_be_bytes());
         h.extend_from_slice(&[0x12, 0x34]);
         h.extend_from_slice(&self.frag.to_be_bytes());
@@ -387,6 +398,15 @@ fn crafted_frames_are_counted_and_harmless() -> Result<()> {
             false,
         ),
         (
+            "congestion marked on a packet that does not do ECN",
+            on_wire(&Ip {
+                tos: ECN_CE,
+                ..vxlan(0x08, vni, &inner_ok)
+            }),
+            "drop_ce_on_not_ect",
+            false,
+        ),
+        (
             "truncated VXLAN (passed on, the kernel drops it)",
             on_wire(&Ip {
                 payload: vxlan(0x08, vni, &[]).payload.into_iter().take(12).collect(),
@@ -420,5 +440,114 @@ fn crafted_frames_are_counted_and_harmless() -> Result<()> {
         c2.ping("192.168.1.10", 3)?,
         "normal traffic broken after the crafted frames"
     );
+    Ok(())
+}
+
+/// Prints "ready", then the TOS byte of the first UDP datagram to argv[1]:9999.
+const TOS_RECEIVER: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.IPPROTO_IP, socket.IP_RECVTOS, 1)
+s.bind((sys.argv[1], 9999)); s.settimeout(5)
+print("ready", flush=True)
+data, anc, flags, addr = s.recvmsg(2048, 64)
+print([c[2][0] for c in anc if c[1] == socket.IP_TOS][0], flush=True)
+"#;
+
+/// Prints "ready", then the outer and inner ECN fields of the first VXLAN packet on eth0
+/// that carries UDP to port 9998; gives up after 5 s. A tap for every protocol: it sees frames
+/// before the TC program redirects them, a socket for IPv4 alone would not.
+const VXLAN_SNIFFER: &str = r#"
+import socket, time
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
+s.bind(("eth0", 0)); s.settimeout(1)
+deadline = time.monotonic() + 5
+print("ready", flush=True)
+while time.monotonic() < deadline:
+    try:
+        frame = s.recv(4096)
+    except socket.timeout:
+        continue
+    ip = frame[14:]
+    if frame[12:14] != b"\x08\x00" or ip[9] != 17 or int.from_bytes(ip[22:24], "big") != 6784:
+        continue
+    inner = ip[20 + 8 + 8 + 14:]
+    if inner[9] == 17 and int.from_bytes(inner[22:24], "big") == 9998:
+        print(ip[1] & 3, inner[1] & 3, flush=True)
+        break
+"#;
+
+/// Starts a Python `script` in namespace `ns`; returns once it has printed "ready".
+fn start_python(
+    ns: &str,
+    script: &str,
+    arg: &str,
+) -> Result<(Child, Lines<BufReader<ChildStdout>>)> {
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns, "python3", "-c", script, arg])
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting python")?;
+    let mut lines = BufReader::new(child.stdout.take().context("no stdout")?).lines();
+    let first = lines.next().context("python said nothing")??;
+    ensure!(first == "ready", "python: {first}");
+    Ok((child, lines))
+}
+
+/// The last line a script started with [`start_python`] prints before it ends.
+fn python_answer(mut child: Child, mut lines: Lines<BufReader<ChildStdout>>) -> Result<String> {
+    let answer = lines.next().context("python ended without an answer")??;
+    child.wait()?;
+    Ok(answer)
+}
+
+/// ECN through eBPF encapsulation (RFC 6040, as the kernel's tunnels do it): the sender's
+/// ECN field is copied to the outer header, and congestion marked on the outer header by the
+/// underlay reaches the inner packet.
+#[test]
+fn ecn_marks_cross_the_tunnel_both_ways() -> Result<()> {
+    require_root();
+    let prefix = unique_name("e");
+    let seg = Segment::mesh(&prefix, 2)?;
+    let (h1, h2) = (&seg.hosts[0], &seg.hosts[1]);
+    let c1 = h1.container(&format!("{prefix}c1"), "192.168.1.10/24")?;
+    let _c2 = h2.container(&format!("{prefix}c2"), "192.168.1.20/24")?;
+    h1.wait_for_remote(1)?;
+    h2.wait_for_remote(1)?;
+
+    // Sending: an ECT(0) datagram from c1 leaves h1 with ECT(0) on the outer header too.
+    let (sniffer, lines) = start_python(&h2.name, VXLAN_SNIFFER, "")?;
+    injected(c1.exec(
+        "python3",
+        &[
+            "-c",
+            "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); \
+             s.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, 2); \
+             s.sendto(b'ecn', ('192.168.1.20', 9998))",
+        ],
+    )?)?;
+    let seen = python_answer(sniffer, lines)?;
+    ensure!(
+        seen == format!("{ECN_ECT0} {ECN_ECT0}"),
+        "outer and inner ECN on the wire: {seen}"
+    );
+
+    // Receiving: CE on the outer header of an ECT(0) packet from h2 arrives as CE in c1.
+    let (receiver, lines) = start_python(&c1.name, TOS_RECEIVER, "192.168.1.10")?;
+    let (h1_mac, h2_mac) = (link_mac(h1, "eth0")?, link_mac(h2, "eth0")?);
+    let inner = from_c2(&Ip {
+        src: C2_IP,
+        dst: C1_IP,
+        tos: ECN_ECT0,
+        ..Ip::default()
+    });
+    let outer = Ip {
+        tos: ECN_CE,
+        ..vxlan(0x08, 6784, &inner)
+    };
+    let frame = hex(&ethernet(h1_mac, h2_mac, 0x0800, &outer.bytes()));
+    injected(h2.exec("python3", &inject_args("eth0", &[frame]))?)?;
+    let tos = python_answer(receiver, lines)?;
+    ensure!(tos == ECN_CE.to_string(), "TOS in c1: {tos}");
     Ok(())
 }

@@ -66,11 +66,14 @@ pub enum CounterId {
     /// once wrapped (the device fragments the outer packet), or already marked as tunnelled
     /// (a tunnel inside the container), which the kernel refuses to wrap in eBPF.
     RemoteSentDevice = 21,
+    /// Dropped: the underlay marked congestion (CE) on a packet whose sender does not do ECN,
+    /// so the mark cannot be passed on (RFC 6040, as the kernel's tunnels do).
+    DropCeOnNotEct = 22,
 }
 
 impl CounterId {
     /// All slots, in index order.
-    pub const ALL: [Self; 22] = [
+    pub const ALL: [Self; 23] = [
         Self::UnderlayRx,
         Self::ContainerRx,
         Self::UnderlayOverlayPass,
@@ -93,6 +96,7 @@ impl CounterId {
         Self::DropBadVxlan,
         Self::OverlayFragment,
         Self::RemoteSentDevice,
+        Self::DropCeOnNotEct,
     ];
 
     /// Slots in the counters map: room to append counters without a map of another size,
@@ -124,6 +128,7 @@ impl CounterId {
             Self::DropBadVxlan => "drop_bad_vxlan",
             Self::OverlayFragment => "overlay_fragment",
             Self::RemoteSentDevice => "remote_sent_device",
+            Self::DropCeOnNotEct => "drop_ce_on_not_ect",
         }
     }
 

@@ -12,7 +12,7 @@ use aya_ebpf::{
 };
 use weave_common::{VXLAN_PORT, counters::CounterId, endpoint::Config};
 
-use crate::headers::{ETH_LEN, EthHdr, IPPROTO_UDP};
+use crate::headers::{ECN_CE, ETH_LEN, EthHdr, IPPROTO_UDP};
 
 /// Outer IPv4 (20) + UDP (8) + VXLAN (8) + inner Ethernet (14).
 pub(crate) const ENCAP_LEN: usize = 50;
@@ -55,6 +55,9 @@ pub(crate) fn encapsulate(ctx: &TcContext, peer: u32, cfg: &Config) -> Result<En
     // SAFETY: the context pointer is the program's skb.
     let hash = unsafe { bpf_get_hash_recalc(ctx.skb.skb) };
     let inner_eth: EthHdr = ctx.load(0).map_err(|_| CounterId::DropMalformed)?;
+    let inner_tos: u8 = ctx
+        .load(ETH_LEN + 1)
+        .map_err(|_| CounterId::DropMalformed)?;
     let flags = u64::from(BPF_F_ADJ_ROOM_FIXED_GSO)
         | u64::from(BPF_F_ADJ_ROOM_ENCAP_L3_IPV4)
         | u64::from(BPF_F_ADJ_ROOM_ENCAP_L4_UDP)
@@ -70,8 +73,10 @@ pub(crate) fn encapsulate(ctx: &TcContext, peer: u32, cfg: &Config) -> Result<En
 
     let ip_len = (inner_len + ENCAP_LEN - ETH_LEN) as u16;
     let mut hdr = [0u8; ENCAP_LEN];
-    // Outer IPv4: version 4, IHL 5, DF, TTL, UDP.
+    // Outer IPv4: version 4, IHL 5, the inner ECN field (RFC 6040: congestion marked on the
+    // way reaches the inner packet at the far end), DF, TTL, UDP.
     hdr[0] = 0x45;
+    hdr[1] = inner_tos & ECN_CE;
     hdr[2..4].copy_from_slice(&ip_len.to_be_bytes());
     hdr[6] = 0x40;
     hdr[8] = TUNNEL_TTL;

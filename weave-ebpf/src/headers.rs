@@ -27,6 +27,10 @@ impl EthHdr {
     }
 }
 
+/// ECN field values in the IPv4 TOS byte (RFC 3168); CE is also the field's mask.
+pub(crate) const ECN_NOT_ECT: u8 = 0;
+pub(crate) const ECN_CE: u8 = 3;
+
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub(crate) struct Ipv4Hdr {
@@ -58,6 +62,26 @@ impl Ipv4Hdr {
     #[inline(always)]
     pub fn is_fragment(&self) -> bool {
         u16::from_be_bytes(self.frag) & 0x3fff != 0
+    }
+
+    /// The ECN field (RFC 3168): 0 Not-ECT, 1 or 2 ECT, 3 CE.
+    #[inline(always)]
+    pub fn ecn(&self) -> u8 {
+        self.tos & ECN_CE
+    }
+
+    /// Marks congestion experienced, with the header checksum updated to match (RFC 1624).
+    /// The header's ones'-complement sum stays the same, so a CHECKSUM_COMPLETE value over
+    /// the packet stays valid.
+    #[inline(always)]
+    pub fn set_ce(&mut self) {
+        let old = u16::from_be_bytes([self.ver_ihl, self.tos]);
+        self.tos |= ECN_CE;
+        let new = u16::from_be_bytes([self.ver_ihl, self.tos]);
+        let mut sum = u32::from(!u16::from_be_bytes(self.csum)) + u32::from(!old) + u32::from(new);
+        sum = (sum & 0xffff) + (sum >> 16);
+        sum = (sum & 0xffff) + (sum >> 16);
+        self.csum = (!(sum as u16)).to_be_bytes();
     }
 
     /// A fragment after the first, which carries no transport header.

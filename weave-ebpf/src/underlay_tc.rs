@@ -24,7 +24,7 @@ use weave_common::{
 use crate::{
     counters::count,
     encap::ENCAP_LEN,
-    headers::{ETH_LEN, ETH_P_IP, EthHdr, Ipv4Hdr, ptr_at},
+    headers::{ECN_CE, ECN_NOT_ECT, ETH_LEN, ETH_P_IP, EthHdr, Ipv4Hdr, ptr_at},
     maps::{config, endpoint, is_peer, may_talk},
     prefilter::overlay_source,
 };
@@ -138,6 +138,15 @@ fn decapsulate(ctx: &TcContext, cfg: &Config, source: u32) -> Result<bool, Count
             .ok_or(CounterId::DropUnknownDst)?;
         if !may_talk(&src, &dst) {
             return Err(CounterId::DropIsolated);
+        }
+        // RFC 6040, as the kernel's tunnels do: congestion the underlay marked on the outer
+        // header goes on to the inner one, unless its sender does not do ECN.
+        if (*outer_ip).ecn() == ECN_CE {
+            match (*ip).ecn() {
+                ECN_NOT_ECT => return Err(CounterId::DropCeOnNotEct),
+                ECN_CE => {}
+                _ => (*ip).set_ce(),
+            }
         }
         let inner_src = (*eth).src;
         // Drop outer IPv4, UDP, VXLAN and the inner Ethernet header; the outer Ethernet header
