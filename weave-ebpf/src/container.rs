@@ -142,7 +142,7 @@ fn send_ipv4(
         // them; single packets skip its transmit path unless eBPF cannot wrap them.
         let mut sent = CounterId::RemoteSent;
         if cfg.encap == ENCAP_EBPF && !gso {
-            match encapsulate(ctx, dst.peer, &cfg)? {
+            match encapsulate(ctx, dst.peer, (*ip).tos, &cfg)? {
                 Encap::Sent => return Ok(CounterId::RemoteSent),
                 Encap::Declined => sent = CounterId::RemoteSentDevice,
             }

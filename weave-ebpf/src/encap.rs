@@ -28,14 +28,19 @@ pub(crate) enum Encap {
     Declined,
 }
 
-/// Wraps the frame for the peer at underlay address `peer` (packet byte order) and sends it
-/// out of the underlay interface. Declines frames the device handles and this cannot: one too
+/// Wraps the frame, whose IPv4 header has `tos`, for the peer at underlay address `peer`
+/// (packet byte order) and sends it out of the underlay interface. Declines frames the device handles and this cannot: one too
 /// big for the underlay once wrapped (eBPF cannot fragment, the device fragments the outer
 /// packet) and one the kernel already marks as tunnelled, which `bpf_skb_adjust_room` refuses
 /// to wrap again (a tunnel inside the container, or a frame decapsulated here and forwarded
 /// by a container).
 #[inline(always)]
-pub(crate) fn encapsulate(ctx: &TcContext, peer: u32, cfg: &Config) -> Result<Encap, CounterId> {
+pub(crate) fn encapsulate(
+    ctx: &TcContext,
+    peer: u32,
+    tos: u8,
+    cfg: &Config,
+) -> Result<Encap, CounterId> {
     let mut mtu = 0u32;
     // SAFETY: the context pointer is the program's skb; `mtu` is a valid out-parameter, and
     // zero on input asks the helper to check the skb's own length.
@@ -55,9 +60,6 @@ pub(crate) fn encapsulate(ctx: &TcContext, peer: u32, cfg: &Config) -> Result<En
     // SAFETY: the context pointer is the program's skb.
     let hash = unsafe { bpf_get_hash_recalc(ctx.skb.skb) };
     let inner_eth: EthHdr = ctx.load(0).map_err(|_| CounterId::DropMalformed)?;
-    let inner_tos: u8 = ctx
-        .load(ETH_LEN + 1)
-        .map_err(|_| CounterId::DropMalformed)?;
     let flags = u64::from(BPF_F_ADJ_ROOM_FIXED_GSO)
         | u64::from(BPF_F_ADJ_ROOM_ENCAP_L3_IPV4)
         | u64::from(BPF_F_ADJ_ROOM_ENCAP_L4_UDP)
@@ -76,7 +78,7 @@ pub(crate) fn encapsulate(ctx: &TcContext, peer: u32, cfg: &Config) -> Result<En
     // Outer IPv4: version 4, IHL 5, the inner ECN field (RFC 6040: congestion marked on the
     // way reaches the inner packet at the far end), DF, TTL, UDP.
     hdr[0] = 0x45;
-    hdr[1] = inner_tos & ECN_CE;
+    hdr[1] = tos & ECN_CE;
     hdr[2..4].copy_from_slice(&ip_len.to_be_bytes());
     hdr[6] = 0x40;
     hdr[8] = TUNNEL_TTL;
