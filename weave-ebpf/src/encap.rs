@@ -29,11 +29,11 @@ pub(crate) enum Encap {
 }
 
 /// Wraps the frame, whose IPv4 header has `tos`, for the peer at underlay address `peer`
-/// (packet byte order) and sends it out of the underlay interface. Declines frames the device handles and this cannot: one too
-/// big for the underlay once wrapped (eBPF cannot fragment, the device fragments the outer
-/// packet) and one the kernel already marks as tunnelled, which `bpf_skb_adjust_room` refuses
-/// to wrap again (a tunnel inside the container, or a frame decapsulated here and forwarded
-/// by a container).
+/// (packet byte order) and sends it out of the underlay interface. Declines frames the device
+/// handles and this cannot: one too big for the underlay once wrapped (eBPF cannot fragment,
+/// the device fragments the outer packet) and one the kernel already marks as tunnelled,
+/// which `bpf_skb_adjust_room` refuses to wrap again (a tunnel inside the container, or a
+/// frame decapsulated here and forwarded by a container).
 #[inline(always)]
 pub(crate) fn encapsulate(
     ctx: &TcContext,
