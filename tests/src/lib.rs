@@ -7,8 +7,9 @@
 use std::{
     ffi::OsStr,
     fmt::Write as _,
+    io::{BufRead as _, BufReader, Lines},
     path::{Path, PathBuf},
-    process::{Command, Output},
+    process::{Child, ChildStdout, Command, Output, Stdio},
     sync::atomic::{AtomicU32, Ordering},
     time::{Duration, Instant},
 };
@@ -334,6 +335,34 @@ impl Drop for Container {
     fn drop(&mut self) {
         let _ = run("ip", ["netns", "del", &self.name]);
     }
+}
+
+/// Starts `program` in namespace `ns` with stdout piped (stderr discarded); returns the child
+/// and its stdout lines.
+pub fn spawn_in(
+    ns: &str,
+    program: &str,
+    args: &[&str],
+) -> Result<(Child, Lines<BufReader<ChildStdout>>)> {
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns, program])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {program} in {ns}"))?;
+    let lines = BufReader::new(child.stdout.take().expect("piped")).lines();
+    Ok((child, lines))
+}
+
+/// Reads lines until one contains `marker` (a server saying it is ready).
+pub fn wait_for_line(lines: &mut Lines<BufReader<ChildStdout>>, marker: &str) -> Result<()> {
+    for line in lines {
+        if line?.contains(marker) {
+            return Ok(());
+        }
+    }
+    bail!("the program exited before saying {marker:?}")
 }
 
 /// Polls `check` until it returns true or `within` passes; returns how long it took.

@@ -3,13 +3,13 @@
 //! load (the verifier never rejects them), and normal traffic is unaffected afterwards.
 
 use std::{
-    io::{BufRead as _, BufReader, Lines},
-    process::{Child, ChildStdout, Command, Stdio},
+    io::{BufReader, Lines},
+    process::{Child, ChildStdout},
     time::Duration,
 };
 
 use anyhow::{Context as _, Result, ensure};
-use weave_tests::{Host, Segment, require_root, unique_name, wait_until};
+use weave_tests::{Host, Segment, require_root, spawn_in, unique_name, wait_for_line, wait_until};
 
 /// ECN field values (RFC 3168).
 const ECN_ECT0: u8 = 2;
@@ -483,14 +483,8 @@ fn start_python(
     script: &str,
     arg: &str,
 ) -> Result<(Child, Lines<BufReader<ChildStdout>>)> {
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", ns, "python3", "-c", script, arg])
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("starting python")?;
-    let mut lines = BufReader::new(child.stdout.take().context("no stdout")?).lines();
-    let first = lines.next().context("python said nothing")??;
-    ensure!(first == "ready", "python: {first}");
+    let (child, mut lines) = spawn_in(ns, "python3", &["-c", script, arg])?;
+    wait_for_line(&mut lines, "ready")?;
     Ok((child, lines))
 }
 
@@ -510,10 +504,9 @@ fn ecn_marks_cross_the_tunnel_both_ways() -> Result<()> {
     let prefix = unique_name("e");
     let seg = Segment::mesh(&prefix, 2)?;
     let (h1, h2) = (&seg.hosts[0], &seg.hosts[1]);
-    let c1 = h1.container(&format!("{prefix}c1"), "192.168.1.10/24")?;
-    let _c2 = h2.container(&format!("{prefix}c2"), "192.168.1.20/24")?;
-    h1.wait_for_remote(1)?;
-    h2.wait_for_remote(1)?;
+    // 192.168.1.10 on h1, 192.168.1.20 on h2.
+    let containers = seg.attach_one_each(&prefix, |i| format!("192.168.1.{}/24", 10 * (i + 1)))?;
+    let c1 = &containers[0];
 
     // Sending: an ECT(0) datagram from c1 leaves h1 with ECT(0) on the outer header too.
     let (sniffer, lines) = start_python(&h2.name, VXLAN_SNIFFER, "")?;

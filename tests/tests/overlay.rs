@@ -2,14 +2,13 @@
 //! anti-spoofing, bulk TCP, host loss, refusals, detach. Counters come from `status`, which
 //! reads them from the kernel's maps; links are checked with `ip`.
 
-use std::{
-    io::{BufRead as _, BufReader},
-    process::{Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, ensure};
-use weave_tests::{Container, Host, Segment, require_root, unique_name, wait_until, walkthrough};
+use weave_tests::{
+    Container, Host, Segment, require_root, spawn_in, unique_name, wait_for_line, wait_until,
+    walkthrough,
+};
 
 /// The walkthrough (both hosts, three containers, pings checked) on fresh namespaces.
 fn walkthrough() -> Result<walkthrough::Walkthrough> {
@@ -313,14 +312,8 @@ print(len(data), hashlib.sha256(data).hexdigest(), flush=True)
 /// Sends `bytes` random bytes over TCP from `source` to `address` in `sink`; fails unless
 /// they arrive intact.
 fn tcp_transfer(sink: &Container, source: &Container, address: &str, bytes: usize) -> Result<()> {
-    let mut server = Command::new("ip")
-        .args(["netns", "exec", &sink.name, "python3", "-c", SINK, address])
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("starting the TCP sink")?;
-    let mut lines = BufReader::new(server.stdout.take().context("sink stdout")?).lines();
-    let first = lines.next().context("sink said nothing")??;
-    ensure!(first == "listening", "sink: {first}");
+    let (mut server, mut lines) = spawn_in(&sink.name, "python3", &["-c", SINK, address])?;
+    wait_for_line(&mut lines, "listening")?;
 
     let sent = source.exec("python3", &["-c", SOURCE, address, &bytes.to_string()]);
     let sent = match sent {

@@ -7,14 +7,12 @@
 
 use std::{
     collections::BTreeMap,
-    io::{BufRead as _, BufReader, Lines},
-    process::{Child, ChildStdout, Command, Stdio},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::{Context as _, Result, bail, ensure};
 use serde_json::{Value, json};
-use weave_tests::{Container, Host, Segment, two_hosts, unique_name};
+use weave_tests::{Container, Host, Segment, spawn_in, two_hosts, unique_name, wait_for_line};
 
 use crate::{agent_path, build_agent, ebpf, progress, setup, target_dir};
 
@@ -297,33 +295,6 @@ fn print_table(
     println!("no overlay, for reference:");
     print_ratios(references);
     println!();
-}
-
-/// Runs a program in a namespace with stdout piped; returns the child and its stdout lines.
-fn spawn_in(
-    ns: &str,
-    program: &str,
-    args: &[&str],
-) -> Result<(Child, Lines<BufReader<ChildStdout>>)> {
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", ns, program])
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .with_context(|| format!("starting {program} in {ns}"))?;
-    let lines = BufReader::new(child.stdout.take().expect("piped")).lines();
-    Ok((child, lines))
-}
-
-/// Reads lines until one contains `marker` (the server says it is ready).
-fn wait_for_line(lines: &mut Lines<BufReader<ChildStdout>>, marker: &str) -> Result<()> {
-    for line in lines {
-        if line?.contains(marker) {
-            return Ok(());
-        }
-    }
-    bail!("the server exited before saying {marker:?}")
 }
 
 fn output_in(ns: &str, program: &str, args: &[&str]) -> Result<String> {
