@@ -32,30 +32,50 @@ pub fn require() -> Result<()> {
 /// Builds [`IMAGE`] with `docker import` of a tarball holding busybox and its applet links,
 /// unless it exists.
 pub fn ensure_image() -> Result<()> {
-    if run("docker", ["image", "inspect", IMAGE])?.status.success() {
+    ensure_image_named(IMAGE)
+}
+
+/// Builds image `name` unless it exists. Safe to call from many tests and test binaries at
+/// once: one builds, the others wait on a lock and then find the image.
+pub fn ensure_image_named(name: &str) -> Result<()> {
+    let exists = || -> Result<bool> {
+        Ok(run("docker", ["image", "inspect", name])?.status.success())
+    };
+    if exists()? {
+        return Ok(());
+    }
+    let _lock = BuildLock::take(name)?;
+    if exists()? {
         return Ok(());
     }
     ensure!(
         Path::new(BUSYBOX).is_file(),
         "{BUSYBOX} missing: install busybox-static (`cargo xtask setup`)"
     );
-    let root = std::env::temp_dir().join(format!("weave-image-{}", std::process::id()));
+    // The lock makes the directory ours alone, but a directory left by a builder that was
+    // killed half-way must not stop this one.
+    let root = std::env::temp_dir().join(format!("weave-image-{}", sanitize(name)));
+    let _ = std::fs::remove_dir_all(&root);
+    let built = tar_into_docker(&root, name);
+    let _ = std::fs::remove_dir_all(&root);
+    built
+}
+
+fn tar_into_docker(root: &Path, name: &str) -> Result<()> {
     let bin = root.join("bin");
-    std::fs::create_dir_all(&bin)?;
+    std::fs::create_dir_all(&bin).with_context(|| format!("creating {}", bin.display()))?;
     std::fs::copy(BUSYBOX, bin.join("busybox"))?;
     for applet in APPLETS {
         std::os::unix::fs::symlink("busybox", bin.join(applet))?;
     }
     let root_str = root.to_str().context("temp dir is not UTF-8")?;
-    let built = run(
+    let out = run(
         "sh",
         [
             "-c",
-            &format!("tar -C '{root_str}' -c . | docker import - {IMAGE}"),
+            &format!("tar -C '{root_str}' -c . | docker import - {name}"),
         ],
-    );
-    let _ = std::fs::remove_dir_all(&root);
-    let out = built?;
+    )?;
     if !out.status.success() {
         bail!(
             "docker import failed: {}",
@@ -63,6 +83,41 @@ pub fn ensure_image() -> Result<()> {
         );
     }
     Ok(())
+}
+
+fn sanitize(name: &str) -> String {
+    name.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect()
+}
+
+/// An exclusive `flock` on a file per image name: held by one builder at a time, across the
+/// threads of one test binary and across test binaries alike (each holder opens the file
+/// anew, and flock locks belong to the open file). Released on drop, or when the holder dies.
+struct BuildLock {
+    _held: std::fs::File,
+}
+
+impl BuildLock {
+    fn take(name: &str) -> Result<Self> {
+        use std::os::fd::AsRawFd as _;
+        let path = std::env::temp_dir().join(format!("weave-image-{}.lock", sanitize(name)));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        // SAFETY: flock on a descriptor we own; it blocks until the lock is ours.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+        ensure!(
+            rc == 0,
+            "locking {}: {}",
+            path.display(),
+            std::io::Error::last_os_error()
+        );
+        Ok(Self { _held: file })
+    }
 }
 
 /// `docker ARGS...`, whatever its exit status.

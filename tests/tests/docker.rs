@@ -165,3 +165,26 @@ fn without_docker_run_says_so_and_netns_attach_still_works() -> Result<()> {
     a.attach("192.168.1.50/24", &c)?;
     Ok(())
 }
+
+/// Many tests start at once on a machine without the image: every one must find it built,
+/// none may trip over another's half-built tree (this failed with `File exists`).
+#[test]
+fn the_test_image_builds_once_when_many_tests_ask_at_once() -> Result<()> {
+    require_root();
+    docker::require()?;
+    let image = format!("weave-test-race-{}:latest", std::process::id());
+    let _ = docker(&["rmi", "-f", &image]);
+    let results: Vec<Result<()>> = std::thread::scope(|scope| {
+        let builders: Vec<_> = (0..4)
+            .map(|_| scope.spawn(|| docker::ensure_image_named(&image)))
+            .collect();
+        builders.into_iter().map(|b| b.join().unwrap()).collect()
+    });
+    let inspected = docker(&["image", "inspect", &image])?.status.success();
+    let _ = docker(&["rmi", "-f", &image]);
+    for result in results {
+        result?;
+    }
+    ensure!(inspected, "{image} was not built");
+    Ok(())
+}

@@ -10,13 +10,16 @@ use crate::{
 };
 
 /// What the tests and the demo run: namespaces and links, ping, throughput, bpftool for
-/// inspecting programs, busybox for container images.
+/// inspecting programs, busybox for container images, and the Docker engine (dockerd,
+/// containerd, runc) that `run` and the walkthrough's containers need. A machine may ship a
+/// `docker` client alone (this project's image does): the engine comes from docker.io.
 const RUNTIME_PACKAGES: &[&str] = &[
     "iproute2",
     "iputils-ping",
     "iperf3",
     "bpftool",
     "busybox-static",
+    "docker.io",
 ];
 /// What building bpf-linker against LLVM 22 needs (the nightly's LLVM is 22).
 const LINKER_BUILD_PACKAGES: &[&str] = &[
