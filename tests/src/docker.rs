@@ -38,9 +38,8 @@ pub fn ensure_image() -> Result<()> {
 /// Builds image `name` unless it exists. Safe to call from many tests and test binaries at
 /// once: one builds, the others wait on a lock and then find the image.
 pub fn ensure_image_named(name: &str) -> Result<()> {
-    let exists = || -> Result<bool> {
-        Ok(run("docker", ["image", "inspect", name])?.status.success())
-    };
+    let exists =
+        || -> Result<bool> { Ok(run("docker", ["image", "inspect", name])?.status.success()) };
     if exists()? {
         return Ok(());
     }
