@@ -2,21 +2,18 @@
 //!
 //! A library so the fuzz targets (`weave-agent/fuzz`) can reach the parsers that face the
 //! network and the control socket; the `weave-agent` binary is a thin `main` over it.
+//!
+//! Rooms by capability:
+//! - `cli`: what users type and what they see
+//! - `control`: the daemon: composition, shared state, the socket, endpoints, reconcile
+//! - `mesh`: gossip, its transports and key codec, peers by name
+//! - `datapath`: the eBPF object: loading, pinning, maps
+//! - `host`: the machine around the agent: netlink, routes, namespaces, Docker
+//! - `net`: pure types: addresses, names, isolation rules
 
-pub mod addressing;
-pub mod api;
-pub mod bpffs;
 pub mod cli;
-pub mod commands;
-pub mod container;
-pub mod daemon;
+pub mod control;
 pub mod datapath;
-pub mod docker;
-pub mod gossip;
-pub mod location;
-pub mod metrics;
-pub mod netlink;
-pub mod policy;
-pub mod run_args;
-pub mod sealed_transport;
-pub mod state;
+pub mod host;
+pub mod mesh;
+pub mod net;

@@ -4,5 +4,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = weave_agent::api::parse_request(data);
+    let _ = weave_agent::control::api::parse_request(data);
 });

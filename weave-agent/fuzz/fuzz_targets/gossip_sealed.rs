@@ -7,7 +7,7 @@
 use std::sync::{LazyLock, Mutex};
 
 use libfuzzer_sys::fuzz_target;
-use weave_agent::sealed_transport::{Opener, Sealer};
+use weave_agent::mesh::sealed_transport::{Opener, Sealer};
 
 /// A fixed key: the key derivation is not what is fuzzed, and Argon2 per input would crawl.
 const KEY: [u8; 32] = [0x57; 32];

@@ -1,10 +1,14 @@
 //! What users and peers type or send as text: CIDRs, networks, isolation rules and endpoints as
-//! gossiped, CONTAINER references, `docker run` options. The first byte picks the parser.
-//! (Peer addresses are left out: a host name there is resolved through DNS.)
+//! gossiped, CONTAINER references, peer addresses (parsed only: names resolve later, in the
+//! background), `docker run` options. The first byte picks the parser.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use weave_agent::{addressing::Cidr, container, gossip, policy, run_args::RunSpec};
+use weave_agent::{
+    host::{netns as container, run_spec::RunSpec},
+    mesh::{keys as gossip, peer_addr::PeerSpec},
+    net::{addressing::Cidr, policy},
+};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&which, rest)) = data.split_first() else {
@@ -14,7 +18,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let (first, second) = text.split_once('\n').unwrap_or((text, ""));
-    match which % 6 {
+    match which % 7 {
         0 => {
             if let Ok(cidr) = text.parse::<Cidr>() {
                 // What parses must print back to something that parses to the same.
@@ -41,6 +45,9 @@ fuzz_target!(|data: &[u8]| {
                     assert!(path.starts_with("/run/netns/"), "{path:?} left /run/netns");
                 }
             }
+        }
+        5 => {
+            let _ = PeerSpec::parse(text);
         }
         _ => {
             let args: Vec<String> = text.split('\0').map(str::to_owned).collect();

@@ -6,18 +6,10 @@ use std::{
     convert::Infallible,
     future::Future,
     net::SocketAddr,
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::{Arc, atomic::Ordering},
 };
 
 use anyhow::{Context as _, Result};
-use async_trait::async_trait;
-use chitchat::{
-    ChitchatMessage, Serializable as _,
-    transport::{Socket, Transport},
-};
 use http_body_util::Full;
 use hyper::{Request, Response, StatusCode, body::Bytes, server::conn::http1, service::service_fn};
 use hyper_util::rt::TokioIo;
@@ -28,70 +20,12 @@ use prometheus_client::{
 };
 use tokio::{net::TcpListener, sync::watch};
 
-use crate::api;
+use super::{agent::Agent, api, status};
+use crate::mesh::counting_transport::GossipTraffic;
 
 /// Where metrics are served unless `--metrics-addr` says otherwise.
 pub const DEFAULT_ADDR: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 6782);
-
-/// Gossip traffic through this agent's transport.
-#[derive(Debug, Default)]
-pub struct GossipTraffic {
-    pub sent_messages: AtomicU64,
-    pub sent_bytes: AtomicU64,
-    pub received_messages: AtomicU64,
-    pub received_bytes: AtomicU64,
-}
-
-/// Wraps the gossip transport (plain or sealed) to count messages and their encoded size
-/// (before sealing).
-pub struct CountingTransport {
-    inner: Box<dyn Transport>,
-    traffic: Arc<GossipTraffic>,
-}
-
-impl CountingTransport {
-    pub fn new(inner: Box<dyn Transport>, traffic: Arc<GossipTraffic>) -> Self {
-        Self { inner, traffic }
-    }
-}
-
-#[async_trait]
-impl Transport for CountingTransport {
-    async fn open(&self, listen_addr: SocketAddr) -> Result<Box<dyn Socket>> {
-        Ok(Box::new(CountingSocket {
-            inner: self.inner.open(listen_addr).await?,
-            traffic: Arc::clone(&self.traffic),
-        }))
-    }
-}
-
-struct CountingSocket {
-    inner: Box<dyn Socket>,
-    traffic: Arc<GossipTraffic>,
-}
-
-#[async_trait]
-impl Socket for CountingSocket {
-    async fn send(&mut self, to: SocketAddr, message: ChitchatMessage) -> Result<()> {
-        let len = message.serialized_len() as u64;
-        self.inner.send(to, message).await?;
-        self.traffic.sent_messages.fetch_add(1, Ordering::Relaxed);
-        self.traffic.sent_bytes.fetch_add(len, Ordering::Relaxed);
-        Ok(())
-    }
-
-    async fn recv(&mut self) -> Result<(SocketAddr, ChitchatMessage)> {
-        let (from, message) = self.inner.recv().await?;
-        self.traffic
-            .received_messages
-            .fetch_add(1, Ordering::Relaxed);
-        self.traffic
-            .received_bytes
-            .fetch_add(message.serialized_len() as u64, Ordering::Relaxed);
-        Ok((from, message))
-    }
-}
 
 type Labels = Vec<(String, String)>;
 
@@ -114,14 +48,22 @@ fn gauge_family(registry: &mut Registry, name: &str, help: &str) -> Family<Label
 /// The Prometheus text exposition of one status snapshot.
 pub fn render(status: &api::Status, gossip: &GossipTraffic) -> Result<String> {
     let mut registry = Registry::with_prefix("weave");
+    register_mesh(&mut registry, status);
+    register_datapath(&mut registry, status);
+    register_gossip(&mut registry, status, gossip);
+    let mut text = String::new();
+    encode(&mut text, &registry).context("encoding metrics")?;
+    Ok(text)
+}
 
-    let peers = gauge_family(&mut registry, "peers", "Peers of the mesh by state");
+fn register_mesh(registry: &mut Registry, status: &api::Status) {
+    let peers = gauge_family(registry, "peers", "Peers of the mesh by state");
     for state in ["alive", "dead", "connecting"] {
         let n = status.peers.iter().filter(|p| p.state == state).count();
         peers.get_or_create(&label("state", state)).set(n as i64);
     }
     let endpoints = gauge_family(
-        &mut registry,
+        registry,
         "endpoints",
         "Entries in the kernel endpoint map by kind",
     );
@@ -138,24 +80,26 @@ pub fn render(status: &api::Status, gossip: &GossipTraffic) -> Result<String> {
         "Addresses claimed by more than one host",
         conflicts,
     );
+}
 
+fn register_datapath(registry: &mut Registry, status: &api::Status) {
     let packets = counter_family(
-        &mut registry,
+        registry,
         "datapath_packets",
         "Packets seen or forwarded by the eBPF programs, per path",
     );
     let bytes = counter_family(
-        &mut registry,
+        registry,
         "datapath_bytes",
         "Bytes seen or forwarded by the eBPF programs, per path",
     );
     let drops = counter_family(
-        &mut registry,
+        registry,
         "datapath_drops",
         "Packets dropped by the eBPF programs, per reason",
     );
     let dropped_bytes = counter_family(
-        &mut registry,
+        registry,
         "datapath_dropped_bytes",
         "Bytes dropped by the eBPF programs, per reason",
     );
@@ -168,14 +112,12 @@ pub fn render(status: &api::Status, gossip: &GossipTraffic) -> Result<String> {
         packet_family.get_or_create(&labels).inc_by(counter.packets);
         byte_family.get_or_create(&labels).inc_by(counter.bytes);
     }
+}
 
-    let messages = counter_family(
-        &mut registry,
-        "gossip_messages",
-        "Gossip messages by direction",
-    );
+fn register_gossip(registry: &mut Registry, status: &api::Status, gossip: &GossipTraffic) {
+    let messages = counter_family(registry, "gossip_messages", "Gossip messages by direction");
     let gossip_bytes = counter_family(
-        &mut registry,
+        registry,
         "gossip_bytes",
         "Encoded size of gossip messages (before sealing) by direction",
     );
@@ -201,10 +143,34 @@ pub fn render(status: &api::Status, gossip: &GossipTraffic) -> Result<String> {
         "Gossip datagrams refused for failing authentication",
         auth,
     );
+}
 
-    let mut text = String::new();
-    encode(&mut text, &registry).context("encoding metrics")?;
-    Ok(text)
+/// Serves the agent's metrics on `addr` (default [`DEFAULT_ADDR`]). A port already taken is a
+/// warning, not a failed launch: metrics are worth less than a data path without an agent.
+pub async fn spawn(
+    agent: &Arc<Agent>,
+    addr: Option<SocketAddr>,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let addr = addr.unwrap_or(DEFAULT_ADDR);
+    let listener = match TcpListener::bind(addr).await {
+        Ok(listener) => listener,
+        Err(err) => {
+            tracing::warn!("not serving metrics on {addr}: {err}");
+            return None;
+        }
+    };
+    let scrape = {
+        let agent = Arc::clone(agent);
+        move || {
+            let agent = Arc::clone(&agent);
+            async move { render(&status::status(&agent).await?, &agent.traffic) }
+        }
+    };
+    Some(tokio::spawn(serve(
+        listener,
+        scrape,
+        agent.shutdown.subscribe(),
+    )))
 }
 
 /// Serves `GET /metrics` with what `snapshot` renders, until `stopping` changes.

@@ -11,7 +11,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::{addressing::Cidr, policy::Rule};
+use crate::net::{addressing::Cidr, policy::Rule};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct State {
@@ -101,7 +101,7 @@ mod tests {
                 Rule::new(
                     "192.168.1.0/24".parse().unwrap(),
                     "192.168.2.0/24".parse().unwrap(),
-                    crate::policy::Action::Allow,
+                    crate::net::policy::Action::Allow,
                     7,
                     "peer",
                 )

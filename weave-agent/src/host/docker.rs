@@ -13,10 +13,14 @@ use bollard::{
 };
 use futures_util::Stream;
 
-use crate::run_args::RunSpec;
+use super::run_spec::RunSpec;
 
 /// Docker's socket, unless DOCKER_HOST names another (unix://PATH).
 const SOCKET: &str = "/var/run/docker.sock";
+/// How long one Docker API call may take before the agent gives up on it. The CLI's wait is
+/// derived from this (`control::api::Request::reply_timeout`), so it always outlasts the
+/// daemon's.
+pub const DOCKER_CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// Label naming the peer whose agent created the container with `run`; agents sharing one
 /// Docker engine act only on their own containers.
 pub const PEER_LABEL: &str = "weave-agent.peer";
@@ -48,7 +52,7 @@ pub async fn connect() -> Result<Docker> {
              containers by netns:NAME, pid:PID or a netns path"
         )
     };
-    Docker::connect_with_unix(&socket, 30, API_DEFAULT_VERSION)
+    Docker::connect_with_unix(&socket, DOCKER_CALL_TIMEOUT.as_secs(), API_DEFAULT_VERSION)
         .with_context(not_running)?
         .negotiate_version()
         .await
@@ -87,6 +91,29 @@ pub async fn create_and_start(
     peer: &str,
     cidr: &str,
 ) -> Result<String> {
+    let body = create_body(spec, peer, cidr)?;
+    let options = CreateContainerOptions {
+        name: spec.name.clone(),
+        ..Default::default()
+    };
+    let created = docker
+        .create_container(Some(options), body)
+        .await
+        .with_context(|| format!("creating a container from {}", spec.image))?;
+    if let Err(err) = docker.start_container(&created.id, None).await {
+        let _ = remove(docker, &created.id).await;
+        return Err(err).with_context(|| {
+            format!(
+                "starting container {} failed, so it was removed again",
+                created.id
+            )
+        });
+    }
+    Ok(created.id)
+}
+
+/// What `docker run` would send to create the container, with our labels added.
+fn create_body(spec: &RunSpec, peer: &str, cidr: &str) -> Result<ContainerCreateBody> {
     let mut labels: HashMap<String, String> = spec
         .labels
         .iter()
@@ -97,25 +124,8 @@ pub async fn create_and_start(
         .collect();
     labels.insert(PEER_LABEL.to_owned(), peer.to_owned());
     labels.insert(CIDR_LABEL.to_owned(), cidr.to_owned());
-    let restart = spec
-        .restart
-        .as_deref()
-        .map(|policy| {
-            let (name, retries) = policy.split_once(':').unwrap_or((policy, ""));
-            let name = match name {
-                "no" => RestartPolicyNameEnum::NO,
-                "always" => RestartPolicyNameEnum::ALWAYS,
-                "unless-stopped" => RestartPolicyNameEnum::UNLESS_STOPPED,
-                "on-failure" => RestartPolicyNameEnum::ON_FAILURE,
-                other => bail!("unknown restart policy {other:?}"),
-            };
-            Ok(RestartPolicy {
-                name: Some(name),
-                maximum_retry_count: retries.parse().ok(),
-            })
-        })
-        .transpose()?;
-    let body = ContainerCreateBody {
+    let restart = restart_policy(spec.restart.as_deref())?;
+    Ok(ContainerCreateBody {
         image: Some(spec.image.clone()),
         cmd: (!spec.cmd.is_empty()).then(|| spec.cmd.clone()),
         entrypoint: spec.entrypoint.clone().map(|e| vec![e]),
@@ -138,25 +148,26 @@ pub async fn create_and_start(
             ..Default::default()
         }),
         ..Default::default()
-    };
-    let options = CreateContainerOptions {
-        name: spec.name.clone(),
-        ..Default::default()
-    };
-    let created = docker
-        .create_container(Some(options), body)
-        .await
-        .with_context(|| format!("creating a container from {}", spec.image))?;
-    if let Err(err) = docker.start_container(&created.id, None).await {
-        let _ = remove(docker, &created.id).await;
-        return Err(err).with_context(|| {
-            format!(
-                "starting container {} failed, so it was removed again",
-                created.id
-            )
-        });
-    }
-    Ok(created.id)
+    })
+}
+
+/// `--restart NAME[:RETRIES]` as Docker's API takes it.
+fn restart_policy(text: Option<&str>) -> Result<Option<RestartPolicy>> {
+    text.map(|policy| {
+        let (name, retries) = policy.split_once(':').unwrap_or((policy, ""));
+        let name = match name {
+            "no" => RestartPolicyNameEnum::NO,
+            "always" => RestartPolicyNameEnum::ALWAYS,
+            "unless-stopped" => RestartPolicyNameEnum::UNLESS_STOPPED,
+            "on-failure" => RestartPolicyNameEnum::ON_FAILURE,
+            other => bail!("unknown restart policy {other:?}"),
+        };
+        Ok(RestartPolicy {
+            name: Some(name),
+            maximum_retry_count: retries.parse().ok(),
+        })
+    })
+    .transpose()
 }
 
 /// Removes a container, running or not.

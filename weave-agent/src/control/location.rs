@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::{Context as _, Result};
 
-use crate::bpffs;
+use crate::datapath::bpffs;
 
 /// Root of the per-namespace state directories.
 const STATE_ROOT: &str = "/run/weave-agent";

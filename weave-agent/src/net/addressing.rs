@@ -6,7 +6,10 @@ use anyhow::{Context as _, Result, bail};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use weave_common::endpoint::{Endpoint, ipv4_key};
 
-use crate::policy::Subnet;
+use super::{
+    names::{HOST_VETH_PREFIX, TEMP_PEER_PREFIX},
+    policy::Subnet,
+};
 
 /// An endpoint address with its subnet, e.g. 192.168.1.10/24.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -34,12 +37,12 @@ impl Cidr {
 
     /// Name of the host-side veth: `vethwe` + the address in hex (14 bytes, under IFNAMSIZ).
     pub fn host_veth(&self) -> String {
-        format!("vethwe{:08x}", u32::from(self.ip))
+        format!("{HOST_VETH_PREFIX}{:08x}", u32::from(self.ip))
     }
 
     /// Temporary name of the container side before it is renamed `ethwe` in the container.
     pub fn peer_temp_name(&self) -> String {
-        format!("wep{:08x}", u32::from(self.ip))
+        format!("{TEMP_PEER_PREFIX}{:08x}", u32::from(self.ip))
     }
 
     /// The map entry for this address as a local endpoint behind host veth `ifindex`.

@@ -10,10 +10,8 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use nix::sched::{CloneFlags, setns};
 
-use crate::{addressing::Cidr, netlink, policy::Subnet};
-
-/// Name of the overlay interface inside containers.
-pub const ETHWE: &str = "ethwe";
+use super::{netlink, routes};
+use crate::net::{addressing::Cidr, names::CONTAINER_IFACE as ETHWE, policy::Subnet};
 
 /// The network namespace file a CONTAINER argument stands for; None for anything else, which
 /// is taken for a Docker container name or id.
@@ -116,16 +114,16 @@ pub async fn sync_routes(netns: &Path, wanted: BTreeSet<Subnet>) -> Result<()> {
         let index = netlink::link_index(&handle, ETHWE)
             .await?
             .with_context(|| format!("the container has no {ETHWE} interface"))?;
-        let present: BTreeSet<Subnet> = netlink::agent_routes(&handle, index)
+        let present: BTreeSet<Subnet> = routes::agent_routes(&handle, index)
             .await?
             .into_iter()
             .map(|(network, prefix)| Subnet::new(network, prefix))
             .collect();
         for gone in present.difference(&wanted) {
-            netlink::delete_on_link_route(&handle, gone.network, gone.prefix, index).await?;
+            routes::delete_on_link_route(&handle, gone.network, gone.prefix, index).await?;
         }
         for new in wanted.difference(&present) {
-            netlink::add_on_link_route(&handle, new.network, new.prefix, index).await?;
+            routes::add_on_link_route(&handle, new.network, new.prefix, index).await?;
         }
         Ok(())
     })

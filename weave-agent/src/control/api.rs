@@ -1,21 +1,22 @@
 //! Control-socket protocol between the CLI and the daemon: one JSON request line, one JSON
 //! response line per connection, over a root-only unix socket.
 
-use std::{
-    collections::BTreeMap,
-    io::{BufRead as _, BufReader, ErrorKind, Write as _},
-    os::unix::net::UnixStream,
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
-use anyhow::{Context as _, Result, anyhow, bail};
+use anyhow::{Result, anyhow, bail};
 use serde::{Deserialize, Serialize};
 
-use crate::{policy::Action, run_args::RunSpec};
+use crate::{
+    host::{docker::DOCKER_CALL_TIMEOUT, run_spec::RunSpec},
+    net::policy::Action,
+};
 
-/// How long the CLI waits for the daemon to answer one request.
-const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the CLI waits for a request that does not involve Docker (the daemon answers
+/// those in milliseconds; seconds mean it is stuck).
+const QUICK_REPLY: Duration = Duration::from_secs(15);
+/// What the CLI waits on top of the daemon's own worst case, for scheduling and the work
+/// around the Docker calls (creating `ethwe`, map writes).
+const REPLY_MARGIN: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -54,6 +55,45 @@ pub enum Request {
         b: String,
     },
     PolicyList,
+}
+
+impl Request {
+    /// What the request is, in the words of the command that sends it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Status => "status",
+            Self::Shutdown => "stop",
+            Self::Attach { .. } => "attach",
+            Self::Run { .. } => "run",
+            Self::Detach { .. } => "detach",
+            Self::Ps => "ps",
+            Self::Peers => "peers",
+            Self::Join { .. } => "join",
+            Self::PolicySet { .. } => "policy",
+            Self::PolicyList => "policy list",
+        }
+    }
+
+    /// Docker API calls the daemon may make, one after another, to answer this request.
+    /// Each may take up to [`DOCKER_CALL_TIMEOUT`].
+    pub fn docker_calls(&self) -> u32 {
+        match self {
+            // connect, create, start, inspect, and a remove if attaching fails
+            Self::Run { .. } => 5,
+            // connect, inspect
+            Self::Attach { netns: None, .. } | Self::Detach { netns: None, .. } => 2,
+            _ => 0,
+        }
+    }
+
+    /// How long the CLI waits for the answer: longer than the daemon can take, so a slow
+    /// Docker never makes the CLI report a failure for what then succeeds.
+    pub fn reply_timeout(&self) -> Duration {
+        match self.docker_calls() {
+            0 => QUICK_REPLY,
+            calls => DOCKER_CALL_TIMEOUT * calls + REPLY_MARGIN,
+        }
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -189,43 +229,6 @@ pub struct Counter {
     pub bytes: u64,
 }
 
-/// Why a request could not reach a daemon.
-#[derive(Debug)]
-pub enum Unreachable {
-    /// No socket, or nobody listening on it.
-    NoAgent,
-    Other(anyhow::Error),
-}
-
-pub const NO_AGENT: &str = "no agent running here; start one with `weave-agent launch`";
-
-/// Sends one request to the daemon behind `socket` and returns its response.
-pub fn call(socket: &Path, request: &Request) -> Result<Response, Unreachable> {
-    let stream = match UnixStream::connect(socket) {
-        Ok(stream) => stream,
-        Err(err)
-            if matches!(
-                err.kind(),
-                ErrorKind::NotFound | ErrorKind::ConnectionRefused
-            ) =>
-        {
-            return Err(Unreachable::NoAgent);
-        }
-        Err(err) if err.kind() == ErrorKind::PermissionDenied => {
-            return Err(Unreachable::Other(anyhow!(
-                "permission denied on {}: the control socket is root-only; run as root",
-                socket.display()
-            )));
-        }
-        Err(err) => {
-            return Err(Unreachable::Other(
-                anyhow::Error::new(err).context(format!("connecting to {}", socket.display())),
-            ));
-        }
-    };
-    exchange(stream, request).map_err(Unreachable::Other)
-}
-
 /// Longest request line the daemon reads; real requests are a few hundred bytes.
 pub const MAX_REQUEST: usize = 64 * 1024;
 
@@ -235,33 +238,6 @@ pub fn parse_request(line: &[u8]) -> Result<Request> {
         bail!("request longer than {MAX_REQUEST} bytes");
     }
     serde_json::from_slice(line).map_err(|err| anyhow!("malformed request: {err}"))
-}
-
-/// Like [`call`], but "no agent" is an error telling the user how to start one.
-pub fn call_agent(socket: &Path, request: &Request) -> Result<Response> {
-    match call(socket, request) {
-        Ok(Response::Error { message }) => bail!("the agent refused: {message}"),
-        Ok(response) => Ok(response),
-        Err(Unreachable::NoAgent) => bail!(NO_AGENT),
-        Err(Unreachable::Other(err)) => Err(err),
-    }
-}
-
-fn exchange(mut stream: UnixStream, request: &Request) -> Result<Response> {
-    stream.set_read_timeout(Some(REPLY_TIMEOUT))?;
-    let mut line = serde_json::to_string(request)?;
-    line.push('\n');
-    stream
-        .write_all(line.as_bytes())
-        .context("sending the request to the agent")?;
-    let mut reply = String::new();
-    BufReader::new(stream)
-        .read_line(&mut reply)
-        .context("waiting for the agent's reply")?;
-    if reply.is_empty() {
-        bail!("the agent closed the connection without answering; see its log");
-    }
-    serde_json::from_str(&reply).with_context(|| format!("malformed reply from the agent: {reply}"))
 }
 
 #[cfg(test)]
@@ -276,14 +252,5 @@ mod tests {
             serde_json::from_str::<Request>(r#"{"op":"status"}"#).unwrap(),
             Request::Status
         ));
-    }
-
-    #[test]
-    fn missing_socket_means_no_agent() {
-        let dir = std::env::temp_dir().join(format!("weave-api-test-{}", std::process::id()));
-        let result = call(&dir.join("absent.sock"), &Request::Status);
-        assert!(matches!(result, Err(Unreachable::NoAgent)), "{result:?}");
-        let err = call_agent(&dir.join("absent.sock"), &Request::Status).unwrap_err();
-        assert_eq!(err.to_string(), NO_AGENT);
     }
 }

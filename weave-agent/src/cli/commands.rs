@@ -1,0 +1,175 @@
+//! What each subcommand does on the CLI side: send a request, print the answer.
+
+use anyhow::{Result, bail};
+
+use super::{
+    args::{LaunchArgs, OutputArgs, PolicyCommand},
+    launch,
+};
+use crate::{
+    control::{
+        api::{Request, Response},
+        client::{self as api, Unreachable, unexpected},
+        location::Location,
+    },
+    host::{netns, run_spec::RunSpec},
+    mesh::peer_addr::PeerSpec,
+    net::{
+        addressing::Cidr,
+        policy::{Action, Subnet},
+    },
+};
+
+pub fn policy(loc: &Location, command: PolicyCommand) -> Result<()> {
+    let allow = matches!(command, PolicyCommand::Allow(_));
+    let (request, out) = match command {
+        PolicyCommand::Allow(pair) | PolicyCommand::Deny(pair) => {
+            // Checked here too, so a typo is reported before anything is sent.
+            let a: Subnet = pair.a.parse()?;
+            let b: Subnet = pair.b.parse()?;
+            let action = if allow { Action::Allow } else { Action::Deny };
+            let request = Request::PolicySet {
+                action,
+                a: a.to_string(),
+                b: b.to_string(),
+            };
+            (request, None)
+        }
+        PolicyCommand::List(out) => (Request::PolicyList, Some(out)),
+    };
+    let Response::Rules { rules } = api::call_agent(&loc.socket(), &request)? else {
+        return Err(unexpected("policy"));
+    };
+    match out {
+        Some(out) if out.json => println!("{}", serde_json::to_string_pretty(&rules)?),
+        Some(_) => {
+            for rule in &rules {
+                println!("{} {} {}", rule.a, rule.b, rule.action);
+            }
+        }
+        // allow/deny: silent on success, like `ip route add`.
+        None => {}
+    }
+    Ok(())
+}
+
+/// Tells the running agent to connect to `addr`, or launches one that does.
+pub fn join(
+    global: &[String],
+    addr: &str,
+    launch_args: &mut LaunchArgs,
+    loc: &Location,
+) -> Result<()> {
+    PeerSpec::parse(addr)?;
+    match api::call(
+        &loc.socket(),
+        &Request::Join {
+            peer: addr.to_owned(),
+        },
+    ) {
+        Ok(Response::Joined { address }) => {
+            println!("joining the mesh through {address}");
+            Ok(())
+        }
+        Ok(Response::Error { message }) => bail!("the agent refused: {message}"),
+        Ok(_) => Err(unexpected("join")),
+        Err(Unreachable::NoAgent) => {
+            launch_args.peers.push(addr.to_owned());
+            launch::launch(global, launch_args, loc)
+        }
+        Err(Unreachable::Other(err)) => Err(err),
+    }
+}
+
+pub fn attach(loc: &Location, cidr: &str, container_arg: &str, mtu: Option<u32>) -> Result<()> {
+    // Refuse bad input before anything is changed anywhere.
+    let parsed: Cidr = cidr.parse()?;
+    let netns = netns::netns_path(container_arg)?;
+    let request = Request::Attach {
+        cidr: parsed.to_string(),
+        container: container_arg.to_owned(),
+        netns,
+        mtu,
+    };
+    let Response::Attached { endpoint } = api::call_agent(&loc.socket(), &request)? else {
+        return Err(unexpected("attach"));
+    };
+    println!(
+        "{} {} {} (ethwe, MTU {})",
+        endpoint.container, endpoint.mac, endpoint.cidr, endpoint.mtu
+    );
+    Ok(())
+}
+
+pub fn detach(loc: &Location, container_arg: &str) -> Result<()> {
+    let request = Request::Detach {
+        container: container_arg.to_owned(),
+        netns: netns::netns_path(container_arg).ok().flatten(),
+    };
+    let Response::Detached { endpoints } = api::call_agent(&loc.socket(), &request)? else {
+        return Err(unexpected("detach"));
+    };
+    for ep in endpoints {
+        println!("{} {} {} detached", ep.container, ep.mac, ep.cidr);
+    }
+    Ok(())
+}
+
+pub fn ps(loc: &Location, out: OutputArgs) -> Result<()> {
+    let Response::Endpoints { endpoints } = api::call_agent(&loc.socket(), &Request::Ps)? else {
+        return Err(unexpected("ps"));
+    };
+    if out.json {
+        println!("{}", serde_json::to_string_pretty(&endpoints)?);
+        return Ok(());
+    }
+    for ep in endpoints {
+        println!("{} {} {}", ep.container, ep.mac, ep.cidr);
+    }
+    Ok(())
+}
+
+pub fn peers(loc: &Location, out: OutputArgs) -> Result<()> {
+    let Response::Peers { peers } = api::call_agent(&loc.socket(), &Request::Peers)? else {
+        return Err(unexpected("peers"));
+    };
+    if out.json {
+        let list: Vec<_> = peers
+            .iter()
+            .map(|p| serde_json::json!({"name": p.name, "address": p.address, "state": p.state}))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(());
+    }
+    for p in peers {
+        let name = if p.name.is_empty() {
+            "-".to_owned()
+        } else {
+            format!("{}({})", p.name, p.nickname)
+        };
+        println!("{name} {} {}", p.address, p.state);
+    }
+    Ok(())
+}
+
+/// `run`: the full container id alone on stdout, so `id=$(weave-agent run ...)` works.
+pub fn run_container(
+    loc: &Location,
+    cidr: &str,
+    docker_args: &[String],
+    mtu: Option<u32>,
+) -> Result<()> {
+    // Refuse bad input before Docker creates anything.
+    let parsed: Cidr = cidr.parse()?;
+    let spec = RunSpec::parse(docker_args)?;
+    let request = Request::Run {
+        cidr: parsed.to_string(),
+        spec: Box::new(spec),
+        mtu,
+    };
+    let Response::Ran { id } = api::call_agent(&loc.socket(), &request)? else {
+        return Err(unexpected("run"));
+    };
+    println!("{id}");
+    Ok(())
+}

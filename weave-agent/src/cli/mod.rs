@@ -1,0 +1,60 @@
+//! The command line: what users type (`args`), what each command sends and prints
+//! (`commands`, `status`), and the daemon's life cycle seen from outside (`launch`).
+
+pub mod args;
+mod commands;
+mod launch;
+mod status;
+
+use anyhow::Result;
+
+pub use args::Cli;
+use args::Command;
+
+use crate::{
+    control::{daemon, location::Location},
+    datapath::bpffs,
+    mesh::bench_peer,
+};
+
+pub fn run(cli: Cli) -> Result<()> {
+    let loc = Location::resolve(cli.state_dir.clone())?;
+    let global = launch::cli_state_dir_args(&cli);
+    match cli.command {
+        Command::Launch(args) if args.foreground => {
+            daemon::run(&launch::daemon_config(&args)?, &loc)
+        }
+        Command::Launch(args) => launch::launch(&global, &args, &loc),
+        Command::Status(out) => status::status(&loc, out),
+        Command::Stop => {
+            let pid = launch::stop(&loc)?;
+            println!("weave-agent (pid {pid}) stopped; the data path stays attached");
+            Ok(())
+        }
+        Command::Reset => {
+            // Pins live in the host's mount namespace; enter it while still single-threaded.
+            bpffs::enter_host_mount_namespace()?;
+            launch::reset(&loc)
+        }
+        Command::Join { addr, mut launch } => commands::join(&global, &addr, &mut launch, &loc),
+        Command::Run {
+            cidr,
+            docker_args,
+            mtu,
+        } => commands::run_container(&loc, &cidr, &docker_args, mtu),
+        Command::Attach {
+            cidr,
+            container,
+            mtu,
+        } => commands::attach(&loc, &cidr, &container, mtu),
+        Command::Detach { container } => commands::detach(&loc, &container),
+        Command::Ps(out) => commands::ps(&loc, out),
+        Command::BenchPeer {
+            address,
+            seed,
+            endpoints,
+        } => bench_peer::bench_peer(address, &seed, endpoints),
+        Command::Peers(out) => commands::peers(&loc, out),
+        Command::Policy(command) => commands::policy(&loc, command),
+    }
+}

@@ -1,0 +1,102 @@
+//! `status`: the agent as an operator reads it.
+
+use anyhow::Result;
+
+use super::args::OutputArgs;
+use crate::control::{
+    api::{self, Request, Response},
+    client::{call_agent, unexpected},
+    location::Location,
+};
+
+pub fn status(loc: &Location, out: OutputArgs) -> Result<()> {
+    let Response::Status(status) = call_agent(&loc.socket(), &Request::Status)? else {
+        return Err(unexpected("status"));
+    };
+    if out.json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+        return Ok(());
+    }
+    print_identity(&status);
+    print_mesh(&status);
+    print_counters(&status);
+    Ok(())
+}
+
+fn print_identity(s: &api::Status) {
+    println!("        Version: weave-agent {} (pid {})", s.version, s.pid);
+    println!("      Peer name: {} ({})", s.peer_name, s.nickname);
+    println!("      Namespace: {}", s.netns);
+    println!(
+        "       Underlay: {} (index {}) {}, MTU {}{}",
+        s.underlay.name,
+        s.underlay.ifindex,
+        s.underlay.address,
+        s.underlay.mtu,
+        s.underlay
+            .kind
+            .as_deref()
+            .map(|k| format!(", {k}"))
+            .unwrap_or_default()
+    );
+    println!("          State: {}", s.state_dir);
+    println!("           Pins: {}", s.pin_dir);
+    println!("       Programs:");
+    for p in &s.programs {
+        println!("                 {} (id {}): {}", p.name, p.id, p.attached);
+    }
+    println!(
+        "        Overlay: {} (VXLAN external, UDP 6784), ethwe MTU {}",
+        s.vxlan, s.mtu
+    );
+    println!(
+        "      Endpoints: {} local, {} remote (kernel map)",
+        s.endpoints.local, s.endpoints.remote
+    );
+}
+
+fn print_mesh(s: &api::Status) {
+    if s.peers.is_empty() {
+        println!("          Peers: none (`weave-agent join ADDR` connects to one)");
+    }
+    for (i, p) in s.peers.iter().enumerate() {
+        let label = if i == 0 { "Peers:" } else { "" };
+        println!(
+            "{label:>16} {}({}) {} {} ({} endpoints)",
+            p.name, p.nickname, p.address, p.state, p.endpoints
+        );
+    }
+    println!(
+        "     Encryption: {}",
+        if s.encryption {
+            "on (password set)"
+        } else {
+            "off"
+        }
+    );
+    if s.auth_failures > 0 {
+        let sources: Vec<String> = s
+            .auth_failure_sources
+            .iter()
+            .map(|(ip, n)| format!("{ip} ({n})"))
+            .collect();
+        println!(
+            "  Auth failures: {} gossip datagrams refused, from {}",
+            s.auth_failures,
+            sources.join(", ")
+        );
+    }
+    for conflict in &s.conflicts {
+        println!("       Conflict: {conflict}");
+    }
+}
+
+fn print_counters(s: &api::Status) {
+    println!("       Counters:");
+    for (name, c) in &s.counters {
+        println!(
+            "                 {name:<22} {:>12} packets {:>14} bytes",
+            c.packets, c.bytes
+        );
+    }
+}

@@ -1,0 +1,79 @@
+//! The state the daemon's tasks share, and how they share it.
+//!
+//! One async mutex guards what must change together (the maps, the persisted state and the
+//! record of what was written). It is held only for quick work: map writes, a netlink call
+//! or two, a file save. Anything that enters a container's namespace (creating `ethwe`,
+//! syncing its routes) runs without it, so `status`, metrics and the sync loop never wait
+//! for a container. Endpoints being attached meanwhile are reserved in [`Inner::pending`].
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{Ipv4Addr, SocketAddr},
+    path::PathBuf,
+    sync::Arc,
+    time::Instant,
+};
+
+use tokio::sync::{Mutex, watch};
+
+use super::{api, location::Location, reconcile::Written, state::State};
+use crate::{
+    datapath::Datapath,
+    mesh::{
+        counting_transport::GossipTraffic, gossip::Gossip, gossip::PeerView, peer_addr::PeerBook,
+        sealed_transport::AuthFailures,
+    },
+    net::{addressing::Cidr, policy::Subnet},
+};
+
+pub struct Agent {
+    pub loc: Location,
+    /// The parts of `status` that never change while the agent runs.
+    pub base: api::Status,
+    pub gossip: Gossip,
+    /// Gossip datagrams refused by the sealed transport (stays empty without a password).
+    pub auth_failures: Arc<std::sync::Mutex<AuthFailures>>,
+    /// Gossip messages and bytes through the transport, for metrics.
+    pub traffic: Arc<GossipTraffic>,
+    /// Configured peers given by host name, resolved in the background.
+    pub peer_book: PeerBook,
+    /// Wakes the resolver when a host name was just configured.
+    pub resolve_now: tokio::sync::Notify,
+    pub inner: Mutex<Inner>,
+    pub shutdown: watch::Sender<bool>,
+}
+
+pub struct Inner {
+    pub datapath: Datapath,
+    pub netlink: rtnetlink::Handle,
+    pub state: State,
+    /// Default `ethwe` MTU.
+    pub mtu: u32,
+    /// The mesh as the last sync saw it.
+    pub peers: Vec<PeerView>,
+    pub conflicts: Vec<String>,
+    /// What the maps hold, as this agent wrote them.
+    pub written: Written,
+    pub started: Instant,
+    pub last_contact: BTreeMap<SocketAddr, Instant>,
+    /// On-link routes the rules put in each local endpoint's container, as last made.
+    pub routes: BTreeMap<Ipv4Addr, BTreeSet<Subnet>>,
+    /// Attaches under way outside the lock: their addresses and containers are taken.
+    pub pending: Vec<Pending>,
+}
+
+/// An attach that has reserved its address and container but not finished.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pending {
+    pub cidr: Cidr,
+    pub netns: PathBuf,
+    pub container: String,
+    pub docker_id: Option<String>,
+}
+
+impl Agent {
+    /// Saves the persisted state, which `inner` holds.
+    pub fn save(&self, inner: &Inner) -> anyhow::Result<()> {
+        super::state::save(&self.loc.state_dir, &inner.state)
+    }
+}

@@ -1,0 +1,29 @@
+//! What a daemon is started with, in the control plane's own terms (the CLI builds it from
+//! its flags; the daemon never sees clap's types).
+
+use std::net::SocketAddr;
+
+/// How frames for other hosts are wrapped in VXLAN.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Encapsulation {
+    /// Headers built and stripped by the eBPF programs; GSO bulk through the VXLAN device.
+    #[default]
+    Ebpf,
+    /// Everything through the kernel VXLAN device.
+    VxlanDevice,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct DaemonConfig {
+    /// Peers to join, as the user typed them (IP, IP:PORT, HOST[:PORT]).
+    pub peers: Vec<String>,
+    /// Underlay interface; None picks one (see `host::underlay`).
+    pub iface: Option<String>,
+    /// Nickname shown by `status` and `peers`; None takes the namespace name.
+    pub nickname: Option<String>,
+    /// The mesh password, already read from wherever the user put it.
+    pub password: Option<String>,
+    pub encapsulation: Encapsulation,
+    /// Where metrics are served; None for the default.
+    pub metrics_addr: Option<SocketAddr>,
+}

@@ -1,0 +1,306 @@
+//! The daemon's composition root: takes the namespace's lock, builds the data path, gossip
+//! and the shared state, starts the tasks, and serves the control socket until told to stop.
+
+use std::{
+    collections::BTreeMap,
+    fs::{self, File, OpenOptions, TryLockError},
+    io::Write as _,
+    sync::Arc,
+    time::Instant,
+};
+
+use anyhow::{Context as _, Result, bail};
+use chitchat::transport::{Transport, UdpTransport};
+use tokio::{
+    net::UnixListener,
+    signal::unix::{SignalKind, signal},
+    sync::{Mutex, watch},
+};
+use weave_common::{OVERLAY_OVERHEAD, VXLAN_PORT};
+
+use super::{
+    agent::{Agent, Inner},
+    api,
+    config::{DaemonConfig, Encapsulation},
+    docker_events, endpoints,
+    location::Location,
+    metrics, peers, ready, server, state, status, sync,
+};
+use crate::{
+    datapath::{Datapath, bpffs},
+    host::{
+        netlink, routes,
+        underlay::{self, Link},
+    },
+    mesh::{
+        counting_transport::{CountingTransport, GossipTraffic},
+        gossip::Gossip,
+        peer_addr::PeerSpec,
+        sealed_transport::{self, AuthFailures, SealedTransport},
+    },
+    net::names::VXLAN_DEVICE,
+};
+
+/// Runs the daemon in this process until it is stopped.
+pub fn run(config: &DaemonConfig, loc: &Location) -> Result<()> {
+    let mut ready = ready::take_ready_pipe();
+    let result = run_locked(config, loc, &mut ready);
+    if let (Err(err), Some(pipe)) = (&result, ready.as_mut()) {
+        // The launching CLI prints this; it is also in the log.
+        let _ = writeln!(pipe, "error: {err:#}");
+    }
+    result
+}
+
+fn run_locked(config: &DaemonConfig, loc: &Location, ready: &mut Option<File>) -> Result<()> {
+    loc.create_state_dir()?;
+    // Held until the process exits; `stop` waits for the kernel to release it.
+    let lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(loc.lock_file())
+        .with_context(|| format!("opening {}", loc.lock_file().display()))?;
+    match lock.try_lock() {
+        Ok(()) => {}
+        Err(TryLockError::WouldBlock) => bail!(
+            "an agent is already running in network namespace {} (`weave-agent status` shows \
+             it; `weave-agent stop` stops it)",
+            loc.netns
+        ),
+        Err(TryLockError::Error(err)) => {
+            return Err(err).context("locking the state directory");
+        }
+    }
+    // Still single-threaded: the only time entering another mount namespace is allowed.
+    bpffs::enter_host_mount_namespace()?;
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let result = runtime.block_on(async {
+        let (agent, listener) = start(config, loc).await?;
+        serve(agent, listener, config, ready).await
+    });
+    drop(lock);
+    result
+}
+
+/// Everything up to a bound control socket: the data path attached, endpoints adopted,
+/// gossip started with them.
+async fn start(config: &DaemonConfig, loc: &Location) -> Result<(Arc<Agent>, UnixListener)> {
+    let handle = netlink::connect()?;
+    let links = netlink::links(&handle).await?;
+    let default_oif = routes::default_route_oif(&handle).await?;
+    let underlay = underlay::select_underlay(&links, default_oif, config.iface.as_deref())?.clone();
+    let mut state = state::load(&loc.state_dir)?;
+    let adopt = state.underlay.as_deref() == Some(underlay.name.as_str());
+    state.underlay = Some(underlay.name.clone());
+    for peer in &config.peers {
+        PeerSpec::parse(peer)?;
+        if !state.peers.contains(peer) {
+            state.peers.push(peer.clone());
+        }
+    }
+    let mtu = underlay.mtu.saturating_sub(OVERLAY_OVERHEAD);
+    let datapath = load_datapath(&handle, loc, &underlay, adopt, mtu, config).await?;
+    let mut inner = Inner {
+        datapath,
+        netlink: handle,
+        state,
+        mtu,
+        peers: Vec::new(),
+        conflicts: Vec::new(),
+        written: Default::default(),
+        started: Instant::now(),
+        last_contact: BTreeMap::new(),
+        routes: BTreeMap::new(),
+        pending: Vec::new(),
+    };
+    endpoints::adopt_endpoints(&mut inner).await?;
+    state::save(&loc.state_dir, &inner.state)?;
+    let agent = start_gossip(config, loc, &underlay, inner).await?;
+    let listener = server::bind_socket(&loc.socket())?;
+    Ok((agent, listener))
+}
+
+async fn load_datapath(
+    handle: &rtnetlink::Handle,
+    loc: &Location,
+    underlay: &Link,
+    adopt: bool,
+    mtu: u32,
+    config: &DaemonConfig,
+) -> Result<Datapath> {
+    let mut datapath = Datapath::load(&loc.pin_dir, underlay, adopt)?;
+    datapath.start_logging();
+    let vxlan_index = netlink::ensure_vxlan(handle, VXLAN_DEVICE, VXLAN_PORT, mtu).await?;
+    let (ip, _) = underlay
+        .ipv4
+        .expect("select_underlay guarantees an IPv4 address");
+    datapath.attach_overlay(
+        VXLAN_DEVICE,
+        vxlan_index,
+        underlay,
+        ip,
+        config.encapsulation == Encapsulation::Ebpf,
+    )?;
+    Ok(datapath)
+}
+
+/// Starts gossip with this host's endpoints and rules already in its first state: after a
+/// restart, peers never see the new generation alive without them, so they never withdraw
+/// them.
+async fn start_gossip(
+    config: &DaemonConfig,
+    loc: &Location,
+    underlay: &Link,
+    inner: Inner,
+) -> Result<Arc<Agent>> {
+    let (ip, _) = underlay
+        .ipv4
+        .expect("select_underlay guarantees an IPv4 address");
+    let peer_name = underlay.mac_string().unwrap_or_else(|| loc.netns.clone());
+    let nickname = config.nickname.clone().unwrap_or_else(|| loc.netns.clone());
+    let initial: Vec<(String, String)> = inner
+        .state
+        .endpoints
+        .iter()
+        .map(|e| crate::mesh::keys::endpoint_key_value(&e.cidr, &e.container))
+        .chain(
+            inner
+                .state
+                .rules
+                .iter()
+                .map(|r| (r.gossip_key(), r.gossip_value())),
+        )
+        .collect();
+    let auth_failures = Arc::new(std::sync::Mutex::new(AuthFailures::default()));
+    let transport: Box<dyn Transport> = match &config.password {
+        Some(password) => {
+            let key = sealed_transport::derive_key(password)?;
+            Box::new(SealedTransport::new(&key, Arc::clone(&auth_failures)))
+        }
+        None => Box::new(UdpTransport),
+    };
+    let traffic = Arc::new(GossipTraffic::default());
+    let transport = CountingTransport::new(transport, Arc::clone(&traffic));
+    let gossip = Gossip::start(&peer_name, &nickname, ip, initial, &transport).await?;
+    let base = base_status(loc, underlay, &inner, peer_name, nickname, config);
+    let (shutdown, _) = watch::channel(false);
+    Ok(Arc::new(Agent {
+        loc: loc.clone(),
+        base,
+        gossip,
+        auth_failures,
+        traffic,
+        peer_book: Default::default(),
+        resolve_now: tokio::sync::Notify::new(),
+        inner: Mutex::new(inner),
+        shutdown,
+    }))
+}
+
+/// The parts of `status` that stay as they are while the agent runs.
+fn base_status(
+    loc: &Location,
+    underlay: &Link,
+    inner: &Inner,
+    peer_name: String,
+    nickname: String,
+    config: &DaemonConfig,
+) -> api::Status {
+    let (ip, prefix) = underlay
+        .ipv4
+        .expect("select_underlay guarantees an IPv4 address");
+    api::Status {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        pid: std::process::id(),
+        peer_name,
+        nickname,
+        netns: loc.netns.clone(),
+        state_dir: loc.state_dir.display().to_string(),
+        pin_dir: loc.pin_dir.display().to_string(),
+        underlay: api::Underlay {
+            name: underlay.name.clone(),
+            ifindex: underlay.index,
+            address: format!("{ip}/{prefix}"),
+            mtu: underlay.mtu,
+            kind: underlay.kind.clone(),
+        },
+        programs: status::programs(&inner.datapath),
+        vxlan: VXLAN_DEVICE.to_owned(),
+        mtu: inner.mtu,
+        endpoints: api::EndpointCounts::default(),
+        peers: Vec::new(),
+        conflicts: Vec::new(),
+        encryption: config.password.is_some(),
+        auth_failures: 0,
+        auth_failure_sources: BTreeMap::new(),
+        counters: Default::default(),
+    }
+}
+
+/// Starts the tasks, reports readiness, and answers the socket until a stop request or a
+/// signal; then lets every task finish.
+async fn serve(
+    agent: Arc<Agent>,
+    listener: UnixListener,
+    config: &DaemonConfig,
+    ready: &mut Option<File>,
+) -> Result<()> {
+    let metrics = metrics::spawn(&agent, config.metrics_addr).await;
+    let tasks = [
+        tokio::spawn(sync::sync_loop(Arc::clone(&agent))),
+        tokio::spawn(docker_events::docker_loop(Arc::clone(&agent))),
+        tokio::spawn(peers::resolve_loop(Arc::clone(&agent))),
+    ];
+    tracing::info!(
+        netns = %agent.loc.netns,
+        underlay = %agent.base.underlay.name,
+        socket = %agent.loc.socket().display(),
+        "agent ready"
+    );
+    if let Some(mut pipe) = ready.take() {
+        let _ = pipe.write_all(b"ready\n");
+    }
+    accept_until_stopped(&agent, listener).await?;
+    let _ = agent.shutdown.send(true);
+    for task in tasks {
+        let _ = task.await;
+    }
+    if let Some(metrics) = metrics {
+        let _ = metrics.await;
+    }
+    let _ = fs::remove_file(agent.loc.socket());
+    tracing::info!(
+        "agent stopped; the data path stays attached (pinned in {}); `weave-agent reset` removes it",
+        agent.loc.pin_dir.display()
+    );
+    Ok(())
+}
+
+async fn accept_until_stopped(agent: &Arc<Agent>, listener: UnixListener) -> Result<()> {
+    let mut stopping = agent.shutdown.subscribe();
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let agent = Arc::clone(agent);
+                    tokio::spawn(async move {
+                        if let Err(err) = server::handle_connection(&agent, stream).await {
+                            tracing::warn!("control connection: {err:#}");
+                        }
+                    });
+                }
+                Err(err) => tracing::warn!("accepting a control connection: {err}"),
+            },
+            _ = stopping.changed() => return Ok(()),
+            _ = sigterm.recv() => return Ok(()),
+            _ = sigint.recv() => return Ok(()),
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! Following Docker's events while Docker runs: a container of ours that dies is withdrawn
+//! from the mesh at once, one that starts again gets its address back, one that is removed is
+//! forgotten. Without Docker this waits quietly; netns and pid attachments do not need it.
+
+use std::{sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use futures_util::StreamExt as _;
+
+use super::{
+    agent::Agent,
+    endpoints::{Target, attach_endpoint, keep_dormant, remove_endpoint},
+    state::LocalEndpoint,
+};
+use crate::host::docker;
+
+/// How often the agent looks for a Docker engine while none answers.
+const DOCKER_RETRY: Duration = Duration::from_secs(2);
+
+pub async fn docker_loop(agent: Arc<Agent>) {
+    let mut stopping = agent.shutdown.subscribe();
+    loop {
+        if let Ok(engine) = docker::connect().await {
+            tracing::debug!("following Docker events");
+            if follow(&agent, &engine, &mut stopping).await.is_break() {
+                return;
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(DOCKER_RETRY) => {}
+            _ = stopping.changed() => return,
+        }
+    }
+}
+
+/// Follows one engine's events until its stream ends (continue) or the agent stops (break).
+async fn follow(
+    agent: &Agent,
+    engine: &bollard::Docker,
+    stopping: &mut tokio::sync::watch::Receiver<bool>,
+) -> std::ops::ControlFlow<()> {
+    // Containers that started while we were not looking.
+    let dormant: Vec<String> = {
+        let inner = agent.inner.lock().await;
+        inner
+            .state
+            .dormant
+            .iter()
+            .filter_map(|d| d.docker_id.clone())
+            .collect()
+    };
+    for id in dormant {
+        container_started(agent, engine, &id).await;
+    }
+    let mut events = docker::events(engine);
+    loop {
+        tokio::select! {
+            event = events.next() => match event {
+                Some(Ok(event)) => {
+                    let id = event.actor.and_then(|a| a.id).unwrap_or_default();
+                    match event.action.as_deref() {
+                        Some("start") => container_started(agent, engine, &id).await,
+                        Some("die") => container_died(agent, &id, false).await,
+                        Some("destroy") => container_died(agent, &id, true).await,
+                        _ => {}
+                    }
+                }
+                Some(Err(err)) => {
+                    tracing::debug!("Docker events: {err}");
+                    return std::ops::ControlFlow::Continue(());
+                }
+                None => return std::ops::ControlFlow::Continue(()),
+            },
+            _ = stopping.changed() => return std::ops::ControlFlow::Break(()),
+        }
+    }
+}
+
+async fn container_died(agent: &Agent, id: &str, destroyed: bool) {
+    let mut inner = agent.inner.lock().await;
+    let inner = &mut *inner;
+    let gone: Vec<LocalEndpoint> = inner
+        .state
+        .endpoints
+        .iter()
+        .filter(|e| e.docker_id.as_deref() == Some(id))
+        .cloned()
+        .collect();
+    for ep in &gone {
+        tracing::info!(cidr = %ep.cidr, container = %ep.container, "container died; withdrawing its address");
+        if let Err(err) = remove_endpoint(inner, &agent.gossip, ep).await {
+            tracing::warn!("withdrawing {}: {err:#}", ep.cidr);
+        }
+        keep_dormant(inner, ep);
+    }
+    let before = inner.state.dormant.len();
+    if destroyed {
+        inner
+            .state
+            .dormant
+            .retain(|d| d.docker_id.as_deref() != Some(id));
+    }
+    if (!gone.is_empty() || inner.state.dormant.len() != before)
+        && let Err(err) = agent.save(inner)
+    {
+        tracing::warn!("{err:#}");
+    }
+}
+
+async fn container_started(agent: &Agent, engine: &bollard::Docker, id: &str) {
+    let dormant = {
+        let mut inner = agent.inner.lock().await;
+        let found = inner
+            .state
+            .dormant
+            .iter()
+            .position(|d| d.docker_id.as_deref() == Some(id));
+        found.map(|i| inner.state.dormant.remove(i))
+    };
+    let Some(ep) = dormant else {
+        return;
+    };
+    let result = async {
+        let container = docker::inspect(engine, id)
+            .await?
+            .filter(|c| c.pid != 0)
+            .context("the container is not running")?;
+        let target = Target {
+            label: ep.container.clone(),
+            netns: container.netns(),
+            docker_id: Some(container.id),
+        };
+        attach_endpoint(agent, ep.cidr, &target, Some(ep.mtu)).await
+    }
+    .await;
+    match result {
+        Ok(_) => {
+            tracing::info!(cidr = %ep.cidr, container = %ep.container, "container started again; address restored")
+        }
+        Err(err) => {
+            tracing::warn!(cidr = %ep.cidr, container = %ep.container, "restoring the address: {err:#}");
+            let mut inner = agent.inner.lock().await;
+            keep_dormant(&mut inner, &ep);
+        }
+    }
+}

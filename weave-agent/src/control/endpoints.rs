@@ -1,0 +1,374 @@
+//! The life cycle of local endpoints: attach (to a namespace or a Docker container), run,
+//! detach, and adopting what a previous agent attached.
+
+use std::{
+    collections::BTreeSet,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use super::{
+    agent::{Agent, Inner, Pending},
+    api,
+    location::same_namespace,
+    state::LocalEndpoint,
+    status::endpoint_info,
+    sync,
+};
+use crate::{
+    host::{docker, netlink, netns, run_spec::RunSpec},
+    mesh::gossip::Gossip,
+    net::addressing::Cidr,
+};
+
+/// The container an endpoint is attached to.
+pub struct Target {
+    /// As the user named it (netns:NAME, pid:PID, a path, a Docker name or short id).
+    pub label: String,
+    pub netns: PathBuf,
+    pub docker_id: Option<String>,
+}
+
+/// Refuses an address already used here or anywhere in the mesh, naming where.
+async fn check_free(agent: &Agent, ip: Ipv4Addr) -> Result<()> {
+    let peers = agent.gossip.peers().await;
+    check_free_here(&*agent.inner.lock().await, ip)?;
+    for peer in &peers {
+        if let Some(ep) = peer.endpoints.iter().find(|e| e.cidr.ip == ip) {
+            bail!(
+                "{ip} is already in use: attached to {} on peer {} ({}, {})",
+                ep.container,
+                peer.name,
+                peer.nickname,
+                if peer.alive { "alive" } else { "dead" }
+            );
+        }
+    }
+    Ok(())
+}
+
+fn check_free_here(inner: &Inner, ip: Ipv4Addr) -> Result<()> {
+    if let Some(ep) = inner.state.endpoints.iter().find(|e| e.cidr.ip == ip) {
+        bail!("{ip} is already in use: attached here to {}", ep.container);
+    }
+    if let Some(p) = inner.pending.iter().find(|p| p.cidr.ip == ip) {
+        bail!(
+            "{ip} is already in use: being attached here to {}",
+            p.container
+        );
+    }
+    Ok(())
+}
+
+/// `attach`: to a namespace, or (without one) to a running Docker container by name or id.
+pub async fn attach(
+    agent: &Agent,
+    cidr: &str,
+    container: &str,
+    netns: Option<PathBuf>,
+    mtu: Option<u32>,
+) -> Result<api::EndpointInfo> {
+    let cidr: Cidr = cidr.parse()?;
+    let target = match netns {
+        Some(netns) => Target {
+            label: container.to_owned(),
+            netns,
+            docker_id: None,
+        },
+        None => docker_target(container).await?,
+    };
+    attach_endpoint(agent, cidr, &target, mtu).await
+}
+
+async fn docker_target(container: &str) -> Result<Target> {
+    let engine = docker::connect().await?;
+    let found = docker::inspect(&engine, container)
+        .await?
+        .with_context(|| {
+            format!(
+                "no container {container:?}: not a Docker container name or id, and not \
+                 netns:NAME, pid:PID or a netns path"
+            )
+        })?;
+    if found.pid == 0 {
+        bail!("container {container} is not running");
+    }
+    Ok(Target {
+        label: container.to_owned(),
+        netns: found.netns(),
+        docker_id: Some(found.id),
+    })
+}
+
+/// `run`: creates and starts the container through Docker, attaches it, and removes it again
+/// if attaching fails. Returns the full container id.
+pub async fn run_container(
+    agent: &Agent,
+    cidr: &str,
+    spec: &RunSpec,
+    mtu: Option<u32>,
+) -> Result<String> {
+    let cidr: Cidr = cidr.parse()?;
+    check_free(agent, cidr.ip).await?;
+    let engine = docker::connect().await?;
+    let id =
+        docker::create_and_start(&engine, spec, &agent.base.peer_name, &cidr.to_string()).await?;
+    let attached = async {
+        let container = docker::inspect(&engine, &id)
+            .await?
+            .filter(|c| c.pid != 0)
+            .context("the container exited right after it started")?;
+        let target = Target {
+            label: spec
+                .name
+                .clone()
+                .unwrap_or_else(|| docker::short_id(&id).to_owned()),
+            netns: container.netns(),
+            docker_id: Some(id.clone()),
+        };
+        attach_endpoint(agent, cidr, &target, mtu).await
+    }
+    .await;
+    if let Err(err) = attached {
+        let _ = docker::remove(&engine, &id).await;
+        return Err(err.context(format!(
+            "attaching {cidr} to the new container failed, so it was removed again"
+        )));
+    }
+    Ok(id)
+}
+
+/// Gives `target` an `ethwe` with `cidr`. The container's namespace is entered without the
+/// agent's lock (see [`super::agent`]); the address is reserved meanwhile.
+pub async fn attach_endpoint(
+    agent: &Agent,
+    cidr: Cidr,
+    target: &Target,
+    mtu: Option<u32>,
+) -> Result<api::EndpointInfo> {
+    check_free(agent, cidr.ip).await?;
+    // ethwe must land in a container, never in a host: ours, or the machine's initial one.
+    if same_namespace(&target.netns, Path::new("/proc/self/ns/net"))
+        || same_namespace(&target.netns, Path::new("/proc/1/ns/net"))
+    {
+        bail!(
+            "{} is the host's own network namespace; containers need one of their own",
+            target.label
+        );
+    }
+    let (handle, mtu) = reserve(agent, cidr, target, mtu).await?;
+    let host = cidr.host_veth();
+    let made = match make_ethwe(&handle, cidr, &target.netns, mtu).await {
+        Ok(index) => record(agent, cidr, target, mtu, index).await,
+        Err(err) => Err(err),
+    };
+    if made.is_err() {
+        // Leave nothing half-made behind.
+        let _ = netlink::delete_link(&handle, &host).await;
+        agent.inner.lock().await.pending.retain(|p| p.cidr != cidr);
+    }
+    let ep = made?;
+    tracing::info!(%cidr, container = %ep.container, "attached");
+    // Its subnet's routes and policy pairs now, not at the next tick (as `policy` does).
+    if let Err(err) = sync::sync_once(agent).await {
+        tracing::warn!("syncing after attaching {cidr}: {err:#}");
+    }
+    Ok(endpoint_info(&ep))
+}
+
+/// Takes the address and the container for this attach, or says who has them.
+async fn reserve(
+    agent: &Agent,
+    cidr: Cidr,
+    target: &Target,
+    mtu: Option<u32>,
+) -> Result<(rtnetlink::Handle, u32)> {
+    let mut inner = agent.inner.lock().await;
+    // Again under the lock: an attach of the same address that passed check_free at the same
+    // time may have got in first.
+    check_free_here(&inner, cidr.ip)?;
+    let (netns, label) = (target.netns.as_path(), target.label.as_str());
+    let same = |ns: &Path, container: &str, docker_id: &Option<String>| {
+        ns == netns || container == label || (docker_id.is_some() && *docker_id == target.docker_id)
+    };
+    if let Some(ep) = inner
+        .state
+        .endpoints
+        .iter()
+        .find(|e| same(&e.netns, &e.container, &e.docker_id))
+    {
+        bail!("{label} already has {} on ethwe; detach it first", ep.cidr);
+    }
+    if let Some(p) = inner
+        .pending
+        .iter()
+        .find(|p| same(&p.netns, &p.container, &p.docker_id))
+    {
+        bail!("{label} is being attached to {} right now", p.cidr);
+    }
+    inner.pending.push(Pending {
+        cidr,
+        netns: netns.to_owned(),
+        container: label.to_owned(),
+        docker_id: target.docker_id.clone(),
+    });
+    Ok((inner.netlink.clone(), mtu.unwrap_or(inner.mtu)))
+}
+
+/// The veth pair, its far end configured as `ethwe` inside the container. Returns the host
+/// end's index.
+async fn make_ethwe(handle: &rtnetlink::Handle, cidr: Cidr, netns: &Path, mtu: u32) -> Result<u32> {
+    let (host, temp) = (cidr.host_veth(), cidr.peer_temp_name());
+    // A leftover of a crash mid-attach would make the create fail.
+    netlink::delete_link(handle, &host).await?;
+    let index = netlink::create_veth(handle, &host, &temp, mtu).await?;
+    netns::move_into(handle, &temp, netns).await?;
+    netns::configure_ethwe(netns, temp, cidr, mtu).await?;
+    Ok(index)
+}
+
+/// Puts the endpoint into the maps, gossip and the state: it forwards from here on.
+async fn record(
+    agent: &Agent,
+    cidr: Cidr,
+    target: &Target,
+    mtu: u32,
+    index: u32,
+) -> Result<LocalEndpoint> {
+    let mut inner = agent.inner.lock().await;
+    let inner = &mut *inner;
+    let host = cidr.host_veth();
+    let wired: Result<()> = async {
+        inner
+            .datapath
+            .set_endpoint(cidr.ip, cidr.local_endpoint(index))?;
+        inner.datapath.attach_container(&host)?;
+        netlink::set_up(&inner.netlink, index).await
+    }
+    .await;
+    if let Err(err) = wired {
+        let _ = inner.datapath.remove_endpoint(cidr.ip);
+        let _ = inner.datapath.detach_container(&host);
+        return Err(err);
+    }
+    // The map entry is local now, whatever a peer said of the address before.
+    inner.written.remote.remove(&cidr.ip);
+    inner.written.adopted.remove(&cidr.ip);
+    agent.gossip.publish(&cidr, &target.label).await;
+    let ep = LocalEndpoint {
+        cidr,
+        container: target.label.clone(),
+        netns: target.netns.clone(),
+        host_veth: host,
+        mtu,
+        docker_id: target.docker_id.clone(),
+    };
+    inner.pending.retain(|p| p.cidr != cidr);
+    inner.state.dormant.retain(|d| d.cidr != cidr);
+    inner.state.endpoints.push(ep.clone());
+    agent.save(inner)?;
+    Ok(ep)
+}
+
+pub async fn detach(
+    agent: &Agent,
+    container: &str,
+    netns: Option<&Path>,
+) -> Result<Vec<api::EndpointInfo>> {
+    // A Docker name resolves to the id the endpoint recorded.
+    let docker_id = match netns {
+        Some(_) => None,
+        None => match docker::connect().await {
+            Ok(engine) => docker::inspect(&engine, container)
+                .await
+                .ok()
+                .flatten()
+                .map(|c| c.id),
+            Err(_) => None,
+        },
+    };
+    let matches = |e: &LocalEndpoint| {
+        e.container == container
+            || netns.is_some_and(|n| n == e.netns)
+            || (e.docker_id.is_some() && e.docker_id == docker_id)
+    };
+    let mut inner = agent.inner.lock().await;
+    let inner = &mut *inner;
+    let matching: Vec<LocalEndpoint> = inner
+        .state
+        .endpoints
+        .iter()
+        .filter(|e| matches(e))
+        .cloned()
+        .collect();
+    let dormant = inner.state.dormant.len();
+    inner.state.dormant.retain(|e| !matches(e));
+    if matching.is_empty() && inner.state.dormant.len() == dormant {
+        bail!("{container} has no endpoint on this host (`weave-agent ps` lists them)");
+    }
+    for ep in &matching {
+        remove_endpoint(inner, &agent.gossip, ep).await?;
+        tracing::info!(cidr = %ep.cidr, container = %ep.container, "detached");
+    }
+    agent.save(inner)?;
+    Ok(matching.iter().map(endpoint_info).collect())
+}
+
+/// Withdraws a local endpoint everywhere: gossip, map, TC link, veth, state.
+pub async fn remove_endpoint(inner: &mut Inner, gossip: &Gossip, ep: &LocalEndpoint) -> Result<()> {
+    gossip.withdraw(ep.cidr.ip).await;
+    inner.datapath.remove_endpoint(ep.cidr.ip)?;
+    inner.datapath.detach_container(&ep.host_veth)?;
+    // Deleting the host end deletes `ethwe` in the container with it.
+    netlink::delete_link(&inner.netlink, &ep.host_veth).await?;
+    inner.state.endpoints.retain(|e| e.cidr.ip != ep.cidr.ip);
+    Ok(())
+}
+
+/// A Docker container that stopped keeps its address for when it starts again.
+pub fn keep_dormant(inner: &mut Inner, ep: &LocalEndpoint) {
+    if ep.docker_id.is_some() && !inner.state.dormant.iter().any(|d| d.cidr == ep.cidr) {
+        inner.state.dormant.push(ep.clone());
+    }
+}
+
+/// Takes over the endpoints the previous agent attached: those whose veth still exists keep
+/// forwarding (their pinned TC links get the new program in place) and are published again;
+/// the others are cleaned out of the maps and the state.
+pub async fn adopt_endpoints(inner: &mut Inner) -> Result<()> {
+    let mut kept = Vec::new();
+    for ep in std::mem::take(&mut inner.state.endpoints) {
+        match netlink::link_index(&inner.netlink, &ep.host_veth).await? {
+            Some(index) => {
+                inner.datapath.attach_container(&ep.host_veth)?;
+                inner
+                    .datapath
+                    .set_endpoint(ep.cidr.ip, ep.cidr.local_endpoint(index))?;
+                tracing::info!(cidr = %ep.cidr, container = %ep.container, "adopted endpoint");
+                kept.push(ep);
+            }
+            None => {
+                tracing::info!(cidr = %ep.cidr, container = %ep.container, "container gone; dropping its endpoint");
+                inner.datapath.detach_container(&ep.host_veth)?;
+                inner.datapath.remove_endpoint(ep.cidr.ip)?;
+                keep_dormant(inner, &ep);
+            }
+        }
+    }
+    inner.state.endpoints = kept;
+    // Local entries no state knows of are leftovers of a crash between map write and save.
+    let ours: BTreeSet<Ipv4Addr> = inner.state.endpoints.iter().map(|e| e.cidr.ip).collect();
+    for (ip, ep) in inner.datapath.endpoints()? {
+        if ep.is_local() && !ours.contains(&ip) {
+            inner.datapath.remove_endpoint(ip)?;
+        } else if !ep.is_local() {
+            inner.written.remote.insert(ip, ep);
+            inner.written.adopted.insert(ip);
+        }
+    }
+    // The adopted entries point at these peers; the plan keeps them through the grace.
+    inner.written.adopted_peers = inner.datapath.peers()?.into_iter().collect();
+    Ok(())
+}

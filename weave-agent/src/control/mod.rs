@@ -1,0 +1,20 @@
+//! The control plane: the daemon and what it does between the CLI, the mesh and the data
+//! path. `daemon` composes; the other modules each do one job.
+
+pub mod agent;
+pub mod api;
+pub mod client;
+pub mod config;
+pub mod daemon;
+pub mod docker_events;
+pub mod endpoints;
+pub mod location;
+pub mod metrics;
+pub mod peers;
+pub mod ready;
+pub mod reconcile;
+pub mod rules;
+pub mod server;
+pub mod state;
+pub mod status;
+pub mod sync;

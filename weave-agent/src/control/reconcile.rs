@@ -1,0 +1,414 @@
+//! Reconciling the data path with the mesh, as a pure function: from the live view and what
+//! the maps hold, the map operations that make them match. The daemon only applies the plan
+//! and records what it applied, so every decision here is tested without a kernel.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{IpAddr, Ipv4Addr},
+    time::Duration,
+};
+
+use weave_common::{
+    endpoint::{Endpoint, ipv4_octets},
+    policy::SubnetPair,
+};
+
+use crate::{
+    mesh::gossip::PeerView,
+    net::{
+        addressing::parse_mac,
+        policy::{self, Rule, Subnet},
+    },
+};
+
+/// After a start, remote entries left in the pinned maps by the previous agent are kept this
+/// long, so traffic keeps flowing while gossip reconverges.
+pub const ADOPTION_GRACE: Duration = Duration::from_secs(5);
+
+/// What the maps should hold for remote endpoints and peers.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Desired {
+    pub endpoints: BTreeMap<Ipv4Addr, Endpoint>,
+    pub peers: BTreeSet<Ipv4Addr>,
+    /// Addresses claimed by more than one host, as human-readable lines.
+    pub conflicts: Vec<String>,
+}
+
+/// Remote endpoints and peers from the live peers' published state. An address also used here
+/// stays local; one claimed by two peers goes to the peer with the smaller name, and both
+/// cases are reported as conflicts.
+pub fn desired(peers: &[PeerView], local: &BTreeSet<Ipv4Addr>) -> Desired {
+    let mut out = Desired::default();
+    let mut owner: BTreeMap<Ipv4Addr, &str> = BTreeMap::new();
+    for peer in peers.iter().filter(|p| p.alive) {
+        let IpAddr::V4(underlay) = peer.address.ip() else {
+            continue;
+        };
+        out.peers.insert(underlay);
+        for ep in &peer.endpoints {
+            let ip = ep.cidr.ip;
+            let Some(mac) = parse_mac(&ep.mac) else {
+                continue;
+            };
+            if local.contains(&ip) {
+                out.conflicts.push(format!(
+                    "{ip} is attached here and also on peer {}",
+                    peer.name
+                ));
+                continue;
+            }
+            if let Some(other) = owner.get(&ip) {
+                out.conflicts.push(format!(
+                    "{ip} is claimed by peers {other} and {}",
+                    peer.name
+                ));
+                if *other <= peer.name.as_str() {
+                    continue;
+                }
+            }
+            owner.insert(ip, &peer.name);
+            out.endpoints
+                .insert(ip, ep.cidr.remote_endpoint(mac, underlay));
+        }
+    }
+    out
+}
+
+/// What the maps hold, as this agent last wrote them.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Written {
+    /// Remote endpoints in the endpoint map.
+    pub remote: BTreeMap<Ipv4Addr, Endpoint>,
+    /// Remote entries found in the pinned map at start (left by the previous agent), kept for
+    /// [`ADOPTION_GRACE`] even if gossip has not confirmed them yet.
+    pub adopted: BTreeSet<Ipv4Addr>,
+    /// The peer map found at start: the adopted entries still point at these peers.
+    pub adopted_peers: BTreeSet<Ipv4Addr>,
+    /// The peer map; None until the first sync writes it.
+    pub peers: Option<BTreeSet<Ipv4Addr>>,
+    /// The policy map; None until the first sync writes it.
+    pub policy: Option<BTreeSet<SubnetPair>>,
+}
+
+/// What the agent knows now: the peers' published state and its own.
+pub struct View<'a> {
+    pub peers: &'a [PeerView],
+    /// Addresses attached on this host.
+    pub local: &'a BTreeSet<Ipv4Addr>,
+    /// Subnets of the endpoints attached on this host.
+    pub local_subnets: &'a BTreeSet<Subnet>,
+    pub rules: &'a [Rule],
+}
+
+/// One change to the maps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MapOp {
+    SetEndpoint(Ipv4Addr, Endpoint),
+    RemoveEndpoint(Ipv4Addr),
+    /// The address is attached here now and its map entry is local: nothing to write, but it
+    /// is no longer a remote entry to keep or clean up.
+    ForgetRemote(Ipv4Addr),
+    SetPeers(BTreeSet<Ipv4Addr>),
+    SetPolicy(BTreeSet<SubnetPair>),
+}
+
+/// The map operations for one round, and the conflicts seen in it.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub ops: Vec<MapOp>,
+    pub conflicts: Vec<String>,
+}
+
+/// The operations that make the maps match `view`, given what they hold (`written`) and how
+/// long ago this agent started.
+pub fn plan(view: &View<'_>, written: &Written, since_start: Duration) -> Plan {
+    let desired = desired(view.peers, view.local);
+    let in_grace = since_start < ADOPTION_GRACE;
+    let mut ops = Vec::new();
+    for ip in written.remote.keys().filter(|ip| view.local.contains(ip)) {
+        ops.push(MapOp::ForgetRemote(*ip));
+    }
+    for (ip, ep) in &desired.endpoints {
+        if written.remote.get(ip) != Some(ep) {
+            ops.push(MapOp::SetEndpoint(*ip, *ep));
+        }
+    }
+    let kept = |ip: &Ipv4Addr| {
+        desired.endpoints.contains_key(ip)
+            || view.local.contains(ip)
+            || (in_grace && written.adopted.contains(ip))
+    };
+    for ip in written.remote.keys().filter(|ip| !kept(ip)) {
+        ops.push(MapOp::RemoveEndpoint(*ip));
+    }
+    let mut peers = desired.peers;
+    if in_grace && !written.adopted.is_empty() {
+        peers.extend(&written.adopted_peers);
+    }
+    if written.peers.as_ref() != Some(&peers) {
+        ops.push(MapOp::SetPeers(peers));
+    }
+    let adopted_kept = written
+        .remote
+        .iter()
+        .filter(|(ip, _)| in_grace && written.adopted.contains(ip))
+        .filter(|(ip, _)| !desired.endpoints.contains_key(ip) && !view.local.contains(ip))
+        .map(|(_, ep)| ep);
+    let remote = desired.endpoints.values().chain(adopted_kept);
+    let pairs = policy::allowed_pairs(view.rules, &subnets(view.local_subnets, remote));
+    if written.policy.as_ref() != Some(&pairs) {
+        ops.push(MapOp::SetPolicy(pairs));
+    }
+    Plan {
+        ops,
+        conflicts: desired.conflicts,
+    }
+}
+
+/// Every endpoint subnet known: local ones, and those of the remote entries the maps keep.
+fn subnets<'a>(
+    local: &BTreeSet<Subnet>,
+    remote: impl Iterator<Item = &'a Endpoint>,
+) -> BTreeSet<Subnet> {
+    local
+        .iter()
+        .copied()
+        .chain(remote.map(|e| Subnet::new(Ipv4Addr::from(ipv4_octets(e.subnet)), e.prefix_len)))
+        .collect()
+}
+
+impl Written {
+    /// Records `op` as applied to the maps.
+    pub fn record(&mut self, op: &MapOp) {
+        match op {
+            MapOp::SetEndpoint(ip, ep) => {
+                self.remote.insert(*ip, *ep);
+            }
+            MapOp::RemoveEndpoint(ip) | MapOp::ForgetRemote(ip) => {
+                self.remote.remove(ip);
+                self.adopted.remove(ip);
+            }
+            MapOp::SetPeers(peers) => self.peers = Some(peers.clone()),
+            MapOp::SetPolicy(pairs) => self.policy = Some(pairs.clone()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use weave_common::GOSSIP_PORT;
+
+    use super::*;
+    use crate::{
+        mesh::keys::PublishedEndpoint,
+        net::addressing::{Cidr, format_mac},
+    };
+
+    fn peer(name: &str, ip: [u8; 4], alive: bool, eps: &[&str]) -> PeerView {
+        PeerView {
+            name: name.to_owned(),
+            nickname: name.to_owned(),
+            address: SocketAddr::from((ip, GOSSIP_PORT)),
+            generation: 1,
+            alive,
+            endpoints: eps
+                .iter()
+                .map(|e| {
+                    let cidr: Cidr = e.parse().unwrap();
+                    PublishedEndpoint {
+                        cidr,
+                        mac: format_mac(&cidr.mac()),
+                        container: "c".into(),
+                    }
+                })
+                .collect(),
+            rules: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn live_peers_endpoints_become_remote_entries() {
+        let peers = [
+            peer("b", [10, 0, 0, 2], true, &["192.168.1.20/24"]),
+            peer("c", [10, 0, 0, 3], false, &["192.168.1.30/24"]),
+        ];
+        let d = desired(&peers, &BTreeSet::new());
+        assert_eq!(d.peers, BTreeSet::from([Ipv4Addr::new(10, 0, 0, 2)]));
+        assert_eq!(
+            d.endpoints.len(),
+            1,
+            "dead peer's endpoints must be withdrawn"
+        );
+        let ep = d.endpoints[&Ipv4Addr::new(192, 168, 1, 20)];
+        assert!(!ep.is_local());
+        assert_eq!(ep.peer, weave_common::endpoint::ipv4_key([10, 0, 0, 2]));
+        assert!(d.conflicts.is_empty());
+    }
+
+    #[test]
+    fn conflicts_are_reported_and_resolved_deterministically() {
+        let peers = [
+            peer("z", [10, 0, 0, 9], true, &["192.168.1.20/24"]),
+            peer(
+                "b",
+                [10, 0, 0, 2],
+                true,
+                &["192.168.1.20/24", "192.168.1.10/24"],
+            ),
+        ];
+        let local = BTreeSet::from([Ipv4Addr::new(192, 168, 1, 10)]);
+        let d = desired(&peers, &local);
+        assert_eq!(
+            d.endpoints[&Ipv4Addr::new(192, 168, 1, 20)].peer,
+            weave_common::endpoint::ipv4_key([10, 0, 0, 2])
+        );
+        assert!(!d.endpoints.contains_key(&Ipv4Addr::new(192, 168, 1, 10)));
+        assert_eq!(d.conflicts.len(), 2, "{:?}", d.conflicts);
+    }
+
+    fn view<'a>(
+        peers: &'a [PeerView],
+        local: &'a BTreeSet<Ipv4Addr>,
+        subnets: &'a BTreeSet<Subnet>,
+    ) -> View<'a> {
+        View {
+            peers,
+            local,
+            local_subnets: subnets,
+            rules: &[],
+        }
+    }
+
+    fn apply(written: &mut Written, plan: &Plan) {
+        for op in &plan.ops {
+            written.record(op);
+        }
+    }
+
+    const LATER: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn a_plan_applied_once_has_nothing_left_to_do() {
+        let peers = [peer("b", [10, 0, 0, 2], true, &["192.168.1.20/24"])];
+        let (local, subnets) = (BTreeSet::new(), BTreeSet::new());
+        let mut written = Written::default();
+        let first = plan(&view(&peers, &local, &subnets), &written, LATER);
+        assert!(
+            first
+                .ops
+                .iter()
+                .any(|op| matches!(op, MapOp::SetEndpoint(..)))
+                && first.ops.iter().any(|op| matches!(op, MapOp::SetPeers(..))),
+            "{:?}",
+            first.ops
+        );
+        apply(&mut written, &first);
+        let second = plan(&view(&peers, &local, &subnets), &written, LATER);
+        assert_eq!(second.ops, [], "the maps already match");
+    }
+
+    #[test]
+    fn a_dead_peers_endpoints_are_removed() {
+        let alive = [peer("b", [10, 0, 0, 2], true, &["192.168.1.20/24"])];
+        let dead = [peer("b", [10, 0, 0, 2], false, &["192.168.1.20/24"])];
+        let (local, subnets) = (BTreeSet::new(), BTreeSet::new());
+        let mut written = Written::default();
+        let first = plan(&view(&alive, &local, &subnets), &written, LATER);
+        apply(&mut written, &first);
+        let ops = plan(&view(&dead, &local, &subnets), &written, LATER).ops;
+        assert!(ops.contains(&MapOp::RemoveEndpoint(Ipv4Addr::new(192, 168, 1, 20))));
+        assert!(ops.contains(&MapOp::SetPeers(BTreeSet::new())));
+    }
+
+    #[test]
+    fn adopted_entries_and_their_peers_are_kept_through_the_grace_only() {
+        let ip = Ipv4Addr::new(192, 168, 1, 20);
+        let cidr: Cidr = "192.168.1.20/24".parse().unwrap();
+        let old_peer = Ipv4Addr::new(10, 0, 0, 2);
+        let mut written = Written {
+            remote: BTreeMap::from([(ip, cidr.remote_endpoint(cidr.mac(), old_peer))]),
+            adopted: BTreeSet::from([ip]),
+            adopted_peers: BTreeSet::from([old_peer]),
+            ..Written::default()
+        };
+        let (local, subnets) = (BTreeSet::new(), BTreeSet::new());
+        let early = plan(
+            &view(&[], &local, &subnets),
+            &written,
+            Duration::from_secs(1),
+        );
+        assert!(
+            !early.ops.contains(&MapOp::RemoveEndpoint(ip)),
+            "{:?}",
+            early.ops
+        );
+        assert!(
+            early
+                .ops
+                .contains(&MapOp::SetPeers(BTreeSet::from([old_peer])))
+        );
+        apply(&mut written, &early);
+        let late = plan(&view(&[], &local, &subnets), &written, ADOPTION_GRACE);
+        assert!(
+            late.ops.contains(&MapOp::RemoveEndpoint(ip)),
+            "{:?}",
+            late.ops
+        );
+        assert!(late.ops.contains(&MapOp::SetPeers(BTreeSet::new())));
+    }
+
+    /// An address seen on a peer, then attached here: its map entry is local now, so it must
+    /// be neither removed as stale nor kept as remote (or a later identical remote entry
+    /// would never be written again).
+    #[test]
+    fn an_address_attached_here_stops_being_a_remote_entry() {
+        let ip = Ipv4Addr::new(192, 168, 1, 20);
+        let peers = [peer("b", [10, 0, 0, 2], true, &["192.168.1.20/24"])];
+        let (none, subnets) = (BTreeSet::new(), BTreeSet::new());
+        let mut written = Written::default();
+        let first = plan(&view(&peers, &none, &subnets), &written, LATER);
+        apply(&mut written, &first);
+        let local = BTreeSet::from([ip]);
+        let gone = [peer("b", [10, 0, 0, 2], true, &[])];
+        let ops = plan(&view(&gone, &local, &subnets), &written, LATER).ops;
+        assert!(ops.contains(&MapOp::ForgetRemote(ip)), "{ops:?}");
+        assert!(!ops.contains(&MapOp::RemoveEndpoint(ip)), "{ops:?}");
+        apply(
+            &mut written,
+            &Plan {
+                ops,
+                conflicts: Vec::new(),
+            },
+        );
+        assert!(!written.remote.contains_key(&ip));
+    }
+
+    /// A policy the map cannot hold is recorded as written anyway: the daemon logs the
+    /// failure once, and the next rounds do not rewrite 16,384 keys every tick.
+    #[test]
+    fn an_unchanged_policy_is_not_written_again() {
+        let a: Subnet = "192.168.1.0/24".parse().unwrap();
+        let b: Subnet = "192.168.2.0/24".parse().unwrap();
+        let rules = [Rule::new(a, b, policy::Action::Allow, 1, "p").unwrap()];
+        let subnets = BTreeSet::from([a, b]);
+        let local = BTreeSet::new();
+        let view = View {
+            peers: &[],
+            local: &local,
+            local_subnets: &subnets,
+            rules: &rules,
+        };
+        let mut written = Written::default();
+        let first = plan(&view, &written, LATER);
+        let set_policy: Vec<_> = first
+            .ops
+            .iter()
+            .filter(|op| matches!(op, MapOp::SetPolicy(pairs) if pairs.len() == 2))
+            .collect();
+        assert_eq!(set_policy.len(), 1, "{:?}", first.ops);
+        apply(&mut written, &first);
+        assert_eq!(plan(&view, &written, LATER).ops, []);
+    }
+}

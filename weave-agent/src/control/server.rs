@@ -1,0 +1,96 @@
+//! The control socket: one JSON request line in, one JSON response line out, per connection.
+
+use std::{fs, os::unix::fs::PermissionsExt as _, path::Path};
+
+use anyhow::{Context as _, Result};
+use tokio::{
+    io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
+    net::{UnixListener, UnixStream},
+};
+
+use super::{
+    agent::Agent,
+    api::{self, Request, Response},
+    endpoints, peers, rules, status,
+};
+
+/// Binds the control socket, root-only. The state-directory lock proves no live daemon owns an
+/// existing socket file, so it is a leftover of a crash and can go.
+pub fn bind_socket(socket: &Path) -> Result<UnixListener> {
+    match fs::remove_file(socket) {
+        Ok(()) => tracing::debug!("removed stale socket {}", socket.display()),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => return Err(err).with_context(|| format!("removing {}", socket.display())),
+    }
+    let listener =
+        UnixListener::bind(socket).with_context(|| format!("binding {}", socket.display()))?;
+    fs::set_permissions(socket, fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("restricting {} to root", socket.display()))?;
+    Ok(listener)
+}
+
+pub async fn handle_connection(agent: &Agent, stream: UnixStream) -> Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut line = Vec::new();
+    // One byte over the limit is enough to know it is too long.
+    BufReader::new(read)
+        .take(api::MAX_REQUEST as u64 + 1)
+        .read_until(b'\n', &mut line)
+        .await?;
+    let response = match api::parse_request(&line) {
+        Ok(request) => respond(agent, request)
+            .await
+            .unwrap_or_else(|err| Response::Error {
+                message: format!("{err:#}"),
+            }),
+        Err(err) => Response::Error {
+            message: format!("{err:#}"),
+        },
+    };
+    let mut reply = serde_json::to_string(&response)?;
+    reply.push('\n');
+    write.write_all(reply.as_bytes()).await?;
+    write.shutdown().await?;
+    if matches!(response, Response::ShuttingDown { .. }) {
+        let _ = agent.shutdown.send(true);
+    }
+    Ok(())
+}
+
+async fn respond(agent: &Agent, request: Request) -> Result<Response> {
+    Ok(match request {
+        Request::Status => Response::Status(Box::new(status::status(agent).await?)),
+        Request::Shutdown => Response::ShuttingDown {
+            pid: agent.base.pid,
+        },
+        Request::Attach {
+            cidr,
+            container,
+            netns,
+            mtu,
+        } => Response::Attached {
+            endpoint: endpoints::attach(agent, &cidr, &container, netns, mtu).await?,
+        },
+        Request::Run { cidr, spec, mtu } => Response::Ran {
+            id: endpoints::run_container(agent, &cidr, &spec, mtu).await?,
+        },
+        Request::Detach { container, netns } => Response::Detached {
+            endpoints: endpoints::detach(agent, &container, netns.as_deref()).await?,
+        },
+        Request::Ps => Response::Endpoints {
+            endpoints: status::endpoint_infos(&*agent.inner.lock().await),
+        },
+        Request::Peers => Response::Peers {
+            peers: status::peer_infos(agent, &*agent.inner.lock().await),
+        },
+        Request::Join { peer } => Response::Joined {
+            address: peers::join(agent, &peer).await?,
+        },
+        Request::PolicySet { action, a, b } => Response::Rules {
+            rules: rules::set_rule(agent, action, &a, &b).await?,
+        },
+        Request::PolicyList => Response::Rules {
+            rules: rules::rule_infos(&*agent.inner.lock().await),
+        },
+    })
+}

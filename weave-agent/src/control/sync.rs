@@ -1,0 +1,137 @@
+//! The sync loop: the mesh's view, reconciled into the maps (see [`super::reconcile`]),
+//! whenever chitchat reports a change, a peer's key arrives, or the safety-net tick fires.
+
+use std::{collections::BTreeSet, net::Ipv4Addr, sync::Arc, time::Duration};
+
+use anyhow::Result;
+
+use super::{
+    agent::{Agent, Inner},
+    endpoints::{keep_dormant, remove_endpoint},
+    peers,
+    reconcile::{self, MapOp, View},
+    rules,
+    state::LocalEndpoint,
+};
+use crate::{datapath::Datapath, mesh::gossip::PeerView};
+
+/// How often the view of the mesh is reconciled into the maps even without a change from
+/// chitchat's watcher: the safety net for what it does not report, and how vanished container
+/// veths are noticed. Every round costs CPU on every host (measured: 250 ms made an idle
+/// agent of the 8 x 50 scale run use 1.4 % of a core, 500 ms 0.7 %).
+const SYNC_INTERVAL: Duration = Duration::from_millis(500);
+
+pub async fn sync_loop(agent: Arc<Agent>) {
+    let mut changes = agent.gossip.watcher().await;
+    let key_set = Arc::new(tokio::sync::Notify::new());
+    let _subscription = agent.gossip.on_key_set(key_set.clone()).await;
+    let mut stopping = agent.shutdown.subscribe();
+    let mut tick = tokio::time::interval(SYNC_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = key_set.notified() => {}
+            _ = changes.changed() => {}
+            _ = tick.tick() => {}
+            _ = stopping.changed() => return,
+        }
+        if let Err(err) = sync_once(&agent).await {
+            tracing::warn!("syncing the mesh into the data path: {err:#}");
+        }
+    }
+}
+
+/// One round: vanished containers withdrawn, rules adopted, the maps reconciled, configured
+/// peers contacted; then, without the lock, the containers' routes.
+pub async fn sync_once(agent: &Agent) -> Result<()> {
+    let peers = agent.gossip.peers().await;
+    let (maps, routes) = {
+        let mut guard = agent.inner.lock().await;
+        let inner = &mut *guard;
+        withdraw_vanished(agent, inner).await?;
+        rules::adopt_rules(agent, inner, &peers).await?;
+        let maps = apply_plan(inner, &peers);
+        peers::contact_configured(agent, inner, &peers);
+        inner.peers = peers;
+        (maps, rules::route_work(inner))
+    };
+    rules::sync_routes(agent, routes).await;
+    maps
+}
+
+/// Containers that died took their veth with them: withdraw their addresses. One cheap
+/// lookup per endpoint rather than a dump of every link, since this runs every round.
+async fn withdraw_vanished(agent: &Agent, inner: &mut Inner) -> Result<()> {
+    let vanished: Vec<LocalEndpoint> = inner
+        .state
+        .endpoints
+        .iter()
+        .filter(|ep| !link_exists(&ep.host_veth))
+        .cloned()
+        .collect();
+    for ep in &vanished {
+        tracing::info!(cidr = %ep.cidr, container = %ep.container, "container gone; withdrawing its address");
+        remove_endpoint(inner, &agent.gossip, ep).await?;
+        keep_dormant(inner, ep);
+    }
+    if !vanished.is_empty() {
+        agent.save(inner)?;
+    }
+    Ok(())
+}
+
+/// Applies this round's plan and records what was applied. Every operation is tried, so one
+/// that fails (a policy too big for its map) holds up none of the others; the first error is
+/// returned. A policy write is recorded even when it fails: the map then holds what fitted,
+/// and rewriting it every round would not make more fit.
+fn apply_plan(inner: &mut Inner, peers: &[PeerView]) -> Result<()> {
+    let local: BTreeSet<Ipv4Addr> = inner.state.endpoints.iter().map(|e| e.cidr.ip).collect();
+    let local_subnets = inner
+        .state
+        .endpoints
+        .iter()
+        .map(|e| e.cidr.subnet())
+        .collect();
+    let view = View {
+        peers,
+        local: &local,
+        local_subnets: &local_subnets,
+        rules: &inner.state.rules,
+    };
+    let plan = reconcile::plan(&view, &inner.written, inner.started.elapsed());
+    let mut first_error = None;
+    for op in &plan.ops {
+        let result = apply(&mut inner.datapath, op);
+        if result.is_ok() || matches!(op, MapOp::SetPolicy(_)) {
+            inner.written.record(op);
+        }
+        if let Err(err) = result {
+            first_error.get_or_insert(err);
+        }
+    }
+    for conflict in &plan.conflicts {
+        if !inner.conflicts.contains(conflict) {
+            tracing::warn!("address conflict: {conflict}");
+        }
+    }
+    inner.conflicts = plan.conflicts;
+    first_error.map_or(Ok(()), Err)
+}
+
+fn apply(datapath: &mut Datapath, op: &MapOp) -> Result<()> {
+    match op {
+        MapOp::SetEndpoint(ip, ep) => datapath.set_endpoint(*ip, *ep),
+        MapOp::RemoveEndpoint(ip) => datapath.remove_endpoint(*ip),
+        MapOp::ForgetRemote(_) => Ok(()),
+        MapOp::SetPeers(peers) => datapath.set_peers(peers),
+        MapOp::SetPolicy(pairs) => datapath.set_policy(pairs),
+    }
+}
+
+/// An interface of that name exists in the agent's namespace.
+fn link_exists(name: &str) -> bool {
+    let Ok(name) = std::ffi::CString::new(name) else {
+        return false;
+    };
+    // SAFETY: a valid NUL-terminated string; the call only reads it.
+    unsafe { libc::if_nametoindex(name.as_ptr()) != 0 }
+}

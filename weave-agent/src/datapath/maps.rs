@@ -1,0 +1,204 @@
+//! Map operations: what the control plane writes into the kernel and reads back.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+};
+
+use anyhow::{Context as _, Result};
+use aya::maps::{HashMap, MapData, PerCpuArray};
+use weave_common::{
+    counters::{Counter, CounterId},
+    endpoint::{Endpoint, Ipv4Key, ipv4_key, ipv4_octets},
+    maps,
+    policy::{POLICY_CAPACITY, SubnetPair},
+};
+
+use super::{CounterTotal, Datapath};
+
+impl Datapath {
+    pub(super) fn map(&self, name: &str) -> Result<&aya::maps::Map> {
+        self.ebpf
+            .map(name)
+            .with_context(|| format!("the eBPF object has no {name} map"))
+    }
+
+    pub(super) fn map_mut(&mut self, name: &str) -> Result<&mut aya::maps::Map> {
+        self.ebpf
+            .map_mut(name)
+            .with_context(|| format!("the eBPF object has no {name} map"))
+    }
+
+    fn endpoints_map(&mut self) -> Result<HashMap<&mut MapData, Ipv4Key, Endpoint>> {
+        Ok(HashMap::try_from(self.map_mut(maps::ENDPOINTS)?)?)
+    }
+
+    pub fn set_endpoint(&mut self, ip: Ipv4Addr, endpoint: Endpoint) -> Result<()> {
+        self.endpoints_map()?
+            .insert(ipv4_key(ip.octets()), endpoint, 0)
+            .with_context(|| format!("writing endpoint {ip} to the map"))
+    }
+
+    pub fn remove_endpoint(&mut self, ip: Ipv4Addr) -> Result<()> {
+        match self.endpoints_map()?.remove(&ipv4_key(ip.octets())) {
+            Ok(()) => Ok(()),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(err) => Err(err).with_context(|| format!("removing endpoint {ip} from the map")),
+        }
+    }
+
+    /// Every entry of the endpoint map, as the kernel has it.
+    pub fn endpoints(&self) -> Result<Vec<(Ipv4Addr, Endpoint)>> {
+        let map: HashMap<&MapData, Ipv4Key, Endpoint> =
+            HashMap::try_from(self.map(maps::ENDPOINTS)?)?;
+        map.iter()
+            .map(|entry| {
+                let (key, ep) = entry?;
+                Ok((Ipv4Addr::from(ipv4_octets(key)), ep))
+            })
+            .collect()
+    }
+
+    /// Makes the peer map hold exactly `peers`.
+    pub fn set_peers(&mut self, peers: &BTreeSet<Ipv4Addr>) -> Result<()> {
+        let keys = peers.iter().map(|p| ipv4_key(p.octets())).collect();
+        hold_exactly::<Ipv4Key, u32>(self.map_mut(maps::PEERS)?, &keys)
+    }
+
+    /// Makes the policy map hold exactly `pairs`: the cross-subnet directions rules allow.
+    pub fn set_policy(&mut self, pairs: &BTreeSet<SubnetPair>) -> Result<()> {
+        // Removals come first, so a map too small for the rules loses allowed directions,
+        // never keeps ones that a rule closed.
+        hold_exactly::<SubnetPair, u8>(self.map_mut(maps::POLICY)?, pairs).with_context(|| {
+            format!(
+                "writing {} allowed directions between subnets into the policy map, which \
+                 holds {POLICY_CAPACITY}; if the rules allow more, narrow them",
+                pairs.len()
+            )
+        })
+    }
+
+    /// Underlay addresses in the kernel's peer map.
+    pub fn peers(&self) -> Result<Vec<Ipv4Addr>> {
+        let map: HashMap<&MapData, Ipv4Key, u32> = HashMap::try_from(self.map(maps::PEERS)?)?;
+        map.keys()
+            .map(|key| Ok(Ipv4Addr::from(ipv4_octets(key?))))
+            .collect()
+    }
+
+    /// Sums of the per-CPU counters, by counter name.
+    pub fn counters(&self) -> Result<BTreeMap<&'static str, CounterTotal>> {
+        let map = self.map(maps::COUNTERS)?;
+        let counters: PerCpuArray<_, Counter> = PerCpuArray::try_from(map)?;
+        CounterId::ALL
+            .iter()
+            .map(|id| {
+                let per_cpu = counters
+                    .get(&id.index(), 0)
+                    .with_context(|| format!("reading counter {}", id.name()))?;
+                let total = per_cpu
+                    .iter()
+                    .fold(CounterTotal::default(), |acc, c| CounterTotal {
+                        packets: acc.packets + c.packets,
+                        bytes: acc.bytes + c.bytes,
+                    });
+                Ok((id.name(), total))
+            })
+            .collect()
+    }
+}
+
+/// Makes a hash map used as a set hold exactly `wanted` (value 1), touching only the keys
+/// that differ, so lookups of unchanged keys never miss.
+fn hold_exactly<K, V>(map: &mut aya::maps::Map, wanted: &BTreeSet<K>) -> Result<()>
+where
+    K: aya::Pod + Ord,
+    V: aya::Pod + From<u8>,
+{
+    let mut map: HashMap<&mut MapData, K, V> = HashMap::try_from(map)?;
+    let present: BTreeSet<K> = map.keys().collect::<Result<_, _>>()?;
+    let (remove, insert) = set_difference(&present, wanted);
+    // Removals first: a map too small for `wanted` loses entries, never keeps stale ones.
+    for key in remove {
+        map.remove(key)?;
+    }
+    for key in insert {
+        map.insert(*key, V::from(1), 0)?;
+    }
+    Ok(())
+}
+
+/// What to remove from `present` and insert into it to make it `wanted`. Both are sorted sets,
+/// so a full policy map (16,384 keys each side) costs n log n comparisons, not n squared.
+fn set_difference<'a, K: Ord>(
+    present: &'a BTreeSet<K>,
+    wanted: &'a BTreeSet<K>,
+) -> (Vec<&'a K>, Vec<&'a K>) {
+    (
+        present.difference(wanted).collect(),
+        wanted.difference(present).collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{cell::Cell, cmp::Ordering};
+
+    use super::*;
+
+    thread_local! {
+        static COMPARISONS: Cell<u64> = const { Cell::new(0) };
+    }
+
+    /// A key that counts how often it is compared.
+    #[derive(Debug, Clone, Copy)]
+    struct Counted(u32);
+
+    impl PartialEq for Counted {
+        fn eq(&self, other: &Self) -> bool {
+            COMPARISONS.with(|c| c.set(c.get() + 1));
+            self.0 == other.0
+        }
+    }
+    impl Eq for Counted {}
+    impl PartialOrd for Counted {
+        fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+            Some(self.cmp(other))
+        }
+    }
+    impl Ord for Counted {
+        fn cmp(&self, other: &Self) -> Ordering {
+            COMPARISONS.with(|c| c.set(c.get() + 1));
+            self.0.cmp(&other.0)
+        }
+    }
+
+    #[test]
+    fn the_diff_removes_what_is_unwanted_and_adds_what_is_missing() {
+        let present = BTreeSet::from([1, 2, 3]);
+        let wanted = BTreeSet::from([2, 3, 4, 5]);
+        let (remove, insert) = set_difference(&present, &wanted);
+        assert_eq!(remove, [&1]);
+        assert_eq!(insert, [&4, &5]);
+    }
+
+    #[test]
+    fn a_full_policy_map_is_diffed_in_n_log_n_comparisons() {
+        let n = POLICY_CAPACITY;
+        // Half the keys stay, half are replaced: the case of a rule change on a full map.
+        let present: BTreeSet<Counted> = (0..n).map(Counted).collect();
+        let wanted: BTreeSet<Counted> = (n / 2..n + n / 2).map(Counted).collect();
+        COMPARISONS.with(|c| c.set(0));
+        let (remove, insert) = set_difference(&present, &wanted);
+        let comparisons = COMPARISONS.with(Cell::get);
+        assert_eq!(
+            (remove.len(), insert.len()),
+            (n as usize / 2, n as usize / 2)
+        );
+        // A merge of two sorted sets takes about 2n; a contains() per key would take n^2 / 2.
+        assert!(
+            comparisons <= 8 * u64::from(n),
+            "{comparisons} comparisons for {n} keys"
+        );
+    }
+}

@@ -1,0 +1,8 @@
+//! The host around the agent: netlink, routes, the underlay, container namespaces, Docker.
+
+pub mod docker;
+pub mod netlink;
+pub mod netns;
+pub mod routes;
+pub mod run_spec;
+pub mod underlay;

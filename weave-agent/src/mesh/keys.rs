@@ -1,0 +1,95 @@
+//! The gossip key codec: what each agent writes under its own keys, and how a reader turns
+//! a peer's keys back into endpoints and rules. Each agent writes only its own keys:
+//! `nickname`, one `ep:<ip>` per local endpoint with value `<prefix> <mac> <container>`, and
+//! one `rule:<a>,<b>` per isolation rule it knows (see [`crate::net::policy`]).
+
+use anyhow::{Result, bail};
+use chitchat::NodeState;
+use serde::{Deserialize, Serialize};
+
+use crate::net::{
+    addressing::{Cidr, format_mac, parse_mac},
+    policy::{self, Rule},
+};
+
+pub(super) const ENDPOINT_PREFIX: &str = "ep:";
+pub(super) const NICKNAME_KEY: &str = "nickname";
+
+/// An endpoint published by some peer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishedEndpoint {
+    pub cidr: Cidr,
+    pub mac: String,
+    pub container: String,
+}
+
+/// The gossip key and value announcing a local endpoint.
+pub fn endpoint_key_value(cidr: &Cidr, container: &str) -> (String, String) {
+    let key = endpoint_key(cidr.ip);
+    let value = format!("{} {} {container}", cidr.prefix, format_mac(&cidr.mac()));
+    (key, value)
+}
+
+/// The key under which this agent publishes the endpoint with address `ip`.
+pub fn endpoint_key(ip: std::net::Ipv4Addr) -> String {
+    format!("{ENDPOINT_PREFIX}{ip}")
+}
+
+pub(super) fn published_endpoints(state: &NodeState) -> Vec<PublishedEndpoint> {
+    state
+        .key_values()
+        .filter_map(|(key, value)| {
+            let ip = key.strip_prefix(ENDPOINT_PREFIX)?;
+            parse_endpoint(ip, value).ok()
+        })
+        .collect()
+}
+
+pub(super) fn published_rules(state: &NodeState) -> Vec<Rule> {
+    state
+        .key_values()
+        .filter(|(key, _)| key.starts_with(policy::GOSSIP_PREFIX))
+        .filter_map(|(key, value)| Rule::from_gossip(key, value).ok())
+        .collect()
+}
+
+/// The endpoint behind a gossip key's address part and its value.
+pub fn parse_endpoint(ip: &str, value: &str) -> Result<PublishedEndpoint> {
+    let mut parts = value.splitn(3, ' ');
+    let (Some(prefix), Some(mac), container) = (parts.next(), parts.next(), parts.next()) else {
+        bail!("malformed endpoint value {value:?}");
+    };
+    let cidr: Cidr = format!("{ip}/{prefix}").parse()?;
+    if parse_mac(mac).is_none() {
+        bail!("malformed MAC {mac:?}");
+    }
+    Ok(PublishedEndpoint {
+        cidr,
+        mac: mac.to_owned(),
+        container: container.unwrap_or_default().to_owned(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_values_parse_and_reject_garbage() {
+        let ep = parse_endpoint("192.168.1.10", "24 02:57:c0:a8:01:0a netns:ctr 1").unwrap();
+        assert_eq!(ep.cidr.to_string(), "192.168.1.10/24");
+        assert_eq!(ep.container, "netns:ctr 1");
+        assert!(parse_endpoint("192.168.1.10", "24").is_err());
+        assert!(parse_endpoint("192.168.1.10", "24 nope c").is_err());
+    }
+
+    #[test]
+    fn a_published_endpoint_reads_back_as_itself() {
+        let cidr: Cidr = "10.32.0.7/12".parse().unwrap();
+        let (key, value) = endpoint_key_value(&cidr, "web 1");
+        let ip = key.strip_prefix(ENDPOINT_PREFIX).unwrap();
+        let ep = parse_endpoint(ip, &value).unwrap();
+        assert_eq!((ep.cidr, ep.container.as_str()), (cidr, "web 1"));
+        assert_eq!(parse_mac(&ep.mac), Some(cidr.mac()));
+    }
+}

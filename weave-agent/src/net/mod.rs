@@ -1,0 +1,7 @@
+//! Pure types of the overlay: addresses, names, isolation rules. No I/O here, so everything is
+//! tested without a kernel.
+
+pub mod addressing;
+pub mod clock;
+pub mod names;
+pub mod policy;

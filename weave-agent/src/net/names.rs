@@ -1,0 +1,17 @@
+//! Names of the interfaces the agent makes, defined once: the agent creates them, `reset`
+//! deletes them, and underlay selection must never pick one of them.
+
+/// Prefix of the host side of every container veth (Weave Net's name).
+pub const HOST_VETH_PREFIX: &str = "vethwe";
+/// The overlay interface inside each container.
+pub const CONTAINER_IFACE: &str = "ethwe";
+/// Prefix of a container veth's far end until it is renamed `ethwe` inside the container.
+pub const TEMP_PEER_PREFIX: &str = "wep";
+/// The overlay's VXLAN device (Weave's fastdp used the same name).
+pub const VXLAN_DEVICE: &str = "vxlan-6784";
+
+/// An interface of the overlay's own, which is never an underlay and which `reset` removes
+/// (the host ends of container veths, and `ethwe` should one be seen in this namespace).
+pub fn is_overlay_veth(name: &str) -> bool {
+    name.starts_with(HOST_VETH_PREFIX) || name == CONTAINER_IFACE
+}
