@@ -27,7 +27,7 @@ fn init_tracing(verbose: u8) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(weave_agent::control::log_file::StderrLog)
         // The daemon's stderr is its log file: no colour codes there.
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)

@@ -24,7 +24,7 @@ use super::{
     config::{DaemonConfig, Encapsulation},
     docker_events, endpoints,
     location::Location,
-    metrics, peers, ready, server, state, status, sync,
+    log_file, metrics, peers, ready, server, state, status, sync,
 };
 use crate::{
     datapath::{Datapath, bpffs},
@@ -72,6 +72,8 @@ fn run_locked(config: &DaemonConfig, loc: &Location, ready: &mut Option<File>) -
             return Err(err).context("locking the state directory");
         }
     }
+    // Before anything else is logged: a daemon that runs for months must not fill the disk.
+    log_file::bound(&loc.log_file())?;
     // Still single-threaded: the only time entering another mount namespace is allowed.
     bpffs::enter_host_mount_namespace()?;
 

@@ -136,6 +136,13 @@ fn register_gossip(registry: &mut Registry, status: &api::Status, gossip: &Gossi
             .get_or_create(&label("direction", direction))
             .inc_by(size.load(Ordering::Relaxed));
     }
+    let failed = Counter::<u64>::default();
+    failed.inc_by(gossip.send_failures.load(Ordering::Relaxed));
+    registry.register(
+        "gossip_send_failures",
+        "Gossip datagrams the socket refused to send (no route, no buffer space)",
+        failed,
+    );
     let auth = Counter::<u64>::default();
     auth.inc_by(status.auth_failures);
     registry.register(

@@ -9,6 +9,7 @@ pub mod daemon;
 pub mod docker_events;
 pub mod endpoints;
 pub mod location;
+pub mod log_file;
 pub mod metrics;
 pub mod peers;
 pub mod ready;

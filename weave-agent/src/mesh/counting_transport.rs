@@ -1,4 +1,6 @@
-//! Counts what crosses the gossip transport (plain or sealed), for metrics.
+//! Counts what crosses the gossip transport (plain or sealed), for metrics, and keeps failed
+//! sends out of chitchat's log: chitchat logs each one with its full error (and backtrace, if
+//! one was captured), hundreds of lines a second during an underlay outage.
 
 use std::{
     net::SocketAddr,
@@ -8,12 +10,16 @@ use std::{
     },
 };
 
+use std::time::Instant;
+
 use anyhow::Result;
 use async_trait::async_trait;
 use chitchat::{
     ChitchatMessage, Serializable as _,
     transport::{Socket, Transport},
 };
+
+use super::send_failures::SendFailures;
 
 /// Gossip traffic through this agent's transport.
 #[derive(Debug, Default)]
@@ -22,6 +28,8 @@ pub struct GossipTraffic {
     pub sent_bytes: AtomicU64,
     pub received_messages: AtomicU64,
     pub received_bytes: AtomicU64,
+    /// Sends the socket refused (e.g. no route while the underlay is down).
+    pub send_failures: AtomicU64,
 }
 
 /// Wraps the gossip transport (plain or sealed) to count messages and their encoded size
@@ -43,6 +51,7 @@ impl Transport for CountingTransport {
         Ok(Box::new(CountingSocket {
             inner: self.inner.open(listen_addr).await?,
             traffic: Arc::clone(&self.traffic),
+            failures: SendFailures::default(),
         }))
     }
 }
@@ -50,15 +59,32 @@ impl Transport for CountingTransport {
 struct CountingSocket {
     inner: Box<dyn Socket>,
     traffic: Arc<GossipTraffic>,
+    failures: SendFailures,
 }
 
 #[async_trait]
 impl Socket for CountingSocket {
     async fn send(&mut self, to: SocketAddr, message: ChitchatMessage) -> Result<()> {
         let len = message.serialized_len() as u64;
-        self.inner.send(to, message).await?;
-        self.traffic.sent_messages.fetch_add(1, Ordering::Relaxed);
-        self.traffic.sent_bytes.fetch_add(len, Ordering::Relaxed);
+        let sent = self.inner.send(to, message).await;
+        let now = Instant::now();
+        match sent {
+            Ok(()) => {
+                self.traffic.sent_messages.fetch_add(1, Ordering::Relaxed);
+                self.traffic.sent_bytes.fetch_add(len, Ordering::Relaxed);
+                if let Some(line) = self.failures.sent(to, now) {
+                    tracing::info!("{line}");
+                }
+            }
+            Err(err) => {
+                self.traffic.send_failures.fetch_add(1, Ordering::Relaxed);
+                // The root cause alone ("Network is unreachable"), never a backtrace.
+                if let Some(line) = self.failures.failed(to, &err.root_cause().to_string(), now) {
+                    tracing::warn!("{line}");
+                }
+            }
+        }
+        // A lost datagram is what gossip is built for; the failure detector judges liveness.
         Ok(())
     }
 

@@ -7,3 +7,4 @@ pub mod gossip;
 pub mod keys;
 pub mod peer_addr;
 pub mod sealed_transport;
+pub mod send_failures;
