@@ -202,3 +202,31 @@ fn a_policy_too_big_for_the_map_stops_nothing_else() -> Result<()> {
     );
     Ok(())
 }
+
+/// A container attached while a rule is in force has the rule's route when `attach` returns,
+/// as `policy allow` itself syncs at once: it used to wait for the next sync tick (500 ms).
+#[test]
+fn an_endpoint_attached_under_a_rule_has_its_routes_when_attach_returns() -> Result<()> {
+    require_root();
+    let prefix = unique_name("q");
+    let seg = Segment::mesh(&prefix, 1)?;
+    let host = &seg.hosts[0];
+    host.agent_ok(&["policy", "allow", "192.168.1.0/24", "192.168.2.0/24"])?;
+    // Several attaches: any one of them may happen to land just after a tick.
+    let attaches = (10..18).map(|n| {
+        let (net, other) = if n % 2 == 0 { (1, 2) } else { (2, 1) };
+        (
+            format!("192.168.{net}.{n}/24"),
+            format!("192.168.{other}.0/24"),
+        )
+    });
+    for (i, (cidr, other)) in attaches.enumerate() {
+        let (cidr, other) = (cidr.as_str(), other.as_str());
+        let container = host.container(&format!("{prefix}c{i}"), cidr)?;
+        ensure!(
+            has_route(&container, other)?,
+            "{cidr} had no route to {other} when attach returned"
+        );
+    }
+    Ok(())
+}

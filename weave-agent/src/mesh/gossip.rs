@@ -129,15 +129,21 @@ impl Gossip {
     /// gossip round, up to a whole interval after it arrived: measured, a new endpoint became
     /// reachable 110-290 ms after `attach` (median of 20, per run) depending on how the two
     /// hosts' gossip timers happened to line up. Deletes are not reported here; the watcher
-    /// and the periodic sync catch those. Keep the handle: dropping it unsubscribes.
+    /// and the periodic sync catch those. Our own keys do not wake it: whoever sets one here
+    /// (attach, policy) syncs itself. Keep the handle: dropping it unsubscribes.
     pub async fn on_key_set(
         &self,
         notify: std::sync::Arc<tokio::sync::Notify>,
     ) -> chitchat::ListenerHandle {
         let chitchat = self.handle.chitchat();
         let guard = chitchat.lock().await;
+        let me = self.self_id.node_id.clone();
         // notify_one only stores a permit: cheap enough to run under chitchat's lock.
-        guard.subscribe_event("", move |_| notify.notify_one())
+        guard.subscribe_event("", move |event| {
+            if event.node.node_id != me {
+                notify.notify_one();
+            }
+        })
     }
 
     /// Waits until the live view may have changed (a peer joined, left or changed its keys).
