@@ -457,3 +457,45 @@ fn an_address_moved_to_a_relaunched_host_stays_reachable() -> Result<()> {
     );
     Ok(())
 }
+
+/// An underlay that goes down makes every gossip send fail, some 20 a second. With
+/// RUST_BACKTRACE=1 in the shell that launched the agent, each used to be logged with a
+/// 30-line backtrace (350 lines a second); now the outage costs a line per peer and cause.
+#[test]
+fn an_underlay_outage_logs_a_line_per_peer_not_one_per_send() -> Result<()> {
+    require_root();
+    let prefix = unique_name("rl");
+    let seg = Segment::new(&prefix, 2)?;
+    let (h1, h2) = (&seg.hosts[0], &seg.hosts[1]);
+    let shell = ["env", "RUST_BACKTRACE=1"];
+    for (host, args) in [(h1, vec!["launch"]), (h2, vec!["join", "192.168.56.101"])] {
+        let out = host.agent_via(&shell, &args)?;
+        ensure!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    wait_until(Duration::from_secs(10), "the two peers alive", || {
+        Ok(peers_alive(h1)? && peers_alive(h2)?)
+    })?;
+    let log = h2.state_dir().join("agent.log");
+    let before = std::fs::read_to_string(&log)?.len();
+    h2.ip(["link", "set", "eth0", "down"])?;
+    // The outage's length, not a wait for readiness.
+    std::thread::sleep(Duration::from_secs(3));
+    let during = std::fs::read_to_string(&log)?[before..].to_owned();
+    h2.ip(["link", "set", "eth0", "up"])?;
+    eprintln!("logged during the outage:\n{during}");
+    ensure!(
+        !during.to_lowercase().contains("backtrace"),
+        "errors were logged with backtraces"
+    );
+    let lines = during.lines().count();
+    ensure!(lines <= 10, "{lines} lines in 3 s of outage");
+    ensure!(
+        during.contains("gossip to 192.168.56.101:6783 fails"),
+        "the failing sends were not reported at all"
+    );
+    Ok(())
+}
