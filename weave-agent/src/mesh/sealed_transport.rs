@@ -11,7 +11,7 @@ use std::{
     collections::{BTreeMap, HashMap},
     net::{IpAddr, SocketAddr},
     sync::{Arc, Mutex},
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, anyhow, bail};
@@ -25,6 +25,8 @@ use chitchat::{
     ChitchatMessage, Deserializable as _, Serializable as _,
     transport::{Socket, Transport},
 };
+
+use crate::net::clock::unix_millis;
 
 const MAGIC: &[u8; 3] = b"WA1";
 const NONCE_LEN: usize = 24;
@@ -165,12 +167,6 @@ impl Opener {
     }
 }
 
-fn now_millis() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 /// What a datagram carries once opened.
 #[derive(Debug, PartialEq, Eq)]
 struct Opened {
@@ -266,7 +262,7 @@ impl Socket for SealedSocket {
         // Gossip is text-heavy and compresses well, which leaves room for the sealing
         // overhead within the datagram size chitchat fills up to.
         let body = zstd::bulk::compress(&message.serialize_to_vec(), 1)?;
-        let datagram = self.sealer.seal(&body, now_millis())?;
+        let datagram = self.sealer.seal(&body, unix_millis())?;
         self.socket.send_to(&datagram, to).await.with_context(|| {
             format!(
                 "sending a sealed gossip datagram of {} bytes to {to}",
@@ -291,7 +287,7 @@ impl Socket for SealedSocket {
                 }
                 Err(err) => return Err(err).context("receiving gossip"),
             };
-            match self.opener.accept(&self.buf[..len], now_millis()) {
+            match self.opener.accept(&self.buf[..len], unix_millis()) {
                 Ok(message) => return Ok((from, message)),
                 Err(why) => self.refuse(from, why),
             }
