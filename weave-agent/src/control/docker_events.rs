@@ -9,8 +9,9 @@ use futures_util::StreamExt as _;
 
 use super::{
     agent::Agent,
-    endpoints::{Target, attach_endpoint, keep_dormant, remove_endpoint},
+    endpoints::{Target, attach_endpoint},
     state::LocalEndpoint,
+    withdraw::{keep_dormant, remove_endpoint},
 };
 use crate::host::docker;
 

@@ -16,10 +16,10 @@ use super::{
     state::LocalEndpoint,
     status::endpoint_info,
     sync,
+    withdraw::{keep_dormant, remove_endpoint},
 };
 use crate::{
     host::{docker, netlink, netns, run_spec::RunSpec},
-    mesh::gossip::Gossip,
     net::addressing::Cidr,
 };
 
@@ -314,24 +314,6 @@ pub async fn detach(
     }
     agent.save(inner)?;
     Ok(matching.iter().map(endpoint_info).collect())
-}
-
-/// Withdraws a local endpoint everywhere: gossip, map, TC link, veth, state.
-pub async fn remove_endpoint(inner: &mut Inner, gossip: &Gossip, ep: &LocalEndpoint) -> Result<()> {
-    gossip.withdraw(ep.cidr.ip).await;
-    inner.datapath.remove_endpoint(ep.cidr.ip)?;
-    inner.datapath.detach_container(&ep.host_veth)?;
-    // Deleting the host end deletes `ethwe` in the container with it.
-    netlink::delete_link(&inner.netlink, &ep.host_veth).await?;
-    inner.state.endpoints.retain(|e| e.cidr.ip != ep.cidr.ip);
-    Ok(())
-}
-
-/// A Docker container that stopped keeps its address for when it starts again.
-pub fn keep_dormant(inner: &mut Inner, ep: &LocalEndpoint) {
-    if ep.docker_id.is_some() && !inner.state.dormant.iter().any(|d| d.cidr == ep.cidr) {
-        inner.state.dormant.push(ep.clone());
-    }
 }
 
 /// Takes over the endpoints the previous agent attached: those whose veth still exists keep

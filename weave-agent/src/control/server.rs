@@ -11,7 +11,7 @@ use tokio::{
 use super::{
     agent::Agent,
     api::{self, Request, Response},
-    endpoints, peers, rules, status,
+    endpoints, peers, rule_set, rules, status,
 };
 
 /// Binds the control socket, root-only. The state-directory lock proves no live daemon owns an
@@ -87,7 +87,7 @@ async fn respond(agent: &Agent, request: Request) -> Result<Response> {
             address: peers::join(agent, &peer).await?,
         },
         Request::PolicySet { action, a, b } => Response::Rules {
-            rules: rules::set_rule(agent, action, &a, &b).await?,
+            rules: rule_set::set_rule(agent, action, &a, &b).await?,
         },
         Request::PolicyList => Response::Rules {
             rules: rules::rule_infos(&*agent.inner.lock().await),

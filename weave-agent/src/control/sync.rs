@@ -7,11 +7,11 @@ use anyhow::Result;
 
 use super::{
     agent::{Agent, Inner},
-    endpoints::{keep_dormant, remove_endpoint},
     peers,
     reconcile::{self, MapOp, View},
     rules,
     state::LocalEndpoint,
+    withdraw::{keep_dormant, remove_endpoint},
 };
 use crate::{datapath::Datapath, mesh::gossip::PeerView};
 

@@ -1,0 +1,25 @@
+//! Withdrawing a local endpoint, whoever notices it should go: `detach`, a container that
+//! died (Docker's events), or one whose veth vanished (the sync loop).
+
+use anyhow::Result;
+
+use super::{agent::Inner, state::LocalEndpoint};
+use crate::{host::netlink, mesh::gossip::Gossip};
+
+/// Withdraws a local endpoint everywhere: gossip, map, TC link, veth, state.
+pub async fn remove_endpoint(inner: &mut Inner, gossip: &Gossip, ep: &LocalEndpoint) -> Result<()> {
+    gossip.withdraw(ep.cidr.ip).await;
+    inner.datapath.remove_endpoint(ep.cidr.ip)?;
+    inner.datapath.detach_container(&ep.host_veth)?;
+    // Deleting the host end deletes `ethwe` in the container with it.
+    netlink::delete_link(&inner.netlink, &ep.host_veth).await?;
+    inner.state.endpoints.retain(|e| e.cidr.ip != ep.cidr.ip);
+    Ok(())
+}
+
+/// A Docker container that stopped keeps its address for when it starts again.
+pub fn keep_dormant(inner: &mut Inner, ep: &LocalEndpoint) {
+    if ep.docker_id.is_some() && !inner.state.dormant.iter().any(|d| d.cidr == ep.cidr) {
+        inner.state.dormant.push(ep.clone());
+    }
+}
