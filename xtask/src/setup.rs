@@ -11,7 +11,7 @@ use crate::{
 
 /// What the tests and the demo run: namespaces and links, ping, throughput, bpftool for
 /// inspecting programs, busybox for container images, and the Docker engine (dockerd,
-/// containerd, runc) that `run` and the walkthrough's containers need. A machine may ship a
+/// containerd, runc, tini) that `run` and the walkthrough's containers need. A machine may ship a
 /// `docker` client alone (this project's image does): the engine comes from docker.io.
 const RUNTIME_PACKAGES: &[&str] = &[
     "iproute2",
