@@ -69,13 +69,19 @@ pub struct Config {
     /// 1 when the kernel can clear a packet's UDP-tunnel GSO state as eBPF strips the tunnel
     /// (`BPF_F_ADJ_ROOM_DECAP_L4_UDP`), so GSO super-packets are decapsulated in eBPF too.
     pub gso_decap: u32,
+    /// The underlay interface's MAC. With `underlay_ip` it tells which overlay packets are this
+    /// host's: a promiscuous or bridged underlay shows the programs other hosts' packets too.
+    /// All zero for an interface without one; then the address alone decides.
+    pub underlay_mac: [u8; 6],
+    /// Always zero; makes the size a multiple of 4 without implicit padding.
+    pub pad: [u8; 2],
 }
 
 #[cfg(feature = "user")]
 // SAFETY: repr(C) of integers and byte arrays, no padding (6+1+1+4+4+4), any bits valid.
 unsafe impl aya::Pod for Endpoint {}
 #[cfg(feature = "user")]
-// SAFETY: repr(C), seven u32, no padding.
+// SAFETY: repr(C), seven u32 then 6 + 2 bytes, no padding, any bits valid.
 unsafe impl aya::Pod for Config {}
 
 #[cfg(test)]
@@ -85,6 +91,11 @@ mod tests {
     #[test]
     fn endpoint_has_no_padding() {
         assert_eq!(core::mem::size_of::<Endpoint>(), 20);
+    }
+
+    #[test]
+    fn config_has_no_padding() {
+        assert_eq!(core::mem::size_of::<Config>(), 36);
     }
 
     #[test]
