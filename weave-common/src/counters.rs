@@ -1,4 +1,8 @@
 //! Per-CPU packet/byte counters: one slot per path a packet can take and per drop reason.
+//!
+//! [`CounterId`] is the one numbered list of both, read by the eBPF programs and the agent
+//! alike (as Cilium's `drop_reasons.h`). Names starting with `drop_` are drop reasons, which
+//! the metrics report as reasons of the drop families; every other name is a path.
 
 /// One counter slot. The map is per-CPU, so each CPU adds to its own copy without atomics and
 /// the agent sums the copies.
@@ -6,6 +10,12 @@
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counter {
     pub packets: u64,
+    /// Bytes of the container's Ethernet frame: what an endpoint sent, or what an overlay
+    /// packet carries (the packet less its 50 bytes of outer Ethernet, IPv4, UDP and VXLAN),
+    /// whichever program counts it and whether the kernel's VXLAN device or eBPF took the outer
+    /// headers off, so a counter's bytes add up across paths. Only the counters made on an
+    /// underlay packet before it is known to carry a frame for this host count the packet as it
+    /// arrived ([`CounterId::counts_underlay_packet`]).
     pub bytes: u64,
 }
 
@@ -132,6 +142,19 @@ impl CounterId {
         }
     }
 
+    /// Whether this counter's bytes are the underlay packet as it arrived (see
+    /// [`Counter::bytes`]): the counters made on the outer headers, before the packet is known
+    /// to carry a container frame for this host.
+    pub const fn counts_underlay_packet(self) -> bool {
+        matches!(
+            self,
+            Self::UnderlayRx
+                | Self::UnderlayOverlayPass
+                | Self::DropOverlayNotPeer
+                | Self::OverlayFragment
+        )
+    }
+
     pub const fn index(self) -> u32 {
         self as u32
     }
@@ -151,6 +174,39 @@ mod tests {
     #[test]
     fn the_map_has_room_for_every_counter() {
         assert!(CounterId::ALL.len() as u32 <= CounterId::SLOTS);
+    }
+
+    /// The map is pinned across upgrades: a slot that moved would be read under another name.
+    #[test]
+    fn slots_keep_their_numbers() {
+        let released = [
+            "underlay_rx",
+            "container_rx",
+            "underlay_overlay_pass",
+            "drop_overlay_not_peer",
+            "arp_replied",
+            "local_delivered",
+            "remote_sent",
+            "overlay_rx",
+            "overlay_delivered",
+            "drop_spoofed",
+            "drop_isolated",
+            "drop_unknown_dst",
+            "drop_not_ipv4_unicast",
+            "drop_arp",
+            "drop_malformed",
+            "drop_no_tunnel",
+            "drop_overlay_spoofed",
+            "drop_redirect_failed",
+            "underlay_decap",
+            "drop_bad_vxlan",
+            "overlay_fragment",
+            "remote_sent_device",
+            "drop_ce_on_not_ect",
+        ];
+        for (index, name) in released.iter().enumerate() {
+            assert_eq!(CounterId::ALL[index].name(), *name, "slot {index}");
+        }
     }
 
     #[test]

@@ -56,21 +56,23 @@ pub fn underlay_tc(ctx: TcContext) -> i32 {
     if counting {
         count(CounterId::UnderlayOverlayPass, len);
     }
+    // From here on, counters count the container frame inside (see Counter::bytes).
+    let inner = len.saturating_sub(OUTER_LEN as u64);
     match decapsulate(&ctx, &cfg, source) {
         Ok(false) => TC_ACT_OK,
         Ok(true) => {
-            count(CounterId::OverlayRx, len);
-            count(CounterId::UnderlayDecap, len);
-            count(CounterId::OverlayDelivered, len);
+            count(CounterId::OverlayRx, inner);
+            count(CounterId::UnderlayDecap, inner);
+            count(CounterId::OverlayDelivered, inner);
             TC_ACT_REDIRECT as i32
         }
         Err(reason) => {
-            count(CounterId::OverlayRx, len);
-            count(reason, len);
+            count(CounterId::OverlayRx, inner);
+            count(reason, inner);
             if reason == CounterId::DropRedirectFailed {
                 error!(
                     &ctx,
-                    "underlay_tc: redirect to a container failed ({} bytes)", len
+                    "underlay_tc: redirect to a container failed ({} bytes)", inner
                 );
             }
             TC_ACT_SHOT as i32
