@@ -15,6 +15,8 @@ use std::{
 };
 
 pub mod docker;
+pub mod frames;
+pub mod programs;
 pub mod walkthrough;
 
 use anyhow::{Context as _, Result, bail, ensure};
