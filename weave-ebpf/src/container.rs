@@ -21,7 +21,8 @@ use crate::{
     counters::count,
     encap::{Encap, encapsulate},
     headers::{
-        ARP_REPLY, ARP_REQUEST, ArpHdr, ETH_LEN, ETH_P_ARP, ETH_P_IP, EthHdr, Ipv4Hdr, ptr_at,
+        ARP_REPLY, ARP_REQUEST, ArpHdr, ETH_LEN, ETH_P_ARP, ETH_P_IP, EthHdr, Ipv4Hdr, is_gso,
+        ptr_at,
     },
     maps::{config, endpoint, may_talk},
     verdict::tc_verdict,
@@ -120,7 +121,7 @@ fn send_ipv4(
         if (*eth).dst[0] & 1 != 0 {
             return Err(CounterId::DropNotIpv4Unicast);
         }
-        let gso = (*ctx.skb.skb).gso_size != 0;
+        let gso = is_gso(ctx);
         if !(*ip).is_sane(ctx.len() - ETH_LEN as u32, gso) {
             return Err(CounterId::DropMalformed);
         }
@@ -137,33 +138,50 @@ fn send_ipv4(
             }
             return Ok(CounterId::LocalDelivered);
         }
-        let cfg = config();
-        // GSO super-packets (TCP bulk) go through the VXLAN device, which measured faster for
-        // them; single packets skip its transmit path unless eBPF cannot wrap them.
-        let mut sent = CounterId::RemoteSent;
-        if cfg.encap == ENCAP_EBPF && !gso {
-            match encapsulate(ctx, dst.peer, (*ip).tos, &cfg)? {
-                Encap::Sent => return Ok(CounterId::RemoteSent),
-                Encap::Declined => sent = CounterId::RemoteSentDevice,
-            }
+        send_remote(ctx, &dst, (*ip).tos, gso)
+    }
+}
+
+/// Sends a frame to the remote endpoint `dst`, whose IPv4 header has `tos`: wrapped in eBPF
+/// where the agent says so, else (and for what eBPF cannot wrap) through the VXLAN device.
+#[inline(always)]
+fn send_remote(
+    ctx: &TcContext,
+    dst: &Endpoint,
+    tos: u8,
+    gso: bool,
+) -> Result<CounterId, CounterId> {
+    let cfg = config();
+    // GSO super-packets (TCP bulk) go through the VXLAN device, which measured faster for
+    // them; single packets skip its transmit path unless eBPF cannot wrap them.
+    let mut sent = CounterId::RemoteSent;
+    if cfg.encap == ENCAP_EBPF && !gso {
+        match encapsulate(ctx, dst.peer, tos, &cfg)? {
+            Encap::Sent => return Ok(CounterId::RemoteSent),
+            Encap::Declined => sent = CounterId::RemoteSentDevice,
         }
-        if cfg.vxlan_ifindex == 0 {
-            return Err(CounterId::DropNoTunnel);
-        }
-        let mut key: bpf_tunnel_key = core::mem::zeroed();
-        key.tunnel_id = cfg.vni;
-        // The helper takes the remote address in host byte order.
-        key.__bindgen_anon_1.remote_ipv4 = u32::from_be(dst.peer);
-        key.tunnel_ttl = TUNNEL_TTL;
-        let set = bpf_skb_set_tunnel_key(
+    }
+    if cfg.vxlan_ifindex == 0 {
+        return Err(CounterId::DropNoTunnel);
+    }
+    // SAFETY: a zeroed tunnel key is valid.
+    let mut key: bpf_tunnel_key = unsafe { core::mem::zeroed() };
+    key.tunnel_id = cfg.vni;
+    // The helper takes the remote address in host byte order.
+    key.__bindgen_anon_1.remote_ipv4 = u32::from_be(dst.peer);
+    key.tunnel_ttl = TUNNEL_TTL;
+    // SAFETY: the skb pointer is the program's context, the key a local of the size given.
+    let set = unsafe {
+        bpf_skb_set_tunnel_key(
             ctx.skb.skb,
             &mut key,
             core::mem::size_of::<bpf_tunnel_key>() as u32,
             0,
-        );
-        if set < 0 || bpf_redirect(cfg.vxlan_ifindex, 0) != i64::from(TC_ACT_REDIRECT) {
-            return Err(CounterId::DropRedirectFailed);
-        }
-        Ok(sent)
+        )
+    };
+    // SAFETY: a redirect helper with no flags has no preconditions.
+    if set < 0 || unsafe { bpf_redirect(cfg.vxlan_ifindex, 0) } != i64::from(TC_ACT_REDIRECT) {
+        return Err(CounterId::DropRedirectFailed);
     }
+    Ok(sent)
 }

@@ -13,7 +13,7 @@ use weave_common::{counters::CounterId, endpoint::ipv4_key};
 
 use crate::{
     counters::count,
-    headers::{ETH_LEN, ETH_P_IP, EthHdr, Ipv4Hdr, ptr_at},
+    headers::{ETH_LEN, ETH_P_IP, EthHdr, Ipv4Hdr, is_gso, ptr_at},
     maps::{config, endpoint, is_peer, may_talk},
     verdict::tc_verdict,
 };
@@ -64,7 +64,7 @@ fn deliver(ctx: &TcContext) -> Result<CounterId, CounterId> {
         if (*eth).proto() != ETH_P_IP || (*eth).dst[0] & 1 != 0 {
             return Err(CounterId::DropNotIpv4Unicast);
         }
-        let gso = (*ctx.skb.skb).gso_size != 0;
+        let gso = is_gso(ctx);
         if !(*ip).is_sane(ctx.len() - ETH_LEN as u32, gso) {
             return Err(CounterId::DropMalformed);
         }

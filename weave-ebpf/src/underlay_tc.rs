@@ -24,7 +24,7 @@ use weave_common::{
 use crate::{
     counters::count,
     encap::ENCAP_LEN,
-    headers::{ECN_CE, ECN_NOT_ECT, ETH_LEN, ETH_P_IP, EthHdr, Ipv4Hdr, ptr_at},
+    headers::{ECN_CE, ECN_NOT_ECT, ETH_LEN, ETH_P_IP, EthHdr, Ipv4Hdr, is_gso, ptr_at},
     maps::{config, endpoint, is_peer, may_talk},
     prefilter::overlay_source,
 };
@@ -84,8 +84,7 @@ pub fn underlay_tc(ctx: TcContext) -> i32 {
 /// Ok(false): not ours to handle, pass it on to the kernel.
 #[inline(always)]
 fn decapsulate(ctx: &TcContext, cfg: &Config, source: u32) -> Result<bool, CounterId> {
-    // SAFETY: the context pointer is the program's skb.
-    let gso = unsafe { (*ctx.skb.skb).gso_size != 0 || (*ctx.skb.skb).gso_segs > 1 };
+    let gso = is_gso(ctx);
     if cfg.encap != ENCAP_EBPF || (gso && cfg.gso_decap == 0) || ctx.len() < HEADERS_LEN {
         return Ok(false);
     }

@@ -10,7 +10,7 @@
 use weave_common::{
     counters::CounterId::{self, *},
     endpoint::ENCAP_VXLAN_DEVICE,
-    programs::{UNDERLAY_TC, UNDERLAY_XDP},
+    programs::{CONTAINER_TC, UNDERLAY_TC, UNDERLAY_XDP},
 };
 use weave_tests::{
     frames::{
@@ -358,6 +358,34 @@ fn super_packets_are_left_to_the_vxlan_device() {
         );
         assert_eq!(out.frame, frame, "untouched (gso_decap {gso_decap})");
     }
+}
+
+/// Defect: underlay_tc called a packet GSO when gso_segs > 1 even without a segment size,
+/// container_tc and overlay_tc only with one. A segment count alone is no super-packet (the
+/// kernel's skb_is_gso), so every program treats it as a single packet.
+#[test]
+fn a_segment_count_without_a_segment_size_is_a_single_packet_everywhere() {
+    let host = super::host(&[UNDERLAY_TC, CONTAINER_TC], config()).unwrap();
+    let counted_only = Skb {
+        gso_segs: 2,
+        ..Skb::default()
+    };
+    let arriving = from_h2(&inner(&Ip::udp(C2, C1)));
+    let out = run(&host, &arriving, counted_only);
+    out.assert(TC_ACT_REDIRECT, &DELIVERED, arriving.len(), true);
+    let leaving = ethernet(STALE_MAC, mac(C1), ETHERTYPE_IPV4, &Ip::udp(C1, C2).bytes());
+    let skb = Skb {
+        ingress_ifindex: C1_VETH,
+        ..counted_only
+    };
+    let out = host.run(CONTAINER_TC, &leaving, Some(skb)).unwrap();
+    out.assert(
+        TC_ACT_REDIRECT,
+        &[ContainerRx, RemoteSent],
+        leaving.len(),
+        false,
+    );
+    assert_eq!(out.frame.len(), leaving.len() + 50, "wrapped in eBPF");
 }
 
 #[test]
