@@ -58,13 +58,15 @@ pub enum CounterId {
     DropNotIpv4Unicast = 12,
     /// Dropped: ARP that is not a request for a known endpoint.
     DropArp = 13,
-    /// Dropped: frame too short for its headers.
+    /// Dropped: the sender's frame is malformed: too short for its headers, an IPv4 version
+    /// other than 4, a header under 20 bytes, or a total length beyond the frame.
     DropMalformed = 14,
     /// Dropped: remote destination but no VXLAN device configured.
     DropNoTunnel = 15,
-    /// Dropped: decapsulated frame from a tunnel source that does not host the inner source.
+    /// Dropped: decapsulated frame whose inner source is an endpoint that another host (or this
+    /// one) holds, not the sending peer, or whose source MAC is not that endpoint's.
     DropOverlaySpoofed = 16,
-    /// Dropped: a redirect or tunnel-key helper failed.
+    /// Dropped: a redirect helper, or setting the tunnel key, failed (logged too).
     DropRedirectFailed = 17,
     /// Overlay frames decapsulated by the underlay TC program (eBPF encapsulation mode).
     UnderlayDecap = 18,
@@ -79,11 +81,22 @@ pub enum CounterId {
     /// Dropped: the underlay marked congestion (CE) on a packet whose sender does not do ECN,
     /// so the mark cannot be passed on (RFC 6040, as the kernel's tunnels do).
     DropCeOnNotEct = 22,
+    /// Dropped: the kernel refused to pull headers into linear data, resize the packet or
+    /// write its new headers (`bpf_skb_pull_data`, `bpf_skb_adjust_room`, `bpf_skb_store_bytes`:
+    /// memory, or a packet shape the helper does not take). The sender did nothing wrong;
+    /// logged too.
+    DropKernelRefused = 23,
+    /// Dropped: a frame on the VXLAN device without IPv4 tunnel metadata
+    /// (`bpf_skb_get_tunnel_key` failed), so there is no outer source to check.
+    DropNoTunnelKey = 24,
+    /// Dropped: decapsulated frame whose inner source is no endpoint known here. Also what an
+    /// endpoint that was just attached on a peer sends before gossip has told this host.
+    DropOverlayUnknownSrc = 25,
 }
 
 impl CounterId {
     /// All slots, in index order.
-    pub const ALL: [Self; 23] = [
+    pub const ALL: [Self; 26] = [
         Self::UnderlayRx,
         Self::ContainerRx,
         Self::UnderlayOverlayPass,
@@ -107,6 +120,9 @@ impl CounterId {
         Self::OverlayFragment,
         Self::RemoteSentDevice,
         Self::DropCeOnNotEct,
+        Self::DropKernelRefused,
+        Self::DropNoTunnelKey,
+        Self::DropOverlayUnknownSrc,
     ];
 
     /// Slots in the counters map: room to append counters without a map of another size,
@@ -139,6 +155,9 @@ impl CounterId {
             Self::OverlayFragment => "overlay_fragment",
             Self::RemoteSentDevice => "remote_sent_device",
             Self::DropCeOnNotEct => "drop_ce_on_not_ect",
+            Self::DropKernelRefused => "drop_kernel_refused",
+            Self::DropNoTunnelKey => "drop_no_tunnel_key",
+            Self::DropOverlayUnknownSrc => "drop_overlay_unknown_src",
         }
     }
 
@@ -203,6 +222,9 @@ mod tests {
             "overlay_fragment",
             "remote_sent_device",
             "drop_ce_on_not_ect",
+            "drop_kernel_refused",
+            "drop_no_tunnel_key",
+            "drop_overlay_unknown_src",
         ];
         for (index, name) in released.iter().enumerate() {
             assert_eq!(CounterId::ALL[index].name(), *name, "slot {index}");

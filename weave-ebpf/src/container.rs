@@ -46,7 +46,7 @@ fn forward(ctx: &TcContext) -> Result<CounterId, CounterId> {
     // Headers may sit in paged data; pull them into the linear part we can read directly.
     if ctx.data_end() - ctx.data() < HEADERS_LEN as usize && ctx.len() >= HEADERS_LEN {
         ctx.pull_data(HEADERS_LEN)
-            .map_err(|_| CounterId::DropMalformed)?;
+            .map_err(|_| CounterId::DropKernelRefused)?;
     }
     let (start, end) = (ctx.data(), ctx.data_end());
     let eth: *mut EthHdr = ptr_at(start, end, 0).ok_or(CounterId::DropMalformed)?;

@@ -1,7 +1,7 @@
 //! `container_tc`: TC ingress of a container's host-side veth, C1's unless a case says another.
 //!
 //! Not reachable in a test run, whose skb is always linear, unshared and a page at most:
-//! a helper refusing in the kernel (bpf_skb_pull_data on a frame whose headers sit in paged data, or a
+//! `drop_kernel_refused` (bpf_skb_pull_data on a frame whose headers sit in paged data, or a
 //! helper out of memory), `drop_redirect_failed` (the redirect helpers only record a target
 //! here) and eBPF encapsulation declining a frame too big for the underlay once wrapped
 //! (loopback, the only device every namespace has, takes 64 KiB); the hostile-input namespace

@@ -7,6 +7,7 @@
 //! (192.168.2.0/24), peer H3 hosts C4.
 
 mod container;
+mod overlay;
 mod underlay;
 
 use anyhow::Result;

@@ -1,7 +1,7 @@
 //! `underlay_tc`: TC ingress of the host NIC (peer filter where no XDP runs, eBPF
 //! decapsulation), and `underlay_xdp`, the same peer filter in XDP.
 //!
-//! Not reachable in a test run: a helper refusing in the kernel (pulling headers out of paged data, or
+//! Not reachable in a test run: `drop_kernel_refused` (pulling headers out of paged data, or
 //! bpf_skb_adjust_room out of memory: a test-run skb is linear and unshared),
 //! `drop_redirect_failed`, and GSO super-packets decapsulated in eBPF, which needs a kernel
 //! with BPF_F_ADJ_ROOM_DECAP_L4_UDP and a real UDP-tunnel GSO type (a test run sets only the
@@ -312,6 +312,22 @@ fn every_drop_reason_of_decapsulation() {
         })
         .collect();
     all_cases(failures);
+}
+
+/// Defect: an inner source no endpoint has (often one attached on the peer a moment ago, which
+/// gossip has not brought here yet) counted as drop_overlay_spoofed, like a forged one.
+#[test]
+fn an_unknown_inner_source_is_not_called_spoofed() {
+    let host = underlay(config());
+    let frame = from_h2(&inner(&Ip::udp(NOBODY, C1)));
+    let out = run(&host, &frame, Skb::default());
+    let counted = [
+        UnderlayRx,
+        UnderlayOverlayPass,
+        OverlayRx,
+        DropOverlayUnknownSrc,
+    ];
+    out.assert(TC_ACT_SHOT, &counted, frame.len(), true);
 }
 
 #[test]
