@@ -38,7 +38,7 @@ pub enum CounterId {
     UnderlayOverlayPass = 2,
     /// Dropped: overlay packet whose outer source is not a live peer.
     DropOverlayNotPeer = 3,
-    /// ARP requests for a known endpoint in the asker's subnet, answered in eBPF.
+    /// ARP requests for a known endpoint the asker may talk to, answered in eBPF.
     ArpReplied = 4,
     /// Container frames handed to a container on this host.
     LocalDelivered = 5,
@@ -48,15 +48,18 @@ pub enum CounterId {
     OverlayRx = 7,
     /// Decapsulated frames handed to a container on this host.
     OverlayDelivered = 8,
-    /// Dropped: source IP or MAC is not the sending endpoint's (anti-spoofing).
+    /// Dropped: source IP or MAC (of IPv4, or the sender of an ARP request or probe) is not
+    /// the sending endpoint's (anti-spoofing).
     DropSpoofed = 9,
-    /// Dropped: source and destination are in different subnets (isolation).
+    /// Dropped: source and destination are in different subnets that no rule opens to each
+    /// other (isolation); also ARP requests and probes for such a destination.
     DropIsolated = 10,
     /// Dropped: IPv4 destination that is no endpoint.
     DropUnknownDst = 11,
     /// Dropped: neither ARP nor unicast IPv4 (broadcast, multicast, IPv6, other ethertypes).
     DropNotIpv4Unicast = 12,
-    /// Dropped: ARP that is not a request for a known endpoint.
+    /// Dropped: ARP that is not an IPv4-over-Ethernet request, or a request (not a probe) for
+    /// an address no endpoint holds.
     DropArp = 13,
     /// Dropped: the sender's frame is malformed: too short for its headers, an IPv4 version
     /// other than 4, a header under 20 bytes, or a total length beyond the frame.
@@ -92,11 +95,17 @@ pub enum CounterId {
     /// Dropped: decapsulated frame whose inner source is no endpoint known here. Also what an
     /// endpoint that was just attached on a peer sends before gossip has told this host.
     DropOverlayUnknownSrc = 25,
+    /// ARP probes (RFC 5227, sender address 0.0.0.0) for an address another endpoint holds,
+    /// answered in eBPF so the prober sees the conflict.
+    ArpProbeAnswered = 26,
+    /// ARP probes left unanswered, which tells the prober the address is free: no other
+    /// endpoint holds it, or it is the prober's own.
+    ArpProbeUnanswered = 27,
 }
 
 impl CounterId {
     /// All slots, in index order.
-    pub const ALL: [Self; 26] = [
+    pub const ALL: [Self; 28] = [
         Self::UnderlayRx,
         Self::ContainerRx,
         Self::UnderlayOverlayPass,
@@ -123,6 +132,8 @@ impl CounterId {
         Self::DropKernelRefused,
         Self::DropNoTunnelKey,
         Self::DropOverlayUnknownSrc,
+        Self::ArpProbeAnswered,
+        Self::ArpProbeUnanswered,
     ];
 
     /// Slots in the counters map: room to append counters without a map of another size,
@@ -158,6 +169,8 @@ impl CounterId {
             Self::DropKernelRefused => "drop_kernel_refused",
             Self::DropNoTunnelKey => "drop_no_tunnel_key",
             Self::DropOverlayUnknownSrc => "drop_overlay_unknown_src",
+            Self::ArpProbeAnswered => "arp_probe_answered",
+            Self::ArpProbeUnanswered => "arp_probe_unanswered",
         }
     }
 
@@ -225,6 +238,8 @@ mod tests {
             "drop_kernel_refused",
             "drop_no_tunnel_key",
             "drop_overlay_unknown_src",
+            "arp_probe_answered",
+            "arp_probe_unanswered",
         ];
         for (index, name) in released.iter().enumerate() {
             assert_eq!(CounterId::ALL[index].name(), *name, "slot {index}");

@@ -14,6 +14,23 @@ pub const fn ipv4_octets(key: Ipv4Key) -> [u8; 4] {
     key.to_ne_bytes()
 }
 
+/// The MAC the agent gives the endpoint with address `ip`: `02:57:` then the address, as Docker
+/// derives `02:42:...`, so it survives detach, re-attach and restarts.
+pub const fn endpoint_mac(ip: [u8; 4]) -> [u8; 6] {
+    [0x02, 0x57, ip[0], ip[1], ip[2], ip[3]]
+}
+
+/// The address whose [`endpoint_mac`] `mac` is, if it is one. Only a guess at which endpoint
+/// sent a frame: the programs look it up and accept it only if that endpoint has this MAC on
+/// this veth (an ARP probe carries no sender address to look up).
+pub const fn endpoint_mac_address(mac: &[u8; 6]) -> Option<[u8; 4]> {
+    if mac[0] == 0x02 && mac[1] == 0x57 {
+        Some([mac[2], mac[3], mac[4], mac[5]])
+    } else {
+        None
+    }
+}
+
 /// The endpoint lives on this host (its veth is [`Endpoint::ifindex`]).
 pub const ENDPOINT_LOCAL: u8 = 1;
 
@@ -96,6 +113,13 @@ mod tests {
     #[test]
     fn config_has_no_padding() {
         assert_eq!(core::mem::size_of::<Config>(), 36);
+    }
+
+    #[test]
+    fn endpoint_macs_map_back_to_their_address() {
+        let ip = [192, 168, 1, 10];
+        assert_eq!(endpoint_mac_address(&endpoint_mac(ip)), Some(ip));
+        assert_eq!(endpoint_mac_address(&[0x02, 0x42, 192, 168, 1, 10]), None);
     }
 
     #[test]

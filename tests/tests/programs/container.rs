@@ -442,3 +442,75 @@ fn every_drop_reason_of_arp() {
     ];
     check_drops(&host, cases);
 }
+
+/// Defect: probes (RFC 5227 duplicate address detection: sender address 0.0.0.0) counted as
+/// drop_spoofed and never answered, so a prober took an address another endpoint holds.
+#[test]
+fn arp_probes_for_an_address_another_endpoint_holds_are_answered() {
+    let host = host(&[CONTAINER_TC], config()).unwrap();
+    for holder in [C3, C2] {
+        let frame = arp_request(mac(C1), mac(C1), [0; 4], holder);
+        let out = run(&host, &frame, on_veth(C1_VETH));
+        out.assert(
+            TC_ACT_REDIRECT,
+            &[ContainerRx, ArpProbeAnswered],
+            frame.len(),
+            false,
+        );
+        // As the kernel answers a probe: to the prober's MAC, target address 0.0.0.0.
+        let reply = Arp::reply(holder, mac(C1), [0; 4]);
+        assert_eq!(Arp::parse(&out.frame), reply, "reply for {holder:?}");
+    }
+}
+
+/// Defect, as above: the prober's own address must stay unanswered, or its own detection
+/// would report a conflict with itself; so must an address nobody holds.
+#[test]
+fn arp_probes_for_the_probers_own_or_a_free_address_go_unanswered() {
+    let host = host(&[CONTAINER_TC], config()).unwrap();
+    for (case, wanted) in [("its own", C1), ("a free one", NOBODY)] {
+        let frame = arp_request(mac(C1), mac(C1), [0; 4], wanted);
+        let out = run(&host, &frame, on_veth(C1_VETH));
+        if let Some(m) = out.mismatch(
+            TC_ACT_SHOT,
+            &[ContainerRx, ArpProbeUnanswered],
+            frame.len(),
+            false,
+        ) {
+            panic!("probe for {case} address: {m}");
+        }
+    }
+}
+
+#[test]
+fn arp_probes_keep_isolation_and_come_from_the_veths_endpoint() {
+    let host = host(&[CONTAINER_TC], config()).unwrap();
+    let probe = |sha: [u8; 6], wanted: [u8; 4]| arp_request(sha, sha, [0; 4], wanted);
+    let cases: Vec<(&str, Vec<u8>, u32, CounterId)> = vec![
+        (
+            "for another subnet",
+            probe(mac(C1), D1),
+            C1_VETH,
+            DropIsolated,
+        ),
+        (
+            "from another endpoint's MAC",
+            probe(mac(C3), C2),
+            C1_VETH,
+            DropSpoofed,
+        ),
+        (
+            "from a MAC no endpoint has",
+            probe(STALE_MAC, C2),
+            C1_VETH,
+            DropSpoofed,
+        ),
+        (
+            "on another endpoint's veth",
+            probe(mac(C1), C2),
+            C3_VETH,
+            DropSpoofed,
+        ),
+    ];
+    check_drops(&host, cases);
+}
