@@ -36,7 +36,7 @@ pub enum CounterId {
     ContainerRx = 1,
     /// Overlay (VXLAN) packets from a live peer, passed on to be decapsulated.
     UnderlayOverlayPass = 2,
-    /// Dropped: overlay packet whose outer source is not a live peer.
+    /// Dropped: overlay packet for this host whose outer source is not a live peer.
     DropOverlayNotPeer = 3,
     /// ARP requests for a known endpoint the asker may talk to, answered in eBPF.
     ArpReplied = 4,
@@ -101,11 +101,15 @@ pub enum CounterId {
     /// ARP probes left unanswered, which tells the prober the address is free: no other
     /// endpoint holds it, or it is the prober's own.
     ArpProbeUnanswered = 27,
+    /// VXLAN packets on the underlay addressed to another host (IPv4 or MAC), which a
+    /// promiscuous or bridged underlay shows: passed on untouched, never decapsulated or
+    /// filtered here.
+    UnderlayOtherHost = 28,
 }
 
 impl CounterId {
     /// All slots, in index order.
-    pub const ALL: [Self; 28] = [
+    pub const ALL: [Self; 29] = [
         Self::UnderlayRx,
         Self::ContainerRx,
         Self::UnderlayOverlayPass,
@@ -134,6 +138,7 @@ impl CounterId {
         Self::DropOverlayUnknownSrc,
         Self::ArpProbeAnswered,
         Self::ArpProbeUnanswered,
+        Self::UnderlayOtherHost,
     ];
 
     /// Slots in the counters map: room to append counters without a map of another size,
@@ -171,6 +176,7 @@ impl CounterId {
             Self::DropOverlayUnknownSrc => "drop_overlay_unknown_src",
             Self::ArpProbeAnswered => "arp_probe_answered",
             Self::ArpProbeUnanswered => "arp_probe_unanswered",
+            Self::UnderlayOtherHost => "underlay_other_host",
         }
     }
 
@@ -184,6 +190,7 @@ impl CounterId {
                 | Self::UnderlayOverlayPass
                 | Self::DropOverlayNotPeer
                 | Self::OverlayFragment
+                | Self::UnderlayOtherHost
         )
     }
 
@@ -240,6 +247,7 @@ mod tests {
             "drop_overlay_unknown_src",
             "arp_probe_answered",
             "arp_probe_unanswered",
+            "underlay_other_host",
         ];
         for (index, name) in released.iter().enumerate() {
             assert_eq!(CounterId::ALL[index].name(), *name, "slot {index}");

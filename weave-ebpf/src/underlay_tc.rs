@@ -5,6 +5,9 @@
 //! over a veth underlay) too, where the kernel can clear their UDP-tunnel GSO state while the
 //! tunnel is stripped (`Config::gso_decap`); elsewhere they are left to the kernel VXLAN device,
 //! because a stale tunnel GSO state would break them if the container forwarded them.
+//!
+//! Only packets for this host (its underlay address and MAC) are filtered or decapsulated: a
+//! promiscuous or bridged underlay also shows other hosts' packets, which pass on untouched.
 
 use aya_ebpf::{
     bindings::{
@@ -26,7 +29,7 @@ use crate::{
     encap::ENCAP_LEN,
     headers::{ECN_CE, ECN_NOT_ECT, ETH_LEN, ETH_P_IP, EthHdr, Ipv4Hdr, is_gso, ptr_at},
     maps::{config, is_peer},
-    prefilter::overlay_source,
+    prefilter::{Arrival, arrival},
     verdict::stop,
 };
 
@@ -47,8 +50,15 @@ pub fn underlay_tc(ctx: TcContext) -> i32 {
     if counting {
         count(CounterId::UnderlayRx, len);
     }
-    let Some(source) = overlay_source(&ctx) else {
-        return TC_ACT_OK;
+    let source = match arrival(&ctx, &cfg) {
+        Arrival::Other => return TC_ACT_OK,
+        Arrival::OtherHost => {
+            if counting {
+                count(CounterId::UnderlayOtherHost, len);
+            }
+            return TC_ACT_OK;
+        }
+        Arrival::Overlay(source) => source,
     };
     if !is_peer(source) {
         count(CounterId::DropOverlayNotPeer, len);

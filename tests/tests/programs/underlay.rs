@@ -404,6 +404,60 @@ fn a_segment_count_without_a_segment_size_is_a_single_packet_everywhere() {
     assert_eq!(out.frame.len(), leaving.len() + 50, "wrapped in eBPF");
 }
 
+/// Defect: a VXLAN packet for another host (seen on a promiscuous or bridged underlay) was
+/// decapsulated into a local container if its inner destination was one. It is passed on to
+/// the kernel untouched (which forwards it on a bridge or drops it as for another host), and
+/// not filtered either: it is not ours to police.
+#[test]
+fn overlay_packets_for_another_host_are_passed_on_untouched() {
+    let host = underlay(config());
+    let inner = inner(&Ip::udp(C2, C1));
+    let to_h1 = vxlan(VXLAN_I, OVERLAY_VNI, &inner);
+    let to_h3 = Ip {
+        dst: H3,
+        ..to_h1.clone()
+    };
+    let from_stranger = Ip {
+        src: [10, 0, 0, 1],
+        ..to_h3.clone()
+    };
+    let cases = [
+        ("another host's address and MAC", on_wire(H3_MAC, &to_h3)),
+        ("this host's address, another MAC", on_wire(H3_MAC, &to_h1)),
+        ("another host's address, this MAC", on_wire(H1_MAC, &to_h3)),
+        (
+            "from a non-peer to another host",
+            on_wire(H3_MAC, &from_stranger),
+        ),
+    ];
+    let failures = cases
+        .into_iter()
+        .filter_map(|(case, frame)| {
+            let out = run(&host, &frame, Skb::default());
+            let mismatch = out.mismatch(
+                TC_ACT_OK,
+                &[UnderlayRx, UnderlayOtherHost],
+                frame.len(),
+                true,
+            );
+            let changed = (out.frame != frame).then(|| "frame changed".to_owned());
+            mismatch.or(changed).map(|m| format!("{case}: {m}"))
+        })
+        .collect();
+    all_cases(failures);
+}
+
+#[test]
+fn without_a_known_mac_the_address_alone_decides() {
+    let host = underlay(Config {
+        underlay_mac: [0; 6],
+        ..config()
+    });
+    let frame = from_h2(&inner(&Ip::udp(C2, C1)));
+    let out = run(&host, &frame, Skb::default());
+    out.assert(TC_ACT_REDIRECT, &DELIVERED, frame.len(), true);
+}
+
 #[test]
 fn xdp_drops_overlay_packets_from_non_peers_and_passes_the_rest() {
     let host = super::host(&[UNDERLAY_XDP], config()).unwrap();
@@ -432,6 +486,18 @@ fn xdp_drops_overlay_packets_from_non_peers_and_passes_the_rest() {
             ),
             XDP_DROP,
             &[UnderlayRx, DropOverlayNotPeer],
+        ),
+        (
+            "for another host",
+            on_wire(
+                H3_MAC,
+                &Ip {
+                    dst: H3,
+                    ..overlay.clone()
+                },
+            ),
+            XDP_PASS,
+            &[UnderlayRx, UnderlayOtherHost],
         ),
     ];
     let failures = cases
