@@ -11,6 +11,12 @@ pub const VXLAN_I: u8 = 0x08;
 /// Outer Ethernet + IPv4 + UDP + VXLAN around an overlay frame.
 pub const VXLAN_OVERHEAD: usize = 50;
 
+/// The MAC the agent gives the endpoint with address `ip`, written out here rather than taken
+/// from weave-common so that the tests do not share a mistake with the code they test.
+pub fn endpoint_mac(ip: [u8; 4]) -> [u8; 6] {
+    [0x02, 0x57, ip[0], ip[1], ip[2], ip[3]]
+}
+
 /// RFC 791 header checksum (ones' complement of the ones' complement sum).
 pub fn checksum(header: &[u8]) -> [u8; 2] {
     let mut sum: u32 = header
@@ -111,6 +117,15 @@ pub fn vxlan_udp(flags: u8, vni: u32, inner: &[u8]) -> Vec<u8> {
     udp.extend_from_slice(&(vni << 8).to_be_bytes());
     udp.extend_from_slice(inner);
     udp
+}
+
+/// A VXLAN datagram from underlay address `src` to `dst` carrying `inner`, with the given flags
+/// byte and VNI.
+pub fn vxlan(src: [u8; 4], dst: [u8; 4], flags: u8, vni: u32, inner: &[u8]) -> Ip {
+    Ip {
+        payload: vxlan_udp(flags, vni, inner),
+        ..Ip::udp(src, dst)
+    }
 }
 
 pub fn hex(frame: &[u8]) -> String {

@@ -14,6 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod crafted;
 pub mod docker;
 pub mod frames;
 pub mod programs;

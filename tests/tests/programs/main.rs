@@ -46,10 +46,8 @@ const UNDERLAY_IFINDEX: u32 = 1;
 /// A MAC a container's neighbour cache may still hold for an address: delivery replaces it.
 const STALE_MAC: [u8; 6] = [0x02, 0x57, 0xde, 0xad, 0xbe, 0xef];
 
-/// The MAC the agent gives the endpoint with address `ip` (written out here rather than taken
-/// from weave-common, so that the tests do not share a mistake with the code they test).
 fn mac(ip: [u8; 4]) -> [u8; 6] {
-    [0x02, 0x57, ip[0], ip[1], ip[2], ip[3]]
+    weave_tests::frames::endpoint_mac(ip)
 }
 
 fn subnet_of(ip: [u8; 4]) -> [u8; 4] {

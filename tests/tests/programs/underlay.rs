@@ -14,7 +14,7 @@ use weave_common::{
 };
 use weave_tests::{
     frames::{
-        ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_IPV6, Ip, VXLAN_I, checksum, ethernet, vxlan_udp,
+        self, ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_IPV6, Ip, VXLAN_I, checksum, ethernet,
     },
     programs::{Programs, Run, Skb, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, XDP_DROP, XDP_PASS},
 };
@@ -37,10 +37,7 @@ fn inner(ip: &Ip) -> Vec<u8> {
 
 /// A VXLAN datagram from H2 to H1 carrying `inner`, with the given flags byte and VNI.
 fn vxlan(flags: u8, vni: u32, inner: &[u8]) -> Ip {
-    Ip {
-        payload: vxlan_udp(flags, vni, inner),
-        ..Ip::udp(H2, H1)
-    }
+    frames::vxlan(H2, H1, flags, vni, inner)
 }
 
 /// `outer` on the wire from H2's NIC to `dst_mac`.
