@@ -275,3 +275,98 @@ fn crafted_frames_are_counted_and_harmless() -> Result<()> {
     );
     Ok(())
 }
+
+/// Crafted VXLAN from a live peer to a host that receives through the kernel's VXLAN device
+/// (`--encap vxlan`): there overlay_tc judges the inner frame with the tunnel key the device
+/// hands it, which a BPF_PROG_TEST_RUN cannot supply (see tests/programs/overlay.rs).
+#[test]
+fn crafted_vxlan_through_the_vxlan_device_is_judged_by_overlay_tc() -> Result<()> {
+    require_root();
+    let prefix = unique_name("d");
+    let seg = Segment::new(&prefix, 2)?;
+    let (h1, h2) = (&seg.hosts[0], &seg.hosts[1]);
+    h1.agent_ok(&["launch", "--encap", "vxlan"])?;
+    h2.agent_ok(&["join", "192.168.56.101"])?;
+    let c1 = h1.container(&format!("{prefix}c1"), "192.168.1.10/24")?;
+    let _c2 = h2.container(&format!("{prefix}c2"), "192.168.1.20/24")?;
+    h1.wait_for_remote(1)?;
+    h2.wait_for_remote(1)?;
+    ensure!(c1.ping("192.168.1.20", 2)?, "no baseline connectivity");
+
+    let (h1_mac, h2_mac) = (link_mac(h1, "eth0")?, link_mac(h2, "eth0")?);
+    let on_wire = |inner: &[u8], vni: u32| {
+        ethernet(
+            h1_mac,
+            h2_mac,
+            ETHERTYPE_IPV4,
+            &vxlan(0x08, vni, inner).bytes(),
+        )
+    };
+    let from_peer = |frames: &[String]| injected(h2.exec("python3", &inject_args("eth0", frames))?);
+    let to_c1 = Receiver {
+        host: h1,
+        at: &c1,
+        src: C2_IP,
+        dst: C1_IP,
+    };
+    let ok = Ip::udp(C2_IP, C1_IP);
+    let nobody = [192, 168, 1, 99];
+    let from_c1_itself = ethernet(
+        mac_of(C1_IP),
+        mac_of(C1_IP),
+        ETHERTYPE_IPV4,
+        &Ip::udp(C1_IP, C1_IP).bytes(),
+    );
+    let inner_ipv6 = ethernet(mac_of(C1_IP), mac_of(C2_IP), ETHERTYPE_IPV6, &[0x60; 40]);
+    let too_long = Ip {
+        claimed_len: Some(9000),
+        ..ok.clone()
+    };
+    for (case, frame, expect, delivered) in [
+        (
+            "another VNI",
+            on_wire(&from_c2(&ok), 42),
+            "drop_bad_vxlan",
+            false,
+        ),
+        (
+            "inner total length beyond the frame",
+            on_wire(&from_c2(&too_long), VNI),
+            "drop_malformed",
+            false,
+        ),
+        (
+            "inner IPv6",
+            on_wire(&inner_ipv6, VNI),
+            "drop_not_ipv4_unicast",
+            false,
+        ),
+        (
+            "inner source hosted here",
+            on_wire(&from_c1_itself, VNI),
+            "drop_overlay_spoofed",
+            false,
+        ),
+        (
+            "inner source no endpoint has",
+            on_wire(&from_c2(&Ip::udp(nobody, C1_IP)), VNI),
+            "drop_overlay_unknown_src",
+            false,
+        ),
+        (
+            "inner destination no endpoint has",
+            on_wire(&from_c2(&Ip::udp(C2_IP, nobody)), VNI),
+            "drop_unknown_dst",
+            false,
+        ),
+        (
+            "well-formed (delivered)",
+            on_wire(&from_c2(&ok), VNI),
+            "overlay_delivered",
+            true,
+        ),
+    ] {
+        inject(case, &from_peer, &frame, (h1, &to_c1), expect, delivered)?;
+    }
+    Ok(())
+}

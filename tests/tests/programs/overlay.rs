@@ -2,13 +2,15 @@
 //! along with their tunnel metadata.
 //!
 //! A test run cannot supply that metadata (the skb it builds has no metadata dst), so
-//! bpf_skb_get_tunnel_key fails and only that verdict is asserted here. Every verdict after a
-//! successful read stays with the namespace tests (hostile.rs, overlay.rs), which send through
-//! a real VXLAN device: drop_bad_vxlan (another VNI in the key), drop_overlay_not_peer (the key's
-//! remote is no peer), and overlay_delivered, drop_not_ipv4_unicast, drop_malformed,
-//! drop_overlay_spoofed, drop_overlay_unknown_src, drop_unknown_dst, drop_isolated and
-//! drop_kernel_refused on the inner frame. The inner checks are the ones underlay_tc makes
-//! (`weave-ebpf/src/delivery.rs`), which the underlay tests here assert case by case.
+//! bpf_skb_get_tunnel_key fails and only that verdict is asserted here. The verdicts after a
+//! successful read stay with the namespace test
+//! `hostile::crafted_vxlan_through_the_vxlan_device_is_judged_by_overlay_tc`, which sends
+//! through a real VXLAN device: drop_bad_vxlan (another VNI in the key), drop_malformed,
+//! drop_not_ipv4_unicast, drop_overlay_spoofed, drop_overlay_unknown_src, drop_unknown_dst and
+//! overlay_delivered. drop_isolated is not sent there: the inner checks are the ones
+//! underlay_tc makes (`weave-ebpf/src/delivery.rs`), which the underlay tests here assert case
+//! by case. Reached by no test: drop_overlay_not_peer (the underlay's peer filter drops a
+//! non-peer's VXLAN before the device sees it) and drop_kernel_refused.
 
 use weave_common::{counters::CounterId::*, programs::OVERLAY_TC};
 use weave_tests::{
