@@ -6,7 +6,9 @@
 //! 192.168.1.0/24 and D1 in 192.168.2.0/24; peer H2 hosts C2 (192.168.1.0/24) and D2
 //! (192.168.2.0/24), peer H3 hosts C4.
 
+mod arp;
 mod container;
+mod decap;
 mod overlay;
 mod underlay;
 

@@ -8,9 +8,9 @@
 //! through a real VXLAN device: drop_bad_vxlan (another VNI in the key), drop_malformed,
 //! drop_not_ipv4_unicast, drop_overlay_spoofed, drop_overlay_unknown_src, drop_unknown_dst and
 //! overlay_delivered. drop_isolated is not sent there: the inner checks are the ones
-//! underlay_tc makes (`weave-ebpf/src/delivery.rs`), which the underlay tests here assert case
-//! by case. Reached by no test: drop_overlay_not_peer (the underlay's peer filter drops a
-//! non-peer's VXLAN before the device sees it) and drop_kernel_refused.
+//! underlay_tc makes (`weave-ebpf/src/delivery.rs`), which decap.rs asserts case by case.
+//! Reached by no test: drop_overlay_not_peer (the underlay's peer filter drops a non-peer's
+//! VXLAN before the device sees it) and drop_kernel_refused.
 
 use weave_common::{counters::CounterId::*, programs::OVERLAY_TC};
 use weave_tests::{
