@@ -14,7 +14,10 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod crafted;
 pub mod docker;
+pub mod frames;
+pub mod programs;
 pub mod walkthrough;
 
 use anyhow::{Context as _, Result, bail, ensure};

@@ -1,4 +1,8 @@
 //! Per-CPU packet/byte counters: one slot per path a packet can take and per drop reason.
+//!
+//! [`CounterId`] is the one numbered list of both, read by the eBPF programs and the agent
+//! alike (as Cilium's `drop_reasons.h`). Names starting with `drop_` are drop reasons, which
+//! the metrics report as reasons of the drop families; every other name is a path.
 
 /// One counter slot. The map is per-CPU, so each CPU adds to its own copy without atomics and
 /// the agent sums the copies.
@@ -6,6 +10,12 @@
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counter {
     pub packets: u64,
+    /// Bytes of the container's Ethernet frame: what an endpoint sent, or what an overlay
+    /// packet carries (the packet less its 50 bytes of outer Ethernet, IPv4, UDP and VXLAN),
+    /// whichever program counts it and whether the kernel's VXLAN device or eBPF took the outer
+    /// headers off, so a counter's bytes add up across paths. Only the counters made on an
+    /// underlay packet before it is known to carry a frame for this host count the packet as it
+    /// arrived ([`CounterId::counts_underlay_packet`]).
     pub bytes: u64,
 }
 
@@ -26,9 +36,9 @@ pub enum CounterId {
     ContainerRx = 1,
     /// Overlay (VXLAN) packets from a live peer, passed on to be decapsulated.
     UnderlayOverlayPass = 2,
-    /// Dropped: overlay packet whose outer source is not a live peer.
+    /// Dropped: overlay packet for this host whose outer source is not a live peer.
     DropOverlayNotPeer = 3,
-    /// ARP requests for a known endpoint in the asker's subnet, answered in eBPF.
+    /// ARP requests for a known endpoint the asker may talk to, answered in eBPF.
     ArpReplied = 4,
     /// Container frames handed to a container on this host.
     LocalDelivered = 5,
@@ -38,23 +48,28 @@ pub enum CounterId {
     OverlayRx = 7,
     /// Decapsulated frames handed to a container on this host.
     OverlayDelivered = 8,
-    /// Dropped: source IP or MAC is not the sending endpoint's (anti-spoofing).
+    /// Dropped: source IP or MAC (of IPv4, or the sender of an ARP request or probe) is not
+    /// the sending endpoint's (anti-spoofing).
     DropSpoofed = 9,
-    /// Dropped: source and destination are in different subnets (isolation).
+    /// Dropped: source and destination are in different subnets that no rule opens to each
+    /// other (isolation); also ARP requests and probes for such a destination.
     DropIsolated = 10,
     /// Dropped: IPv4 destination that is no endpoint.
     DropUnknownDst = 11,
     /// Dropped: neither ARP nor unicast IPv4 (broadcast, multicast, IPv6, other ethertypes).
     DropNotIpv4Unicast = 12,
-    /// Dropped: ARP that is not a request for a known endpoint.
+    /// Dropped: ARP that is not an IPv4-over-Ethernet request, or a request (not a probe) for
+    /// an address no endpoint holds.
     DropArp = 13,
-    /// Dropped: frame too short for its headers.
+    /// Dropped: the sender's frame is malformed: too short for its headers, an IPv4 version
+    /// other than 4, a header under 20 bytes, or a total length beyond the frame.
     DropMalformed = 14,
     /// Dropped: remote destination but no VXLAN device configured.
     DropNoTunnel = 15,
-    /// Dropped: decapsulated frame from a tunnel source that does not host the inner source.
+    /// Dropped: decapsulated frame whose inner source is an endpoint that another host (or this
+    /// one) holds, not the sending peer, or whose source MAC is not that endpoint's.
     DropOverlaySpoofed = 16,
-    /// Dropped: a redirect or tunnel-key helper failed.
+    /// Dropped: a redirect helper, or setting the tunnel key, failed (logged too).
     DropRedirectFailed = 17,
     /// Overlay frames decapsulated by the underlay TC program (eBPF encapsulation mode).
     UnderlayDecap = 18,
@@ -69,11 +84,32 @@ pub enum CounterId {
     /// Dropped: the underlay marked congestion (CE) on a packet whose sender does not do ECN,
     /// so the mark cannot be passed on (RFC 6040, as the kernel's tunnels do).
     DropCeOnNotEct = 22,
+    /// Dropped: the kernel refused to pull headers into linear data, resize the packet or
+    /// write its new headers (`bpf_skb_pull_data`, `bpf_skb_adjust_room`, `bpf_skb_store_bytes`:
+    /// memory, or a packet shape the helper does not take). The sender did nothing wrong;
+    /// logged too.
+    DropKernelRefused = 23,
+    /// Dropped: a frame on the VXLAN device without IPv4 tunnel metadata
+    /// (`bpf_skb_get_tunnel_key` failed), so there is no outer source to check.
+    DropNoTunnelKey = 24,
+    /// Dropped: decapsulated frame whose inner source is no endpoint known here. Also what an
+    /// endpoint that was just attached on a peer sends before gossip has told this host.
+    DropOverlayUnknownSrc = 25,
+    /// ARP probes (RFC 5227, sender address 0.0.0.0) for an address another endpoint holds,
+    /// answered in eBPF so the prober sees the conflict.
+    ArpProbeAnswered = 26,
+    /// ARP probes left unanswered, which tells the prober the address is free: no other
+    /// endpoint holds it, or it is the prober's own.
+    ArpProbeUnanswered = 27,
+    /// VXLAN packets on the underlay addressed to another host (IPv4 or MAC), which a
+    /// promiscuous or bridged underlay shows: passed on untouched, never decapsulated or
+    /// filtered here.
+    UnderlayOtherHost = 28,
 }
 
 impl CounterId {
     /// All slots, in index order.
-    pub const ALL: [Self; 23] = [
+    pub const ALL: [Self; 29] = [
         Self::UnderlayRx,
         Self::ContainerRx,
         Self::UnderlayOverlayPass,
@@ -97,6 +133,12 @@ impl CounterId {
         Self::OverlayFragment,
         Self::RemoteSentDevice,
         Self::DropCeOnNotEct,
+        Self::DropKernelRefused,
+        Self::DropNoTunnelKey,
+        Self::DropOverlayUnknownSrc,
+        Self::ArpProbeAnswered,
+        Self::ArpProbeUnanswered,
+        Self::UnderlayOtherHost,
     ];
 
     /// Slots in the counters map: room to append counters without a map of another size,
@@ -129,7 +171,27 @@ impl CounterId {
             Self::OverlayFragment => "overlay_fragment",
             Self::RemoteSentDevice => "remote_sent_device",
             Self::DropCeOnNotEct => "drop_ce_on_not_ect",
+            Self::DropKernelRefused => "drop_kernel_refused",
+            Self::DropNoTunnelKey => "drop_no_tunnel_key",
+            Self::DropOverlayUnknownSrc => "drop_overlay_unknown_src",
+            Self::ArpProbeAnswered => "arp_probe_answered",
+            Self::ArpProbeUnanswered => "arp_probe_unanswered",
+            Self::UnderlayOtherHost => "underlay_other_host",
         }
+    }
+
+    /// Whether this counter's bytes are the underlay packet as it arrived (see
+    /// [`Counter::bytes`]): the counters made on the outer headers, before the packet is known
+    /// to carry a container frame for this host.
+    pub const fn counts_underlay_packet(self) -> bool {
+        matches!(
+            self,
+            Self::UnderlayRx
+                | Self::UnderlayOverlayPass
+                | Self::DropOverlayNotPeer
+                | Self::OverlayFragment
+                | Self::UnderlayOtherHost
+        )
     }
 
     pub const fn index(self) -> u32 {
@@ -151,6 +213,45 @@ mod tests {
     #[test]
     fn the_map_has_room_for_every_counter() {
         assert!(CounterId::ALL.len() as u32 <= CounterId::SLOTS);
+    }
+
+    /// The map is pinned across upgrades: a slot that moved would be read under another name.
+    #[test]
+    fn slots_keep_their_numbers() {
+        let released = [
+            "underlay_rx",
+            "container_rx",
+            "underlay_overlay_pass",
+            "drop_overlay_not_peer",
+            "arp_replied",
+            "local_delivered",
+            "remote_sent",
+            "overlay_rx",
+            "overlay_delivered",
+            "drop_spoofed",
+            "drop_isolated",
+            "drop_unknown_dst",
+            "drop_not_ipv4_unicast",
+            "drop_arp",
+            "drop_malformed",
+            "drop_no_tunnel",
+            "drop_overlay_spoofed",
+            "drop_redirect_failed",
+            "underlay_decap",
+            "drop_bad_vxlan",
+            "overlay_fragment",
+            "remote_sent_device",
+            "drop_ce_on_not_ect",
+            "drop_kernel_refused",
+            "drop_no_tunnel_key",
+            "drop_overlay_unknown_src",
+            "arp_probe_answered",
+            "arp_probe_unanswered",
+            "underlay_other_host",
+        ];
+        for (index, name) in released.iter().enumerate() {
+            assert_eq!(CounterId::ALL[index].name(), *name, "slot {index}");
+        }
     }
 
     #[test]

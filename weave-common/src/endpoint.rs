@@ -14,6 +14,23 @@ pub const fn ipv4_octets(key: Ipv4Key) -> [u8; 4] {
     key.to_ne_bytes()
 }
 
+/// The MAC the agent gives the endpoint with address `ip`: `02:57:` then the address, as Docker
+/// derives `02:42:...`, so it survives detach, re-attach and restarts.
+pub const fn endpoint_mac(ip: [u8; 4]) -> [u8; 6] {
+    [0x02, 0x57, ip[0], ip[1], ip[2], ip[3]]
+}
+
+/// The address whose [`endpoint_mac`] `mac` is, if it is one. Only a guess at which endpoint
+/// sent a frame: the programs look it up and accept it only if that endpoint has this MAC on
+/// this veth (an ARP probe carries no sender address to look up).
+pub const fn endpoint_mac_address(mac: &[u8; 6]) -> Option<[u8; 4]> {
+    if mac[0] == 0x02 && mac[1] == 0x57 {
+        Some([mac[2], mac[3], mac[4], mac[5]])
+    } else {
+        None
+    }
+}
+
 /// The endpoint lives on this host (its veth is [`Endpoint::ifindex`]).
 pub const ENDPOINT_LOCAL: u8 = 1;
 
@@ -69,13 +86,19 @@ pub struct Config {
     /// 1 when the kernel can clear a packet's UDP-tunnel GSO state as eBPF strips the tunnel
     /// (`BPF_F_ADJ_ROOM_DECAP_L4_UDP`), so GSO super-packets are decapsulated in eBPF too.
     pub gso_decap: u32,
+    /// The underlay interface's MAC. With `underlay_ip` it tells which overlay packets are this
+    /// host's: a promiscuous or bridged underlay shows the programs other hosts' packets too.
+    /// All zero for an interface without one; then the address alone decides.
+    pub underlay_mac: [u8; 6],
+    /// Always zero; makes the size a multiple of 4 without implicit padding.
+    pub pad: [u8; 2],
 }
 
 #[cfg(feature = "user")]
 // SAFETY: repr(C) of integers and byte arrays, no padding (6+1+1+4+4+4), any bits valid.
 unsafe impl aya::Pod for Endpoint {}
 #[cfg(feature = "user")]
-// SAFETY: repr(C), seven u32, no padding.
+// SAFETY: repr(C), seven u32 then 6 + 2 bytes, no padding, any bits valid.
 unsafe impl aya::Pod for Config {}
 
 #[cfg(test)]
@@ -85,6 +108,18 @@ mod tests {
     #[test]
     fn endpoint_has_no_padding() {
         assert_eq!(core::mem::size_of::<Endpoint>(), 20);
+    }
+
+    #[test]
+    fn config_has_no_padding() {
+        assert_eq!(core::mem::size_of::<Config>(), 36);
+    }
+
+    #[test]
+    fn endpoint_macs_map_back_to_their_address() {
+        let ip = [192, 168, 1, 10];
+        assert_eq!(endpoint_mac_address(&endpoint_mac(ip)), Some(ip));
+        assert_eq!(endpoint_mac_address(&[0x02, 0x42, 192, 168, 1, 10]), None);
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! TC ingress on the host side of a container veth: every frame a container sends.
 //!
-//! ARP requests are answered here from the endpoint map, so no broadcast ever leaves the host.
+//! ARP requests are answered here from the endpoint map, so no broadcast ever leaves the host;
+//! so are ARP probes (RFC 5227 duplicate address detection) for an address another endpoint
+//! holds, so the prober sees the conflict.
 //! IPv4 frames must come from the endpoint's own address and MAC (anti-spoofing) and go to an
 //! endpoint in the same subnet or in one an isolation rule opens to it; they are then handed
 //! straight to a local container or sent to the remote host. Everything else is dropped and
@@ -14,14 +16,15 @@ use aya_ebpf::{
 };
 use weave_common::{
     counters::CounterId,
-    endpoint::{ENCAP_EBPF, Endpoint, ipv4_key},
+    endpoint::{ENCAP_EBPF, Endpoint, endpoint_mac_address, ipv4_key},
 };
 
 use crate::{
     counters::count,
     encap::{Encap, encapsulate},
     headers::{
-        ARP_REPLY, ARP_REQUEST, ArpHdr, ETH_LEN, ETH_P_ARP, ETH_P_IP, EthHdr, Ipv4Hdr, ptr_at,
+        ARP_REPLY, ARP_REQUEST, ArpHdr, ETH_LEN, ETH_P_ARP, ETH_P_IP, EthHdr, Ipv4Hdr, is_gso,
+        ptr_at,
     },
     maps::{config, endpoint, may_talk},
     verdict::tc_verdict,
@@ -39,13 +42,14 @@ pub fn container_tc(ctx: TcContext) -> i32 {
     tc_verdict(&ctx, "container_tc", forward(&ctx), len)
 }
 
-/// Redirects the frame; the counter for what was done, or the drop reason.
+/// Redirects the frame: the counter for what was done, or why the frame stops here (a drop
+/// reason, or an ARP probe that silence answers).
 #[inline(always)]
 fn forward(ctx: &TcContext) -> Result<CounterId, CounterId> {
     // Headers may sit in paged data; pull them into the linear part we can read directly.
     if ctx.data_end() - ctx.data() < HEADERS_LEN as usize && ctx.len() >= HEADERS_LEN {
         ctx.pull_data(HEADERS_LEN)
-            .map_err(|_| CounterId::DropMalformed)?;
+            .map_err(|_| CounterId::DropKernelRefused)?;
     }
     let (start, end) = (ctx.data(), ctx.data_end());
     let eth: *mut EthHdr = ptr_at(start, end, 0).ok_or(CounterId::DropMalformed)?;
@@ -68,6 +72,7 @@ fn sender(ip: [u8; 4], mac: &[u8; 6], ifindex: u32) -> Result<Endpoint, CounterI
     }
 }
 
+/// Answers an ARP request or probe in place and sends the reply back to the container.
 #[inline(always)]
 fn answer_arp(
     start: usize,
@@ -81,16 +86,25 @@ fn answer_arp(
         if !(*arp).is_ipv4_ethernet() || u16::from_be_bytes((*arp).op) != ARP_REQUEST {
             return Err(CounterId::DropArp);
         }
-        let asker = sender((*arp).spa, &(*eth).src, ifindex)?;
         if (*arp).sha != (*eth).src {
             return Err(CounterId::DropSpoofed);
         }
         let wanted = (*arp).tpa;
-        let target = endpoint(ipv4_key(wanted)).ok_or(CounterId::DropArp)?;
-        if !may_talk(&asker, &target) {
-            return Err(CounterId::DropIsolated);
-        }
-        // Turn the request into the reply, in place.
+        let (target, answered) = if (*arp).spa == [0; 4] {
+            (
+                probed(&(*arp).sha, wanted, ifindex)?,
+                CounterId::ArpProbeAnswered,
+            )
+        } else {
+            let asker = sender((*arp).spa, &(*eth).src, ifindex)?;
+            let target = endpoint(ipv4_key(wanted)).ok_or(CounterId::DropArp)?;
+            if !may_talk(&asker, &target) {
+                return Err(CounterId::DropIsolated);
+            }
+            (target, CounterId::ArpReplied)
+        };
+        // Turn the request into the reply, in place; a probe's reply goes to 0.0.0.0 at the
+        // prober's MAC, as the kernel answers one.
         (*arp).op = ARP_REPLY.to_be_bytes();
         (*arp).tha = (*arp).sha;
         (*arp).tpa = (*arp).spa;
@@ -102,8 +116,27 @@ fn answer_arp(
         if bpf_redirect(ifindex, 0) != i64::from(TC_ACT_REDIRECT) {
             return Err(CounterId::DropRedirectFailed);
         }
+        Ok(answered)
     }
-    Ok(CounterId::ArpReplied)
+}
+
+/// The endpoint to answer an ARP probe (sender address 0.0.0.0) for `wanted` with: another
+/// endpoint holding it that the prober may talk to. A probe carries no address of its own, so
+/// the prober is found from its MAC, which must be the endpoint MAC of the endpoint on this
+/// veth. Its own address and a free one get silence, which tells the prober it may use the
+/// address (answering its own would make its detection fail).
+#[inline(always)]
+fn probed(sha: &[u8; 6], wanted: [u8; 4], ifindex: u32) -> Result<Endpoint, CounterId> {
+    let own = endpoint_mac_address(sha).ok_or(CounterId::DropSpoofed)?;
+    let prober = sender(own, sha, ifindex)?;
+    if wanted == own {
+        return Err(CounterId::ArpProbeUnanswered);
+    }
+    let holder = endpoint(ipv4_key(wanted)).ok_or(CounterId::ArpProbeUnanswered)?;
+    if !may_talk(&prober, &holder) {
+        return Err(CounterId::DropIsolated);
+    }
+    Ok(holder)
 }
 
 #[inline(always)]
@@ -120,7 +153,7 @@ fn send_ipv4(
         if (*eth).dst[0] & 1 != 0 {
             return Err(CounterId::DropNotIpv4Unicast);
         }
-        let gso = (*ctx.skb.skb).gso_size != 0;
+        let gso = is_gso(ctx);
         if !(*ip).is_sane(ctx.len() - ETH_LEN as u32, gso) {
             return Err(CounterId::DropMalformed);
         }
@@ -137,33 +170,50 @@ fn send_ipv4(
             }
             return Ok(CounterId::LocalDelivered);
         }
-        let cfg = config();
-        // GSO super-packets (TCP bulk) go through the VXLAN device, which measured faster for
-        // them; single packets skip its transmit path unless eBPF cannot wrap them.
-        let mut sent = CounterId::RemoteSent;
-        if cfg.encap == ENCAP_EBPF && !gso {
-            match encapsulate(ctx, dst.peer, (*ip).tos, &cfg)? {
-                Encap::Sent => return Ok(CounterId::RemoteSent),
-                Encap::Declined => sent = CounterId::RemoteSentDevice,
-            }
+        send_remote(ctx, &dst, (*ip).tos, gso)
+    }
+}
+
+/// Sends a frame to the remote endpoint `dst`, whose IPv4 header has `tos`: wrapped in eBPF
+/// where the agent says so, else (and for what eBPF cannot wrap) through the VXLAN device.
+#[inline(always)]
+fn send_remote(
+    ctx: &TcContext,
+    dst: &Endpoint,
+    tos: u8,
+    gso: bool,
+) -> Result<CounterId, CounterId> {
+    let cfg = config();
+    // GSO super-packets (TCP bulk) go through the VXLAN device, which measured faster for
+    // them; single packets skip its transmit path unless eBPF cannot wrap them.
+    let mut sent = CounterId::RemoteSent;
+    if cfg.encap == ENCAP_EBPF && !gso {
+        match encapsulate(ctx, dst.peer, tos, &cfg)? {
+            Encap::Sent => return Ok(CounterId::RemoteSent),
+            Encap::Declined => sent = CounterId::RemoteSentDevice,
         }
-        if cfg.vxlan_ifindex == 0 {
-            return Err(CounterId::DropNoTunnel);
-        }
-        let mut key: bpf_tunnel_key = core::mem::zeroed();
-        key.tunnel_id = cfg.vni;
-        // The helper takes the remote address in host byte order.
-        key.__bindgen_anon_1.remote_ipv4 = u32::from_be(dst.peer);
-        key.tunnel_ttl = TUNNEL_TTL;
-        let set = bpf_skb_set_tunnel_key(
+    }
+    if cfg.vxlan_ifindex == 0 {
+        return Err(CounterId::DropNoTunnel);
+    }
+    // SAFETY: a zeroed tunnel key is valid.
+    let mut key: bpf_tunnel_key = unsafe { core::mem::zeroed() };
+    key.tunnel_id = cfg.vni;
+    // The helper takes the remote address in host byte order.
+    key.__bindgen_anon_1.remote_ipv4 = u32::from_be(dst.peer);
+    key.tunnel_ttl = TUNNEL_TTL;
+    // SAFETY: the skb pointer is the program's context, the key a local of the size given.
+    let set = unsafe {
+        bpf_skb_set_tunnel_key(
             ctx.skb.skb,
             &mut key,
             core::mem::size_of::<bpf_tunnel_key>() as u32,
             0,
-        );
-        if set < 0 || bpf_redirect(cfg.vxlan_ifindex, 0) != i64::from(TC_ACT_REDIRECT) {
-            return Err(CounterId::DropRedirectFailed);
-        }
-        Ok(sent)
+        )
+    };
+    // SAFETY: a redirect helper with no flags has no preconditions.
+    if set < 0 || unsafe { bpf_redirect(cfg.vxlan_ifindex, 0) } != i64::from(TC_ACT_REDIRECT) {
+        return Err(CounterId::DropRedirectFailed);
     }
+    Ok(sent)
 }

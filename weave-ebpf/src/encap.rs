@@ -59,7 +59,7 @@ pub(crate) fn encapsulate(
     let inner_len = ctx.len() as usize;
     // SAFETY: the context pointer is the program's skb.
     let hash = unsafe { bpf_get_hash_recalc(ctx.skb.skb) };
-    let inner_eth: EthHdr = ctx.load(0).map_err(|_| CounterId::DropMalformed)?;
+    let inner_eth: EthHdr = ctx.load(0).map_err(|_| CounterId::DropKernelRefused)?;
     let flags = u64::from(BPF_F_ADJ_ROOM_FIXED_GSO)
         | u64::from(BPF_F_ADJ_ROOM_ENCAP_L3_IPV4)
         | u64::from(BPF_F_ADJ_ROOM_ENCAP_L4_UDP)
@@ -101,7 +101,7 @@ pub(crate) fn encapsulate(
     hdr[42..48].copy_from_slice(&inner_eth.src);
     hdr[48..50].copy_from_slice(&inner_eth.proto);
     ctx.store(ETH_LEN, &hdr, 0)
-        .map_err(|_| CounterId::DropRedirectFailed)?;
+        .map_err(|_| CounterId::DropKernelRefused)?;
 
     // The FIB and neighbour tables pick the next hop and write the outer Ethernet header.
     // SAFETY: a null parameter block asks the helper to look the route up itself.

@@ -124,6 +124,16 @@ pub(crate) struct UdpHdr {
     pub csum: [u8; 2],
 }
 
+/// A GSO super-packet, by the kernel's own test (`skb_is_gso`): a segment size is what makes
+/// the stack cut a packet up on its way out and what `bpf_skb_adjust_room` treats differently.
+/// `gso_segs` is only a count the stack fills in as it goes (1 on plain packets, 0 until
+/// computed on some super-packets) and decides nothing.
+#[inline(always)]
+pub(crate) fn is_gso(ctx: &TcContext) -> bool {
+    // SAFETY: the context pointer is the program's skb.
+    unsafe { (*ctx.skb.skb).gso_size != 0 }
+}
+
 /// Pointer to a `T` at `offset` in the packet `[start, end)`, if it fits.
 #[inline(always)]
 pub(crate) fn ptr_at<T>(start: usize, end: usize, offset: usize) -> Option<*mut T> {

@@ -8,11 +8,14 @@
 //! - `underlay_tc`: TC ingress on the host NIC (the same check where no XDP runs; decapsulates
 //!   overlay frames itself when the agent encapsulates in eBPF, `encap` building the headers
 //!   on the sending side)
+//! - `delivery`: the checks a frame from another host meets before it reaches a container,
+//!   shared by `overlay` and `underlay_tc`
 #![no_std]
 #![no_main]
 
 mod container;
 mod counters;
+mod delivery;
 mod encap;
 mod headers;
 mod maps;

@@ -9,12 +9,13 @@ use aya_ebpf::{
     macros::classifier,
     programs::TcContext,
 };
-use weave_common::{counters::CounterId, endpoint::ipv4_key};
+use weave_common::counters::CounterId;
 
 use crate::{
     counters::count,
-    headers::{ETH_LEN, ETH_P_IP, EthHdr, Ipv4Hdr, ptr_at},
-    maps::{config, endpoint, is_peer, may_talk},
+    delivery::admit,
+    headers::{ETH_LEN, EthHdr, Ipv4Hdr, is_gso, ptr_at},
+    maps::{config, is_peer},
     verdict::tc_verdict,
 };
 
@@ -27,8 +28,10 @@ pub fn overlay_tc(ctx: TcContext) -> i32 {
     tc_verdict(&ctx, "overlay_tc", deliver(&ctx), len)
 }
 
+/// The outer source address (an `Ipv4Key`) of the tunnel the frame came through, checked: the
+/// overlay's VNI, from a live peer.
 #[inline(always)]
-fn deliver(ctx: &TcContext) -> Result<CounterId, CounterId> {
+fn tunnel_source(ctx: &TcContext) -> Result<u32, CounterId> {
     // SAFETY: a zeroed tunnel key is valid; the helper fills it.
     let mut key: bpf_tunnel_key = unsafe { core::mem::zeroed() };
     // SAFETY: the skb pointer is the program's context, the key a local of the size given.
@@ -40,49 +43,39 @@ fn deliver(ctx: &TcContext) -> Result<CounterId, CounterId> {
             0,
         )
     };
+    // No IPv4 tunnel metadata: not from the device's receive path, no peer to blame.
     if got < 0 {
-        return Err(CounterId::DropOverlayNotPeer);
+        return Err(CounterId::DropNoTunnelKey);
     }
     if key.tunnel_id != config().vni {
         return Err(CounterId::DropBadVxlan);
     }
     // SAFETY: an IPv4 tunnel (no BPF_F_TUNINFO_IPV6) fills remote_ipv4, in host byte order.
-    let outer_source = u32::to_be(unsafe { key.__bindgen_anon_1.remote_ipv4 });
-    if !is_peer(outer_source) {
+    let source = u32::to_be(unsafe { key.__bindgen_anon_1.remote_ipv4 });
+    if !is_peer(source) {
         return Err(CounterId::DropOverlayNotPeer);
     }
+    Ok(source)
+}
 
+#[inline(always)]
+fn deliver(ctx: &TcContext) -> Result<CounterId, CounterId> {
+    let source = tunnel_source(ctx)?;
     if ctx.data_end() - ctx.data() < HEADERS_LEN as usize && ctx.len() >= HEADERS_LEN {
         ctx.pull_data(HEADERS_LEN)
-            .map_err(|_| CounterId::DropMalformed)?;
+            .map_err(|_| CounterId::DropKernelRefused)?;
     }
     let (start, end) = (ctx.data(), ctx.data_end());
     let eth: *mut EthHdr = ptr_at(start, end, 0).ok_or(CounterId::DropMalformed)?;
     let ip: *mut Ipv4Hdr = ptr_at(start, end, ETH_LEN).ok_or(CounterId::DropMalformed)?;
+    let room = ctx.len() - ETH_LEN as u32;
     // SAFETY: ptr_at checked both headers lie inside the packet; TC may write packet data.
     unsafe {
-        if (*eth).proto() != ETH_P_IP || (*eth).dst[0] & 1 != 0 {
-            return Err(CounterId::DropNotIpv4Unicast);
-        }
-        let gso = (*ctx.skb.skb).gso_size != 0;
-        if !(*ip).is_sane(ctx.len() - ETH_LEN as u32, gso) {
-            return Err(CounterId::DropMalformed);
-        }
-        match endpoint(ipv4_key((*ip).src)) {
-            Some(src) if !src.is_local() && src.peer == outer_source && src.mac == (*eth).src => {
-                let dst = endpoint(ipv4_key((*ip).dst))
-                    .filter(|d| d.is_local())
-                    .ok_or(CounterId::DropUnknownDst)?;
-                if !may_talk(&src, &dst) {
-                    return Err(CounterId::DropIsolated);
-                }
-                (*eth).dst = dst.mac;
-                if bpf_redirect_peer(dst.ifindex, 0) != i64::from(TC_ACT_REDIRECT) {
-                    return Err(CounterId::DropRedirectFailed);
-                }
-                Ok(CounterId::OverlayDelivered)
-            }
-            _ => Err(CounterId::DropOverlaySpoofed),
+        let dst = admit(&*eth, &*ip, room, is_gso(ctx), source)?;
+        (*eth).dst = dst.mac;
+        if bpf_redirect_peer(dst.ifindex, 0) != i64::from(TC_ACT_REDIRECT) {
+            return Err(CounterId::DropRedirectFailed);
         }
     }
+    Ok(CounterId::OverlayDelivered)
 }

@@ -5,6 +5,9 @@
 //! over a veth underlay) too, where the kernel can clear their UDP-tunnel GSO state while the
 //! tunnel is stripped (`Config::gso_decap`); elsewhere they are left to the kernel VXLAN device,
 //! because a stale tunnel GSO state would break them if the container forwarded them.
+//!
+//! Only packets for this host (its underlay address and MAC) are filtered or decapsulated: a
+//! promiscuous or bridged underlay also shows other hosts' packets, which pass on untouched.
 
 use aya_ebpf::{
     bindings::{
@@ -15,18 +18,19 @@ use aya_ebpf::{
     macros::classifier,
     programs::TcContext,
 };
-use aya_log_ebpf::error;
 use weave_common::{
     counters::CounterId,
-    endpoint::{Config, ENCAP_EBPF, ipv4_key},
+    endpoint::{Config, ENCAP_EBPF, Endpoint},
 };
 
 use crate::{
     counters::count,
+    delivery::admit,
     encap::ENCAP_LEN,
-    headers::{ECN_CE, ECN_NOT_ECT, ETH_LEN, ETH_P_IP, EthHdr, Ipv4Hdr, ptr_at},
-    maps::{config, endpoint, is_peer, may_talk},
-    prefilter::overlay_source,
+    headers::{ECN_CE, ECN_NOT_ECT, ETH_LEN, ETH_P_IP, EthHdr, Ipv4Hdr, is_gso, ptr_at},
+    maps::{config, is_peer},
+    prefilter::{Arrival, arrival},
+    verdict::stop,
 };
 
 /// adjust_room flag of newer kernels (not in this crate's bindings): on shrinking, clear the
@@ -46,8 +50,15 @@ pub fn underlay_tc(ctx: TcContext) -> i32 {
     if counting {
         count(CounterId::UnderlayRx, len);
     }
-    let Some(source) = overlay_source(&ctx) else {
-        return TC_ACT_OK;
+    let source = match arrival(&ctx, &cfg) {
+        Arrival::Other => return TC_ACT_OK,
+        Arrival::OtherHost => {
+            if counting {
+                count(CounterId::UnderlayOtherHost, len);
+            }
+            return TC_ACT_OK;
+        }
+        Arrival::Overlay(source) => source,
     };
     if !is_peer(source) {
         count(CounterId::DropOverlayNotPeer, len);
@@ -56,24 +67,19 @@ pub fn underlay_tc(ctx: TcContext) -> i32 {
     if counting {
         count(CounterId::UnderlayOverlayPass, len);
     }
+    // From here on, counters count the container frame inside (see Counter::bytes).
+    let inner = len.saturating_sub(OUTER_LEN as u64);
     match decapsulate(&ctx, &cfg, source) {
         Ok(false) => TC_ACT_OK,
         Ok(true) => {
-            count(CounterId::OverlayRx, len);
-            count(CounterId::UnderlayDecap, len);
-            count(CounterId::OverlayDelivered, len);
+            count(CounterId::OverlayRx, inner);
+            count(CounterId::UnderlayDecap, inner);
+            count(CounterId::OverlayDelivered, inner);
             TC_ACT_REDIRECT as i32
         }
         Err(reason) => {
-            count(CounterId::OverlayRx, len);
-            count(reason, len);
-            if reason == CounterId::DropRedirectFailed {
-                error!(
-                    &ctx,
-                    "underlay_tc: redirect to a container failed ({} bytes)", len
-                );
-            }
-            TC_ACT_SHOT as i32
+            count(CounterId::OverlayRx, inner);
+            stop(&ctx, "underlay_tc", reason, inner)
         }
     }
 }
@@ -82,33 +88,26 @@ pub fn underlay_tc(ctx: TcContext) -> i32 {
 /// Ok(false): not ours to handle, pass it on to the kernel.
 #[inline(always)]
 fn decapsulate(ctx: &TcContext, cfg: &Config, source: u32) -> Result<bool, CounterId> {
-    // SAFETY: the context pointer is the program's skb.
-    let gso = unsafe { (*ctx.skb.skb).gso_size != 0 || (*ctx.skb.skb).gso_segs > 1 };
+    let gso = is_gso(ctx);
     if cfg.encap != ENCAP_EBPF || (gso && cfg.gso_decap == 0) || ctx.len() < HEADERS_LEN {
         return Ok(false);
     }
     if ctx.data_end() - ctx.data() < HEADERS_LEN as usize {
         ctx.pull_data(HEADERS_LEN)
-            .map_err(|_| CounterId::DropMalformed)?;
+            .map_err(|_| CounterId::DropKernelRefused)?;
     }
     let (start, end) = (ctx.data(), ctx.data_end());
-    let Some(outer_eth) = ptr_at::<EthHdr>(start, end, 0) else {
-        return Ok(false);
-    };
-    let Some(outer_ip) = ptr_at::<Ipv4Hdr>(start, end, ETH_LEN) else {
-        return Ok(false);
-    };
-    let Some(vxlan) = ptr_at::<[u8; 8]>(start, end, ETH_LEN + 28) else {
-        return Ok(false);
-    };
-    let Some(eth) = ptr_at::<EthHdr>(start, end, OUTER_LEN) else {
-        return Ok(false);
-    };
-    let Some(ip) = ptr_at::<Ipv4Hdr>(start, end, OUTER_LEN + ETH_LEN) else {
+    let (Some(outer_eth), Some(outer_ip), Some(vxlan), Some(eth), Some(ip)) = (
+        ptr_at::<EthHdr>(start, end, 0),
+        ptr_at::<Ipv4Hdr>(start, end, ETH_LEN),
+        ptr_at::<[u8; 8]>(start, end, ETH_LEN + 28),
+        ptr_at::<EthHdr>(start, end, OUTER_LEN),
+        ptr_at::<Ipv4Hdr>(start, end, OUTER_LEN + ETH_LEN),
+    ) else {
         return Ok(false);
     };
     // SAFETY: ptr_at checked every header lies inside the packet; TC may write packet data.
-    unsafe {
+    let (dst, inner_src) = unsafe {
         // The prefilter found UDP to the VXLAN port; IP options are left to the kernel.
         if (*outer_eth).proto() != ETH_P_IP || (*outer_ip).ver_ihl != 0x45 {
             return Ok(false);
@@ -123,54 +122,61 @@ fn decapsulate(ctx: &TcContext, cfg: &Config, source: u32) -> Result<bool, Count
         if (*vxlan)[0] & 0x08 == 0 || vni != cfg.vni {
             return Err(CounterId::DropBadVxlan);
         }
-        if (*eth).proto() != ETH_P_IP || (*eth).dst[0] & 1 != 0 {
-            return Err(CounterId::DropNotIpv4Unicast);
+        let room = ctx.len() - OUTER_LEN as u32 - ETH_LEN as u32;
+        let dst = admit(&*eth, &*ip, room, gso, source)?;
+        pass_on_congestion(&*outer_ip, &mut *ip)?;
+        (dst, (*eth).src)
+    };
+    strip_and_deliver(ctx, gso, &dst, inner_src)
+}
+
+/// RFC 6040, as the kernel's tunnels do: congestion the underlay marked on the outer header
+/// goes on to the inner one, unless its sender does not do ECN.
+#[inline(always)]
+fn pass_on_congestion(outer: &Ipv4Hdr, inner: &mut Ipv4Hdr) -> Result<(), CounterId> {
+    if outer.ecn() == ECN_CE {
+        match inner.ecn() {
+            ECN_NOT_ECT => return Err(CounterId::DropCeOnNotEct),
+            ECN_CE => {}
+            _ => inner.set_ce(),
         }
-        if !(*ip).is_sane(ctx.len() - OUTER_LEN as u32 - ETH_LEN as u32, gso) {
-            return Err(CounterId::DropMalformed);
-        }
-        let src = match endpoint(ipv4_key((*ip).src)) {
-            Some(src) if !src.is_local() && src.peer == source && src.mac == (*eth).src => src,
-            _ => return Err(CounterId::DropOverlaySpoofed),
-        };
-        let dst = endpoint(ipv4_key((*ip).dst))
-            .filter(|d| d.is_local())
-            .ok_or(CounterId::DropUnknownDst)?;
-        if !may_talk(&src, &dst) {
-            return Err(CounterId::DropIsolated);
-        }
-        // RFC 6040, as the kernel's tunnels do: congestion the underlay marked on the outer
-        // header goes on to the inner one, unless its sender does not do ECN.
-        if (*outer_ip).ecn() == ECN_CE {
-            match (*ip).ecn() {
-                ECN_NOT_ECT => return Err(CounterId::DropCeOnNotEct),
-                ECN_CE => {}
-                _ => (*ip).set_ce(),
-            }
-        }
-        let inner_src = (*eth).src;
-        // Drop outer IPv4, UDP, VXLAN and the inner Ethernet header; the outer Ethernet header
-        // stays and takes the inner addresses.
-        // A super-packet keeps its segment size: the sender's gso_size is the inner one.
-        let flags = if gso {
-            u64::from(BPF_F_ADJ_ROOM_FIXED_GSO) | BPF_F_ADJ_ROOM_DECAP_L4_UDP
+    }
+    Ok(())
+}
+
+/// Drops outer IPv4, UDP, VXLAN and the inner Ethernet header (the outer Ethernet header stays
+/// and takes the inner addresses, the destination `dst`'s current MAC) and hands the frame to
+/// `dst`. Ok(false) when the kernel refuses to strip a super-packet, which then takes the VXLAN
+/// device.
+#[inline(always)]
+fn strip_and_deliver(
+    ctx: &TcContext,
+    gso: bool,
+    dst: &Endpoint,
+    inner_src: [u8; 6],
+) -> Result<bool, CounterId> {
+    // A super-packet keeps its segment size: the sender's gso_size is the inner one.
+    let flags = if gso {
+        u64::from(BPF_F_ADJ_ROOM_FIXED_GSO) | BPF_F_ADJ_ROOM_DECAP_L4_UDP
+    } else {
+        0
+    };
+    if ctx
+        .adjust_room(-(ENCAP_LEN as i32), BPF_ADJ_ROOM_MAC, flags)
+        .is_err()
+    {
+        // A kernel that does not know a flag refuses before changing anything, so a
+        // super-packet can still take the VXLAN device.
+        return if gso {
+            Ok(false)
         } else {
-            0
+            Err(CounterId::DropKernelRefused)
         };
-        if ctx
-            .adjust_room(-(ENCAP_LEN as i32), BPF_ADJ_ROOM_MAC, flags)
-            .is_err()
-        {
-            // A kernel that does not know a flag refuses before changing anything, so a
-            // super-packet can still take the VXLAN device.
-            return if gso {
-                Ok(false)
-            } else {
-                Err(CounterId::DropMalformed)
-            };
-        }
-        let (start, end) = (ctx.data(), ctx.data_end());
-        let eth: *mut EthHdr = ptr_at(start, end, 0).ok_or(CounterId::DropMalformed)?;
+    }
+    let (start, end) = (ctx.data(), ctx.data_end());
+    let eth: *mut EthHdr = ptr_at(start, end, 0).ok_or(CounterId::DropKernelRefused)?;
+    // SAFETY: ptr_at checked the header lies inside the packet; TC may write packet data.
+    unsafe {
         (*eth).dst = dst.mac;
         (*eth).src = inner_src;
         if bpf_redirect_peer(dst.ifindex, 0) != i64::from(TC_ACT_REDIRECT) {

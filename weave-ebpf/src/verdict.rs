@@ -9,8 +9,8 @@ use weave_common::counters::CounterId;
 
 use crate::counters::count;
 
-/// Counts what was done (the frame was redirected) or why it was dropped. A failing redirect
-/// helper should never happen once the maps said the target is valid, so it is also logged.
+/// Counts what was done (the frame was redirected) or why the frame stops here: a drop
+/// reason, or an ARP probe that silence answers.
 #[inline(always)]
 pub(crate) fn tc_verdict(
     ctx: &TcContext,
@@ -23,15 +23,26 @@ pub(crate) fn tc_verdict(
             count(done, len);
             TC_ACT_REDIRECT as i32
         }
-        Err(reason) => {
-            count(reason, len);
-            if reason == CounterId::DropRedirectFailed {
-                error!(
-                    ctx,
-                    "{}: a redirect or encapsulation helper failed ({} bytes)", program, len
-                );
-            }
-            TC_ACT_SHOT as i32
-        }
+        Err(reason) => stop(ctx, program, reason, len),
     }
+}
+
+/// Counts `reason` for a frame of `len` bytes and drops it. The failures that should never
+/// happen once the maps said the frame is good (a helper refusing) are also logged.
+#[inline(always)]
+pub(crate) fn stop(ctx: &TcContext, program: &str, reason: CounterId, len: u64) -> i32 {
+    count(reason, len);
+    match reason {
+        CounterId::DropRedirectFailed => {
+            error!(ctx, "{}: a redirect helper failed ({} bytes)", program, len);
+        }
+        CounterId::DropKernelRefused => {
+            error!(
+                ctx,
+                "{}: the kernel refused to pull or resize a frame ({} bytes)", program, len
+            );
+        }
+        _ => {}
+    }
+    TC_ACT_SHOT as i32
 }

@@ -93,9 +93,11 @@ fn print_mesh(s: &api::Status) {
 
 fn print_counters(s: &api::Status) {
     println!("       Counters:");
+    // As wide as the longest name, so the columns stay aligned as counters are added.
+    let width = s.counters.keys().map(String::len).max().unwrap_or(0);
     for (name, c) in &s.counters {
         println!(
-            "                 {name:<22} {:>12} packets {:>14} bytes",
+            "                 {name:<width$} {:>12} packets {:>14} bytes",
             c.packets, c.bytes
         );
     }

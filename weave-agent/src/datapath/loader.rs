@@ -52,6 +52,7 @@ impl Datapath {
     pub fn load(pin_dir: &Path, underlay: &Link, adopt_underlay: bool) -> Result<Self> {
         fs::create_dir_all(pin_dir)
             .with_context(|| format!("creating pin directory {}", pin_dir.display()))?;
+        forget_resized_config(pin_dir)?;
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(pin_dir)
             .load(OBJECT)
@@ -147,6 +148,8 @@ impl Datapath {
                 underlay_ip: ipv4_key(underlay_ip.octets()),
                 underlay_xdp,
                 gso_decap: u32::from(gso_decap),
+                underlay_mac: underlay.mac.unwrap_or_default(),
+                pad: [0; 2],
             },
             0,
         )?;
@@ -206,6 +209,24 @@ fn attach_underlay_xdp(
         }
     };
     Ok(xdp_use)
+}
+
+/// Removes a pinned config map whose value is not this build's [`Config`] (an earlier build's,
+/// before fields were appended): the verifier checks every access against the pinned map's
+/// value size, so this build's programs could not load with it. It is made anew, and
+/// [`Datapath::attach_overlay`] writes it whole on every start anyway.
+fn forget_resized_config(pin_dir: &Path) -> Result<()> {
+    let pin = pin_dir.join(maps::CONFIG);
+    match aya::maps::MapInfo::from_pin(&pin) {
+        Ok(info) if info.value_size() as usize != std::mem::size_of::<Config>() => {
+            tracing::info!(
+                "the pinned {} is an earlier build's; making it anew",
+                maps::CONFIG
+            );
+            fs::remove_file(&pin).with_context(|| format!("removing {}", pin.display()))
+        }
+        _ => Ok(()),
+    }
 }
 
 fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::programs::Program> {

@@ -4,7 +4,7 @@ use std::{fmt, net::Ipv4Addr, str::FromStr};
 
 use anyhow::{Context as _, Result, bail};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use weave_common::endpoint::{Endpoint, ipv4_key};
+use weave_common::endpoint::{Endpoint, endpoint_mac, ipv4_key};
 
 use super::{
     names::{HOST_VETH_PREFIX, TEMP_PEER_PREFIX},
@@ -31,8 +31,7 @@ impl Cidr {
     /// The `ethwe` MAC for this address: stable across detach/re-attach and restarts, so
     /// peers' neighbour caches never go stale. 02 = locally administered unicast, 57 = 'W'.
     pub fn mac(&self) -> [u8; 6] {
-        let [a, b, c, d] = self.ip.octets();
-        [0x02, 0x57, a, b, c, d]
+        endpoint_mac(self.ip.octets())
     }
 
     /// Name of the host-side veth: `vethwe` + the address in hex (14 bytes, under IFNAMSIZ).
