@@ -9,7 +9,7 @@
 //! counted.
 
 use aya_ebpf::{
-    bindings::{TC_ACT_REDIRECT, bpf_tunnel_key},
+    bindings::{BPF_F_ZERO_CSUM_TX, TC_ACT_REDIRECT, bpf_tunnel_key},
     helpers::generated::{bpf_redirect, bpf_redirect_peer, bpf_skb_set_tunnel_key},
     macros::classifier,
     programs::TcContext,
@@ -202,13 +202,16 @@ fn send_remote(
     // The helper takes the remote address in host byte order.
     key.__bindgen_anon_1.remote_ipv4 = u32::from_be(dst.peer);
     key.tunnel_ttl = TUNNEL_TTL;
+    // Zero outer UDP checksum, as the eBPF-built headers carry (RFC 7348 allows it over IPv4,
+    // and it is the kernel VXLAN device's default): one kind of packet from one overlay.
+    // Measured no different in throughput on this testbed (see the commit that chose it).
     // SAFETY: the skb pointer is the program's context, the key a local of the size given.
     let set = unsafe {
         bpf_skb_set_tunnel_key(
             ctx.skb.skb,
             &mut key,
             core::mem::size_of::<bpf_tunnel_key>() as u32,
-            0,
+            u64::from(BPF_F_ZERO_CSUM_TX),
         )
     };
     // SAFETY: a redirect helper with no flags has no preconditions.
