@@ -8,7 +8,7 @@ use anyhow::Result;
 use super::{
     agent::{Agent, Inner},
     peers,
-    reconcile::{self, MapOp, View},
+    reconcile::{self, MapOp, MapWriter, View},
     rules,
     state::LocalEndpoint,
     withdraw::{keep_dormant, remove_endpoint},
@@ -79,10 +79,7 @@ async fn withdraw_vanished(agent: &Agent, inner: &mut Inner) -> Result<()> {
     Ok(())
 }
 
-/// Applies this round's plan and records what was applied. Every operation is tried, so one
-/// that fails (a policy too big for its map) holds up none of the others; the first error is
-/// returned. A policy write is recorded even when it fails: the map then holds what fitted,
-/// and rewriting it every round would not make more fit.
+/// Applies this round's plan (see [`reconcile::apply_ops`]) and notes its conflicts.
 fn apply_plan(inner: &mut Inner, peers: &[PeerView]) -> Result<()> {
     let local: BTreeSet<Ipv4Addr> = inner.state.endpoints.iter().map(|e| e.cidr.ip).collect();
     let local_subnets = inner
@@ -98,32 +95,25 @@ fn apply_plan(inner: &mut Inner, peers: &[PeerView]) -> Result<()> {
         rules: &inner.state.rules,
     };
     let plan = reconcile::plan(&view, &inner.written, inner.started.elapsed());
-    let mut first_error = None;
-    for op in &plan.ops {
-        let result = apply(&mut inner.datapath, op);
-        if result.is_ok() || matches!(op, MapOp::SetPolicy(_)) {
-            inner.written.record(op);
-        }
-        if let Err(err) = result {
-            first_error.get_or_insert(err);
-        }
-    }
+    let applied = reconcile::apply_ops(&mut inner.datapath, &mut inner.written, &plan.ops);
     for conflict in &plan.conflicts {
         if !inner.conflicts.contains(conflict) {
             tracing::warn!("address conflict: {conflict}");
         }
     }
     inner.conflicts = plan.conflicts;
-    first_error.map_or(Ok(()), Err)
+    applied
 }
 
-fn apply(datapath: &mut Datapath, op: &MapOp) -> Result<()> {
-    match op {
-        MapOp::SetEndpoint(ip, ep) => datapath.set_endpoint(*ip, *ep),
-        MapOp::RemoveEndpoint(ip) => datapath.remove_endpoint(*ip),
-        MapOp::ForgetRemote(_) => Ok(()),
-        MapOp::SetPeers(peers) => datapath.set_peers(peers),
-        MapOp::SetPolicy(pairs) => datapath.set_policy(pairs),
+impl MapWriter for Datapath {
+    fn apply(&mut self, op: &MapOp) -> Result<()> {
+        match op {
+            MapOp::SetEndpoint(ip, ep) => self.set_endpoint(*ip, *ep),
+            MapOp::RemoveEndpoint(ip) => self.remove_endpoint(*ip),
+            MapOp::ForgetRemote(_) => Ok(()),
+            MapOp::SetPeers(peers) => self.set_peers(peers),
+            MapOp::SetPolicy(pairs) => self.set_policy(pairs),
+        }
     }
 }
 
