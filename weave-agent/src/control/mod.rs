@@ -6,6 +6,7 @@ pub mod api;
 pub mod client;
 pub mod config;
 pub mod daemon;
+pub mod desired;
 pub mod docker_events;
 pub mod endpoints;
 pub mod location;

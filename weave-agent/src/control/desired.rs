@@ -1,0 +1,136 @@
+//! What the live view of the mesh asks the maps to hold: remote endpoints and peers, and the
+//! addresses claimed twice. Pure, like the plan built from it (`reconcile`).
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{IpAddr, Ipv4Addr},
+};
+
+use weave_common::endpoint::Endpoint;
+
+use crate::{mesh::gossip::PeerView, net::addressing::parse_mac};
+
+/// What the maps should hold for remote endpoints and peers.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Desired {
+    pub endpoints: BTreeMap<Ipv4Addr, Endpoint>,
+    pub peers: BTreeSet<Ipv4Addr>,
+    /// Addresses claimed by more than one host, as human-readable lines.
+    pub conflicts: Vec<String>,
+}
+
+/// Remote endpoints and peers from the live peers' published state. An address also used here
+/// stays local; one claimed by two peers goes to the peer with the smaller name, and both
+/// cases are reported as conflicts.
+pub fn desired(peers: &[PeerView], local: &BTreeSet<Ipv4Addr>) -> Desired {
+    let mut out = Desired::default();
+    let mut owner: BTreeMap<Ipv4Addr, &str> = BTreeMap::new();
+    for peer in peers.iter().filter(|p| p.alive) {
+        let IpAddr::V4(underlay) = peer.address.ip() else {
+            continue;
+        };
+        out.peers.insert(underlay);
+        for ep in &peer.endpoints {
+            let ip = ep.cidr.ip;
+            let Some(mac) = parse_mac(&ep.mac) else {
+                continue;
+            };
+            if local.contains(&ip) {
+                out.conflicts.push(format!(
+                    "{ip} is attached here and also on peer {}",
+                    peer.name
+                ));
+                continue;
+            }
+            if let Some(other) = owner.get(&ip) {
+                out.conflicts.push(format!(
+                    "{ip} is claimed by peers {other} and {}",
+                    peer.name
+                ));
+                if *other <= peer.name.as_str() {
+                    continue;
+                }
+            }
+            owner.insert(ip, &peer.name);
+            out.endpoints
+                .insert(ip, ep.cidr.remote_endpoint(mac, underlay));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use std::net::SocketAddr;
+
+    use weave_common::GOSSIP_PORT;
+
+    use super::*;
+    use crate::{
+        mesh::keys::PublishedEndpoint,
+        net::addressing::{Cidr, format_mac},
+    };
+
+    /// A peer at underlay `ip` publishing endpoints `eps` (CIDRs).
+    pub(in crate::control) fn peer(name: &str, ip: [u8; 4], alive: bool, eps: &[&str]) -> PeerView {
+        PeerView {
+            name: name.to_owned(),
+            nickname: name.to_owned(),
+            address: SocketAddr::from((ip, GOSSIP_PORT)),
+            generation: 1,
+            alive,
+            endpoints: eps
+                .iter()
+                .map(|e| {
+                    let cidr: Cidr = e.parse().unwrap();
+                    PublishedEndpoint {
+                        cidr,
+                        mac: format_mac(&cidr.mac()),
+                        container: "c".into(),
+                    }
+                })
+                .collect(),
+            rules: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn live_peers_endpoints_become_remote_entries() {
+        let peers = [
+            peer("b", [10, 0, 0, 2], true, &["192.168.1.20/24"]),
+            peer("c", [10, 0, 0, 3], false, &["192.168.1.30/24"]),
+        ];
+        let d = desired(&peers, &BTreeSet::new());
+        assert_eq!(d.peers, BTreeSet::from([Ipv4Addr::new(10, 0, 0, 2)]));
+        assert_eq!(
+            d.endpoints.len(),
+            1,
+            "dead peer's endpoints must be withdrawn"
+        );
+        let ep = d.endpoints[&Ipv4Addr::new(192, 168, 1, 20)];
+        assert!(!ep.is_local());
+        assert_eq!(ep.peer, weave_common::endpoint::ipv4_key([10, 0, 0, 2]));
+        assert!(d.conflicts.is_empty());
+    }
+
+    #[test]
+    fn conflicts_are_reported_and_resolved_deterministically() {
+        let peers = [
+            peer("z", [10, 0, 0, 9], true, &["192.168.1.20/24"]),
+            peer(
+                "b",
+                [10, 0, 0, 2],
+                true,
+                &["192.168.1.20/24", "192.168.1.10/24"],
+            ),
+        ];
+        let local = BTreeSet::from([Ipv4Addr::new(192, 168, 1, 10)]);
+        let d = desired(&peers, &local);
+        assert_eq!(
+            d.endpoints[&Ipv4Addr::new(192, 168, 1, 20)].peer,
+            weave_common::endpoint::ipv4_key([10, 0, 0, 2])
+        );
+        assert!(!d.endpoints.contains_key(&Ipv4Addr::new(192, 168, 1, 10)));
+        assert_eq!(d.conflicts.len(), 2, "{:?}", d.conflicts);
+    }
+}
