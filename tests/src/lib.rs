@@ -32,12 +32,16 @@ pub fn agent_bin() -> PathBuf {
     if let Some(bin) = std::env::var_os("WEAVE_AGENT_BIN") {
         return PathBuf::from(bin);
     }
+    profile_dir().join("weave-agent")
+}
+
+/// target/<profile>, found from the running test binary (target/<profile>/deps/<test>).
+pub fn profile_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
-    let profile_dir = exe
-        .parent()
+    exe.parent()
         .and_then(Path::parent)
-        .expect("test binary lives in target/<profile>/deps");
-    profile_dir.join("weave-agent")
+        .expect("test binary lives in target/<profile>/deps")
+        .to_owned()
 }
 
 /// Fails the test with a clear message unless we can make namespaces.

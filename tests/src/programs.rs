@@ -41,11 +41,8 @@ pub fn object_path() -> PathBuf {
     if let Some(path) = std::env::var_os("WEAVE_EBPF_OBJECT") {
         return PathBuf::from(path);
     }
-    let exe = std::env::current_exe().expect("current_exe");
-    let target = exe
-        .ancestors()
-        .nth(3)
-        .expect("test binary lives in target/<profile>/deps");
+    let profile = crate::profile_dir();
+    let target = profile.parent().expect("target/<profile> has a parent");
     target.join("ebpf").join("weave-ebpf.o")
 }
 
