@@ -5,6 +5,7 @@ use std::{
     collections::BTreeMap,
     fs::{self, File, OpenOptions, TryLockError},
     io::Write as _,
+    net::Ipv4Addr,
     sync::Arc,
     time::Instant,
 };
@@ -105,8 +106,11 @@ async fn start(config: &DaemonConfig, loc: &Location) -> Result<(Arc<Agent>, Uni
             state.peers.push(peer.clone());
         }
     }
+    let address = underlay
+        .ipv4
+        .expect("select_underlay guarantees an IPv4 address");
     let mtu = underlay.mtu.saturating_sub(OVERLAY_OVERHEAD);
-    let datapath = load_datapath(&handle, loc, &underlay, adopt, mtu, config).await?;
+    let datapath = load_datapath(&handle, loc, &underlay, address.0, adopt, mtu, config).await?;
     let mut inner = Inner {
         datapath,
         netlink: handle,
@@ -122,7 +126,7 @@ async fn start(config: &DaemonConfig, loc: &Location) -> Result<(Arc<Agent>, Uni
     };
     endpoints::adopt_endpoints(&mut inner).await?;
     state::save(&loc.state_dir, &inner.state)?;
-    let agent = start_gossip(config, loc, &underlay, inner).await?;
+    let agent = start_gossip(config, loc, &underlay, address, inner).await?;
     let listener = server::bind_socket(&loc.socket())?;
     Ok((agent, listener))
 }
@@ -131,6 +135,7 @@ async fn load_datapath(
     handle: &rtnetlink::Handle,
     loc: &Location,
     underlay: &Link,
+    ip: Ipv4Addr,
     adopt: bool,
     mtu: u32,
     config: &DaemonConfig,
@@ -138,9 +143,6 @@ async fn load_datapath(
     let mut datapath = Datapath::load(&loc.pin_dir, underlay, adopt)?;
     datapath.start_logging();
     let vxlan_index = netlink::ensure_vxlan(handle, VXLAN_DEVICE, VXLAN_PORT, mtu).await?;
-    let (ip, _) = underlay
-        .ipv4
-        .expect("select_underlay guarantees an IPv4 address");
     datapath.attach_overlay(
         VXLAN_DEVICE,
         vxlan_index,
@@ -158,11 +160,10 @@ async fn start_gossip(
     config: &DaemonConfig,
     loc: &Location,
     underlay: &Link,
+    address: (Ipv4Addr, u8),
     inner: Inner,
 ) -> Result<Arc<Agent>> {
-    let (ip, _) = underlay
-        .ipv4
-        .expect("select_underlay guarantees an IPv4 address");
+    let ip = address.0;
     let peer_name = underlay.mac_string().unwrap_or_else(|| loc.netns.clone());
     let nickname = config.nickname.clone().unwrap_or_else(|| loc.netns.clone());
     let initial: Vec<(String, String)> = inner
@@ -189,7 +190,7 @@ async fn start_gossip(
     let traffic = Arc::new(GossipTraffic::default());
     let transport = CountingTransport::new(transport, Arc::clone(&traffic));
     let gossip = Gossip::start(&peer_name, &nickname, ip, initial, &transport).await?;
-    let base = base_status(loc, underlay, &inner, peer_name, nickname, config);
+    let base = base_status(loc, underlay, address, &inner, peer_name, nickname, config);
     let (shutdown, _) = watch::channel(false);
     Ok(Arc::new(Agent {
         loc: loc.clone(),
@@ -208,14 +209,13 @@ async fn start_gossip(
 fn base_status(
     loc: &Location,
     underlay: &Link,
+    address: (Ipv4Addr, u8),
     inner: &Inner,
     peer_name: String,
     nickname: String,
     config: &DaemonConfig,
 ) -> api::Status {
-    let (ip, prefix) = underlay
-        .ipv4
-        .expect("select_underlay guarantees an IPv4 address");
+    let (ip, prefix) = address;
     api::Status {
         version: env!("CARGO_PKG_VERSION").to_owned(),
         pid: std::process::id(),
