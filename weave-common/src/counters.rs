@@ -105,11 +105,21 @@ pub enum CounterId {
     /// promiscuous or bridged underlay shows: passed on untouched, never decapsulated or
     /// filtered here.
     UnderlayOtherHost = 28,
+    /// GSO super-packets (TCP bulk) decapsulated in eBPF and handed to the container; they are
+    /// counted in `underlay_decap` too.
+    UnderlayDecapGso = 29,
+    /// GSO super-packets left to the kernel's VXLAN device because their endpoint forwards
+    /// (see `ENDPOINT_FORWARDS`): only that path clears their tunnel GSO state on this kernel.
+    UnderlayGsoForwarding = 30,
+    /// GSO super-packets left to the kernel's VXLAN device because `bpf_skb_adjust_room`
+    /// refused to strip them (a packet shape or flag this kernel does not take): unchanged,
+    /// delivered the kernel's way.
+    UnderlayGsoRefused = 31,
 }
 
 impl CounterId {
     /// All slots, in index order.
-    pub const ALL: [Self; 29] = [
+    pub const ALL: [Self; 32] = [
         Self::UnderlayRx,
         Self::ContainerRx,
         Self::UnderlayOverlayPass,
@@ -139,6 +149,9 @@ impl CounterId {
         Self::ArpProbeAnswered,
         Self::ArpProbeUnanswered,
         Self::UnderlayOtherHost,
+        Self::UnderlayDecapGso,
+        Self::UnderlayGsoForwarding,
+        Self::UnderlayGsoRefused,
     ];
 
     /// Slots in the counters map: room to append counters without a map of another size,
@@ -177,6 +190,9 @@ impl CounterId {
             Self::ArpProbeAnswered => "arp_probe_answered",
             Self::ArpProbeUnanswered => "arp_probe_unanswered",
             Self::UnderlayOtherHost => "underlay_other_host",
+            Self::UnderlayDecapGso => "underlay_decap_gso",
+            Self::UnderlayGsoForwarding => "underlay_gso_forwarding",
+            Self::UnderlayGsoRefused => "underlay_gso_refused",
         }
     }
 
@@ -248,6 +264,9 @@ mod tests {
             "arp_probe_answered",
             "arp_probe_unanswered",
             "underlay_other_host",
+            "underlay_decap_gso",
+            "underlay_gso_forwarding",
+            "underlay_gso_refused",
         ];
         for (index, name) in released.iter().enumerate() {
             assert_eq!(CounterId::ALL[index].name(), *name, "slot {index}");

@@ -33,6 +33,12 @@ pub const fn endpoint_mac_address(mac: &[u8; 6]) -> Option<[u8; 4]> {
 
 /// The endpoint lives on this host (its veth is [`Endpoint::ifindex`]).
 pub const ENDPOINT_LOCAL: u8 = 1;
+/// A local endpoint whose namespace may send a received packet on without segmenting it first
+/// (IPv4 forwarding on `ethwe`, `ethwe` enslaved or under another device, programs or qdiscs
+/// that may redirect). GSO super-packets for it keep the kernel's VXLAN receive path, which
+/// clears their UDP-tunnel GSO state; eBPF on this kernel cannot, and a packet that keeps the
+/// stale state breaks when it is segmented on its way out.
+pub const ENDPOINT_FORWARDS: u8 = 2;
 
 /// A container address on the overlay: where it lives and which subnet it belongs to.
 #[repr(C)]
@@ -41,7 +47,7 @@ pub struct Endpoint {
     /// The container's `ethwe` MAC; frames handed to the endpoint get it as destination.
     pub mac: [u8; 6],
     pub prefix_len: u8,
-    /// [`ENDPOINT_LOCAL`] or 0 (remote).
+    /// [`ENDPOINT_LOCAL`] (and maybe [`ENDPOINT_FORWARDS`]), or 0 (remote).
     pub flags: u8,
     /// Local: ifindex of the host-side veth. Remote: 0.
     pub ifindex: u32,
@@ -55,6 +61,11 @@ pub struct Endpoint {
 impl Endpoint {
     pub const fn is_local(&self) -> bool {
         self.flags & ENDPOINT_LOCAL != 0
+    }
+
+    /// See [`ENDPOINT_FORWARDS`].
+    pub const fn forwards(&self) -> bool {
+        self.flags & ENDPOINT_FORWARDS != 0
     }
 
     /// Both endpoints are in the same subnet, so traffic between them is allowed.
@@ -84,7 +95,9 @@ pub struct Config {
     /// TC program does.
     pub underlay_xdp: u32,
     /// 1 when the kernel can clear a packet's UDP-tunnel GSO state as eBPF strips the tunnel
-    /// (`BPF_F_ADJ_ROOM_DECAP_L4_UDP`), so GSO super-packets are decapsulated in eBPF too.
+    /// (`BPF_F_ADJ_ROOM_DECAP_L4_UDP`), so GSO super-packets for every endpoint are
+    /// decapsulated in eBPF; 0: only those for endpoints that do not forward
+    /// ([`ENDPOINT_FORWARDS`]).
     pub gso_decap: u32,
     /// The underlay interface's MAC. With `underlay_ip` it tells which overlay packets are this
     /// host's: a promiscuous or bridged underlay shows the programs other hosts' packets too.

@@ -1,10 +1,11 @@
 //! TC ingress on the underlay NIC. Where no XDP program runs (a veth underlay), it makes the
 //! peer check of [`crate::prefilter`] and counts arrivals. When the agent encapsulates in eBPF,
 //! it also checks and decapsulates overlay frames and hands them straight to the container,
-//! without the UDP socket and VXLAN device receive path. GSO super-packets (a peer's TCP bulk
-//! over a veth underlay) too, where the kernel can clear their UDP-tunnel GSO state while the
-//! tunnel is stripped (`Config::gso_decap`); elsewhere they are left to the kernel VXLAN device,
-//! because a stale tunnel GSO state would break them if the container forwarded them.
+//! without the UDP socket and VXLAN device receive path. GSO super-packets (a peer's TCP bulk)
+//! too, unless their endpoint forwards (`ENDPOINT_FORWARDS`) on a kernel that cannot clear
+//! their UDP-tunnel GSO state while the tunnel is stripped (`Config::gso_decap` 0): a stale
+//! state breaks a packet only when it is segmented on its way out, which a container that
+//! does not forward never does; the others take the kernel VXLAN device, which clears it.
 //!
 //! Only packets for this host (its underlay address and MAC) are filtered or decapsulated: a
 //! promiscuous or bridged underlay also shows other hosts' packets, which pass on untouched.
@@ -70,10 +71,17 @@ pub fn underlay_tc(ctx: TcContext) -> i32 {
     // From here on, counters count the container frame inside (see Counter::bytes).
     let inner = len.saturating_sub(OUTER_LEN as u64);
     match decapsulate(&ctx, &cfg, source) {
-        Ok(false) => TC_ACT_OK,
-        Ok(true) => {
+        Ok(Decap::ToKernel(None)) => TC_ACT_OK,
+        Ok(Decap::ToKernel(Some(why))) => {
+            count(why, inner);
+            TC_ACT_OK
+        }
+        Ok(Decap::Delivered { gso }) => {
             count(CounterId::OverlayRx, inner);
             count(CounterId::UnderlayDecap, inner);
+            if gso {
+                count(CounterId::UnderlayDecapGso, inner);
+            }
             count(CounterId::OverlayDelivered, inner);
             TC_ACT_REDIRECT as i32
         }
@@ -84,13 +92,22 @@ pub fn underlay_tc(ctx: TcContext) -> i32 {
     }
 }
 
-/// An overlay packet from the live peer `source`. Ok(true): decapsulated and redirected;
-/// Ok(false): not ours to handle, pass it on to the kernel.
+/// What became of an overlay packet that was not dropped.
+enum Decap {
+    /// Decapsulated and redirected into the container.
+    Delivered { gso: bool },
+    /// Passed on to the kernel's VXLAN receive path; the counter says why, where it is a
+    /// choice worth counting.
+    ToKernel(Option<CounterId>),
+}
+
+/// An overlay packet from the live peer `source`: decapsulated and delivered, left to the
+/// kernel, or the reason to drop it.
 #[inline(always)]
-fn decapsulate(ctx: &TcContext, cfg: &Config, source: u32) -> Result<bool, CounterId> {
+fn decapsulate(ctx: &TcContext, cfg: &Config, source: u32) -> Result<Decap, CounterId> {
     let gso = is_gso(ctx);
-    if cfg.encap != ENCAP_EBPF || (gso && cfg.gso_decap == 0) || ctx.len() < HEADERS_LEN {
-        return Ok(false);
+    if cfg.encap != ENCAP_EBPF || ctx.len() < HEADERS_LEN {
+        return Ok(Decap::ToKernel(None));
     }
     if ctx.data_end() - ctx.data() < HEADERS_LEN as usize {
         ctx.pull_data(HEADERS_LEN)
@@ -104,19 +121,19 @@ fn decapsulate(ctx: &TcContext, cfg: &Config, source: u32) -> Result<bool, Count
         ptr_at::<EthHdr>(start, end, OUTER_LEN),
         ptr_at::<Ipv4Hdr>(start, end, OUTER_LEN + ETH_LEN),
     ) else {
-        return Ok(false);
+        return Ok(Decap::ToKernel(None));
     };
     // SAFETY: ptr_at checked every header lies inside the packet; TC may write packet data.
     let (dst, inner_src) = unsafe {
         // The prefilter found UDP to the VXLAN port; IP options are left to the kernel.
         if (*outer_eth).proto() != ETH_P_IP || (*outer_ip).ver_ihl != 0x45 {
-            return Ok(false);
+            return Ok(Decap::ToKernel(None));
         }
         // A piece of a larger datagram: the kernel reassembles it and hands it to the VXLAN
         // device, whose program checks it whole.
         if (*outer_ip).is_fragment() {
             count(CounterId::OverlayFragment, u64::from(ctx.len()));
-            return Ok(false);
+            return Ok(Decap::ToKernel(None));
         }
         let vni = u32::from_be_bytes([(*vxlan)[4], (*vxlan)[5], (*vxlan)[6], 0]) >> 8;
         if (*vxlan)[0] & 0x08 == 0 || vni != cfg.vni {
@@ -124,10 +141,13 @@ fn decapsulate(ctx: &TcContext, cfg: &Config, source: u32) -> Result<bool, Count
         }
         let room = ctx.len() - OUTER_LEN as u32 - ETH_LEN as u32;
         let dst = admit(&*eth, &*ip, room, gso, source)?;
+        if gso && cfg.gso_decap == 0 && dst.forwards() {
+            return Ok(Decap::ToKernel(Some(CounterId::UnderlayGsoForwarding)));
+        }
         pass_on_congestion(&*outer_ip, &mut *ip)?;
         (dst, (*eth).src)
     };
-    strip_and_deliver(ctx, gso, &dst, inner_src)
+    strip_and_deliver(ctx, gso, cfg.gso_decap != 0, &dst, inner_src)
 }
 
 /// RFC 6040, as the kernel's tunnels do: congestion the underlay marked on the outer header
@@ -146,20 +166,21 @@ fn pass_on_congestion(outer: &Ipv4Hdr, inner: &mut Ipv4Hdr) -> Result<(), Counte
 
 /// Drops outer IPv4, UDP, VXLAN and the inner Ethernet header (the outer Ethernet header stays
 /// and takes the inner addresses, the destination `dst`'s current MAC) and hands the frame to
-/// `dst`. Ok(false) when the kernel refuses to strip a super-packet, which then takes the VXLAN
-/// device.
+/// `dst`. A super-packet the kernel refuses to strip is left to the VXLAN device. `clear_gso`:
+/// have the kernel clear a super-packet's tunnel GSO state (where it can).
 #[inline(always)]
 fn strip_and_deliver(
     ctx: &TcContext,
     gso: bool,
+    clear_gso: bool,
     dst: &Endpoint,
     inner_src: [u8; 6],
-) -> Result<bool, CounterId> {
+) -> Result<Decap, CounterId> {
     // A super-packet keeps its segment size: the sender's gso_size is the inner one.
-    let flags = if gso {
-        u64::from(BPF_F_ADJ_ROOM_FIXED_GSO) | BPF_F_ADJ_ROOM_DECAP_L4_UDP
-    } else {
-        0
+    let flags = match (gso, clear_gso) {
+        (false, _) => 0,
+        (true, false) => u64::from(BPF_F_ADJ_ROOM_FIXED_GSO),
+        (true, true) => u64::from(BPF_F_ADJ_ROOM_FIXED_GSO) | BPF_F_ADJ_ROOM_DECAP_L4_UDP,
     };
     if ctx
         .adjust_room(-(ENCAP_LEN as i32), BPF_ADJ_ROOM_MAC, flags)
@@ -168,7 +189,7 @@ fn strip_and_deliver(
         // A kernel that does not know a flag refuses before changing anything, so a
         // super-packet can still take the VXLAN device.
         return if gso {
-            Ok(false)
+            Ok(Decap::ToKernel(Some(CounterId::UnderlayGsoRefused)))
         } else {
             Err(CounterId::DropKernelRefused)
         };
@@ -183,5 +204,5 @@ fn strip_and_deliver(
             return Err(CounterId::DropRedirectFailed);
         }
     }
-    Ok(true)
+    Ok(Decap::Delivered { gso })
 }

@@ -20,6 +20,8 @@ const RUNTIME_PACKAGES: &[&str] = &[
     "bpftool",
     "busybox-static",
     "docker.io",
+    // nft: firewalls and NAT the tests build inside namespaces (a router container).
+    "nftables",
 ];
 /// What building bpf-linker against LLVM 22 needs (the nightly's LLVM is 22).
 const LINKER_BUILD_PACKAGES: &[&str] = &[

@@ -3,13 +3,13 @@
 //!
 //! Not reachable in a test run: `drop_kernel_refused` (pulling headers out of paged data, or
 //! bpf_skb_adjust_room out of memory: a test-run skb is linear and unshared),
-//! `drop_redirect_failed`, and GSO super-packets decapsulated in eBPF, which needs a kernel
-//! with BPF_F_ADJ_ROOM_DECAP_L4_UDP and a real UDP-tunnel GSO type (a test run sets only the
-//! segment size and count).
+//! `drop_redirect_failed`, and GSO super-packets decapsulated in eBPF, which needs a real
+//! UDP-tunnel GSO type (a test run sets only the segment size and count; tests/forwarding.rs
+//! has real ones).
 
 use weave_common::{
     counters::CounterId::{self, *},
-    endpoint::ENCAP_VXLAN_DEVICE,
+    endpoint::{ENCAP_VXLAN_DEVICE, ENDPOINT_FORWARDS},
     programs::{CONTAINER_TC, UNDERLAY_TC},
 };
 use weave_tests::{
@@ -218,28 +218,72 @@ fn congestion_marked_on_the_outer_header_reaches_the_inner_one() {
     assert_eq!(checksum(ip), [0, 0], "inner IPv4 checksum after marking");
 }
 
+/// A super-packet for an endpoint that does not forward is stripped in eBPF. A test run's skb
+/// has a segment size but no GSO type, which bpf_skb_adjust_room refuses for a super-packet
+/// before touching it: so here it is left, unchanged, to the VXLAN device and counted as
+/// refused. A real one is stripped (tests/forwarding.rs counts those).
 #[test]
-fn super_packets_are_left_to_the_vxlan_device() {
+fn super_packets_for_an_endpoint_that_does_not_forward_are_tried_in_ebpf() {
     let frame = from_h2(&inner(&Ip::udp(C2, C1)));
-    let gso = Skb {
-        gso_size: 1400,
-        gso_segs: 2,
-        ..Skb::default()
-    };
-    // Where the kernel cannot clear the tunnel GSO state, or refuses the flag that does.
     for gso_decap in [0, 1] {
         let host = underlay(Config {
             gso_decap,
             ..config()
         });
-        let out = run(&host, &frame, gso);
+        let out = run(&host, &frame, super_packet());
         out.assert(
             TC_ACT_OK,
-            &[UnderlayRx, UnderlayOverlayPass],
+            &[UnderlayRx, UnderlayOverlayPass, UnderlayGsoRefused],
             frame.len(),
             true,
         );
         assert_eq!(out.frame, frame, "untouched (gso_decap {gso_decap})");
+    }
+}
+
+/// Where the kernel cannot clear tunnel GSO state from eBPF, a super-packet for an endpoint
+/// that forwards goes to the VXLAN device without being tried; where it can, it is tried.
+#[test]
+fn super_packets_for_an_endpoint_that_forwards_take_the_vxlan_device() {
+    let frame = from_h2(&inner(&Ip::udp(C2, C1)));
+    for (gso_decap, way) in [(0, UnderlayGsoForwarding), (1, UnderlayGsoRefused)] {
+        let mut host = underlay(Config {
+            gso_decap,
+            ..config()
+        });
+        let mut router = local(C1, C1_VETH);
+        router.flags |= ENDPOINT_FORWARDS;
+        host.add_endpoint(C1, router).unwrap();
+        let out = run(&host, &frame, super_packet());
+        out.assert(
+            TC_ACT_OK,
+            &[UnderlayRx, UnderlayOverlayPass, way],
+            frame.len(),
+            true,
+        );
+        assert_eq!(out.frame, frame, "untouched (gso_decap {gso_decap})");
+    }
+}
+
+/// Single packets for an endpoint that forwards are decapsulated in eBPF as for any other:
+/// only super-packets carry GSO state.
+#[test]
+fn single_packets_for_an_endpoint_that_forwards_are_decapsulated_in_ebpf() {
+    let mut host = underlay(config());
+    let mut router = local(C1, C1_VETH);
+    router.flags |= ENDPOINT_FORWARDS;
+    host.add_endpoint(C1, router).unwrap();
+    let frame = from_h2(&inner(&Ip::udp(C2, C1)));
+    let out = run(&host, &frame, Skb::default());
+    out.assert(TC_ACT_REDIRECT, &DELIVERED, frame.len(), true);
+}
+
+/// What a test run can make of a super-packet: a segment size and count.
+fn super_packet() -> Skb {
+    Skb {
+        gso_size: 1400,
+        gso_segs: 2,
+        ..Skb::default()
     }
 }
 

@@ -124,7 +124,17 @@ pub fn ps(loc: &Location, out: OutputArgs) -> Result<()> {
         return Ok(());
     }
     for ep in endpoints {
-        println!("{} {} {}", ep.container, ep.mac, ep.cidr);
+        if ep.forwards.is_empty() {
+            println!("{} {} {}", ep.container, ep.mac, ep.cidr);
+        } else {
+            println!(
+                "{} {} {} (forwards: {})",
+                ep.container,
+                ep.mac,
+                ep.cidr,
+                ep.forwards.join("; ")
+            );
+        }
     }
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! `status`: the agent as an operator reads it.
 
 use anyhow::Result;
+use weave_common::counters::CounterId;
 
 use super::args::OutputArgs;
 use crate::control::{
@@ -50,8 +51,16 @@ fn print_identity(s: &api::Status) {
         s.vxlan, s.mtu
     );
     println!(
-        "      Endpoints: {} local, {} remote (kernel map)",
-        s.endpoints.local, s.endpoints.remote
+        "      Endpoints: {} local ({} forwarding), {} remote (kernel map)",
+        s.endpoints.local, s.endpoints.forwarding, s.endpoints.remote
+    );
+    let super_packets = |name: &str| s.counters.get(name).map_or(0, |c| c.packets);
+    println!(
+        "  Super-packets: {} decapsulated in eBPF, {} by the VXLAN device for forwarding \
+         endpoints, {} by it because eBPF was refused",
+        super_packets(CounterId::UnderlayDecapGso.name()),
+        super_packets(CounterId::UnderlayGsoForwarding.name()),
+        super_packets(CounterId::UnderlayGsoRefused.name()),
     );
 }
 

@@ -139,6 +139,10 @@ pub struct EndpointInfo {
     pub cidr: String,
     pub host_veth: String,
     pub mtu: u32,
+    /// Why the container may send a received packet on (IP forwarding, a bridge, ...); empty
+    /// when it cannot. Its GSO super-packets then keep the kernel's VXLAN receive path.
+    #[serde(default)]
+    pub forwards: Vec<String>,
 }
 
 /// An isolation rule, as `policy list` shows it.
@@ -174,6 +178,10 @@ pub struct EndpointCounts {
     /// Entries in the kernel's endpoint map, by kind.
     pub local: usize,
     pub remote: usize,
+    /// Local entries marked as forwarding (their GSO super-packets keep the kernel's VXLAN
+    /// receive path where the kernel cannot clear tunnel GSO state from eBPF).
+    #[serde(default)]
+    pub forwarding: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

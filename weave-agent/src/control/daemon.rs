@@ -23,7 +23,7 @@ use super::{
     agent::{Agent, Inner},
     api,
     config::{DaemonConfig, Encapsulation},
-    docker_events, endpoints,
+    docker_events, endpoints, forwarding_watch,
     location::Location,
     log_file, metrics, peers, ready, server, state, status, sync,
 };
@@ -256,6 +256,7 @@ async fn serve(
     let tasks = [
         tokio::spawn(sync::sync_loop(Arc::clone(&agent))),
         tokio::spawn(docker_events::docker_loop(Arc::clone(&agent))),
+        tokio::spawn(forwarding_watch::watch_loop(Arc::clone(&agent))),
         tokio::spawn(peers::resolve_loop(Arc::clone(&agent))),
     ];
     tracing::info!(

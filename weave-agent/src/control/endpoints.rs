@@ -11,7 +11,7 @@ use anyhow::{Context as _, Result, bail};
 
 use super::{
     agent::{Agent, Inner, Pending},
-    api,
+    api, forwarding_watch,
     location::same_namespace,
     state::LocalEndpoint,
     status::endpoint_info,
@@ -161,7 +161,12 @@ pub async fn attach_endpoint(
     let (handle, mtu) = reserve(agent, cidr, target, mtu).await?;
     let host = cidr.host_veth();
     let made = match make_ethwe(&handle, cidr, &target.netns, mtu).await {
-        Ok(index) => record(agent, cidr, target, mtu, index).await,
+        Ok(index) => {
+            // Before the map entry exists: a router container's super-packets must never
+            // take the eBPF way, not even for the first moments.
+            let forwards = forwarding_watch::look(&target.netns, cidr.ip).await;
+            record(agent, cidr, target, mtu, index, forwards).await
+        }
         Err(err) => Err(err),
     };
     if made.is_err() {
@@ -236,35 +241,35 @@ async fn record(
     target: &Target,
     mtu: u32,
     index: u32,
+    forwards: Vec<String>,
 ) -> Result<LocalEndpoint> {
     let mut inner = agent.inner.lock().await;
     let inner = &mut *inner;
-    let host = cidr.host_veth();
+    let ep = LocalEndpoint {
+        cidr,
+        container: target.label.clone(),
+        netns: target.netns.clone(),
+        host_veth: cidr.host_veth(),
+        mtu,
+        docker_id: target.docker_id.clone(),
+        forwards,
+    };
+    let host = &ep.host_veth;
     let wired: Result<()> = async {
-        inner
-            .datapath
-            .set_endpoint(cidr.ip, cidr.local_endpoint(index))?;
-        inner.datapath.attach_container(&host)?;
+        inner.datapath.set_endpoint(cidr.ip, ep.map_entry(index))?;
+        inner.datapath.attach_container(host)?;
         netlink::set_up(&inner.netlink, index).await
     }
     .await;
     if let Err(err) = wired {
         let _ = inner.datapath.remove_endpoint(cidr.ip);
-        let _ = inner.datapath.detach_container(&host);
+        let _ = inner.datapath.detach_container(host);
         return Err(err);
     }
     // The map entry is local now, whatever a peer said of the address before.
     inner.written.remote.remove(&cidr.ip);
     inner.written.adopted.remove(&cidr.ip);
     agent.gossip.publish(&cidr, &target.label).await;
-    let ep = LocalEndpoint {
-        cidr,
-        container: target.label.clone(),
-        netns: target.netns.clone(),
-        host_veth: host,
-        mtu,
-        docker_id: target.docker_id.clone(),
-    };
     inner.pending.retain(|p| p.cidr != cidr);
     inner.state.dormant.retain(|d| d.cidr != cidr);
     inner.state.endpoints.push(ep.clone());
@@ -327,7 +332,7 @@ pub async fn adopt_endpoints(inner: &mut Inner) -> Result<()> {
                 inner.datapath.attach_container(&ep.host_veth)?;
                 inner
                     .datapath
-                    .set_endpoint(ep.cidr.ip, ep.cidr.local_endpoint(index))?;
+                    .set_endpoint(ep.cidr.ip, ep.map_entry(index))?;
                 tracing::info!(cidr = %ep.cidr, container = %ep.container, "adopted endpoint");
                 kept.push(ep);
             }

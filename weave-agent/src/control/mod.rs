@@ -9,6 +9,7 @@ pub mod daemon;
 pub mod desired;
 pub mod docker_events;
 pub mod endpoints;
+pub mod forwarding_watch;
 pub mod location;
 pub mod log_file;
 pub mod metrics;

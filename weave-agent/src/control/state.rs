@@ -11,6 +11,8 @@ use std::{
 use anyhow::{Context as _, Result};
 use serde::{Deserialize, Serialize};
 
+use weave_common::endpoint::{ENDPOINT_FORWARDS, Endpoint};
+
 use crate::net::{addressing::Cidr, policy::Rule};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -46,6 +48,22 @@ pub struct LocalEndpoint {
     /// Full id when the container is a Docker container.
     #[serde(default)]
     pub docker_id: Option<String>,
+    /// Why the container may send a packet it received on (see `host::forwarding`); empty
+    /// when it cannot. Kept with the endpoint so that a restarted agent writes the same map
+    /// entry before it has looked again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub forwards: Vec<String>,
+}
+
+impl LocalEndpoint {
+    /// The map entry for this endpoint behind host veth `ifindex`.
+    pub fn map_entry(&self, ifindex: u32) -> Endpoint {
+        let mut entry = self.cidr.local_endpoint(ifindex);
+        if !self.forwards.is_empty() {
+            entry.flags |= ENDPOINT_FORWARDS;
+        }
+        entry
+    }
 }
 
 pub fn path(state_dir: &Path) -> PathBuf {
@@ -95,6 +113,7 @@ mod tests {
                 host_veth: "vethwec0a8010a".into(),
                 mtu: 1450,
                 docker_id: None,
+                forwards: vec!["IPv4 forwarding on ethwe".into()],
             }],
             dormant: Vec::new(),
             rules: vec![

@@ -17,6 +17,10 @@ pub async fn status(agent: &Agent) -> Result<api::Status> {
     status.endpoints = api::EndpointCounts {
         local: entries.iter().filter(|(_, e)| e.is_local()).count(),
         remote: entries.iter().filter(|(_, e)| !e.is_local()).count(),
+        forwarding: entries
+            .iter()
+            .filter(|(_, e)| e.is_local() && e.forwards())
+            .count(),
     };
     status.peers = peer_infos(agent, &inner);
     status.conflicts = inner.conflicts.clone();
@@ -69,6 +73,7 @@ pub fn endpoint_info(ep: &LocalEndpoint) -> api::EndpointInfo {
         cidr: ep.cidr.to_string(),
         host_veth: ep.host_veth.clone(),
         mtu: ep.mtu,
+        forwards: ep.forwards.clone(),
     }
 }
 

@@ -7,8 +7,9 @@ const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
 
 /// Whether this kernel's bpf_skb_adjust_room can clear a packet's UDP-tunnel GSO state while
 /// eBPF strips the tunnel (`BPF_F_ADJ_ROOM_DECAP_L4_UDP`, newer than Linux 6.18). Without it a
-/// decapsulated super-packet would keep that state, which breaks it if the container forwards
-/// it to a NIC with tunnel offloads, so such packets are left to the kernel VXLAN device.
+/// decapsulated super-packet keeps that state, which breaks it if its container sends it on
+/// (segmentation then follows stale tunnel offsets), so super-packets for endpoints that
+/// forward are left to the kernel VXLAN device.
 pub(super) fn kernel_clears_tunnel_gso() -> bool {
     btf_has(Path::new(KERNEL_BTF), "BPF_F_ADJ_ROOM_DECAP_L4_UDP")
 }

@@ -36,7 +36,8 @@ pub struct Datapath {
     /// Interface the overlay TC program is attached to, once it is.
     overlay: Option<String>,
     ebpf_encap: bool,
-    /// GSO super-packets are decapsulated in eBPF too (see [`kernel_clears_tunnel_gso`]).
+    /// GSO super-packets for every endpoint are decapsulated in eBPF, those for endpoints
+    /// that forward too (see [`kernel_clears_tunnel_gso`]).
     gso_decap: bool,
 }
 

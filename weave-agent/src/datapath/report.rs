@@ -88,8 +88,9 @@ impl Datapath {
         match (self.ebpf_encap, self.gso_decap) {
             (true, true) => jobs.push("eBPF decapsulation, GSO too"),
             (true, false) => jobs.push(
-                "eBPF decapsulation; GSO via the VXLAN device, the kernel lacks \
-                 BPF_F_ADJ_ROOM_DECAP_L4_UDP",
+                "eBPF decapsulation, GSO too except for endpoints that forward (the VXLAN \
+                 device clears their tunnel GSO state; the kernel lacks \
+                 BPF_F_ADJ_ROOM_DECAP_L4_UDP)",
             ),
             _ => {}
         }
