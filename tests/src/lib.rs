@@ -144,6 +144,9 @@ pub struct Host {
     pub name: String,
     /// Print each command as a user would type it, with its output (the demo).
     pub verbose: bool,
+    /// The agent binary this host runs, when not [`agent_bin`] (a reference build the
+    /// benchmark compares with).
+    agent: Option<PathBuf>,
 }
 
 impl Host {
@@ -153,7 +156,13 @@ impl Host {
         Ok(Self {
             name: name.to_owned(),
             verbose: false,
+            agent: None,
         })
+    }
+
+    /// Runs `bin` as this host's agent from now on, instead of [`agent_bin`].
+    pub fn use_agent(&mut self, bin: PathBuf) {
+        self.agent = Some(bin);
     }
 
     /// `ip -n NAME ARGS...`
@@ -191,7 +200,7 @@ impl Host {
     /// `weave-agent ARGS...` inside the host behind a wrapper command (`env VAR=...`,
     /// `setpriv ...`), whatever its exit status; never shown in the transcript.
     pub fn agent_via(&self, wrapper: &[&str], args: &[&str]) -> Result<Output> {
-        let bin = agent_bin();
+        let bin = self.agent.clone().unwrap_or_else(agent_bin);
         let mut all = vec!["netns", "exec", &self.name];
         all.extend_from_slice(wrapper);
         all.push(bin.to_str().context("agent path is not UTF-8")?);

@@ -1,9 +1,10 @@
 //! `cargo xtask bench`: the overlay against the bare underlay and kernel VXLAN + bridge, side by
 //! side on namespace hosts, plus control-plane timings. Writes target/bench/overlay.json.
 //!
-//! Each path gets its own pair of hosts joined by a 1500-MTU veth, so nothing one path installs
-//! (programs, VXLAN devices, routes) touches another's packets. Paths are measured interleaved,
-//! round by round, and each figure is the median of the rounds.
+//! Each path gets its own pair of hosts on a switch of its own (a bridge namespace, 1500-MTU
+//! veths: the underlay the tests use), so every path crosses the same kind of underlay and
+//! nothing one path installs (programs, VXLAN devices, routes) touches another's packets. Paths
+//! are measured interleaved, round by round, and each figure is the median of the rounds.
 
 use std::{
     collections::BTreeMap,
@@ -12,11 +13,11 @@ use std::{
 
 use anyhow::{Context as _, Result, bail, ensure};
 use serde_json::{Value, json};
-use weave_tests::{Container, Host, Segment, spawn_in, two_hosts, unique_name, wait_for_line};
+use weave_tests::{Container, Host, Segment, spawn_in, unique_name, wait_for_line};
 
 use crate::{agent_path, build_agent, ebpf, progress, setup, target_dir};
 
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 5;
 const TCP_SECONDS: &str = "4";
 const UDP_SECONDS: &str = "3";
 const RR_COUNT: &str = "10000";
@@ -33,8 +34,13 @@ const PATHS: [&str; 5] = [
     "weave",
     "weave_vxlan_device",
 ];
-const FIGURES: [&str; 5] = [
+/// The `weave` path with another agent binary (`--reference`).
+const REFERENCE: &str = "weave_reference";
+/// `tcp_gbps` has client and server pinned to the two cores (see [`pinned`]);
+/// `tcp_unpinned_gbps` leaves them to the scheduler, as users run.
+const FIGURES: [&str; 6] = [
     "tcp_gbps",
+    "tcp_unpinned_gbps",
     "tcp8_gbps",
     "rr_p50_us",
     "rr_p99_us",
@@ -62,7 +68,7 @@ pub enum Part {
     Scale,
 }
 
-pub fn run(only: Option<Part>) -> Result<()> {
+pub fn run(only: Option<Part>, reference: Option<std::path::PathBuf>) -> Result<()> {
     // SAFETY: geteuid has no preconditions.
     ensure!(
         unsafe { libc::geteuid() } == 0,
@@ -70,10 +76,23 @@ pub fn run(only: Option<Part>) -> Result<()> {
     );
     let started = Instant::now();
     setup::run()?;
+    let reference = reference
+        .map(|path| {
+            let path = std::path::absolute(&path)
+                .with_context(|| format!("--reference {}", path.display()))?;
+            ensure!(
+                path.is_file(),
+                "--reference {}: no such file; give a weave-agent binary",
+                path.display()
+            );
+            Ok(path)
+        })
+        .transpose()?;
     ebpf::build()?;
     build_agent(true)?;
+    let agent = agent_path(true);
     // SAFETY: single-threaded here; nothing else reads the environment concurrently.
-    unsafe { std::env::set_var("WEAVE_AGENT_BIN", agent_path(true)) };
+    unsafe { std::env::set_var("WEAVE_AGENT_BIN", &agent) };
 
     let out = target_dir().join("bench").join("overlay.json");
     std::fs::create_dir_all(out.parent().expect("has a parent"))?;
@@ -90,17 +109,21 @@ pub fn run(only: Option<Part>) -> Result<()> {
     }
 
     let step = progress::step("bench: building the testbeds");
-    let bare = two_hosts(&unique_name("bb"), &unique_name("bb"))?;
+    let bare = Segment::new(&unique_name("bb"), 2)?;
     let routed = KernelBed::routed()?;
     let vx = KernelBed::vxlan_bridge()?;
-    let weave = WeaveBed::new(&[])?;
-    let weave_device = WeaveBed::new(&["--encap", "vxlan"])?;
-    let paths = BTreeMap::from([
+    let weave = WeaveBed::new(&[], None)?;
+    let weave_device = WeaveBed::new(&["--encap", "vxlan"], None)?;
+    let weave_reference = reference
+        .as_ref()
+        .map(|bin| WeaveBed::new(&[], Some(bin)))
+        .transpose()?;
+    let mut paths = BTreeMap::from([
         (
             "bare",
             Path {
-                server: bare.0.name.clone(),
-                client: bare.1.name.clone(),
+                server: bare.hosts[0].name.clone(),
+                client: bare.hosts[1].name.clone(),
                 address: "192.168.56.101".into(),
             },
         ),
@@ -123,17 +146,23 @@ pub fn run(only: Option<Part>) -> Result<()> {
         ("weave", weave.path()),
         ("weave_vxlan_device", weave_device.path()),
     ]);
+    let mut measured = PATHS.to_vec();
+    if let Some(bed) = &weave_reference {
+        paths.insert(REFERENCE, bed.path());
+        measured.push(REFERENCE);
+    }
     step.finish();
 
     let mut samples = Samples::new();
     for round in 1..=ROUNDS {
-        for name in PATHS {
+        for &name in &measured {
             let step = progress::step(format!("bench round {round}/{ROUNDS}: {name}"));
             let path = &paths[name];
             let figures = samples.entry(name).or_default();
             let mut add = |figure, value| figures.entry(figure).or_default().push(value);
-            add("tcp_gbps", iperf_tcp(path, 1)?);
-            add("tcp8_gbps", iperf_tcp(path, 8)?);
+            add("tcp_gbps", iperf_tcp(path, 1, Pinning::Pinned)?);
+            add("tcp_unpinned_gbps", iperf_tcp(path, 1, Pinning::Unpinned)?);
+            add("tcp8_gbps", iperf_tcp(path, 8, Pinning::Pinned)?);
             let (p50, p99) = request_response(path)?;
             add("rr_p50_us", p50);
             add("rr_p99_us", p99);
@@ -151,21 +180,27 @@ pub fn run(only: Option<Part>) -> Result<()> {
     ));
     let reach = attach_to_reachable(&weave)?;
     step.finish();
-    drop((bare, routed, vx, weave, weave_device));
+    let super_packets = weave.super_packets();
+    drop((bare, routed, vx, weave, weave_device, weave_reference));
     let step = progress::step(format!(
         "bench: learning {LEARN_ENDPOINTS} remote endpoints"
     ));
-    let learn_ms = learn_endpoints()?;
+    let learn_ms = learn_endpoints(&agent)?;
     step.finish();
     let scale = match only {
         None => scale_step()?,
         _ => Value::Null,
     };
 
-    let ours: Vec<_> = ["weave", "weave_vxlan_device"]
+    let mut ours: Vec<_> = ["weave", "weave_vxlan_device"]
         .iter()
         .flat_map(|ours| ["bare", "routed", "vxlan_bridge"].map(|base| (*ours, base)))
         .collect();
+    if samples.contains_key(REFERENCE) {
+        ours.push(("weave", REFERENCE));
+        ours.push((REFERENCE, "bare"));
+        ours.push((REFERENCE, "vxlan_bridge"));
+    }
     let ratios = ratio_table(&samples, &ours);
     // What no overlay at all achieves against vxlan_bridge on this machine: a target stated
     // against vxlan_bridge that these miss is out of reach for any overlay here.
@@ -183,12 +218,15 @@ pub fn run(only: Option<Part>) -> Result<()> {
             "learn_1000_endpoints_ms": learn_ms,
         },
         "scale": scale,
+        "weave_receiver_super_packets": super_packets,
         "samples": samples,
         "rounds": ROUNDS,
         "machine": machine(),
+        "agent": agent.display().to_string(),
+        "reference": reference.map(|r| r.display().to_string()),
     });
     std::fs::write(&out, serde_json::to_string_pretty(&report)?)?;
-    print_table(&medians, &ratios, &references);
+    print_table(&measured, &medians, &ratios, &references);
     println!(
         "attach -> reachable: median {:.0} ms over {REACHABLE_SAMPLES} samples; \
          learning {LEARN_ENDPOINTS} remote endpoints: {learn_ms:.0} ms",
@@ -269,26 +307,27 @@ fn machine() -> Value {
 }
 
 fn print_table(
+    measured: &[&str],
     medians: &BTreeMap<&str, BTreeMap<&str, f64>>,
     ratios: &Ratios,
     references: &Ratios,
 ) {
-    println!(
-        "\n{:<34}{}",
-        "path",
-        FIGURES.map(|f| format!("{f:>12}")).join("")
-    );
-    for path in PATHS {
-        let row: String = FIGURES
+    // Each column as wide as its name (and a space), at least 12.
+    let cell = |f: &str, text: String| format!("{text:>w$}", w = (f.len() + 1).max(12));
+    let header: String = FIGURES.map(|f| cell(f, f.to_owned())).join("");
+    println!("\n{:<34}{header}", "path");
+    let row = |values: &BTreeMap<&str, f64>| -> String {
+        FIGURES
             .iter()
-            .map(|f| format!("{:>12.2}", medians[path][f]))
-            .collect();
-        println!("{path:<34}{row}");
+            .map(|f| cell(f, format!("{:.2}", values[f])))
+            .collect()
+    };
+    for path in measured {
+        println!("{path:<34}{}", row(&medians[path]));
     }
     let print_ratios = |ratios: &Ratios| {
         for (name, r) in ratios {
-            let row: String = FIGURES.iter().map(|f| format!("{:>12.2}", r[f])).collect();
-            println!("{name:<34}{row}");
+            println!("{name:<34}{}", row(r));
         }
     };
     print_ratios(ratios);
@@ -320,11 +359,18 @@ fn on_cpu<'a>(cpu: &'a str, program: &'a str, args: &[&'a str]) -> (&'a str, Vec
     ("taskset", all)
 }
 
-fn iperf_json(path: &Path, client_args: &[&str]) -> Result<Value> {
+/// Whether a measurement pins client and server to a core each (where [`pinned`] allows).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Pinning {
+    Pinned,
+    Unpinned,
+}
+
+fn iperf_json(path: &Path, pinning: Pinning, client_args: &[&str]) -> Result<Value> {
     let (mut server, mut lines) = spawn_in(&path.server, "iperf3", &["-s", "-1", "--forceflush"])?;
     wait_for_line(&mut lines, "Server listening")?;
     let mut args = vec!["-c", path.address.as_str(), "-J"];
-    if pinned() {
+    if pinning == Pinning::Pinned && pinned() {
         // The client's "-A client,server" sets both ends for this test.
         args.extend_from_slice(&["-A", "0,1"]);
     }
@@ -335,9 +381,9 @@ fn iperf_json(path: &Path, client_args: &[&str]) -> Result<Value> {
     Ok(serde_json::from_str(&text?)?)
 }
 
-fn iperf_tcp(path: &Path, streams: u32) -> Result<f64> {
+fn iperf_tcp(path: &Path, streams: u32, pinning: Pinning) -> Result<f64> {
     let streams = streams.to_string();
-    let report = iperf_json(path, &["-t", TCP_SECONDS, "-P", &streams])?;
+    let report = iperf_json(path, pinning, &["-t", TCP_SECONDS, "-P", &streams])?;
     report["end"]["sum_received"]["bits_per_second"]
         .as_f64()
         .map(|bps| bps / 1e9)
@@ -347,7 +393,11 @@ fn iperf_tcp(path: &Path, streams: u32) -> Result<f64> {
 /// Packets per second the receiver got, in thousands, for 64-byte UDP payloads sent as fast as
 /// the sender can.
 fn udp64(path: &Path) -> Result<f64> {
-    let report = iperf_json(path, &["-u", "-b", "0", "-l", "64", "-t", UDP_SECONDS])?;
+    let report = iperf_json(
+        path,
+        Pinning::Pinned,
+        &["-u", "-b", "0", "-l", "64", "-t", UDP_SECONDS],
+    )?;
     let sum = &report["end"]["sum"];
     let (Some(packets), Some(lost), Some(seconds)) = (
         sum["packets"].as_f64(),
@@ -383,29 +433,33 @@ fn request_response(path: &Path) -> Result<(f64, f64)> {
     }
 }
 
-/// Two hosts with a container each, wired by the kernel alone (no agent).
+/// Two hosts on a switch with a container each, wired by the kernel alone (no agent).
 struct KernelBed {
     c1: Container,
     c2: Container,
-    hosts: (Host, Host),
+    seg: Segment,
 }
 
 impl KernelBed {
     fn hosts_and_containers(prefix: &str) -> Result<Self> {
-        let hosts = two_hosts(&unique_name(prefix), &unique_name(prefix))?;
-        let c1 = Container::new(&unique_name(prefix), &hosts.0)?;
-        let c2 = Container::new(&unique_name(prefix), &hosts.1)?;
-        Ok(Self { c1, c2, hosts })
+        let seg = Segment::new(&unique_name(prefix), 2)?;
+        let c1 = Container::new(&unique_name(prefix), &seg.hosts[0])?;
+        let c2 = Container::new(&unique_name(prefix), &seg.hosts[1])?;
+        Ok(Self { c1, c2, seg })
+    }
+
+    fn hosts(&self) -> (&Host, &Host) {
+        (&self.seg.hosts[0], &self.seg.hosts[1])
     }
 
     /// The hosts route between their containers' networks (10.20.1.0/24 and 10.20.2.0/24)
     /// over the underlay: what a container behind a veth costs without any overlay.
     fn routed() -> Result<Self> {
         let bed = Self::hosts_and_containers("br")?;
-        let Self { c1, c2, hosts } = &bed;
+        let (c1, c2, hosts) = (&bed.c1, &bed.c2, bed.hosts());
         for (host, ctr, net, other_net, other_host) in [
-            (&hosts.0, c1, "1", "2", "192.168.56.102"),
-            (&hosts.1, c2, "2", "1", "192.168.56.101"),
+            (hosts.0, c1, "1", "2", "192.168.56.102"),
+            (hosts.1, c2, "2", "1", "192.168.56.101"),
         ] {
             // The same MTU as weave's ethwe, so both send the same segments.
             host.ip([
@@ -444,17 +498,17 @@ impl KernelBed {
     /// shape).
     fn vxlan_bridge() -> Result<Self> {
         let bed = Self::hosts_and_containers("bv")?;
-        let Self { c1, c2, hosts } = &bed;
+        let (c1, c2, hosts) = (&bed.c1, &bed.c2, bed.hosts());
         for (host, ctr, local, remote, addr) in [
             (
-                &hosts.0,
+                hosts.0,
                 c1,
                 "192.168.56.101",
                 "192.168.56.102",
                 "10.10.0.1/24",
             ),
             (
-                &hosts.1,
+                hosts.1,
                 c2,
                 "192.168.56.102",
                 "192.168.56.101",
@@ -485,11 +539,11 @@ impl KernelBed {
     }
 }
 
-/// Two hosts with weave-agent and a container each.
+/// Two hosts on a switch with weave-agent and a container each.
 struct WeaveBed {
     c1: Container,
     c2: Container,
-    hosts: (Host, Host),
+    seg: Segment,
 }
 
 impl WeaveBed {
@@ -502,24 +556,51 @@ impl WeaveBed {
         }
     }
 
-    fn new(launch_args: &[&str]) -> Result<Self> {
-        let hosts = two_hosts(&unique_name("bw"), &unique_name("bw"))?;
+    /// `agent`: the binary the hosts run, when not this tree's.
+    fn new(launch_args: &[&str], agent: Option<&std::path::PathBuf>) -> Result<Self> {
+        let mut seg = Segment::new(&unique_name("bw"), 2)?;
+        if let Some(bin) = agent {
+            for host in &mut seg.hosts {
+                host.use_agent(bin.clone());
+            }
+        }
+        let (a, b) = (&seg.hosts[0], &seg.hosts[1]);
         let mut launch = vec!["launch"];
         launch.extend_from_slice(launch_args);
-        hosts.0.agent_ok(&launch)?;
+        a.agent_ok(&launch)?;
         launch.push("192.168.56.101");
-        hosts.1.agent_ok(&launch)?;
-        let c1 = Container::new(&unique_name("bwc"), &hosts.0)?;
-        let c2 = Container::new(&unique_name("bwc"), &hosts.1)?;
-        hosts.0.attach("192.168.1.10/24", &c1)?;
-        hosts.1.attach("192.168.1.20/24", &c2)?;
-        hosts.0.wait_for_remote(1)?;
-        hosts.1.wait_for_remote(1)?;
+        b.agent_ok(&launch)?;
+        let c1 = Container::new(&unique_name("bwc"), a)?;
+        let c2 = Container::new(&unique_name("bwc"), b)?;
+        a.attach("192.168.1.10/24", &c1)?;
+        b.attach("192.168.1.20/24", &c2)?;
+        a.wait_for_remote(1)?;
+        b.wait_for_remote(1)?;
         ensure!(
             c2.ping("192.168.1.10", 1)?,
             "the weave testbed does not pass traffic"
         );
-        Ok(Self { c1, c2, hosts })
+        Ok(Self { c1, c2, seg })
+    }
+
+    /// The host whose container serves (A).
+    fn server_host(&self) -> &Host {
+        &self.seg.hosts[0]
+    }
+
+    /// How the server host took the super-packets it received: the ways of `underlay_tc`
+    /// (null for an agent too old to count them).
+    fn super_packets(&self) -> Value {
+        let host = self.server_host();
+        let mut out = serde_json::Map::new();
+        for name in [
+            "underlay_decap_gso",
+            "underlay_gso_forwarding",
+            "underlay_gso_refused",
+        ] {
+            out.insert(name.to_owned(), host.counter_packets(name).ok().into());
+        }
+        out.into()
     }
 }
 
@@ -543,14 +624,14 @@ fn attach_to_reachable(bed: &WeaveBed) -> Result<Vec<f64>> {
     )?;
     let mut samples = Vec::new();
     for i in 0..REACHABLE_SAMPLES {
-        let ctr = Container::new(&unique_name("bwr"), &bed.hosts.0)?;
+        let ctr = Container::new(&unique_name("bwr"), bed.server_host())?;
         let (mut echo, mut lines) = spawn_in(&ctr.name, &exe, &["udp-echo", "7001"])?;
         wait_for_line(&mut lines, "ready")?;
         let ip = format!("192.168.1.{}", 100 + i);
         let target = format!("{ip}:7001");
         let (mut probe, mut answers) = spawn_in(&bed.c2.name, &exe, &["probe", &target])?;
         wait_for_line(&mut answers, "probing")?;
-        bed.hosts.0.attach(&format!("{ip}/24"), &ctr)?;
+        bed.server_host().attach(&format!("{ip}/24"), &ctr)?;
         let attached = now_micros()?;
         let reply: u128 = answers
             .next()
@@ -561,17 +642,16 @@ fn attach_to_reachable(bed: &WeaveBed) -> Result<Vec<f64>> {
         samples.push((reply.saturating_sub(attached)) as f64 / 1e3);
         let _ = echo.kill();
         let _ = echo.wait();
-        bed.hosts.0.agent_ok(&["detach", &ctr.spec()])?;
+        bed.server_host().agent_ok(&["detach", &ctr.spec()])?;
     }
     Ok(samples)
 }
 
 /// Milliseconds until an agent's map holds the endpoints a bench peer publishes over gossip.
-fn learn_endpoints() -> Result<f64> {
+fn learn_endpoints(bin: &std::path::Path) -> Result<f64> {
     let seg = Segment::new(&unique_name("bl"), 2)?;
     let agent = &seg.hosts[0];
     agent.agent_ok(&["launch"])?;
-    let bin = agent_path(true);
     let count = LEARN_ENDPOINTS.to_string();
     let start = Instant::now();
     let (mut peer, mut lines) = spawn_in(

@@ -55,6 +55,11 @@ enum Task {
         /// Run one part only (scale alone writes target/bench/scale.json).
         #[arg(long, value_enum)]
         only: Option<bench::Part>,
+        /// Also measure this weave-agent binary (an earlier build, say) as the path
+        /// `weave_reference`, in the same rounds as this tree's: before and after on one
+        /// machine at one time.
+        #[arg(long, value_name = "PATH")]
+        reference: Option<std::path::PathBuf>,
     },
     #[command(hide = true)]
     RrServer { addr: std::net::SocketAddr },
@@ -78,7 +83,7 @@ fn main() -> ExitCode {
         Task::Test => test::run(),
         Task::Fuzz { runs, targets } => fuzz::run(runs, &targets),
         Task::Demo => demo::run(),
-        Task::Bench { only } => bench::run(only),
+        Task::Bench { only, reference } => bench::run(only, reference),
         Task::RrServer { addr } => netprobe::rr_server(addr),
         Task::RrClient { addr, count } => netprobe::rr_client(addr, count),
         Task::UdpEcho { port } => netprobe::udp_echo(port),
