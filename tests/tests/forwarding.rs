@@ -68,6 +68,15 @@ fn bulk(from: &Container, to_ip: &str, sink_ns: &str, sink_ip: &str) -> Result<(
     Ok(())
 }
 
+/// The ways a super-packet can take on the receiving host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Way {
+    /// Decapsulated in eBPF (`underlay_decap_gso`).
+    Ebpf,
+    /// Left to the VXLAN device because its endpoint forwards (`underlay_gso_forwarding`).
+    Device,
+}
+
 /// The super-packet counters on `host`: (decapsulated in eBPF, left to the VXLAN device
 /// because their endpoint forwards).
 fn ways(host: &Host) -> Result<(u64, u64)> {
@@ -75,6 +84,26 @@ fn ways(host: &Host) -> Result<(u64, u64)> {
         host.counter_packets("underlay_decap_gso")?,
         host.counter_packets("underlay_gso_forwarding")?,
     ))
+}
+
+/// [`bulk`], then checks that `receiver` took the super-packets `way` and no other.
+fn bulk_takes(
+    way: Way,
+    receiver: &Host,
+    from: &Container,
+    to_ip: &str,
+    sink: (&str, &str),
+) -> Result<()> {
+    let before = ways(receiver)?;
+    bulk(from, to_ip, sink.0, sink.1)?;
+    let after = ways(receiver)?;
+    let grew = (after.0 > before.0, after.1 > before.1);
+    ensure!(
+        grew == (way == Way::Ebpf, way == Way::Device),
+        "super-packets should have taken {way:?}: counters (eBPF, device) went {before:?} -> \
+         {after:?}"
+    );
+    Ok(())
 }
 
 /// Local endpoints `host`'s map marks as forwarding.
@@ -167,35 +196,19 @@ fn a_router_container_passes_tcp_bulk_intact_to_the_namespace_behind_it() -> Res
     sysctl(&router, "net.ipv4.ip_forward=1")?;
     marked_within_a_second(b, 1)?;
 
-    let before = ways(b)?;
-    bulk(&client, "192.168.1.20", &behind.name, "172.30.0.2")?;
-    let after = ways(b)?;
-    ensure!(
-        after.1 > before.1,
-        "no super-packet took the VXLAN device for the router: {before:?} -> {after:?}"
-    );
-    ensure!(
-        after.0 == before.0,
-        "super-packets for the router were decapsulated in eBPF: {before:?} -> {after:?}"
-    );
+    let behind_sink = (behind.name.as_str(), "172.30.0.2");
+    bulk_takes(Way::Device, b, &client, "192.168.1.20", behind_sink)?;
 
     // A restarted agent writes the mark it kept, before it has looked again.
     b.agent_ok(&["stop"])?;
     b.agent_ok(&["launch"])?;
     ensure!(forwarding(b)? == 1, "the mark was lost across a restart");
-    let before = ways(b)?;
-    bulk(&client, "192.168.1.20", &behind.name, "172.30.0.2")?;
-    let after = ways(b)?;
-    ensure!(
-        after.1 > before.1 && after.0 == before.0,
-        "after a restart, super-packets went {before:?} -> {after:?} (eBPF, device)"
-    );
-    Ok(())
+    bulk_takes(Way::Device, b, &client, "192.168.1.20", behind_sink).context("after a restart")
 }
 
 /// A change made to a container, what it is called, and which way its super-packets must take
-/// afterwards (0 eBPF, 1 the VXLAN device).
-type Step<'a> = (&'a str, &'a dyn Fn() -> Result<()>, usize);
+/// afterwards.
+type Step<'a> = (&'a str, &'a dyn Fn() -> Result<()>, Way);
 
 /// A container that does not forward gets its super-packets decapsulated in eBPF, even with
 /// IPv4 forwarding on (which most containers inherit from their host): nothing sends a packet
@@ -212,36 +225,40 @@ fn switching_forwarding_moves_super_packets_between_the_two_ways() -> Result<()>
     let server = b.container(&unique_name("fss"), "192.168.1.20/24")?;
     a.wait_for_remote(1)?;
     b.wait_for_remote(1)?;
-    let send = || bulk(&client, "192.168.1.20", &server.name, "192.168.1.20");
     let steps: [Step; 4] = [
         (
             "forwarding on",
             &|| sysctl(&server, "net.ipv4.ip_forward=1"),
-            0,
+            Way::Ebpf,
         ),
-        ("a DNAT rule", &|| dnat(&server, "5202", "172.30.0.2"), 1),
+        (
+            "a DNAT rule",
+            &|| dnat(&server, "5202", "172.30.0.2"),
+            Way::Device,
+        ),
         (
             "forwarding off",
             &|| sysctl(&server, "net.ipv4.ip_forward=0"),
-            0,
+            Way::Ebpf,
         ),
         (
             "forwarding on again",
             &|| sysctl(&server, "net.ipv4.ip_forward=1"),
-            1,
+            Way::Device,
         ),
     ];
     for (change, make, way) in steps {
         make()?;
-        marked_within_a_second(b, way as u64).with_context(|| format!("after {change}"))?;
-        let before = ways(b)?;
-        send().with_context(|| format!("after {change}"))?;
-        let after = ways(b)?;
-        let grew = [after.0 > before.0, after.1 > before.1];
-        ensure!(
-            grew[way] && !grew[1 - way],
-            "after {change}: super-packets went {before:?} -> {after:?} (eBPF, device)"
-        );
+        marked_within_a_second(b, u64::from(way == Way::Device))
+            .with_context(|| format!("after {change}"))?;
+        bulk_takes(
+            way,
+            b,
+            &client,
+            "192.168.1.20",
+            (&server.name, "192.168.1.20"),
+        )
+        .with_context(|| format!("after {change}"))?;
     }
     Ok(())
 }
