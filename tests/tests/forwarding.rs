@@ -151,11 +151,13 @@ fn dnat(ctr: &Container, port: &str, to: &str) -> Result<()> {
     )
 }
 
-/// The agent's mark follows the container within 1 s of the change (the sysctl returning).
+/// The agent's mark follows the container within 1 s of the change (the command returning);
+/// prints how long it took.
 fn marked_within_a_second(host: &Host, expected: u64) -> Result<()> {
-    wait_until(Duration::from_secs(1), "the forwarding mark", || {
+    let took = wait_until(Duration::from_secs(1), "the forwarding mark", || {
         Ok(forwarding(host)? == expected)
     })?;
+    eprintln!("forwarding mark {expected} after {took:?}");
     Ok(())
 }
 
