@@ -103,15 +103,16 @@ pub struct Config {
     /// host's: a promiscuous or bridged underlay shows the programs other hosts' packets too.
     /// All zero for an interface without one; then the address alone decides.
     pub underlay_mac: [u8; 6],
-    /// Always zero; makes the size a multiple of 4 without implicit padding.
-    pub pad: [u8; 2],
+    /// UDP port of the VXLAN data plane (host byte order): what overlay packets are sent to
+    /// and recognised by. Sits where padding was, so the map value keeps its size.
+    pub vxlan_port: u16,
 }
 
 #[cfg(feature = "user")]
 // SAFETY: repr(C) of integers and byte arrays, no padding (6+1+1+4+4+4), any bits valid.
 unsafe impl aya::Pod for Endpoint {}
 #[cfg(feature = "user")]
-// SAFETY: repr(C), seven u32 then 6 + 2 bytes, no padding, any bits valid.
+// SAFETY: repr(C), seven u32, 6 bytes and a u16, no padding, any bits valid.
 unsafe impl aya::Pod for Config {}
 
 #[cfg(test)]

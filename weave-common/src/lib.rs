@@ -8,10 +8,18 @@ pub mod counters;
 pub mod endpoint;
 pub mod policy;
 
-/// UDP port of the gossip control plane (Weave Net's control port).
+/// Default UDP port of the gossip control plane (Weave Net's control port); `launch --port N`
+/// moves it to N.
 pub const GOSSIP_PORT: u16 = 6783;
-/// UDP port of the VXLAN data plane (Weave Net's fastdp port).
-pub const VXLAN_PORT: u16 = 6784;
+/// Default UDP port of the VXLAN data plane (Weave Net's fastdp port): the gossip port + 1, as
+/// [`data_port`] gives it for any gossip port.
+pub const VXLAN_PORT: u16 = data_port(GOSSIP_PORT);
+
+/// The data-plane port that goes with gossip port `gossip`, as Weave's 6783/6784: a firewall
+/// between hosts opens exactly these two UDP ports.
+pub const fn data_port(gossip: u16) -> u16 {
+    gossip + 1
+}
 /// VXLAN network identifier of the overlay.
 pub const OVERLAY_VNI: u32 = 6784;
 /// Bytes an overlay frame needs on top of the container's IP packet:

@@ -10,7 +10,7 @@ use aya_ebpf::{
     helpers::generated::{bpf_check_mtu, bpf_get_hash_recalc, bpf_redirect_neigh},
     programs::TcContext,
 };
-use weave_common::{VXLAN_PORT, counters::CounterId, endpoint::Config};
+use weave_common::{counters::CounterId, endpoint::Config};
 
 use crate::headers::{ECN_CE, ETH_LEN, EthHdr, IPPROTO_UDP};
 
@@ -91,7 +91,7 @@ pub(crate) fn encapsulate(
     // checksum is allowed for IPv4 tunnels.
     let sport = 0xc000 | (hash as u16 & 0x3fff);
     hdr[20..22].copy_from_slice(&sport.to_be_bytes());
-    hdr[22..24].copy_from_slice(&VXLAN_PORT.to_be_bytes());
+    hdr[22..24].copy_from_slice(&cfg.vxlan_port.to_be_bytes());
     hdr[24..26].copy_from_slice(&(ip_len - 20).to_be_bytes());
     // VXLAN: the I flag, then the VNI in the upper 24 bits of the second word.
     hdr[28] = 0x08;

@@ -4,10 +4,7 @@
 //! (every TCP super-packet, the host's own traffic included) into one linear buffer before the
 //! program sees it.
 
-use weave_common::{
-    VXLAN_PORT,
-    endpoint::{Config, ipv4_key},
-};
+use weave_common::endpoint::{Config, ipv4_key};
 
 use crate::headers::{ETH_LEN, ETH_P_IP, EthHdr, IPPROTO_UDP, Ipv4Hdr, Packet, UdpHdr};
 
@@ -42,7 +39,7 @@ pub(crate) fn arrival<P: Packet>(packet: &P, cfg: &Config) -> Arrival {
         return Arrival::Other;
     }
     match packet.read::<UdpHdr>(ETH_LEN + ihl) {
-        Some(udp) if u16::from_be_bytes(udp.dst) == VXLAN_PORT => {}
+        Some(udp) if u16::from_be_bytes(udp.dst) == cfg.vxlan_port => {}
         _ => return Arrival::Other,
     }
     let our_mac = cfg.underlay_mac == [0; 6] || eth.dst == cfg.underlay_mac;

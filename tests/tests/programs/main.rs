@@ -89,7 +89,7 @@ fn config() -> Config {
         underlay_xdp: 0,
         gso_decap: 0,
         underlay_mac: H1_MAC,
-        pad: [0; 2],
+        vxlan_port: weave_common::VXLAN_PORT,
     }
 }
 

@@ -52,7 +52,8 @@ pub enum Command {
     /// Join the mesh through a peer: tells the running agent, or launches one.
     #[command(after_help = "Example:\n  weave-agent join 192.168.56.101")]
     Join {
-        /// Address of any agent already in the mesh (IP or IP:PORT, gossip port 6783).
+        /// Address of any agent already in the mesh (IP or IP:PORT; the port defaults to
+        /// --port, 6783).
         #[arg(value_name = "ADDR")]
         addr: String,
         #[command(flatten)]
@@ -169,7 +170,7 @@ pub struct RulePair {
 
 #[derive(Debug, Args, Clone, Default)]
 pub struct LaunchArgs {
-    /// Peers to join (IP or IP:PORT).
+    /// Peers to join (IP or IP:PORT; the port defaults to --port).
     #[arg(value_name = "PEER")]
     pub peers: Vec<String>,
 
@@ -212,6 +213,12 @@ pub struct LaunchArgs {
     /// Default: 127.0.0.1:6782, Weave Net's status port.
     #[arg(long, value_name = "ADDR")]
     pub metrics_addr: Option<std::net::SocketAddr>,
+
+    /// UDP port of gossip; VXLAN uses the next one (Weave's 6783 and 6784), so a firewall
+    /// between hosts opens exactly these two. Every host of a mesh must use the same.
+    #[arg(long, value_name = "N", default_value_t = weave_common::GOSSIP_PORT,
+          value_parser = clap::value_parser!(u16).range(1..65535))]
+    pub port: u16,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]

@@ -60,7 +60,7 @@ pub fn join(
     launch_args: &mut LaunchArgs,
     loc: &Location,
 ) -> Result<()> {
-    PeerSpec::parse(addr)?;
+    PeerSpec::parse(addr, launch_args.port)?;
     match api::call(
         &loc.socket(),
         &Request::Join {

@@ -46,6 +46,7 @@ pub fn daemon_config(args: &LaunchArgs) -> Result<DaemonConfig> {
             Encap::Vxlan => Encapsulation::VxlanDevice,
         },
         metrics_addr: args.metrics_addr,
+        port: args.port,
     })
 }
 
@@ -127,6 +128,7 @@ fn daemon_command(global: &[String], args: &LaunchArgs) -> Result<Process> {
     if args.encap == Encap::Vxlan {
         daemon.args(["--encap", "vxlan"]);
     }
+    daemon.arg("--port").arg(args.port.to_string());
     // The password travels in the environment, never on the daemon's command line.
     match &args.password {
         Some(password) => daemon.env("WEAVE_PASSWORD", password),

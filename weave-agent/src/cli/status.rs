@@ -47,9 +47,10 @@ fn print_identity(s: &api::Status) {
         println!("                 {} (id {}): {}", p.name, p.id, p.attached);
     }
     println!(
-        "        Overlay: {} (VXLAN external, UDP 6784), ethwe MTU {}",
-        s.vxlan, s.mtu
+        "        Overlay: {} (VXLAN external, UDP {}), ethwe MTU {}",
+        s.vxlan, s.data_port, s.mtu
     );
+    println!("         Gossip: UDP {}", s.gossip_port);
     println!(
         "      Endpoints: {} local ({} forwarding), {} remote (kernel map)",
         s.endpoints.local, s.endpoints.forwarding, s.endpoints.remote

@@ -198,6 +198,11 @@ pub struct Status {
     pub programs: Vec<Program>,
     /// VXLAN (external mode) device carrying the overlay.
     pub vxlan: String,
+    /// UDP ports of gossip and of the VXLAN data plane: the two a firewall must open.
+    #[serde(default)]
+    pub gossip_port: u16,
+    #[serde(default)]
+    pub data_port: u16,
     /// Default MTU of `ethwe` (underlay MTU - 50).
     pub mtu: u32,
     pub endpoints: EndpointCounts,

@@ -26,4 +26,6 @@ pub struct DaemonConfig {
     pub encapsulation: Encapsulation,
     /// Where metrics are served; None for the default.
     pub metrics_addr: Option<SocketAddr>,
+    /// UDP port of gossip; VXLAN takes the next one (`weave_common::data_port`).
+    pub port: u16,
 }

@@ -17,7 +17,7 @@ use tokio::{
     signal::unix::{SignalKind, signal},
     sync::{Mutex, watch},
 };
-use weave_common::{OVERLAY_OVERHEAD, VXLAN_PORT};
+use weave_common::{OVERLAY_OVERHEAD, data_port};
 
 use super::{
     agent::{Agent, Inner},
@@ -36,7 +36,7 @@ use crate::{
     mesh::{
         counting_transport::{CountingTransport, GossipTraffic},
         gossip::Gossip,
-        peer_addr::PeerSpec,
+        peer_addr::{PeerBook, PeerSpec},
         sealed_transport::{self, AuthFailures, SealedTransport},
     },
     net::names::VXLAN_DEVICE,
@@ -101,7 +101,7 @@ async fn start(config: &DaemonConfig, loc: &Location) -> Result<(Arc<Agent>, Uni
     let adopt = state.underlay.as_deref() == Some(underlay.name.as_str());
     state.underlay = Some(underlay.name.clone());
     for peer in &config.peers {
-        PeerSpec::parse(peer)?;
+        PeerSpec::parse(peer, config.port)?;
         if !state.peers.contains(peer) {
             state.peers.push(peer.clone());
         }
@@ -142,12 +142,14 @@ async fn load_datapath(
 ) -> Result<Datapath> {
     let mut datapath = Datapath::load(&loc.pin_dir, underlay, adopt)?;
     datapath.start_logging();
-    let vxlan_index = netlink::ensure_vxlan(handle, VXLAN_DEVICE, VXLAN_PORT, mtu).await?;
+    let vxlan_port = data_port(config.port);
+    let vxlan_index = netlink::ensure_vxlan(handle, VXLAN_DEVICE, vxlan_port, mtu).await?;
     datapath.attach_overlay(
         VXLAN_DEVICE,
         vxlan_index,
         underlay,
         ip,
+        vxlan_port,
         config.encapsulation == Encapsulation::Ebpf,
     )?;
     Ok(datapath)
@@ -189,7 +191,7 @@ async fn start_gossip(
     };
     let traffic = Arc::new(GossipTraffic::default());
     let transport = CountingTransport::new(transport, Arc::clone(&traffic));
-    let gossip = Gossip::start(&peer_name, &nickname, ip, initial, &transport).await?;
+    let gossip = Gossip::start(&peer_name, &nickname, ip, config.port, initial, &transport).await?;
     let base = base_status(loc, underlay, address, &inner, peer_name, nickname, config);
     let (shutdown, _) = watch::channel(false);
     Ok(Arc::new(Agent {
@@ -198,7 +200,7 @@ async fn start_gossip(
         gossip,
         auth_failures,
         traffic,
-        peer_book: Default::default(),
+        peer_book: PeerBook::new(config.port),
         resolve_now: tokio::sync::Notify::new(),
         inner: Mutex::new(inner),
         shutdown,
@@ -233,6 +235,8 @@ fn base_status(
         },
         programs: status::programs(&inner.datapath),
         vxlan: VXLAN_DEVICE.to_owned(),
+        gossip_port: config.port,
+        data_port: data_port(config.port),
         mtu: inner.mtu,
         endpoints: api::EndpointCounts::default(),
         peers: Vec::new(),

@@ -23,7 +23,7 @@ const RESOLVE_INTERVAL: Duration = Duration::from_secs(10);
 
 /// `join ADDR`: remembers the peer and contacts it now (once resolved, for a host name).
 pub async fn join(agent: &Agent, peer: &str) -> Result<String> {
-    PeerSpec::parse(peer)?;
+    PeerSpec::parse(peer, agent.peer_book.default_port())?;
     let mut inner = agent.inner.lock().await;
     if !inner.state.peers.iter().any(|p| p == peer) {
         inner.state.peers.push(peer.to_owned());

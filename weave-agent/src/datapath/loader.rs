@@ -127,6 +127,7 @@ impl Datapath {
         vxlan_ifindex: u32,
         underlay: &Link,
         underlay_ip: Ipv4Addr,
+        vxlan_port: u16,
         ebpf_encap: bool,
     ) -> Result<()> {
         self.attach_tc(programs::OVERLAY_TC, vxlan)?;
@@ -149,7 +150,7 @@ impl Datapath {
                 underlay_xdp,
                 gso_decap: u32::from(gso_decap),
                 underlay_mac: underlay.mac.unwrap_or_default(),
-                pad: [0; 2],
+                vxlan_port,
             },
             0,
         )?;

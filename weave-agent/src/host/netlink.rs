@@ -2,13 +2,13 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 use futures_util::TryStreamExt as _;
 use rtnetlink::{
     Handle, LinkUnspec, LinkVeth, LinkVxlan,
     packet_route::{
         address::AddressAttribute,
-        link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo},
+        link::{InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo},
     },
 };
 
@@ -168,10 +168,17 @@ pub async fn delete_link(handle: &Handle, name: &str) -> Result<bool> {
 
 /// The overlay's VXLAN device: external (collect_md) mode, so the eBPF program picks the
 /// remote per packet with a tunnel key; no learning, no static remotes, no FDB.
-/// Reuses an existing one. Returns its index.
+/// Reuses an existing one on the same port. Returns its index.
 pub async fn ensure_vxlan(handle: &Handle, name: &str, port: u16, mtu: u32) -> Result<u32> {
     if let Some(index) = link_index(handle, name).await? {
-        return Ok(index);
+        match vxlan_port(handle, index).await? {
+            Some(existing) if existing != port => bail!(
+                "the VXLAN device {name} left by an earlier launch uses UDP {existing}, not \
+                 {port}; to move the mesh to other ports, `weave-agent reset` first (on every \
+                 host, with the same --port at the next launch)"
+            ),
+            _ => return Ok(index),
+        }
     }
     handle
         .link()
@@ -190,4 +197,26 @@ pub async fn ensure_vxlan(handle: &Handle, name: &str, port: u16, mtu: u32) -> R
     link_index(handle, name)
         .await?
         .with_context(|| format!("{name} vanished right after it was created"))
+}
+
+/// The UDP port of VXLAN device `index`, if it reports one.
+async fn vxlan_port(handle: &Handle, index: u32) -> Result<Option<u16>> {
+    let mut stream = handle.link().get().match_index(index).execute();
+    let Some(msg) = stream
+        .try_next()
+        .await
+        .context("reading the VXLAN device")?
+    else {
+        return Ok(None);
+    };
+    Ok(msg.attributes.into_iter().find_map(|attr| match attr {
+        LinkAttribute::LinkInfo(infos) => infos.into_iter().find_map(|info| match info {
+            LinkInfo::Data(InfoData::Vxlan(vxlan)) => vxlan.into_iter().find_map(|v| match v {
+                InfoVxlan::Port(port) => Some(port),
+                _ => None,
+            }),
+            _ => None,
+        }),
+        _ => None,
+    }))
 }

@@ -4,6 +4,7 @@
 use std::{net::Ipv4Addr, time::Duration};
 
 use anyhow::{Context as _, Result};
+use weave_common::GOSSIP_PORT;
 
 use super::{gossip::Gossip, peer_addr::PeerSpec};
 use crate::net::addressing::Cidr;
@@ -11,7 +12,7 @@ use crate::net::addressing::Cidr;
 /// `weave-agent bench-peer`: joins `seed` and publishes `count` synthetic endpoints
 /// (10.200.0.0/16) over real gossip, then stays until killed.
 pub fn bench_peer(address: Ipv4Addr, seed: &str, count: u16) -> Result<()> {
-    let seed = PeerSpec::parse(seed)?
+    let seed = PeerSpec::parse(seed, GOSSIP_PORT)?
         .literal()
         .context("bench-peer takes the seed as IP or IP:PORT")?;
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -23,6 +24,7 @@ pub fn bench_peer(address: Ipv4Addr, seed: &str, count: u16) -> Result<()> {
             &name,
             &name,
             address,
+            GOSSIP_PORT,
             Vec::new(),
             &chitchat::transport::UdpTransport,
         )

@@ -17,7 +17,6 @@ use chitchat::{
     transport::Transport,
 };
 use serde::{Deserialize, Serialize};
-use weave_common::GOSSIP_PORT;
 
 use super::keys::{
     NICKNAME_KEY, PublishedEndpoint, endpoint_key, endpoint_key_value, published_endpoints,
@@ -61,10 +60,11 @@ impl Gossip {
         name: &str,
         nickname: &str,
         underlay: Ipv4Addr,
+        port: u16,
         initial: Vec<(String, String)>,
         transport: &dyn Transport,
     ) -> Result<Self> {
-        let advertise = SocketAddr::new(IpAddr::V4(underlay), GOSSIP_PORT);
+        let advertise = SocketAddr::new(IpAddr::V4(underlay), port);
         // A new generation each start: peers replace everything they knew of our previous life.
         let generation = unix_millis();
         let self_id = ChitchatId::new(name.to_owned(), generation, advertise);

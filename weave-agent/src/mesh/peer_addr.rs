@@ -26,10 +26,11 @@ pub enum PeerSpec {
 }
 
 impl PeerSpec {
-    /// Checks the syntax only; host names are resolved later, by [`PeerBook::refresh`].
-    pub fn parse(text: &str) -> Result<Self> {
+    /// Checks the syntax only; host names are resolved later, by [`PeerBook::refresh`]. A peer
+    /// given without a port is at `default_port` (the mesh's gossip port, `launch --port`).
+    pub fn parse(text: &str, default_port: u16) -> Result<Self> {
         if let Ok(ip) = text.parse::<IpAddr>() {
-            return Ok(Self::Addr(SocketAddr::new(ip, GOSSIP_PORT)));
+            return Ok(Self::Addr(SocketAddr::new(ip, default_port)));
         }
         if let Ok(addr) = text.parse::<SocketAddr>() {
             return Ok(Self::Addr(addr));
@@ -39,7 +40,7 @@ impl PeerSpec {
                 Ok(port) if port != 0 => (name, port),
                 _ => bail!("{text:?}: the port after ':' must be a number from 1 to 65535"),
             },
-            None => (text, GOSSIP_PORT),
+            None => (text, default_port),
         };
         if !is_host_name(name) {
             bail!("{text:?} is not a peer address (IP, IP:PORT, HOST or HOST:PORT)");
@@ -72,16 +73,37 @@ fn is_host_name(name: &str) -> bool {
 }
 
 /// The last known address of each configured peer given by host name.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct PeerBook {
     resolved: Mutex<BTreeMap<String, SocketAddr>>,
+    /// Where a peer given without a port is (see [`PeerSpec::parse`]).
+    default_port: u16,
+}
+
+impl Default for PeerBook {
+    fn default() -> Self {
+        Self::new(GOSSIP_PORT)
+    }
 }
 
 impl PeerBook {
+    /// A book for a mesh whose gossip port is `default_port`.
+    pub fn new(default_port: u16) -> Self {
+        Self {
+            resolved: Mutex::default(),
+            default_port,
+        }
+    }
+
+    /// Where a peer given without a port is.
+    pub fn default_port(&self) -> u16 {
+        self.default_port
+    }
+
     /// The address of a configured peer as known now: the literal one, or the host name's last
     /// resolution; None while a name has not resolved yet. Never resolves.
     pub fn address(&self, text: &str) -> Option<SocketAddr> {
-        match PeerSpec::parse(text).ok()? {
+        match PeerSpec::parse(text, self.default_port).ok()? {
             PeerSpec::Addr(addr) => Some(addr),
             PeerSpec::Host { .. } => self.resolved.lock().expect("peer book").get(text).copied(),
         }
@@ -96,7 +118,7 @@ impl PeerBook {
         F: Future<Output = io::Result<Vec<SocketAddr>>>,
     {
         for text in configured {
-            let Ok(PeerSpec::Host { name, port }) = PeerSpec::parse(text) else {
+            let Ok(PeerSpec::Host { name, port }) = PeerSpec::parse(text, self.default_port) else {
                 continue;
             };
             let found = tokio::time::timeout(RESOLVE_TIMEOUT, resolve(format!("{name}:{port}")))
@@ -131,23 +153,47 @@ mod tests {
     #[test]
     fn peers_default_to_the_gossip_port_and_names_are_not_resolved_when_parsed() {
         assert_eq!(
-            PeerSpec::parse("192.168.56.101").unwrap(),
+            PeerSpec::parse("192.168.56.101", GOSSIP_PORT).unwrap(),
             PeerSpec::Addr("192.168.56.101:6783".parse().unwrap())
         );
         assert_eq!(
-            PeerSpec::parse("192.168.56.101:7000").unwrap().literal(),
+            PeerSpec::parse("192.168.56.101:7000", GOSSIP_PORT)
+                .unwrap()
+                .literal(),
             Some("192.168.56.101:7000".parse().unwrap())
         );
         assert_eq!(
-            PeerSpec::parse("host-b.example").unwrap(),
+            PeerSpec::parse("host-b.example", GOSSIP_PORT).unwrap(),
             PeerSpec::Host {
                 name: "host-b.example".into(),
                 port: 6783
             }
         );
-        assert!(PeerSpec::parse("not an address").is_err());
-        assert!(PeerSpec::parse("host:0").is_err());
-        assert!(PeerSpec::parse("-bad.example").is_err());
+        assert!(PeerSpec::parse("not an address", GOSSIP_PORT).is_err());
+        assert!(PeerSpec::parse("host:0", GOSSIP_PORT).is_err());
+        assert!(PeerSpec::parse("-bad.example", GOSSIP_PORT).is_err());
+    }
+
+    /// With `launch --port N`, a peer typed without a port is at N, by address or by name.
+    #[test]
+    fn a_mesh_on_another_port_finds_its_peers_there() {
+        let book = PeerBook::new(7000);
+        assert_eq!(
+            book.address("192.168.56.101"),
+            Some("192.168.56.101:7000".parse().unwrap())
+        );
+        assert_eq!(
+            book.address("192.168.56.101:6783"),
+            Some("192.168.56.101:6783".parse().unwrap()),
+            "a port given is kept"
+        );
+        assert_eq!(
+            PeerSpec::parse("host-b.example", book.default_port()).unwrap(),
+            PeerSpec::Host {
+                name: "host-b.example".into(),
+                port: 7000
+            }
+        );
     }
 
     /// A resolver that never answers (as a dead DNS server behaves for seconds) holds up no
