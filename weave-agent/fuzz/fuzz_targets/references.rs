@@ -47,7 +47,8 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         5 => {
-            let _ = PeerSpec::parse(text);
+            // The default port only fills in what the text leaves out.
+            let _ = PeerSpec::parse(text, 6783);
         }
         _ => {
             let args: Vec<String> = text.split('\0').map(str::to_owned).collect();
