@@ -60,6 +60,30 @@ pub enum Command {
         launch: LaunchArgs,
     },
 
+    /// Connect to more peers and keep retrying them until they answer; prints the configured
+    /// peers. Needs a running agent (`join` launches one).
+    #[command(
+        after_help = "Examples:\n  weave-agent connect 192.168.56.102 192.168.56.103\n  \
+                            weave-agent connect --replace 192.168.56.104"
+    )]
+    Connect {
+        /// Make these the only configured peers (the others are forgotten).
+        #[arg(long)]
+        replace: bool,
+        /// Peers (IP, IP:PORT, HOST or HOST:PORT; the port defaults to the agent's --port).
+        #[arg(value_name = "PEER", required = true)]
+        peers: Vec<String>,
+    },
+
+    /// Stop retrying configured peers and drop them from the list kept across restarts;
+    /// prints the configured peers. A live peer stays in the mesh while it gossips.
+    #[command(after_help = "Example:\n  weave-agent forget 192.168.56.103")]
+    Forget {
+        /// Peers as they were given to launch, join or connect.
+        #[arg(value_name = "PEER", required = true)]
+        peers: Vec<String>,
+    },
+
     /// Create and start a Docker container attached to the overlay; prints its id.
     #[command(
         trailing_var_arg = true,

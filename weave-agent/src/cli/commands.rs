@@ -81,6 +81,19 @@ pub fn join(
     }
 }
 
+/// `connect` and `forget`: sends the request, prints the configured peers it leaves.
+pub fn configure_peers(loc: &Location, request: &Request) -> Result<()> {
+    let Response::ConfiguredPeers { peers } = api::call_agent(&loc.socket(), request)? else {
+        return Err(unexpected(request.name()));
+    };
+    if peers.is_empty() {
+        println!("configured peers: none");
+    } else {
+        println!("configured peers: {}", peers.join(" "));
+    }
+    Ok(())
+}
+
 pub fn attach(loc: &Location, cidr: &str, container_arg: &str, mtu: Option<u32>) -> Result<()> {
     // Refuse bad input before anything is changed anywhere.
     let parsed: Cidr = cidr.parse()?;

@@ -12,7 +12,7 @@ pub use args::Cli;
 use args::Command;
 
 use crate::{
-    control::{daemon, location::Location},
+    control::{api::Request, daemon, location::Location},
     datapath::bpffs,
     mesh::bench_peer,
 };
@@ -37,6 +37,10 @@ pub fn run(cli: Cli) -> Result<()> {
             launch::reset(&loc)
         }
         Command::Join { addr, mut launch } => commands::join(&global, &addr, &mut launch, &loc),
+        Command::Connect { replace, peers } => {
+            commands::configure_peers(&loc, &Request::Connect { peers, replace })
+        }
+        Command::Forget { peers } => commands::configure_peers(&loc, &Request::Forget { peers }),
         Command::Run {
             cidr,
             docker_args,

@@ -48,6 +48,16 @@ pub enum Request {
     Join {
         peer: String,
     },
+    /// Add `peers` to the configured peers (or, with `replace`, make them the whole list) and
+    /// contact them now.
+    Connect {
+        peers: Vec<String>,
+        replace: bool,
+    },
+    /// Stop retrying `peers` and drop them from the configured peers.
+    Forget {
+        peers: Vec<String>,
+    },
     /// Set the isolation rule for the pair of networks `a`, `b` (both directions).
     PolicySet {
         action: Action,
@@ -69,6 +79,8 @@ impl Request {
             Self::Ps => "ps",
             Self::Peers => "peers",
             Self::Join { .. } => "join",
+            Self::Connect { .. } => "connect",
+            Self::Forget { .. } => "forget",
             Self::PolicySet { .. } => "policy",
             Self::PolicyList => "policy list",
         }
@@ -121,6 +133,10 @@ pub enum Response {
     },
     Joined {
         address: String,
+    },
+    /// The configured peers after `connect` or `forget`, as typed.
+    ConfiguredPeers {
+        peers: Vec<String>,
     },
     /// The isolation rules this agent knows, one per pair of networks.
     Rules {

@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 
 use super::agent::{Agent, Inner};
 use crate::mesh::{
@@ -29,6 +29,55 @@ pub async fn join(agent: &Agent, peer: &str) -> Result<String> {
         inner.state.peers.push(peer.to_owned());
         agent.save(&inner)?;
     }
+    contact_now(agent, &mut inner, peer)
+}
+
+/// `connect [--replace] PEER...`: adds the peers to the configured ones (or makes them the
+/// whole list) and contacts them now. Every peer is checked before anything changes. Returns
+/// the configured peers.
+pub async fn connect(agent: &Agent, peers: &[String], replace: bool) -> Result<Vec<String>> {
+    for peer in peers {
+        PeerSpec::parse(peer, agent.peer_book.default_port())?;
+    }
+    let mut inner = agent.inner.lock().await;
+    if replace {
+        inner.state.peers.clear();
+    }
+    for peer in peers {
+        if !inner.state.peers.contains(peer) {
+            inner.state.peers.push(peer.clone());
+        }
+    }
+    agent.save(&inner)?;
+    for peer in peers {
+        contact_now(agent, &mut inner, peer)?;
+    }
+    Ok(inner.state.peers.clone())
+}
+
+/// `forget PEER...`: stops retrying the peers and drops them from the configured ones (a
+/// live peer stays in the mesh as long as it gossips; it is only no longer called). Every
+/// peer must be configured, as typed; nothing changes otherwise. Returns the configured peers.
+pub async fn forget(agent: &Agent, peers: &[String]) -> Result<Vec<String>> {
+    let mut inner = agent.inner.lock().await;
+    if let Some(unknown) = peers.iter().find(|p| !inner.state.peers.contains(p)) {
+        bail!(
+            "{unknown} is not a configured peer (configured: {}); give it as it was given to \
+             launch, join or connect",
+            if inner.state.peers.is_empty() {
+                "none".to_owned()
+            } else {
+                inner.state.peers.join(", ")
+            }
+        );
+    }
+    inner.state.peers.retain(|p| !peers.contains(p));
+    agent.save(&inner)?;
+    Ok(inner.state.peers.clone())
+}
+
+/// Contacts a configured peer at once, or has its name resolved first.
+fn contact_now(agent: &Agent, inner: &mut Inner, peer: &str) -> Result<String> {
     let Some(addr) = agent.peer_book.address(peer) else {
         agent.resolve_now.notify_one();
         return Ok(format!("{peer} (resolving)"));

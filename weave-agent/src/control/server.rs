@@ -86,6 +86,15 @@ async fn respond(agent: &Agent, request: Request) -> Result<Response> {
         Request::Join { peer } => Response::Joined {
             address: peers::join(agent, &peer).await?,
         },
+        Request::Connect {
+            peers: list,
+            replace,
+        } => Response::ConfiguredPeers {
+            peers: peers::connect(agent, &list, replace).await?,
+        },
+        Request::Forget { peers: list } => Response::ConfiguredPeers {
+            peers: peers::forget(agent, &list).await?,
+        },
         Request::PolicySet { action, a, b } => Response::Rules {
             rules: rule_set::set_rule(agent, action, &a, &b).await?,
         },
