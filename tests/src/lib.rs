@@ -113,6 +113,22 @@ where
     run_ok("ip", all)
 }
 
+/// Loads the nftables ruleset `rules` in namespace `ns` (`nft -f`); fails with nft's
+/// complaint if it refuses them.
+fn load_nft_in(ns: &str, rules: &str) -> Result<()> {
+    let file = std::env::temp_dir().join(format!("{ns}-{}.nft", std::process::id()));
+    std::fs::write(&file, rules).with_context(|| format!("writing {}", file.display()))?;
+    let loaded = exec_in(ns, "nft", &["-f", file.to_str().context("temp path")?]);
+    let _ = std::fs::remove_file(&file);
+    let loaded = loaded?;
+    ensure!(
+        loaded.status.success(),
+        "nft refused the rules in {ns}: {}",
+        String::from_utf8_lossy(&loaded.stderr)
+    );
+    Ok(())
+}
+
 /// Runs a program inside namespace `ns` (`ip netns exec`), whatever its exit status.
 fn exec_in(ns: &str, program: &str, args: &[&str]) -> Result<Output> {
     let mut all = vec!["netns", "exec", ns, program];
@@ -163,6 +179,11 @@ impl Host {
     /// Runs `bin` as this host's agent from now on, instead of [`agent_bin`].
     pub fn use_agent(&mut self, bin: PathBuf) {
         self.agent = Some(bin);
+    }
+
+    /// Loads an nftables ruleset inside the host (a firewall in the switch, say).
+    pub fn load_nft(&self, rules: &str) -> Result<()> {
+        load_nft_in(&self.name, rules)
     }
 
     /// `ip -n NAME ARGS...`
@@ -328,6 +349,11 @@ impl Container {
             );
         }
         Ok(out)
+    }
+
+    /// Loads an nftables ruleset inside the container (NAT for a router container, say).
+    pub fn load_nft(&self, rules: &str) -> Result<()> {
+        load_nft_in(&self.name, rules)
     }
 
     /// True if `count` pings to `ip` all get an answer.

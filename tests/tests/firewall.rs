@@ -1,7 +1,7 @@
 //! A firewall between hosts needs exactly two holes: `launch --port N` moves gossip to UDP N
 //! and VXLAN to UDP N+1, as Weave's 6783 and 6784.
 
-use anyhow::{Context as _, Result, ensure};
+use anyhow::{Result, ensure};
 use weave_tests::{Segment, require_root, unique_name};
 
 /// The switch passes ARP and UDP to 7000 and 7001 between its ports and drops everything else.
@@ -17,13 +17,7 @@ const FIREWALL: &str = "table bridge wall {
 fn with_port_n_the_mesh_needs_only_udp_n_and_n_plus_one() -> Result<()> {
     require_root();
     let seg = Segment::new(&unique_name("fw"), 2)?;
-    let rules = std::env::temp_dir().join(format!("{}.nft", seg.switch().name));
-    std::fs::write(&rules, FIREWALL)?;
-    let loaded = seg
-        .switch()
-        .exec("nft", &["-f", rules.to_str().context("path")?]);
-    let _ = std::fs::remove_file(&rules);
-    ensure!(loaded?.status.success(), "nft refused the firewall");
+    seg.switch().load_nft(FIREWALL)?;
     let (a, b) = (&seg.hosts[0], &seg.hosts[1]);
     // The firewall holds: the hosts cannot even ping each other.
     ensure!(
@@ -40,11 +34,9 @@ fn with_port_n_the_mesh_needs_only_udp_n_and_n_plus_one() -> Result<()> {
         status["gossip_port"] == 7000 && status["data_port"] == 7001,
         "status reports other ports: {status}"
     );
-    let c1 = a.container(&unique_name("fwc"), "192.168.1.10/24")?;
-    let c2 = b.container(&unique_name("fwc"), "192.168.1.20/24")?;
-    // Gossip crossed the firewall on 7000 ...
-    a.wait_for_remote(1)?;
-    b.wait_for_remote(1)?;
+    // Gossip crosses the firewall on 7000 (each host learns the other's container) ...
+    let ctrs = seg.attach_one_each(&unique_name("fw"), |i| format!("192.168.1.{}0/24", i + 1))?;
+    let (c1, c2) = (&ctrs[0], &ctrs[1]);
     // ... and container traffic on 7001, single packets and full-size ones.
     ensure!(c2.ping("192.168.1.10", 3)?, "no ping through the firewall");
     let big = c1.exec(

@@ -124,31 +124,16 @@ fn sysctl(ctr: &Container, setting: &str) -> Result<()> {
     Ok(())
 }
 
-/// `nft ARGS` in the container.
-fn nft(ctr: &Container, args: &[&str]) -> Result<()> {
-    let out = ctr.exec("nft", args)?;
-    ensure!(
-        out.status.success(),
-        "nft {args:?} failed in {}: {}",
-        ctr.name,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
-}
-
 /// A DNAT rule in `ctr` sending TCP to `port` on `ethwe` on to `to`.
 fn dnat(ctr: &Container, port: &str, to: &str) -> Result<()> {
-    nft(ctr, &["add", "table", "ip", "nat"])?;
-    nft(
-        ctr,
-        &["add chain ip nat pre { type nat hook prerouting priority -100; }"],
-    )?;
-    nft(
-        ctr,
-        &[&format!(
-            "add rule ip nat pre iifname ethwe tcp dport {port} dnat to {to}"
-        )],
-    )
+    ctr.load_nft(&format!(
+        "table ip nat {{
+            chain pre {{
+                type nat hook prerouting priority -100;
+                iifname ethwe tcp dport {port} dnat to {to}
+            }}
+        }}"
+    ))
 }
 
 /// The agent's mark follows the container within 1 s of the change (the command returning);
@@ -169,12 +154,11 @@ fn marked_within_a_second(host: &Host, expected: u64) -> Result<()> {
 fn a_router_container_passes_tcp_bulk_intact_to_the_namespace_behind_it() -> Result<()> {
     require_root();
     let seg = Segment::mesh(&unique_name("fr"), 2)?;
-    let (a, b) = (&seg.hosts[0], &seg.hosts[1]);
-    let client = a.container(&unique_name("frc"), "192.168.1.10/24")?;
-    let router = b.container(&unique_name("frr"), "192.168.1.20/24")?;
+    let b = &seg.hosts[1];
+    // 192.168.1.10 on host A, 192.168.1.20 on host B, each known to the other host.
+    let ctrs = seg.attach_one_each(&unique_name("fr"), |i| format!("192.168.1.{}0/24", i + 1))?;
+    let (client, router) = (&ctrs[0], &ctrs[1]);
     let behind = Container::new(&unique_name("frn"), b)?;
-    a.wait_for_remote(1)?;
-    b.wait_for_remote(1)?;
     router.ip([
         "link",
         "add",
@@ -194,18 +178,18 @@ fn a_router_container_passes_tcp_bulk_intact_to_the_namespace_behind_it() -> Res
     behind.ip(["addr", "add", "172.30.0.2/24", "dev", "eth0"])?;
     behind.ip(["link", "set", "eth0", "up"])?;
     behind.ip(["route", "add", "default", "via", "172.30.0.1"])?;
-    dnat(&router, "5201", "172.30.0.2")?;
-    sysctl(&router, "net.ipv4.ip_forward=1")?;
+    dnat(router, "5201", "172.30.0.2")?;
+    sysctl(router, "net.ipv4.ip_forward=1")?;
     marked_within_a_second(b, 1)?;
 
     let behind_sink = (behind.name.as_str(), "172.30.0.2");
-    bulk_takes(Way::Device, b, &client, "192.168.1.20", behind_sink)?;
+    bulk_takes(Way::Device, b, client, "192.168.1.20", behind_sink)?;
 
     // A restarted agent writes the mark it kept, before it has looked again.
     b.agent_ok(&["stop"])?;
     b.agent_ok(&["launch"])?;
     ensure!(forwarding(b)? == 1, "the mark was lost across a restart");
-    bulk_takes(Way::Device, b, &client, "192.168.1.20", behind_sink).context("after a restart")
+    bulk_takes(Way::Device, b, client, "192.168.1.20", behind_sink).context("after a restart")
 }
 
 /// A change made to a container, what it is called, and which way its super-packets must take
@@ -222,30 +206,29 @@ type Step<'a> = (&'a str, &'a dyn Fn() -> Result<()>, Way);
 fn switching_forwarding_moves_super_packets_between_the_two_ways() -> Result<()> {
     require_root();
     let seg = Segment::mesh(&unique_name("fs"), 2)?;
-    let (a, b) = (&seg.hosts[0], &seg.hosts[1]);
-    let client = a.container(&unique_name("fsc"), "192.168.1.10/24")?;
-    let server = b.container(&unique_name("fss"), "192.168.1.20/24")?;
-    a.wait_for_remote(1)?;
-    b.wait_for_remote(1)?;
+    let b = &seg.hosts[1];
+    // 192.168.1.10 on host A, 192.168.1.20 on host B, each known to the other host.
+    let ctrs = seg.attach_one_each(&unique_name("fs"), |i| format!("192.168.1.{}0/24", i + 1))?;
+    let (client, server) = (&ctrs[0], &ctrs[1]);
     let steps: [Step; 4] = [
         (
             "forwarding on",
-            &|| sysctl(&server, "net.ipv4.ip_forward=1"),
+            &|| sysctl(server, "net.ipv4.ip_forward=1"),
             Way::Ebpf,
         ),
         (
             "a DNAT rule",
-            &|| dnat(&server, "5202", "172.30.0.2"),
+            &|| dnat(server, "5202", "172.30.0.2"),
             Way::Device,
         ),
         (
             "forwarding off",
-            &|| sysctl(&server, "net.ipv4.ip_forward=0"),
+            &|| sysctl(server, "net.ipv4.ip_forward=0"),
             Way::Ebpf,
         ),
         (
             "forwarding on again",
-            &|| sysctl(&server, "net.ipv4.ip_forward=1"),
+            &|| sysctl(server, "net.ipv4.ip_forward=1"),
             Way::Device,
         ),
     ];
@@ -256,7 +239,7 @@ fn switching_forwarding_moves_super_packets_between_the_two_ways() -> Result<()>
         bulk_takes(
             way,
             b,
-            &client,
+            client,
             "192.168.1.20",
             (&server.name, "192.168.1.20"),
         )

@@ -48,13 +48,7 @@ fn configured(out: &str) -> &str {
 fn forget_stops_the_retries_for_good_and_connect_replace_swaps_the_list() -> Result<()> {
     require_root();
     let seg = Segment::new(&unique_name("pl"), 3)?;
-    let rules = std::env::temp_dir().join(format!("{}.nft", seg.switch().name));
-    std::fs::write(&rules, WATCH)?;
-    let loaded = seg
-        .switch()
-        .exec("nft", &["-f", rules.to_str().context("path")?]);
-    let _ = std::fs::remove_file(&rules);
-    ensure!(loaded?.status.success(), "nft refused the counter");
+    seg.switch().load_nft(WATCH)?;
     let (a, b, switch) = (&seg.hosts[0], &seg.hosts[1], seg.switch());
     let window = Duration::from_secs(3);
     a.agent_ok(&["launch"])?;
