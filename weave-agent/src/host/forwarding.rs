@@ -21,12 +21,11 @@
 //!
 //! A packet read by a socket and written again is a new packet, with no GSO state to break.
 
-use std::{fs::File, net::Ipv4Addr, os::fd::AsRawFd as _, path::Path};
+use std::{net::Ipv4Addr, os::fd::AsRawFd as _, path::Path};
 
 use anyhow::{Context as _, Result};
 use aya::programs::{SchedClassifier, TcAttachType};
 use futures_util::TryStreamExt as _;
-use nix::sched::{CloneFlags, setns};
 use rtnetlink::{
     Handle, IpVersion,
     packet_route::{
@@ -42,7 +41,7 @@ use rtnetlink::{
 };
 use tokio::io::{Interest, unix::AsyncFd};
 
-use super::netns::in_netns;
+use super::netns::{in_netns, on_thread_in};
 use crate::net::names::CONTAINER_IFACE as ETHWE;
 
 /// What a probe of the container's namespace found on and around `ethwe`.
@@ -324,38 +323,25 @@ pub struct Changes {
 }
 
 impl Changes {
-    /// Subscribes in `netns`. A socket belongs to the namespace it was opened in, so a short
-    /// thread enters the namespace to open them; they are then read from anywhere.
+    /// Subscribes in `netns`. A socket belongs to the namespace it was opened in, so they are
+    /// opened on a thread inside it ([`on_thread_in`]) and then read from anywhere.
     pub async fn subscribe(netns: &Path) -> Result<Self> {
-        let ns = File::open(netns).with_context(|| format!("opening {}", netns.display()))?;
-        let (done, result) = tokio::sync::oneshot::channel();
-        std::thread::Builder::new()
-            .name("netns-watch".into())
-            .spawn(move || {
-                let open = || -> Result<(Socket, Option<Socket>)> {
-                    setns(&ns, CloneFlags::CLONE_NEWNET)
-                        .context("entering the container's network namespace")?;
-                    let route = listen(
-                        NETLINK_ROUTE,
-                        &[
-                            libc::RTNLGRP_IPV4_NETCONF,
-                            libc::RTNLGRP_LINK,
-                            libc::RTNLGRP_IPV4_IFADDR,
-                            libc::RTNLGRP_IPV4_RULE,
-                            libc::RTNLGRP_TC,
-                        ],
-                    )?;
-                    // A kernel without nf_tables has no tables to watch.
-                    let netfilter =
-                        listen(NETLINK_NETFILTER, &[libc::NFNLGRP_NFTABLES as u32]).ok();
-                    Ok((route, netfilter))
-                };
-                let _ = done.send(open());
-            })
-            .context("starting a thread for the container namespace")?;
-        let (route, netfilter) = result
-            .await
-            .context("the container namespace thread died")??;
+        let (route, netfilter) = on_thread_in(netns, || {
+            let route = listen(
+                NETLINK_ROUTE,
+                &[
+                    libc::RTNLGRP_IPV4_NETCONF,
+                    libc::RTNLGRP_LINK,
+                    libc::RTNLGRP_IPV4_IFADDR,
+                    libc::RTNLGRP_IPV4_RULE,
+                    libc::RTNLGRP_TC,
+                ],
+            )?;
+            // A kernel without nf_tables has no tables to watch.
+            let netfilter = listen(NETLINK_NETFILTER, &[libc::NFNLGRP_NFTABLES as u32]).ok();
+            Ok((route, netfilter))
+        })
+        .await?;
         Ok(Self {
             route: register(route)?,
             netfilter: netfilter.map(register).transpose()?,

@@ -57,6 +57,26 @@ where
     Fut: std::future::Future<Output = Result<T>>,
     T: Send + 'static,
 {
+    on_thread_in(netns, move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async {
+            let handle = netlink::connect()?;
+            work(handle).await
+        })
+    })
+    .await
+}
+
+/// Runs `work` on a thread of its own that has entered the network namespace `netns`, and
+/// ends the thread after it (see [`in_netns`]). What `work` opens there (sockets) stays in
+/// that namespace wherever it is used later.
+pub async fn on_thread_in<F, T>(netns: &Path, work: F) -> Result<T>
+where
+    F: FnOnce() -> Result<T> + Send + 'static,
+    T: Send + 'static,
+{
     let ns = File::open(netns).with_context(|| format!("opening {}", netns.display()))?;
     let (done, result) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
@@ -65,13 +85,7 @@ where
             let run = || -> Result<T> {
                 setns(&ns, CloneFlags::CLONE_NEWNET)
                     .context("entering the container's network namespace")?;
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()?;
-                rt.block_on(async {
-                    let handle = netlink::connect()?;
-                    work(handle).await
-                })
+                work()
             };
             let _ = done.send(run());
         })
