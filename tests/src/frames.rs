@@ -128,6 +128,24 @@ pub fn vxlan(src: [u8; 4], dst: [u8; 4], flags: u8, vni: u32, inner: &[u8]) -> I
     }
 }
 
+/// A VXLAN datagram from underlay address `src` to `dst` carrying `inner` on behalf of `origin`
+/// after `hops` relays: the relay marks written out by hand (the low three bits of the flags,
+/// the origin in the reserved bytes 1-3 and 7 of the VXLAN header), as `weave_common::relay`
+/// defines them.
+pub fn relayed_vxlan(
+    src: [u8; 4],
+    dst: [u8; 4],
+    origin: [u8; 4],
+    hops: u8,
+    vni: u32,
+    inner: &[u8],
+) -> Ip {
+    let mut ip = vxlan(src, dst, VXLAN_I | hops, vni, inner);
+    ip.payload[9..12].copy_from_slice(&origin[..3]);
+    ip.payload[15] = origin[3];
+    ip
+}
+
 pub fn hex(frame: &[u8]) -> String {
     frame.iter().map(|b| format!("{b:02x}")).collect()
 }

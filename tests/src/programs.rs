@@ -23,7 +23,7 @@ use aya::{
 };
 use weave_common::{
     counters::{Counter, CounterId},
-    endpoint::{Config, Endpoint, Ipv4Key, ipv4_key},
+    endpoint::{Config, Endpoint, Ipv4Key, PeerRoute, ipv4_key},
     maps,
     policy::SubnetPair,
     programs,
@@ -194,10 +194,16 @@ impl Programs {
         Ok(map.insert(ipv4_key(ip), endpoint, 0)?)
     }
 
+    /// Makes `ip` a live peer reached directly.
     pub fn add_peer(&mut self, ip: [u8; 4]) -> Result<()> {
-        let mut map: HashMap<&mut MapData, Ipv4Key, u32> =
+        self.add_peer_via(ip, ip)
+    }
+
+    /// Makes `ip` a live peer whose frames go to `next_hop`.
+    pub fn add_peer_via(&mut self, ip: [u8; 4], next_hop: [u8; 4]) -> Result<()> {
+        let mut map: HashMap<&mut MapData, Ipv4Key, PeerRoute> =
             HashMap::try_from(self.map_mut(maps::PEERS)?)?;
-        Ok(map.insert(ipv4_key(ip), 1, 0)?)
+        Ok(map.insert(ipv4_key(ip), PeerRoute::direct(ipv4_key(next_hop)), 0)?)
     }
 
     /// Opens the direction `pair`, as the agent does for both directions of an allowed rule.
@@ -205,6 +211,18 @@ impl Programs {
         let mut map: HashMap<&mut MapData, SubnetPair, u8> =
             HashMap::try_from(self.map_mut(maps::POLICY)?)?;
         Ok(map.insert(pair, 1, 0)?)
+    }
+
+    /// The heard map: each peer whose link hello arrived, and when (`bpf_ktime_get_ns`).
+    pub fn heard(&self) -> Result<Vec<([u8; 4], u64)>> {
+        let map: HashMap<&MapData, Ipv4Key, u64> =
+            HashMap::try_from(self.ebpf.map(maps::HEARD).context("no heard map")?)?;
+        map.iter()
+            .map(|entry| {
+                let (key, at) = entry?;
+                Ok((key.to_ne_bytes(), at))
+            })
+            .collect()
     }
 
     /// Every counter slot, summed over the CPUs.

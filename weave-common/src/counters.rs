@@ -54,7 +54,8 @@ pub enum CounterId {
     /// Dropped: source and destination are in different subnets that no rule opens to each
     /// other (isolation); also ARP requests and probes for such a destination.
     DropIsolated = 10,
-    /// Dropped: IPv4 destination that is no endpoint.
+    /// Dropped: IPv4 destination that is no endpoint (or, for a frame from another host, one
+    /// on the host that sent it first, which never sends its own containers' frames away).
     DropUnknownDst = 11,
     /// Dropped: neither ARP nor unicast IPv4 (broadcast, multicast, IPv6, other ethertypes).
     DropNotIpv4Unicast = 12,
@@ -115,11 +116,29 @@ pub enum CounterId {
     /// refused to strip them (a packet shape or flag this kernel does not take): unchanged,
     /// delivered the kernel's way.
     UnderlayGsoRefused = 31,
+    /// Link hellos from live peers, recorded as heard and dropped (see
+    /// `weave_common::relay::HELLO_VNI`): who hears whom is what relaying routes on.
+    LinkHello = 32,
+    /// Overlay frames for a third host sent on towards it (relayed) without leaving the kernel.
+    RelayForwarded = 33,
+    /// Dropped: a frame that has passed as many relays as it may (a routing loop while
+    /// routes disagree, or one built on purpose).
+    DropRelayHopLimit = 34,
+    /// Dropped: a frame to relay whose destination host is not a live peer here.
+    DropRelayNoRoute = 35,
+    /// Dropped: a frame to relay with an outer UDP checksum, which the relay would have to
+    /// recompute; weave-agent's own frames carry none (RFC 7348 allows that over IPv4).
+    DropRelayUdpChecksum = 36,
+    /// Relayed frames (sent first by a host other than the outer source) for a container here,
+    /// passed on to be delivered once their origin is known to be a live peer.
+    RelayReceived = 37,
+    /// Dropped: a relayed frame whose origin is not a live peer here.
+    DropRelayOriginNotPeer = 38,
 }
 
 impl CounterId {
     /// All slots, in index order.
-    pub const ALL: [Self; 32] = [
+    pub const ALL: [Self; 39] = [
         Self::UnderlayRx,
         Self::ContainerRx,
         Self::UnderlayOverlayPass,
@@ -152,6 +171,13 @@ impl CounterId {
         Self::UnderlayDecapGso,
         Self::UnderlayGsoForwarding,
         Self::UnderlayGsoRefused,
+        Self::LinkHello,
+        Self::RelayForwarded,
+        Self::DropRelayHopLimit,
+        Self::DropRelayNoRoute,
+        Self::DropRelayUdpChecksum,
+        Self::RelayReceived,
+        Self::DropRelayOriginNotPeer,
     ];
 
     /// Slots in the counters map: room to append counters without a map of another size,
@@ -193,6 +219,13 @@ impl CounterId {
             Self::UnderlayDecapGso => "underlay_decap_gso",
             Self::UnderlayGsoForwarding => "underlay_gso_forwarding",
             Self::UnderlayGsoRefused => "underlay_gso_refused",
+            Self::LinkHello => "link_hello",
+            Self::RelayForwarded => "relay_forwarded",
+            Self::DropRelayHopLimit => "drop_relay_hop_limit",
+            Self::DropRelayNoRoute => "drop_relay_no_route",
+            Self::DropRelayUdpChecksum => "drop_relay_udp_checksum",
+            Self::RelayReceived => "relay_received",
+            Self::DropRelayOriginNotPeer => "drop_relay_origin_not_peer",
         }
     }
 
@@ -207,6 +240,7 @@ impl CounterId {
                 | Self::DropOverlayNotPeer
                 | Self::OverlayFragment
                 | Self::UnderlayOtherHost
+                | Self::LinkHello
         )
     }
 
@@ -267,6 +301,13 @@ mod tests {
             "underlay_decap_gso",
             "underlay_gso_forwarding",
             "underlay_gso_refused",
+            "link_hello",
+            "relay_forwarded",
+            "drop_relay_hop_limit",
+            "drop_relay_no_route",
+            "drop_relay_udp_checksum",
+            "relay_received",
+            "drop_relay_origin_not_peer",
         ];
         for (index, name) in released.iter().enumerate() {
             assert_eq!(CounterId::ALL[index].name(), *name, "slot {index}");

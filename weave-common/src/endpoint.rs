@@ -108,6 +108,29 @@ pub struct Config {
     pub vxlan_port: u16,
 }
 
+/// How to reach a live peer: the value of the peers map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PeerRoute {
+    /// Underlay address ([`Ipv4Key`]) frames for this peer are sent to: the peer's own when it
+    /// is reached directly, else the relay that is the first hop of the shortest path.
+    pub next_hop: Ipv4Key,
+    /// Zero. Room for per-peer settings (path MTU, encryption) without another map layout.
+    pub reserved: u32,
+}
+
+impl PeerRoute {
+    pub const fn direct(peer: Ipv4Key) -> Self {
+        Self {
+            next_hop: peer,
+            reserved: 0,
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+// SAFETY: repr(C), two u32, no padding, any bits valid.
+unsafe impl aya::Pod for PeerRoute {}
 #[cfg(feature = "user")]
 // SAFETY: repr(C) of integers and byte arrays, no padding (6+1+1+4+4+4), any bits valid.
 unsafe impl aya::Pod for Endpoint {}

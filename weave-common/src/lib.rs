@@ -7,6 +7,7 @@
 pub mod counters;
 pub mod endpoint;
 pub mod policy;
+pub mod relay;
 
 /// Default UDP port of the gossip control plane (Weave Net's control port); `launch --port N`
 /// moves it to N.
@@ -46,8 +47,12 @@ pub mod maps {
     pub const COUNTERS: &str = "WEAVE_COUNTERS";
     /// [`crate::endpoint::Ipv4Key`] -> [`crate::endpoint::Endpoint`], local and remote.
     pub const ENDPOINTS: &str = "WEAVE_ENDPOINTS";
-    /// Underlay address of every live peer ([`crate::endpoint::Ipv4Key`] -> u32, unused).
+    /// Every live peer by underlay address ([`crate::endpoint::Ipv4Key`]) ->
+    /// [`crate::endpoint::PeerRoute`]: where its frames go, itself or a relay.
     pub const PEERS: &str = "WEAVE_PEERS";
+    /// When each peer's last link hello arrived ([`crate::endpoint::Ipv4Key`] -> u64,
+    /// `bpf_ktime_get_ns`): written by the underlay program, read by the agent.
+    pub const HEARD: &str = "WEAVE_HEARD";
     /// One [`crate::endpoint::Config`] at index 0.
     pub const CONFIG: &str = "WEAVE_CONFIG";
     /// Allowed cross-subnet directions: [`crate::policy::SubnetPair`] -> u8 (unused). A pair of

@@ -26,7 +26,7 @@ use crate::{
         ARP_REPLY, ARP_REQUEST, ArpHdr, ETH_LEN, ETH_P_ARP, ETH_P_IP, EthHdr, Ipv4Hdr, is_gso,
         ptr_at,
     },
-    maps::{config, endpoint, may_talk},
+    maps::{config, endpoint, may_talk, next_hop},
     verdict::tc_verdict,
 };
 
@@ -175,7 +175,9 @@ fn send_ipv4(
 }
 
 /// Sends a frame to the remote endpoint `dst`, whose IPv4 header has `tos`: wrapped in eBPF
-/// where the agent says so, else (and for what eBPF cannot wrap) through the VXLAN device.
+/// where the agent says so, else (and for what eBPF cannot wrap) through the VXLAN device;
+/// to the host that holds it, or to the relay the agent names as the next hop towards it (a
+/// plain frame either way: the relay sees from the outer source who sent it first).
 #[inline(always)]
 fn send_remote(
     ctx: &TcContext,
@@ -184,11 +186,12 @@ fn send_remote(
     gso: bool,
 ) -> Result<CounterId, CounterId> {
     let cfg = config();
+    let next = next_hop(dst.peer);
     // GSO super-packets (TCP bulk) go through the VXLAN device, which measured faster for
     // them; single packets skip its transmit path unless eBPF cannot wrap them.
     let mut sent = CounterId::RemoteSent;
     if cfg.encap == ENCAP_EBPF && !gso {
-        match encapsulate(ctx, dst.peer, tos, &cfg)? {
+        match encapsulate(ctx, next, tos, &cfg)? {
             Encap::Sent => return Ok(CounterId::RemoteSent),
             Encap::Declined => sent = CounterId::RemoteSentDevice,
         }
@@ -200,7 +203,7 @@ fn send_remote(
     let mut key: bpf_tunnel_key = unsafe { core::mem::zeroed() };
     key.tunnel_id = cfg.vni;
     // The helper takes the remote address in host byte order.
-    key.__bindgen_anon_1.remote_ipv4 = u32::from_be(dst.peer);
+    key.__bindgen_anon_1.remote_ipv4 = u32::from_be(next);
     key.tunnel_ttl = TUNNEL_TTL;
     // Zero outer UDP checksum, as the eBPF-built headers carry (RFC 7348 allows it over IPv4,
     // and it is the kernel VXLAN device's default): one kind of packet from one overlay.

@@ -84,6 +84,23 @@ impl Ipv4Hdr {
         self.csum = (!(sum as u16)).to_be_bytes();
     }
 
+    /// Sets the header checksum (RFC 791) for a 20-byte header as it now is.
+    #[inline(always)]
+    pub fn fill_checksum(&mut self) {
+        self.csum = [0, 0];
+        // SAFETY: repr(C) of 20 bytes with alignment 1, so it reads as a byte array.
+        let bytes: &[u8; 20] = unsafe { &*(self as *const Self).cast::<[u8; 20]>() };
+        let mut sum = 0u32;
+        let mut i = 0;
+        while i < 20 {
+            sum += u32::from(u16::from_be_bytes([bytes[i], bytes[i + 1]]));
+            i += 2;
+        }
+        sum = (sum & 0xffff) + (sum >> 16);
+        sum = (sum & 0xffff) + (sum >> 16);
+        self.csum = (!(sum as u16)).to_be_bytes();
+    }
+
     /// A fragment after the first, which carries no transport header.
     #[inline(always)]
     pub fn is_later_fragment(&self) -> bool {

@@ -6,7 +6,7 @@ use aya_ebpf::{
     maps::{Array, HashMap},
 };
 use weave_common::{
-    endpoint::{Config, Endpoint, Ipv4Key},
+    endpoint::{Config, Endpoint, Ipv4Key, PeerRoute},
     policy::{POLICY_CAPACITY, SubnetPair},
 };
 
@@ -14,9 +14,13 @@ use weave_common::{
 #[map]
 pub(crate) static WEAVE_ENDPOINTS: HashMap<Ipv4Key, Endpoint> = HashMap::pinned(65_536, 0);
 
-/// Underlay addresses of live peers.
+/// Live peers by underlay address, and where their frames go.
 #[map]
-pub(crate) static WEAVE_PEERS: HashMap<Ipv4Key, u32> = HashMap::pinned(4_096, 0);
+pub(crate) static WEAVE_PEERS: HashMap<Ipv4Key, PeerRoute> = HashMap::pinned(4_096, 0);
+
+/// When the last link hello of each peer arrived (`bpf_ktime_get_ns`).
+#[map]
+pub(crate) static WEAVE_HEARD: HashMap<Ipv4Key, u64> = HashMap::pinned(4_096, 0);
 
 /// Cross-subnet directions the isolation rules allow.
 #[map]
@@ -37,6 +41,32 @@ pub(crate) fn endpoint(key: Ipv4Key) -> Option<Endpoint> {
 pub(crate) fn is_peer(key: Ipv4Key) -> bool {
     // SAFETY: only presence is checked.
     unsafe { WEAVE_PEERS.get(&key).is_some() }
+}
+
+/// How to reach the live peer at underlay address `key`, if it is one.
+#[inline(always)]
+pub(crate) fn peer_route(key: Ipv4Key) -> Option<PeerRoute> {
+    // SAFETY: the value is copied out at once; the agent replaces entries whole.
+    unsafe { WEAVE_PEERS.get(&key).copied() }
+}
+
+/// Where to send frames for the host at underlay address `peer`: its next hop, or the host
+/// itself when it is not a live peer (yet), as before relaying existed.
+#[inline(always)]
+pub(crate) fn next_hop(peer: Ipv4Key) -> Ipv4Key {
+    match peer_route(peer) {
+        Some(route) if route.next_hop != 0 => route.next_hop,
+        _ => peer,
+    }
+}
+
+/// Notes that a link hello from `peer` arrived now.
+#[inline(always)]
+pub(crate) fn heard(peer: Ipv4Key) {
+    // SAFETY: the helper has no preconditions.
+    let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
+    // A full map only loses the news of a new peer, which the agent cleans up after.
+    let _ = WEAVE_HEARD.insert(&peer, &now, 0);
 }
 
 #[inline(always)]

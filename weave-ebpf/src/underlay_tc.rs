@@ -1,11 +1,19 @@
-//! TC ingress on the underlay NIC. Where no XDP program runs (a veth underlay), it makes the
-//! peer check of [`crate::prefilter`] and counts arrivals. When the agent encapsulates in eBPF,
-//! it also checks and decapsulates overlay frames and hands them straight to the container,
-//! without the UDP socket and VXLAN device receive path. GSO super-packets (a peer's TCP bulk)
-//! too, unless their endpoint forwards (`ENDPOINT_FORWARDS`) on a kernel that cannot clear
-//! their UDP-tunnel GSO state while the tunnel is stripped (`Config::gso_decap` 0): a stale
-//! state breaks a packet only when it is segmented on its way out, which a container that
-//! does not forward never does; the others take the kernel VXLAN device, which clears it.
+//! TC ingress on the underlay NIC: every overlay packet for this host, after the peer check of
+//! [`crate::prefilter`] (made here where no XDP runs, as on a veth underlay).
+//!
+//! - A link hello (see `weave_common::relay`) is noted as heard from its sender and dropped.
+//! - A frame for a container on a third host is relayed: outer addresses rewritten towards the
+//!   next hop, origin and hop count marked in the VXLAN header, sent back out of the underlay.
+//!   Nothing of it reaches userspace.
+//! - A frame for a container here: when the agent encapsulates in eBPF, it is checked,
+//!   decapsulated and handed straight to the container, without the UDP socket and VXLAN
+//!   device receive path. GSO super-packets (a peer's TCP bulk) too, unless their endpoint
+//!   forwards (`ENDPOINT_FORWARDS`) on a kernel that cannot clear their UDP-tunnel GSO state
+//!   while the tunnel is stripped (`Config::gso_decap` 0): a stale state breaks a packet only
+//!   when it is segmented on its way out, which a container that does not forward never does;
+//!   the others take the kernel VXLAN device, which clears it. A relayed frame that takes the
+//!   device is first put back into plain form, its origin as outer source, as the device and
+//!   `overlay_tc` expect.
 //!
 //! Only packets for this host (its underlay address and MAC) are filtered or decapsulated: a
 //! promiscuous or bridged underlay also shows other hosts' packets, which pass on untouched.
@@ -15,21 +23,22 @@ use aya_ebpf::{
         BPF_F_ADJ_ROOM_FIXED_GSO, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT,
         bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
     },
-    helpers::generated::bpf_redirect_peer,
+    helpers::generated::{bpf_redirect_neigh, bpf_redirect_peer},
     macros::classifier,
     programs::TcContext,
 };
 use weave_common::{
     counters::CounterId,
-    endpoint::{Config, ENCAP_EBPF, Endpoint},
+    endpoint::{Config, ENCAP_EBPF, Endpoint, ipv4_key},
+    relay::{self, HELLO_VNI, MAX_RELAY_HOPS, VXLAN_FLAG_VNI, VxlanHdr},
 };
 
 use crate::{
     counters::count,
-    delivery::admit,
+    delivery::{admit, sent_by},
     encap::ENCAP_LEN,
-    headers::{ECN_CE, ECN_NOT_ECT, ETH_LEN, ETH_P_IP, EthHdr, Ipv4Hdr, is_gso, ptr_at},
-    maps::{config, is_peer},
+    headers::{ECN_CE, ECN_NOT_ECT, ETH_LEN, ETH_P_IP, EthHdr, Ipv4Hdr, UdpHdr, is_gso, ptr_at},
+    maps::{config, endpoint, heard, is_peer, may_talk, peer_route},
     prefilter::{Arrival, arrival},
     verdict::stop,
 };
@@ -41,6 +50,8 @@ const BPF_F_ADJ_ROOM_DECAP_L4_UDP: u64 = 1 << 10;
 /// Outer Ethernet + IPv4 (no options) + UDP + VXLAN, then inner Ethernet + IPv4.
 const OUTER_LEN: usize = ETH_LEN + 20 + 8 + 8;
 const HEADERS_LEN: u32 = (OUTER_LEN + ETH_LEN + 20) as u32;
+/// Outer TTL of a relayed packet: a new IPv4 hop from this host, as the sender's is.
+const RELAY_TTL: u8 = 64;
 
 #[classifier]
 pub fn underlay_tc(ctx: TcContext) -> i32 {
@@ -70,17 +81,35 @@ pub fn underlay_tc(ctx: TcContext) -> i32 {
     }
     // From here on, counters count the container frame inside (see Counter::bytes).
     let inner = len.saturating_sub(OUTER_LEN as u64);
-    match decapsulate(&ctx, &cfg, source) {
-        Ok(Decap::ToKernel(None)) => TC_ACT_OK,
-        Ok(Decap::ToKernel(Some(why))) => {
-            count(why, inner);
+    match overlay(&ctx, &cfg, source) {
+        Ok(Outcome::Hello) => {
+            count(CounterId::LinkHello, len);
+            TC_ACT_SHOT
+        }
+        Ok(Outcome::Relayed) => {
+            count(CounterId::RelayForwarded, inner);
+            TC_ACT_REDIRECT as i32
+        }
+        Ok(Outcome::ToKernel { why, origin }) => {
+            if origin != 0 {
+                if let Err(reason) = restore_plain(&ctx, origin) {
+                    return stop(&ctx, "underlay_tc", reason, inner);
+                }
+                count(CounterId::RelayReceived, inner);
+            }
+            if let Some(why) = why {
+                count(why, inner);
+            }
             TC_ACT_OK
         }
-        Ok(Decap::Delivered { gso }) => {
+        Ok(Outcome::Delivered { gso, relayed }) => {
             count(CounterId::OverlayRx, inner);
             count(CounterId::UnderlayDecap, inner);
             if gso {
                 count(CounterId::UnderlayDecapGso, inner);
+            }
+            if relayed {
+                count(CounterId::RelayReceived, inner);
             }
             count(CounterId::OverlayDelivered, inner);
             TC_ACT_REDIRECT as i32
@@ -93,61 +122,204 @@ pub fn underlay_tc(ctx: TcContext) -> i32 {
 }
 
 /// What became of an overlay packet that was not dropped.
-enum Decap {
+enum Outcome {
+    /// A link hello, noted.
+    Hello,
+    /// Sent on towards the host of its destination.
+    Relayed,
     /// Decapsulated and redirected into the container.
-    Delivered { gso: bool },
-    /// Passed on to the kernel's VXLAN receive path; the counter says why, where it is a
-    /// choice worth counting.
-    ToKernel(Option<CounterId>),
+    Delivered { gso: bool, relayed: bool },
+    /// Passed on to the kernel's VXLAN receive path; `why` says why where it is a choice worth
+    /// counting. `origin`: a relayed frame's first sender, to restore as the outer source
+    /// (0 for a plain frame).
+    ToKernel { why: Option<CounterId>, origin: u32 },
 }
 
-/// An overlay packet from the live peer `source`: decapsulated and delivered, left to the
-/// kernel, or the reason to drop it.
+impl Outcome {
+    const KERNEL: Self = Self::ToKernel {
+        why: None,
+        origin: 0,
+    };
+}
+
+/// An overlay packet from the live peer `source`: a hello, a frame to relay, one to deliver
+/// or leave to the kernel, or the reason to drop it.
 #[inline(always)]
-fn decapsulate(ctx: &TcContext, cfg: &Config, source: u32) -> Result<Decap, CounterId> {
-    let gso = is_gso(ctx);
-    if cfg.encap != ENCAP_EBPF || ctx.len() < HEADERS_LEN {
-        return Ok(Decap::ToKernel(None));
+fn overlay(ctx: &TcContext, cfg: &Config, source: u32) -> Result<Outcome, CounterId> {
+    if ctx.len() < OUTER_LEN as u32 {
+        return Ok(Outcome::KERNEL);
     }
-    if ctx.data_end() - ctx.data() < HEADERS_LEN as usize {
-        ctx.pull_data(HEADERS_LEN)
+    let want = if ctx.len() < HEADERS_LEN {
+        OUTER_LEN as u32
+    } else {
+        HEADERS_LEN
+    };
+    if ctx.data_end() - ctx.data() < want as usize {
+        ctx.pull_data(want)
             .map_err(|_| CounterId::DropKernelRefused)?;
     }
     let (start, end) = (ctx.data(), ctx.data_end());
-    let (Some(outer_eth), Some(outer_ip), Some(vxlan), Some(eth), Some(ip)) = (
+    let (Some(outer_eth), Some(outer_ip), Some(udp), Some(vxlan)) = (
         ptr_at::<EthHdr>(start, end, 0),
         ptr_at::<Ipv4Hdr>(start, end, ETH_LEN),
-        ptr_at::<[u8; 8]>(start, end, ETH_LEN + 28),
-        ptr_at::<EthHdr>(start, end, OUTER_LEN),
-        ptr_at::<Ipv4Hdr>(start, end, OUTER_LEN + ETH_LEN),
+        ptr_at::<UdpHdr>(start, end, ETH_LEN + 20),
+        ptr_at::<VxlanHdr>(start, end, ETH_LEN + 28),
     ) else {
-        return Ok(Decap::ToKernel(None));
+        return Ok(Outcome::KERNEL);
     };
+    let gso = is_gso(ctx);
     // SAFETY: ptr_at checked every header lies inside the packet; TC may write packet data.
-    let (dst, inner_src) = unsafe {
+    let (dst, inner_src, relayed) = unsafe {
         // The prefilter found UDP to the VXLAN port; IP options are left to the kernel.
         if (*outer_eth).proto() != ETH_P_IP || (*outer_ip).ver_ihl != 0x45 {
-            return Ok(Decap::ToKernel(None));
+            return Ok(Outcome::KERNEL);
         }
         // A piece of a larger datagram: the kernel reassembles it and hands it to the VXLAN
         // device, whose program checks it whole.
         if (*outer_ip).is_fragment() {
             count(CounterId::OverlayFragment, u64::from(ctx.len()));
-            return Ok(Decap::ToKernel(None));
+            return Ok(Outcome::KERNEL);
         }
-        let vni = u32::from_be_bytes([(*vxlan)[4], (*vxlan)[5], (*vxlan)[6], 0]) >> 8;
-        if (*vxlan)[0] & 0x08 == 0 || vni != cfg.vni {
+        let hdr = *vxlan;
+        if hdr[0] & VXLAN_FLAG_VNI == 0 {
             return Err(CounterId::DropBadVxlan);
         }
+        match relay::vni(&hdr) {
+            HELLO_VNI => {
+                heard(source);
+                return Ok(Outcome::Hello);
+            }
+            vni if vni != cfg.vni => return Err(CounterId::DropBadVxlan),
+            _ => {}
+        }
+        let claimed = relay::origin(&hdr);
+        if claimed != 0 && !is_peer(claimed) {
+            return Err(CounterId::DropRelayOriginNotPeer);
+        }
+        let origin = if claimed == 0 { source } else { claimed };
+        let (Some(eth), Some(ip)) = (
+            ptr_at::<EthHdr>(start, end, OUTER_LEN),
+            ptr_at::<Ipv4Hdr>(start, end, OUTER_LEN + ETH_LEN),
+        ) else {
+            return if claimed == 0 {
+                Ok(Outcome::KERNEL)
+            } else {
+                Err(CounterId::DropMalformed)
+            };
+        };
         let room = ctx.len() - OUTER_LEN as u32 - ETH_LEN as u32;
-        let dst = admit(&*eth, &*ip, room, gso, source)?;
+        if let Some(dst) = endpoint(ipv4_key((*ip).dst))
+            && !dst.is_local()
+        {
+            let frame = Frame {
+                eth: &*eth,
+                ip: &*ip,
+                room,
+                gso,
+                origin,
+            };
+            return relay(cfg, &frame, &dst, relay::hops(&hdr), outer_ip, udp, vxlan);
+        }
+        if cfg.encap != ENCAP_EBPF {
+            return Ok(Outcome::ToKernel {
+                why: None,
+                origin: claimed,
+            });
+        }
+        let dst = admit(&*eth, &*ip, room, gso, origin)?;
         if gso && cfg.gso_decap == 0 && dst.forwards() {
-            return Ok(Decap::ToKernel(Some(CounterId::UnderlayGsoForwarding)));
+            return Ok(Outcome::ToKernel {
+                why: Some(CounterId::UnderlayGsoForwarding),
+                origin: claimed,
+            });
         }
         pass_on_congestion(&*outer_ip, &mut *ip)?;
-        (dst, (*eth).src)
+        (dst, (*eth).src, claimed)
     };
-    strip_and_deliver(ctx, gso, cfg.gso_decap != 0, &dst, inner_src)
+    strip_and_deliver(ctx, gso, cfg.gso_decap != 0, &dst, inner_src, relayed)
+}
+
+/// The inner frame of an overlay packet and the host that sent it first.
+struct Frame<'a> {
+    eth: &'a EthHdr,
+    ip: &'a Ipv4Hdr,
+    /// Bytes from the inner IPv4 header on.
+    room: u32,
+    gso: bool,
+    origin: u32,
+}
+
+/// Sends a frame for the remote endpoint `dst` on towards its host, if this host may relay
+/// it: its destination lives on a host other than its origin (a host never sends its own
+/// containers' frames away), it has passed fewer than [`MAX_RELAY_HOPS`] relays, its
+/// destination host is a live peer, its inner source is an endpoint of its origin, and
+/// isolation lets the two talk (the last host checks again; checking here keeps what it would
+/// drop off the next link).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn relay(
+    cfg: &Config,
+    frame: &Frame<'_>,
+    dst: &Endpoint,
+    hops: u8,
+    outer_ip: *mut Ipv4Hdr,
+    udp: *mut UdpHdr,
+    vxlan: *mut VxlanHdr,
+) -> Result<Outcome, CounterId> {
+    if dst.peer == frame.origin {
+        return Err(CounterId::DropUnknownDst);
+    }
+    if hops >= MAX_RELAY_HOPS {
+        return Err(CounterId::DropRelayHopLimit);
+    }
+    let route = peer_route(dst.peer).ok_or(CounterId::DropRelayNoRoute)?;
+    let src = sent_by(frame.eth, frame.ip, frame.room, frame.gso, frame.origin)?;
+    if !may_talk(&src, dst) {
+        return Err(CounterId::DropIsolated);
+    }
+    let next = if route.next_hop == 0 {
+        dst.peer
+    } else {
+        route.next_hop
+    };
+    // SAFETY: the caller checked these headers lie inside the packet, and no helper that
+    // changes packet data has run since; TC may write packet data.
+    unsafe {
+        if (*udp).csum != [0, 0] {
+            return Err(CounterId::DropRelayUdpChecksum);
+        }
+        (*outer_ip).src = cfg.underlay_ip.to_ne_bytes();
+        (*outer_ip).dst = next.to_ne_bytes();
+        (*outer_ip).ttl = RELAY_TTL;
+        (*outer_ip).fill_checksum();
+        relay::set_relayed(&mut *vxlan, frame.origin, hops + 1);
+        // The FIB and neighbour tables pick the next hop's MAC, as for a frame sent here.
+        let sent = bpf_redirect_neigh(cfg.underlay_ifindex, core::ptr::null_mut(), 0, 0);
+        if sent != i64::from(TC_ACT_REDIRECT) {
+            return Err(CounterId::DropRedirectFailed);
+        }
+    }
+    Ok(Outcome::Relayed)
+}
+
+/// Puts a relayed frame back into plain form for the kernel's VXLAN device: its first
+/// sender `origin` as the outer source, the reserved bits zero.
+#[inline(always)]
+fn restore_plain(ctx: &TcContext, origin: u32) -> Result<(), CounterId> {
+    let (start, end) = (ctx.data(), ctx.data_end());
+    let (Some(outer_ip), Some(vxlan)) = (
+        ptr_at::<Ipv4Hdr>(start, end, ETH_LEN),
+        ptr_at::<VxlanHdr>(start, end, ETH_LEN + 28),
+    ) else {
+        return Err(CounterId::DropKernelRefused);
+    };
+    // SAFETY: ptr_at checked both headers lie inside the packet; TC may write packet data.
+    unsafe {
+        (*outer_ip).src = origin.to_ne_bytes();
+        (*outer_ip).fill_checksum();
+        relay::clear_relayed(&mut *vxlan);
+    }
+    Ok(())
 }
 
 /// RFC 6040, as the kernel's tunnels do: congestion the underlay marked on the outer header
@@ -167,7 +339,8 @@ fn pass_on_congestion(outer: &Ipv4Hdr, inner: &mut Ipv4Hdr) -> Result<(), Counte
 /// Drops outer IPv4, UDP, VXLAN and the inner Ethernet header (the outer Ethernet header stays
 /// and takes the inner addresses, the destination `dst`'s current MAC) and hands the frame to
 /// `dst`. A super-packet the kernel refuses to strip is left to the VXLAN device. `clear_gso`:
-/// have the kernel clear a super-packet's tunnel GSO state (where it can).
+/// have the kernel clear a super-packet's tunnel GSO state (where it can). `origin`: a relayed
+/// frame's first sender, 0 for a plain frame.
 #[inline(always)]
 fn strip_and_deliver(
     ctx: &TcContext,
@@ -175,7 +348,8 @@ fn strip_and_deliver(
     clear_gso: bool,
     dst: &Endpoint,
     inner_src: [u8; 6],
-) -> Result<Decap, CounterId> {
+    origin: u32,
+) -> Result<Outcome, CounterId> {
     // A super-packet keeps its segment size: the sender's gso_size is the inner one.
     let flags = match (gso, clear_gso) {
         (false, _) => 0,
@@ -189,7 +363,10 @@ fn strip_and_deliver(
         // A kernel that does not know a flag refuses before changing anything, so a
         // super-packet can still take the VXLAN device.
         return if gso {
-            Ok(Decap::ToKernel(Some(CounterId::UnderlayGsoRefused)))
+            Ok(Outcome::ToKernel {
+                why: Some(CounterId::UnderlayGsoRefused),
+                origin,
+            })
         } else {
             Err(CounterId::DropKernelRefused)
         };
@@ -204,5 +381,8 @@ fn strip_and_deliver(
             return Err(CounterId::DropRedirectFailed);
         }
     }
-    Ok(Decap::Delivered { gso })
+    Ok(Outcome::Delivered {
+        gso,
+        relayed: origin != 0,
+    })
 }

@@ -154,7 +154,7 @@ fn every_drop_reason_of_decapsulation() {
             DropUnknownDst,
         ),
         (
-            "inner destination remote",
+            "inner destination on the sending host itself",
             from_h2(&inner(&Ip::udp(C2, C2))),
             DropUnknownDst,
         ),

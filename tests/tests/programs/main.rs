@@ -10,6 +10,7 @@ mod arp;
 mod container;
 mod decap;
 mod overlay;
+mod relay;
 mod underlay;
 
 use anyhow::Result;

@@ -131,10 +131,19 @@ pub enum Command {
     /// List the containers attached on this host (container, MAC, CIDR).
     Ps(OutputArgs),
 
-    /// Show this agent: peer name, underlay, programs attached, counters.
-    Status(OutputArgs),
+    /// Show this agent: peer name, underlay, programs attached, routes, counters.
+    ///
+    /// `status connections` shows the link to each peer instead: direct (both hosts hear
+    /// each other's hellos), relayed through another peer, and why it is not direct.
+    #[command(
+        after_help = "Examples:\n  weave-agent status\n  weave-agent status connections\n  weave-agent status --json"
+    )]
+    Status(StatusArgs),
 
-    /// List the peers of the mesh: NAME ADDRESS STATE.
+    /// List the peers of the mesh: NAME ADDRESS STATE ROUTE.
+    ///
+    /// ROUTE is `direct`, or `via NAME(ADDRESS)` when frames to the peer go through a relay
+    /// because the two hosts do not reach each other (a firewall, a split network).
     Peers(OutputArgs),
 
     /// Isolation rules: which subnets may talk to each other across subnets.
@@ -257,6 +266,21 @@ pub struct OutputArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// What to show: the whole agent (default), or `connections` (the link to each peer).
+    #[arg(value_enum)]
+    pub view: Option<StatusView>,
+    #[command(flatten)]
+    pub out: OutputArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StatusView {
+    /// Per peer: direct or relayed (and through whom), and why a link is not direct.
+    Connections,
 }
 
 #[cfg(test)]

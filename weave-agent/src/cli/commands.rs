@@ -159,7 +159,18 @@ pub fn peers(loc: &Location, out: OutputArgs) -> Result<()> {
     if out.json {
         let list: Vec<_> = peers
             .iter()
-            .map(|p| serde_json::json!({"name": p.name, "address": p.address, "state": p.state}))
+            .map(|p| {
+                let mut entry = serde_json::json!({
+                    "name": p.name, "address": p.address, "state": p.state,
+                });
+                if !p.route.is_empty() {
+                    entry["route"] = p.route.clone().into();
+                }
+                if let Some(via) = &p.via {
+                    entry["via"] = via.clone().into();
+                }
+                entry
+            })
             .collect();
         println!("{}", serde_json::to_string_pretty(&list)?);
         return Ok(());
@@ -170,7 +181,14 @@ pub fn peers(loc: &Location, out: OutputArgs) -> Result<()> {
         } else {
             format!("{}({})", p.name, p.nickname)
         };
-        println!("{name} {} {}", p.address, p.state);
+        let route = match (p.route.as_str(), &p.via) {
+            ("via", Some(via)) => {
+                format!(" via {}({via})", p.via_nickname.as_deref().unwrap_or("?"))
+            }
+            ("", _) => String::new(),
+            (route, _) => format!(" {route}"),
+        };
+        println!("{name} {} {}{route}", p.address, p.state);
     }
     Ok(())
 }

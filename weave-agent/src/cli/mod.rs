@@ -25,7 +25,7 @@ pub fn run(cli: Cli) -> Result<()> {
             daemon::run(&launch::daemon_config(&args)?, &loc)
         }
         Command::Launch(args) => launch::launch(&global, &args, &loc),
-        Command::Status(out) => status::status(&loc, out),
+        Command::Status(args) => status::status(&loc, args),
         Command::Stop => {
             let pid = launch::stop(&loc)?;
             println!("weave-agent (pid {pid}) stopped; the data path stays attached");

@@ -3,25 +3,55 @@
 use anyhow::Result;
 use weave_common::counters::CounterId;
 
-use super::args::OutputArgs;
+use super::args::{StatusArgs, StatusView};
 use crate::control::{
     api::{self, Request, Response},
     client::{call_agent, unexpected},
     location::Location,
 };
 
-pub fn status(loc: &Location, out: OutputArgs) -> Result<()> {
+pub fn status(loc: &Location, args: StatusArgs) -> Result<()> {
     let Response::Status(status) = call_agent(&loc.socket(), &Request::Status)? else {
         return Err(unexpected("status"));
     };
-    if out.json {
-        println!("{}", serde_json::to_string_pretty(&status)?);
-        return Ok(());
+    match (args.view, args.out.json) {
+        (Some(StatusView::Connections), true) => {
+            println!("{}", serde_json::to_string_pretty(&status.connections)?);
+        }
+        (Some(StatusView::Connections), false) => print_connections(&status.connections),
+        (None, true) => println!("{}", serde_json::to_string_pretty(&status)?),
+        (None, false) => {
+            print_identity(&status);
+            print_mesh(&status);
+            print_counters(&status);
+        }
     }
-    print_identity(&status);
-    print_mesh(&status);
-    print_counters(&status);
     Ok(())
+}
+
+/// One line per peer: address, name, state, the relay, and why the link is not direct.
+fn print_connections(connections: &[api::ConnectionInfo]) {
+    if connections.is_empty() {
+        println!("no peers (`weave-agent join ADDR` connects to one)");
+    }
+    for c in connections {
+        let name = if c.name.is_empty() {
+            "-".to_owned()
+        } else {
+            format!("{}({})", c.name, c.nickname)
+        };
+        let via = c
+            .via
+            .as_deref()
+            .map(|v| format!(" via {v}"))
+            .unwrap_or_default();
+        let reason = c
+            .reason
+            .as_deref()
+            .map(|r| format!(": {r}"))
+            .unwrap_or_default();
+        println!("{:<15} {name} {}{via}{reason}", c.address, c.state);
+    }
 }
 
 fn print_identity(s: &api::Status) {
@@ -76,6 +106,22 @@ fn print_mesh(s: &api::Status) {
             p.name, p.nickname, p.address, p.state, p.endpoints
         );
     }
+    let relayed: Vec<String> = s
+        .peers
+        .iter()
+        .filter(|p| p.route == "via")
+        .map(|p| format!("{} via {}", p.address, p.via.as_deref().unwrap_or("?")))
+        .collect();
+    let direct = s.peers.iter().filter(|p| p.route == "direct").count();
+    println!(
+        "         Routes: {direct} direct, {} relayed{}",
+        relayed.len(),
+        if relayed.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", relayed.join(", "))
+        }
+    );
     println!(
         "     Encryption: {}",
         if s.encryption {

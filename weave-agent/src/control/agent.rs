@@ -20,8 +20,12 @@ use super::{api, location::Location, reconcile::Written, state::State};
 use crate::{
     datapath::Datapath,
     mesh::{
-        counting_transport::GossipTraffic, gossip::Gossip, gossip::PeerView, peer_addr::PeerBook,
+        counting_transport::GossipTraffic,
+        gossip::Gossip,
+        gossip::PeerView,
+        peer_addr::PeerBook,
         sealed_transport::AuthFailures,
+        topology::routes::{Route, Topology},
     },
     net::{addressing::Cidr, policy::Subnet},
 };
@@ -39,6 +43,8 @@ pub struct Agent {
     pub peer_book: PeerBook,
     /// Wakes the resolver when a host name was just configured.
     pub resolve_now: tokio::sync::Notify,
+    /// Wakes the sync loop when whom this host hears changed, so routes follow at once.
+    pub resync: tokio::sync::Notify,
     pub inner: Mutex<Inner>,
     pub shutdown: watch::Sender<bool>,
 }
@@ -60,6 +66,22 @@ pub struct Inner {
     pub routes: BTreeMap<Ipv4Addr, BTreeSet<Subnet>>,
     /// Attaches under way outside the lock: their addresses and containers are taken.
     pub pending: Vec<Pending>,
+    /// The links every peer publishes, as last synced.
+    pub topology: Topology,
+    /// Whom this host hears directly, as the link loop last read it.
+    pub links: Links,
+    /// How frames reach each live peer, as the last sync computed it.
+    pub next_hops: BTreeMap<Ipv4Addr, Route>,
+}
+
+/// Whom this host hears directly: the heard map as last read.
+#[derive(Debug, Default, Clone)]
+pub struct Links {
+    /// Peers heard within the window.
+    pub heard: BTreeSet<Ipv4Addr>,
+    /// When each peer's last hello arrived, and when the map was read (`bpf_ktime_get_ns`).
+    pub last: BTreeMap<Ipv4Addr, u64>,
+    pub read_at_ns: u64,
 }
 
 /// An attach that has reserved its address and container but not finished.

@@ -187,6 +187,37 @@ pub struct PeerInfo {
     /// Start time (Unix ms) of the peer's agent as we know it: a restart or reboot raises it.
     #[serde(default)]
     pub generation: u64,
+    /// `direct`, or `via` a relay (a live peer); empty for a peer that is not live.
+    #[serde(default)]
+    pub route: String,
+    /// With route `via`: the relay's underlay address, and its nickname.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via_nickname: Option<String>,
+}
+
+/// The link to another peer, as `status connections` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ConnectionInfo {
+    pub name: String,
+    pub nickname: String,
+    /// Underlay address.
+    pub address: String,
+    /// `direct` (a link both ends hear), `relayed` (through `via`), `trying` (live, but no
+    /// link or path known yet: frames go straight to it), `dead`, `connecting`, `resolving`.
+    pub state: String,
+    /// Underlay address of the relay, when relayed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
+    /// Why the link is not direct.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// How long ago its last hello arrived here, if one ever did (since the map was cleaned).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heard_ms_ago: Option<u64>,
+    /// It says it hears this host's hellos.
+    pub hears_us: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -223,6 +254,9 @@ pub struct Status {
     pub mtu: u32,
     pub endpoints: EndpointCounts,
     pub peers: Vec<PeerInfo>,
+    /// The link to each peer: direct, or relayed and why.
+    #[serde(default)]
+    pub connections: Vec<ConnectionInfo>,
     /// Addresses claimed by more than one host.
     pub conflicts: Vec<String>,
     /// Gossip is authenticated and encrypted (a password is set).

@@ -23,7 +23,7 @@ use super::{
     agent::{Agent, Inner},
     api,
     config::{DaemonConfig, Encapsulation},
-    docker_events, endpoints, forwarding_watch,
+    docker_events, endpoints, forwarding_watch, links,
     location::Location,
     log_file, metrics, peers, ready, server, state, status, sync,
 };
@@ -38,6 +38,7 @@ use crate::{
         gossip::Gossip,
         peer_addr::{PeerBook, PeerSpec},
         sealed_transport::{self, AuthFailures, SealedTransport},
+        topology::hello::Hellos,
     },
     net::names::VXLAN_DEVICE,
 };
@@ -123,6 +124,9 @@ async fn start(config: &DaemonConfig, loc: &Location) -> Result<(Arc<Agent>, Uni
         last_contact: BTreeMap::new(),
         routes: BTreeMap::new(),
         pending: Vec::new(),
+        topology: Default::default(),
+        links: Default::default(),
+        next_hops: BTreeMap::new(),
     };
     endpoints::adopt_endpoints(&mut inner).await?;
     state::save(&loc.state_dir, &inner.state)?;
@@ -202,6 +206,7 @@ async fn start_gossip(
         traffic,
         peer_book: PeerBook::new(config.port),
         resolve_now: tokio::sync::Notify::new(),
+        resync: tokio::sync::Notify::new(),
         inner: Mutex::new(inner),
         shutdown,
     }))
@@ -240,6 +245,7 @@ fn base_status(
         mtu: inner.mtu,
         endpoints: api::EndpointCounts::default(),
         peers: Vec::new(),
+        connections: Vec::new(),
         conflicts: Vec::new(),
         encryption: config.password.is_some(),
         auth_failures: 0,
@@ -257,11 +263,19 @@ async fn serve(
     ready: &mut Option<File>,
 ) -> Result<()> {
     let metrics = metrics::spawn(&agent, config.metrics_addr).await;
+    let underlay_ip = match agent.gossip.self_address().ip() {
+        std::net::IpAddr::V4(ip) => ip,
+        std::net::IpAddr::V6(ip) => {
+            anyhow::bail!("an IPv6 underlay address ({ip}) is not supported")
+        }
+    };
+    let hellos = Hellos::bind(underlay_ip).await?;
     let tasks = [
         tokio::spawn(sync::sync_loop(Arc::clone(&agent))),
         tokio::spawn(docker_events::docker_loop(Arc::clone(&agent))),
         tokio::spawn(forwarding_watch::watch_loop(Arc::clone(&agent))),
         tokio::spawn(peers::resolve_loop(Arc::clone(&agent))),
+        tokio::spawn(links::link_loop(Arc::clone(&agent), hellos)),
     ];
     tracing::info!(
         netns = %agent.loc.netns,

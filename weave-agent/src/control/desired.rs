@@ -91,6 +91,7 @@ pub(super) mod tests {
                 })
                 .collect(),
             rules: Vec::new(),
+            links: None,
         }
     }
 

@@ -10,6 +10,7 @@ pub mod desired;
 pub mod docker_events;
 pub mod endpoints;
 pub mod forwarding_watch;
+pub mod links;
 pub mod location;
 pub mod log_file;
 pub mod metrics;

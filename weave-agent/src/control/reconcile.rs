@@ -15,7 +15,7 @@ use weave_common::{
 
 use super::desired::desired;
 use crate::{
-    mesh::gossip::PeerView,
+    mesh::{gossip::PeerView, topology::routes::Route},
     net::policy::{self, Rule, Subnet},
 };
 
@@ -31,10 +31,11 @@ pub struct Written {
     /// Remote entries found in the pinned map at start (left by the previous agent), kept for
     /// [`ADOPTION_GRACE`] even if gossip has not confirmed them yet.
     pub adopted: BTreeSet<Ipv4Addr>,
-    /// The peer map found at start: the adopted entries still point at these peers.
-    pub adopted_peers: BTreeSet<Ipv4Addr>,
-    /// The peer map; None until the first sync writes it.
-    pub peers: Option<BTreeSet<Ipv4Addr>>,
+    /// The peer map found at start (peer -> next hop): the adopted entries still point at
+    /// these peers.
+    pub adopted_peers: BTreeMap<Ipv4Addr, Ipv4Addr>,
+    /// The peer map (peer -> next hop); None until the first sync writes it.
+    pub peers: Option<BTreeMap<Ipv4Addr, Ipv4Addr>>,
     /// The policy map; None until the first sync writes it.
     pub policy: Option<BTreeSet<SubnetPair>>,
 }
@@ -47,6 +48,9 @@ pub struct View<'a> {
     /// Subnets of the endpoints attached on this host.
     pub local_subnets: &'a BTreeSet<Subnet>,
     pub rules: &'a [Rule],
+    /// How frames reach each live peer (`mesh::topology`); a peer missing here is reached
+    /// directly.
+    pub routes: &'a BTreeMap<Ipv4Addr, Route>,
 }
 
 /// One change to the maps.
@@ -57,7 +61,8 @@ pub enum MapOp {
     /// The address is attached here now and its map entry is local: nothing to write, but it
     /// is no longer a remote entry to keep or clean up.
     ForgetRemote(Ipv4Addr),
-    SetPeers(BTreeSet<Ipv4Addr>),
+    /// Live peers and the next hop each one's frames go to.
+    SetPeers(BTreeMap<Ipv4Addr, Ipv4Addr>),
     SetPolicy(BTreeSet<SubnetPair>),
 }
 
@@ -90,9 +95,15 @@ pub fn plan(view: &View<'_>, written: &Written, since_start: Duration) -> Plan {
     for ip in written.remote.keys().filter(|ip| !kept(ip)) {
         ops.push(MapOp::RemoveEndpoint(*ip));
     }
-    let mut peers = desired.peers;
+    let mut peers: BTreeMap<Ipv4Addr, Ipv4Addr> = desired
+        .peers
+        .iter()
+        .map(|&p| (p, view.routes.get(&p).map_or(p, |r| r.next_hop(p))))
+        .collect();
     if in_grace && !written.adopted.is_empty() {
-        peers.extend(&written.adopted_peers);
+        for (peer, hop) in &written.adopted_peers {
+            peers.entry(*peer).or_insert(*hop);
+        }
     }
     if written.peers.as_ref() != Some(&peers) {
         ops.push(MapOp::SetPeers(peers));
@@ -185,8 +196,11 @@ mod tests {
             local,
             local_subnets: subnets,
             rules: &[],
+            routes: &NO_ROUTES,
         }
     }
+
+    static NO_ROUTES: BTreeMap<Ipv4Addr, Route> = BTreeMap::new();
 
     fn apply(written: &mut Written, plan: &Plan) {
         for op in &plan.ops {
@@ -226,7 +240,7 @@ mod tests {
         apply(&mut written, &first);
         let ops = plan(&view(&dead, &local, &subnets), &written, LATER).ops;
         assert!(ops.contains(&MapOp::RemoveEndpoint(Ipv4Addr::new(192, 168, 1, 20))));
-        assert!(ops.contains(&MapOp::SetPeers(BTreeSet::new())));
+        assert!(ops.contains(&MapOp::SetPeers(BTreeMap::new())));
     }
 
     #[test]
@@ -237,7 +251,7 @@ mod tests {
         let mut written = Written {
             remote: BTreeMap::from([(ip, cidr.remote_endpoint(cidr.mac(), old_peer))]),
             adopted: BTreeSet::from([ip]),
-            adopted_peers: BTreeSet::from([old_peer]),
+            adopted_peers: BTreeMap::from([(old_peer, old_peer)]),
             ..Written::default()
         };
         let (local, subnets) = (BTreeSet::new(), BTreeSet::new());
@@ -254,7 +268,7 @@ mod tests {
         assert!(
             early
                 .ops
-                .contains(&MapOp::SetPeers(BTreeSet::from([old_peer])))
+                .contains(&MapOp::SetPeers(BTreeMap::from([(old_peer, old_peer)])))
         );
         apply(&mut written, &early);
         let late = plan(&view(&[], &local, &subnets), &written, ADOPTION_GRACE);
@@ -263,7 +277,27 @@ mod tests {
             "{:?}",
             late.ops
         );
-        assert!(late.ops.contains(&MapOp::SetPeers(BTreeSet::new())));
+        assert!(late.ops.contains(&MapOp::SetPeers(BTreeMap::new())));
+    }
+
+    #[test]
+    fn peers_get_the_next_hop_of_their_route() {
+        let peers = [
+            peer("b", [10, 0, 0, 2], true, &[]),
+            peer("c", [10, 0, 0, 3], true, &[]),
+        ];
+        let (local, subnets) = (BTreeSet::new(), BTreeSet::new());
+        let (b, c) = (Ipv4Addr::new(10, 0, 0, 2), Ipv4Addr::new(10, 0, 0, 3));
+        let routes = BTreeMap::from([(b, Route::Direct), (c, Route::Via(b))]);
+        let view = View {
+            routes: &routes,
+            ..view(&peers, &local, &subnets)
+        };
+        let ops = plan(&view, &Written::default(), LATER).ops;
+        assert!(
+            ops.contains(&MapOp::SetPeers(BTreeMap::from([(b, b), (c, b)]))),
+            "{ops:?}"
+        );
     }
 
     /// An address seen on a peer, then attached here: its map entry is local now, so it must
@@ -323,6 +357,7 @@ mod tests {
             local: &local,
             local_subnets: &subnets,
             rules: &rules,
+            routes: &NO_ROUTES,
         };
         let (mut maps, mut written) = (FullPolicyMap::default(), Written::default());
         let first = plan(&view, &written, LATER);

@@ -7,7 +7,9 @@ use super::{
     api,
     state::LocalEndpoint,
 };
-use crate::{datapath::Datapath, net::addressing::format_mac};
+use std::net::{IpAddr, Ipv4Addr};
+
+use crate::{datapath::Datapath, mesh::topology::routes::Route, net::addressing::format_mac};
 
 pub async fn status(agent: &Agent) -> Result<api::Status> {
     let inner = agent.inner.lock().await;
@@ -23,6 +25,7 @@ pub async fn status(agent: &Agent) -> Result<api::Status> {
             .count(),
     };
     status.peers = peer_infos(agent, &inner);
+    status.connections = connections(agent, &inner);
     status.conflicts = inner.conflicts.clone();
     drop(inner);
     let failures = agent
@@ -81,19 +84,53 @@ pub fn endpoint_infos(inner: &Inner) -> Vec<api::EndpointInfo> {
     inner.state.endpoints.iter().map(endpoint_info).collect()
 }
 
+/// The route to a live peer at `ip`, as `peers` shows it: `direct` or `via` (with the relay's
+/// address and nickname); nothing for a peer that is not live.
+fn route_of(inner: &Inner, ip: Option<Ipv4Addr>) -> (String, Option<String>, Option<String>) {
+    match ip.and_then(|ip| inner.next_hops.get(&ip)) {
+        None => (String::new(), None, None),
+        Some(Route::Direct) => ("direct".to_owned(), None, None),
+        Some(Route::Via(relay)) => {
+            let nickname = inner
+                .peers
+                .iter()
+                .find(|p| p.address.ip() == IpAddr::V4(*relay))
+                .map(|p| p.nickname.clone());
+            ("via".to_owned(), Some(relay.to_string()), nickname)
+        }
+    }
+}
+
+fn v4(addr: std::net::SocketAddr) -> Option<Ipv4Addr> {
+    match addr.ip() {
+        IpAddr::V4(ip) => Some(ip),
+        IpAddr::V6(_) => None,
+    }
+}
+
 /// The mesh's peers, and the configured ones that have not answered yet (`connecting`, or
 /// `resolving` while a host name has no address yet).
 pub fn peer_infos(agent: &Agent, inner: &Inner) -> Vec<api::PeerInfo> {
     let mut out: Vec<api::PeerInfo> = inner
         .peers
         .iter()
-        .map(|p| api::PeerInfo {
-            name: p.name.clone(),
-            nickname: p.nickname.clone(),
-            address: p.address.ip().to_string(),
-            state: if p.alive { "alive" } else { "dead" }.to_owned(),
-            endpoints: p.endpoints.len(),
-            generation: p.generation,
+        .map(|p| {
+            let (route, via, via_nickname) = if p.alive {
+                route_of(inner, v4(p.address))
+            } else {
+                (String::new(), None, None)
+            };
+            api::PeerInfo {
+                name: p.name.clone(),
+                nickname: p.nickname.clone(),
+                address: p.address.ip().to_string(),
+                state: if p.alive { "alive" } else { "dead" }.to_owned(),
+                endpoints: p.endpoints.len(),
+                generation: p.generation,
+                route,
+                via,
+                via_nickname,
+            }
         })
         .collect();
     for peer in &inner.state.peers {
@@ -109,6 +146,84 @@ pub fn peer_infos(agent: &Agent, inner: &Inner) -> Vec<api::PeerInfo> {
             state: state.to_owned(),
             endpoints: 0,
             generation: 0,
+            route: String::new(),
+            via: None,
+            via_nickname: None,
+        });
+    }
+    out
+}
+
+/// The link to each peer: whether both ends hear each other, and if not, which half is
+/// missing. The configured peers that have not answered come last, as in `peers`.
+pub fn connections(agent: &Agent, inner: &Inner) -> Vec<api::ConnectionInfo> {
+    let me = v4(agent.gossip.self_address());
+    let links = &inner.links;
+    let mut out: Vec<api::ConnectionInfo> = inner
+        .peers
+        .iter()
+        .map(|p| {
+            let ip = v4(p.address);
+            let heard_ms_ago = ip
+                .and_then(|ip| links.last.get(&ip))
+                .map(|at| links.read_at_ns.saturating_sub(*at) / 1_000_000);
+            let heard = ip.is_some_and(|ip| links.heard.contains(&ip));
+            let hears_us = match (ip, me) {
+                (Some(ip), Some(me)) => inner.topology.hears(ip).binary_search(&me).is_ok(),
+                _ => false,
+            };
+            let (state, via) = match ip.and_then(|ip| inner.next_hops.get(&ip)) {
+                _ if !p.alive => ("dead", None),
+                Some(Route::Via(relay)) => ("relayed", Some(relay.to_string())),
+                Some(Route::Direct) if heard && hears_us => ("direct", None),
+                _ => ("trying", None),
+            };
+            let reason = (state != "direct").then(|| {
+                if !p.alive {
+                    "no gossip heartbeat from it".to_owned()
+                } else if !heard {
+                    match heard_ms_ago {
+                        Some(ms) => format!("no hello from it for {:.1} s", ms as f64 / 1000.0),
+                        None => "no hello from it yet".to_owned(),
+                    }
+                } else if !hears_us {
+                    "it does not hear our hellos".to_owned()
+                } else {
+                    "the link is new; routes follow at the next sync".to_owned()
+                }
+            });
+            api::ConnectionInfo {
+                name: p.name.clone(),
+                nickname: p.nickname.clone(),
+                address: p.address.ip().to_string(),
+                state: state.to_owned(),
+                via,
+                reason,
+                heard_ms_ago,
+                hears_us,
+            }
+        })
+        .collect();
+    for p in peer_infos(agent, inner)
+        .into_iter()
+        .filter(|p| p.state == "connecting" || p.state == "resolving")
+    {
+        out.push(api::ConnectionInfo {
+            name: String::new(),
+            nickname: String::new(),
+            address: p.address,
+            reason: Some(format!(
+                "configured, {}",
+                if p.state == "connecting" {
+                    "not answering gossip"
+                } else {
+                    "its name does not resolve yet"
+                }
+            )),
+            state: p.state,
+            via: None,
+            heard_ms_ago: None,
+            hears_us: false,
         });
     }
     out

@@ -1,7 +1,12 @@
 //! The sync loop: the mesh's view, reconciled into the maps (see [`super::reconcile`]),
 //! whenever chitchat reports a change, a peer's key arrives, or the safety-net tick fires.
 
-use std::{collections::BTreeSet, net::Ipv4Addr, sync::Arc, time::Duration};
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, Ipv4Addr},
+    sync::Arc,
+    time::Duration,
+};
 
 use anyhow::Result;
 
@@ -13,7 +18,10 @@ use super::{
     state::LocalEndpoint,
     withdraw::{keep_dormant, remove_endpoint},
 };
-use crate::{datapath::Datapath, mesh::gossip::PeerView};
+use crate::{
+    datapath::Datapath,
+    mesh::{gossip::PeerView, topology::routes::Route},
+};
 
 /// How often the view of the mesh is reconciled into the maps even without a change from
 /// chitchat's watcher: the safety net for what it does not report, and how vanished container
@@ -30,6 +38,7 @@ pub async fn sync_loop(agent: Arc<Agent>) {
     loop {
         tokio::select! {
             _ = key_set.notified() => {}
+            _ = agent.resync.notified() => {}
             _ = changes.changed() => {}
             _ = tick.tick() => {}
             _ = stopping.changed() => return,
@@ -49,6 +58,7 @@ pub async fn sync_once(agent: &Agent) -> Result<()> {
         let inner = &mut *guard;
         withdraw_vanished(agent, inner).await?;
         rules::adopt_rules(agent, inner, &peers).await?;
+        update_routes(agent, inner, &peers);
         let maps = apply_plan(inner, &peers);
         peers::contact_configured(agent, inner, &peers);
         inner.peers = peers;
@@ -79,6 +89,35 @@ async fn withdraw_vanished(agent: &Agent, inner: &mut Inner) -> Result<()> {
     Ok(())
 }
 
+/// Computes how frames reach each live peer from the links they publish and whom this host
+/// hears, and says which routes changed.
+fn update_routes(agent: &Agent, inner: &mut Inner, peers: &[PeerView]) {
+    let IpAddr::V4(me) = agent.gossip.self_address().ip() else {
+        return;
+    };
+    let mut live = BTreeSet::new();
+    for peer in peers.iter().filter(|p| p.alive) {
+        if let IpAddr::V4(ip) = peer.address.ip() {
+            inner.topology.update(ip, peer.links.as_deref());
+            live.insert(ip);
+        }
+    }
+    inner.topology.retain(|ip| live.contains(ip));
+    let routes = inner.topology.routes(me, &inner.links.heard, &live);
+    for (peer, route) in &routes {
+        let before = inner.next_hops.get(peer);
+        if before.is_some_and(|b| b != route) || (before.is_none() && *route != Route::Direct) {
+            match route {
+                Route::Direct => tracing::info!(%peer, "reaching the peer directly"),
+                Route::Via(relay) => {
+                    tracing::info!(%peer, %relay, "reaching the peer through a relay")
+                }
+            }
+        }
+    }
+    inner.next_hops = routes;
+}
+
 /// Applies this round's plan (see [`reconcile::apply_ops`]) and notes its conflicts.
 fn apply_plan(inner: &mut Inner, peers: &[PeerView]) -> Result<()> {
     let local: BTreeSet<Ipv4Addr> = inner.state.endpoints.iter().map(|e| e.cidr.ip).collect();
@@ -93,6 +132,7 @@ fn apply_plan(inner: &mut Inner, peers: &[PeerView]) -> Result<()> {
         local: &local,
         local_subnets: &local_subnets,
         rules: &inner.state.rules,
+        routes: &inner.next_hops,
     };
     let plan = reconcile::plan(&view, &inner.written, inner.started.elapsed());
     let applied = reconcile::apply_ops(&mut inner.datapath, &mut inner.written, &plan.ops);

@@ -20,7 +20,7 @@ use aya::{
 };
 use weave_common::{
     OVERLAY_VNI,
-    endpoint::{Config, ENCAP_EBPF, ENCAP_VXLAN_DEVICE, ipv4_key},
+    endpoint::{Config, ENCAP_EBPF, ENCAP_VXLAN_DEVICE, PeerRoute, ipv4_key},
     maps, programs,
 };
 
@@ -52,7 +52,7 @@ impl Datapath {
     pub fn load(pin_dir: &Path, underlay: &Link, adopt_underlay: bool) -> Result<Self> {
         fs::create_dir_all(pin_dir)
             .with_context(|| format!("creating pin directory {}", pin_dir.display()))?;
-        forget_resized_config(pin_dir)?;
+        forget_resized_maps(pin_dir)?;
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(pin_dir)
             .load(OBJECT)
@@ -212,22 +212,28 @@ fn attach_underlay_xdp(
     Ok(xdp_use)
 }
 
-/// Removes a pinned config map whose value is not this build's [`Config`] (an earlier build's,
-/// before fields were appended): the verifier checks every access against the pinned map's
-/// value size, so this build's programs could not load with it. It is made anew, and
-/// [`Datapath::attach_overlay`] writes it whole on every start anyway.
-fn forget_resized_config(pin_dir: &Path) -> Result<()> {
-    let pin = pin_dir.join(maps::CONFIG);
-    match aya::maps::MapInfo::from_pin(&pin) {
-        Ok(info) if info.value_size() as usize != std::mem::size_of::<Config>() => {
-            tracing::info!(
-                "the pinned {} is an earlier build's; making it anew",
-                maps::CONFIG
-            );
-            fs::remove_file(&pin).with_context(|| format!("removing {}", pin.display()))
+/// Removes pinned maps whose value is not this build's (an earlier build's: the config before
+/// fields were appended, the peer map before it held routes): the verifier checks every access
+/// against the pinned map's value size, so this build's programs could not load with them.
+/// They are made anew, and the agent writes both whole on every start anyway (the config at
+/// attach, the peers at the first sync, about a second in: until then overlay packets from
+/// peers are dropped as not from a peer, once, on this upgrade).
+fn forget_resized_maps(pin_dir: &Path) -> Result<()> {
+    let layouts = [
+        (maps::CONFIG, std::mem::size_of::<Config>()),
+        (maps::PEERS, std::mem::size_of::<PeerRoute>()),
+    ];
+    for (name, value_size) in layouts {
+        let pin = pin_dir.join(name);
+        match aya::maps::MapInfo::from_pin(&pin) {
+            Ok(info) if info.value_size() as usize != value_size => {
+                tracing::info!("the pinned {name} is an earlier build's; making it anew");
+                fs::remove_file(&pin).with_context(|| format!("removing {}", pin.display()))?;
+            }
+            _ => {}
         }
-        _ => Ok(()),
     }
+    Ok(())
 }
 
 fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::programs::Program> {

@@ -9,7 +9,7 @@ use anyhow::{Context as _, Result};
 use aya::maps::{HashMap, MapData, PerCpuArray};
 use weave_common::{
     counters::{Counter, CounterId},
-    endpoint::{Endpoint, Ipv4Key, ipv4_key, ipv4_octets},
+    endpoint::{Endpoint, Ipv4Key, PeerRoute, ipv4_key, ipv4_octets},
     maps,
     policy::{POLICY_CAPACITY, SubnetPair},
 };
@@ -59,10 +59,48 @@ impl Datapath {
             .collect()
     }
 
-    /// Makes the peer map hold exactly `peers`.
-    pub fn set_peers(&mut self, peers: &BTreeSet<Ipv4Addr>) -> Result<()> {
-        let keys = peers.iter().map(|p| ipv4_key(p.octets())).collect();
-        hold_exactly::<Ipv4Key, u32>(self.map_mut(maps::PEERS)?, &keys)
+    /// Makes the peer map hold exactly `peers`: each live peer and the next hop its frames go
+    /// to (itself, or a relay).
+    pub fn set_peers(&mut self, peers: &BTreeMap<Ipv4Addr, Ipv4Addr>) -> Result<()> {
+        let mut map: HashMap<&mut MapData, Ipv4Key, PeerRoute> =
+            HashMap::try_from(self.map_mut(maps::PEERS)?)?;
+        let present: BTreeMap<Ipv4Key, PeerRoute> = map.iter().collect::<Result<_, _>>()?;
+        let wanted: BTreeMap<Ipv4Key, PeerRoute> = peers
+            .iter()
+            .map(|(peer, hop)| {
+                let route = PeerRoute::direct(ipv4_key(hop.octets()));
+                (ipv4_key(peer.octets()), route)
+            })
+            .collect();
+        for key in present.keys().filter(|k| !wanted.contains_key(k)) {
+            map.remove(key)?;
+        }
+        // Each entry is replaced whole, so a lookup sees the old route or the new one.
+        for (key, route) in wanted.iter().filter(|(k, r)| present.get(k) != Some(r)) {
+            map.insert(*key, *route, 0)?;
+        }
+        Ok(())
+    }
+
+    /// When each peer's last link hello arrived (`bpf_ktime_get_ns` time).
+    pub fn heard(&self) -> Result<Vec<(Ipv4Addr, u64)>> {
+        let map: HashMap<&MapData, Ipv4Key, u64> = HashMap::try_from(self.map(maps::HEARD)?)?;
+        map.iter()
+            .map(|entry| {
+                let (key, at) = entry?;
+                Ok((Ipv4Addr::from(ipv4_octets(key)), at))
+            })
+            .collect()
+    }
+
+    /// Drops a peer from the heard map (one not heard for long).
+    pub fn forget_heard(&mut self, peer: Ipv4Addr) -> Result<()> {
+        let mut map: HashMap<&mut MapData, Ipv4Key, u64> =
+            HashMap::try_from(self.map_mut(maps::HEARD)?)?;
+        match map.remove(&ipv4_key(peer.octets())) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(err) => Err(err).with_context(|| format!("removing {peer} from the heard map")),
+        }
     }
 
     /// Makes the policy map hold exactly `pairs`: the cross-subnet directions rules allow.
@@ -78,11 +116,19 @@ impl Datapath {
         })
     }
 
-    /// Underlay addresses in the kernel's peer map.
-    pub fn peers(&self) -> Result<Vec<Ipv4Addr>> {
-        let map: HashMap<&MapData, Ipv4Key, u32> = HashMap::try_from(self.map(maps::PEERS)?)?;
-        map.keys()
-            .map(|key| Ok(Ipv4Addr::from(ipv4_octets(key?))))
+    /// The kernel's peer map: each peer's underlay address and its next hop.
+    pub fn peers(&self) -> Result<Vec<(Ipv4Addr, Ipv4Addr)>> {
+        let map: HashMap<&MapData, Ipv4Key, PeerRoute> = HashMap::try_from(self.map(maps::PEERS)?)?;
+        map.iter()
+            .map(|entry| {
+                let (key, route) = entry?;
+                let peer = Ipv4Addr::from(ipv4_octets(key));
+                let hop = match route.next_hop {
+                    0 => peer,
+                    hop => Ipv4Addr::from(ipv4_octets(hop)),
+                };
+                Ok((peer, hop))
+            })
             .collect()
     }
 

@@ -22,6 +22,7 @@ use super::keys::{
     NICKNAME_KEY, PublishedEndpoint, endpoint_key, endpoint_key_value, published_endpoints,
     published_rules,
 };
+use super::topology::links::LINKS_KEY;
 use crate::net::{addressing::Cidr, clock::unix_millis, policy::Rule};
 
 /// One gossip round every 200 ms: heartbeats arrive often enough for a dead host to be noticed
@@ -51,6 +52,10 @@ pub struct PeerView {
     pub endpoints: Vec<PublishedEndpoint>,
     /// Isolation rules the peer publishes (the newest it knows per pair).
     pub rules: Vec<Rule>,
+    /// Whom the peer hears directly, as it publishes it (`topology::links`); None from a peer
+    /// that publishes no links (not started hellos yet, or an agent from before relaying).
+    #[serde(default)]
+    pub links: Option<String>,
 }
 
 impl Gossip {
@@ -117,6 +122,13 @@ impl Gossip {
             .await;
     }
 
+    /// Publishes whom this host hears directly (a `topology::links` value).
+    pub async fn publish_links(&self, value: &str) {
+        self.handle
+            .with_chitchat(|c| c.self_node_state().set(LINKS_KEY, value))
+            .await;
+    }
+
     pub async fn withdraw(&self, ip: Ipv4Addr) {
         let key = endpoint_key(ip);
         self.handle
@@ -177,6 +189,7 @@ impl Gossip {
                 alive: live.contains(id),
                 endpoints: published_endpoints(state),
                 rules: published_rules(state),
+                links: state.get(LINKS_KEY).map(str::to_owned),
             };
             // A restarted peer's new generation takes over once it is alive; until then the
             // old one, if still alive, speaks for it, so its endpoints never lapse.

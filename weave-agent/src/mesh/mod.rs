@@ -8,3 +8,4 @@ pub mod keys;
 pub mod peer_addr;
 pub mod sealed_transport;
 pub mod send_failures;
+pub mod topology;

@@ -1,0 +1,96 @@
+//! The link loop: a hello to every live peer each [`HELLO_INTERVAL`], and whom this host
+//! hears, read from the heard map, published in gossip whenever it changes.
+
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    sync::Arc,
+};
+
+use anyhow::Result;
+use tokio::time::MissedTickBehavior;
+use weave_common::data_port;
+
+use super::agent::{Agent, Links};
+use crate::mesh::topology::{
+    hello::Hellos,
+    links::{self, FORGET_AFTER, HEARD_WINDOW, HELLO_INTERVAL},
+};
+
+pub async fn link_loop(agent: Arc<Agent>, hellos: Hellos) {
+    let mut stopping = agent.shutdown.subscribe();
+    let mut tick = tokio::time::interval(HELLO_INTERVAL);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut published: Option<BTreeSet<Ipv4Addr>> = None;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stopping.changed() => return,
+        }
+        let targets = live_data_addresses(&agent).await;
+        hellos.send(targets).await;
+        let heard = match read_heard(&agent).await {
+            Ok(heard) => heard,
+            Err(err) => {
+                tracing::warn!("reading the heard map: {err:#}");
+                continue;
+            }
+        };
+        if published.as_ref() != Some(&heard) {
+            tracing::info!(
+                heard = %heard.iter().map(ToString::to_string).collect::<Vec<_>>().join(" "),
+                "peers heard directly changed"
+            );
+            agent.gossip.publish_links(&links::encode(&heard)).await;
+            published = Some(heard);
+            agent.resync.notify_one();
+        }
+    }
+}
+
+/// Where each live peer takes hellos: its underlay address and data port (its gossip port + 1,
+/// whatever `--port` it was launched with).
+async fn live_data_addresses(agent: &Agent) -> Vec<SocketAddr> {
+    let inner = agent.inner.lock().await;
+    inner
+        .peers
+        .iter()
+        .filter(|p| p.alive)
+        .filter_map(|p| match p.address.ip() {
+            IpAddr::V4(ip) => Some(SocketAddr::from((ip, data_port(p.address.port())))),
+            IpAddr::V6(_) => None,
+        })
+        .collect()
+}
+
+/// Reads the heard map into [`Links`] and returns the peers heard within the window; entries
+/// of peers silent for [`FORGET_AFTER`] are removed.
+async fn read_heard(agent: &Agent) -> Result<BTreeSet<Ipv4Addr>> {
+    let mut inner = agent.inner.lock().await;
+    let entries = inner.datapath.heard()?;
+    let now = monotonic_ns();
+    let forget = FORGET_AFTER.as_nanos() as u64;
+    for (peer, at) in &entries {
+        if now.saturating_sub(*at) > forget {
+            inner.datapath.forget_heard(*peer)?;
+        }
+    }
+    let heard = links::heard_within(entries.iter().copied(), now, HEARD_WINDOW);
+    inner.links = Links {
+        heard: heard.clone(),
+        last: entries.into_iter().collect(),
+        read_at_ns: now,
+    };
+    Ok(heard)
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock `bpf_ktime_get_ns` reads.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid out-pointer; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
