@@ -611,3 +611,63 @@ pub fn xdp_attachment(host: &Host, dev: &str) -> Result<Option<(String, u64)>> {
     let mode = xdp["mode"].as_u64().unwrap_or_default();
     Ok(Some((name, mode)))
 }
+
+/// Bytes of TCP bulk per transfer in the tests that check data arrives intact.
+pub const BULK: usize = 30_000_000;
+
+/// Prints "ready", takes one connection on argv[1]:5201 and prints how many bytes came and
+/// their SHA-256.
+const SINK: &str = r#"
+import hashlib, socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], 5201)); s.listen(1); s.settimeout(30)
+print("ready", flush=True)
+c, _ = s.accept(); c.settimeout(30)
+h, n = hashlib.sha256(), 0
+while True:
+    b = c.recv(1 << 20)
+    if not b:
+        break
+    h.update(b); n += len(b)
+print(n, h.hexdigest(), flush=True)
+"#;
+
+/// Sends argv[2] pseudo-random bytes to argv[1]:5201 in large writes (so the sender's TCP
+/// builds super-packets) and prints their count and SHA-256.
+const SOURCE: &str = r#"
+import hashlib, random, socket, sys
+data = random.Random(21).randbytes(int(sys.argv[2]))
+c = socket.create_connection((sys.argv[1], 5201), timeout=30)
+c.sendall(data); c.shutdown(socket.SHUT_WR); c.recv(1)
+print(len(data), hashlib.sha256(data).hexdigest(), flush=True)
+"#;
+
+/// Sends `bytes` bytes of TCP from `from` to `to_ip`, received by a sink in namespace
+/// `sink_ns` listening on `sink_ip`; fails unless every byte arrived unchanged.
+pub fn bulk(
+    from: &Container,
+    to_ip: &str,
+    sink_ns: &str,
+    sink_ip: &str,
+    bytes: usize,
+) -> Result<()> {
+    let (mut sink, mut lines) = spawn_in(sink_ns, "python3", &["-c", SINK, sink_ip])?;
+    wait_for_line(&mut lines, "ready")?;
+    let sent = from.exec("python3", &["-c", SOURCE, to_ip, &bytes.to_string()])?;
+    let received = lines.next().transpose()?.unwrap_or_default();
+    let _ = sink.kill();
+    let _ = sink.wait();
+    let sent_text = String::from_utf8_lossy(&sent.stdout);
+    ensure!(
+        sent.status.success(),
+        "sending failed: {}",
+        String::from_utf8_lossy(&sent.stderr)
+    );
+    ensure!(
+        sent_text.trim() == received.trim(),
+        "sent {:?}, received {:?}",
+        sent_text.trim(),
+        received.trim()
+    );
+    Ok(())
+}

@@ -12,61 +12,7 @@
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
-use weave_tests::{Container, Host, Segment, require_root, spawn_in, unique_name, wait_until};
-
-/// Bytes of TCP bulk per transfer.
-const BULK: &str = "30000000";
-
-/// Prints "ready", takes one connection on argv[1]:5201 and prints how many bytes came and
-/// their SHA-256.
-const SINK: &str = r#"
-import hashlib, socket, sys
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind((sys.argv[1], 5201)); s.listen(1); s.settimeout(30)
-print("ready", flush=True)
-c, _ = s.accept(); c.settimeout(30)
-h, n = hashlib.sha256(), 0
-while True:
-    b = c.recv(1 << 20)
-    if not b:
-        break
-    h.update(b); n += len(b)
-print(n, h.hexdigest(), flush=True)
-"#;
-
-/// Sends argv[2] pseudo-random bytes to argv[1]:5201 in large writes (so the sender's TCP
-/// builds super-packets) and prints their count and SHA-256.
-const SOURCE: &str = r#"
-import hashlib, random, socket, sys
-data = random.Random(21).randbytes(int(sys.argv[2]))
-c = socket.create_connection((sys.argv[1], 5201), timeout=30)
-c.sendall(data); c.shutdown(socket.SHUT_WR); c.recv(1)
-print(len(data), hashlib.sha256(data).hexdigest(), flush=True)
-"#;
-
-/// Sends [`BULK`] bytes from `from` to `to_ip`, received by a sink in `sink_ns` listening on
-/// `sink_ip`; fails unless every byte arrived unchanged.
-fn bulk(from: &Container, to_ip: &str, sink_ns: &str, sink_ip: &str) -> Result<()> {
-    let (mut sink, mut lines) = spawn_in(sink_ns, "python3", &["-c", SINK, sink_ip])?;
-    weave_tests::wait_for_line(&mut lines, "ready")?;
-    let sent = from.exec("python3", &["-c", SOURCE, to_ip, BULK])?;
-    let received = lines.next().transpose()?.unwrap_or_default();
-    let _ = sink.kill();
-    let _ = sink.wait();
-    let sent_text = String::from_utf8_lossy(&sent.stdout);
-    ensure!(
-        sent.status.success(),
-        "sending failed: {}",
-        String::from_utf8_lossy(&sent.stderr)
-    );
-    ensure!(
-        sent_text.trim() == received.trim(),
-        "sent {:?}, received {:?}",
-        sent_text.trim(),
-        received.trim()
-    );
-    Ok(())
-}
+use weave_tests::{BULK, Container, Host, Segment, bulk, require_root, unique_name, wait_until};
 
 /// The ways a super-packet can take on the receiving host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,7 +41,7 @@ fn bulk_takes(
     sink: (&str, &str),
 ) -> Result<()> {
     let before = ways(receiver)?;
-    bulk(from, to_ip, sink.0, sink.1)?;
+    bulk(from, to_ip, sink.0, sink.1, BULK)?;
     let after = ways(receiver)?;
     let grew = (after.0 > before.0, after.1 > before.1);
     ensure!(

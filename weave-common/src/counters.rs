@@ -132,7 +132,8 @@ pub enum CounterId {
     /// Relayed frames (sent first by a host other than the outer source) for a container here,
     /// passed on to be delivered once their origin is known to be a live peer.
     RelayReceived = 37,
-    /// Dropped: a relayed frame whose origin is not a live peer here.
+    /// Dropped: a relayed frame whose origin is not a live peer here (or is this host: a frame
+    /// back where it started, which a loop through it brings).
     DropRelayOriginNotPeer = 38,
 }
 
