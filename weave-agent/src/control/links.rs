@@ -36,6 +36,7 @@ pub async fn link_loop(agent: Arc<Agent>, hellos: Hellos) {
                 continue;
             }
         };
+        gossip_with_one_heard(&agent, &heard).await;
         if published.as_ref() != Some(&heard) {
             tracing::info!(
                 heard = %heard.iter().map(ToString::to_string).collect::<Vec<_>>().join(" "),
@@ -45,6 +46,37 @@ pub async fn link_loop(agent: Arc<Agent>, hellos: Hellos) {
             published = Some(heard);
             agent.resync.notify_one();
         }
+    }
+}
+
+/// One gossip round with a peer this host hears, picked at random. chitchat picks its partners
+/// among all live peers, knowing nothing of links; in a mesh cut into parts most of its picks
+/// fail, and what one host publishes would crawl. A round along a link that works keeps every
+/// host's view converging (tests/topology_simulation.rs models both).
+async fn gossip_with_one_heard(agent: &Agent, heard: &BTreeSet<Ipv4Addr>) {
+    if heard.is_empty() {
+        return;
+    }
+    let mut pick = [0u8; 8];
+    if getrandom::fill(&mut pick).is_err() {
+        return;
+    }
+    let nth = (u64::from_ne_bytes(pick) % heard.len() as u64) as usize;
+    let Some(ip) = heard.iter().nth(nth) else {
+        return;
+    };
+    let address = {
+        let inner = agent.inner.lock().await;
+        inner
+            .peers
+            .iter()
+            .find(|p| p.alive && p.address.ip() == IpAddr::V4(*ip))
+            .map(|p| p.address)
+    };
+    if let Some(address) = address
+        && let Err(err) = agent.gossip.contact(address)
+    {
+        tracing::debug!(%address, "gossip round with a heard peer: {err:#}");
     }
 }
 

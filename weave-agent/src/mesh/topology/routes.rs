@@ -117,8 +117,13 @@ impl Topology {
         }
         while let Some(x) = queue.pop_front() {
             let hop = first[&x];
+            // x hears each y it names; the link counts if y hears x too.
             for &y in self.hears(x) {
-                if y == me || first.contains_key(&y) || !live.contains(&y) || !linked(x, y) {
+                if y == me
+                    || first.contains_key(&y)
+                    || !live.contains(&y)
+                    || self.hears(y).binary_search(&x).is_err()
+                {
                     continue;
                 }
                 first.insert(y, hop);
