@@ -27,12 +27,15 @@ const LEARN_ENDPOINTS: u64 = 1000;
 /// kernel VXLAN device for GSO bulk); `weave_vxlan_device` sends everything through the device
 /// (`--encap vxlan`). `routed` is no overlay at all: containers behind veths, hosts routing
 /// between them, the floor for any overlay whose containers sit behind a veth.
-const PATHS: [&str; 5] = [
+/// `weave_relayed` is `weave` between two hosts a firewall cuts apart, through a third host
+/// that relays in the kernel.
+const PATHS: [&str; 6] = [
     "bare",
     "routed",
     "vxlan_bridge",
     "weave",
     "weave_vxlan_device",
+    "weave_relayed",
 ];
 /// The `weave` path with another agent binary (`--reference`).
 const REFERENCE: &str = "weave_reference";
@@ -114,6 +117,7 @@ pub fn run(only: Option<Part>, reference: Option<std::path::PathBuf>) -> Result<
     let vx = KernelBed::vxlan_bridge()?;
     let weave = WeaveBed::new(&[], None)?;
     let weave_device = WeaveBed::new(&["--encap", "vxlan"], None)?;
+    let weave_relayed = WeaveBed::relayed()?;
     let weave_reference = reference
         .as_ref()
         .map(|bin| WeaveBed::new(&[], Some(bin)))
@@ -145,6 +149,7 @@ pub fn run(only: Option<Part>, reference: Option<std::path::PathBuf>) -> Result<
         ),
         ("weave", weave.path()),
         ("weave_vxlan_device", weave_device.path()),
+        ("weave_relayed", weave_relayed.path()),
     ]);
     let mut measured = PATHS.to_vec();
     if let Some(bed) = &weave_reference {
@@ -181,7 +186,9 @@ pub fn run(only: Option<Part>, reference: Option<std::path::PathBuf>) -> Result<
     let reach = attach_to_reachable(&weave)?;
     step.finish();
     let super_packets = weave.super_packets();
-    drop((bare, routed, vx, weave, weave_device, weave_reference));
+    let relayed = weave_relayed.relay_counters();
+    drop((bare, routed, vx, weave, weave_device, weave_relayed));
+    drop(weave_reference);
     let step = progress::step(format!(
         "bench: learning {LEARN_ENDPOINTS} remote endpoints"
     ));
@@ -196,6 +203,9 @@ pub fn run(only: Option<Part>, reference: Option<std::path::PathBuf>) -> Result<
         .iter()
         .flat_map(|ours| ["bare", "routed", "vxlan_bridge"].map(|base| (*ours, base)))
         .collect();
+    // Relaying's targets: single-stream TCP at least 0.8x the direct path, rr_p50 at most 1.5x.
+    ours.push(("weave_relayed", "weave"));
+    ours.push(("weave_relayed", "bare"));
     if samples.contains_key(REFERENCE) {
         ours.push(("weave", REFERENCE));
         ours.push((REFERENCE, "bare"));
@@ -219,6 +229,7 @@ pub fn run(only: Option<Part>, reference: Option<std::path::PathBuf>) -> Result<
         },
         "scale": scale,
         "weave_receiver_super_packets": super_packets,
+        "weave_relayed_counters": relayed,
         "samples": samples,
         "rounds": ROUNDS,
         "machine": machine(),
@@ -581,6 +592,50 @@ impl WeaveBed {
             "the weave testbed does not pass traffic"
         );
         Ok(Self { c1, c2, seg })
+    }
+
+    /// Three hosts on a switch whose bridge drops everything between hosts 1 and 3 (nftables,
+    /// as the relay tests); containers on 1 and 3, so their traffic crosses host 2, which
+    /// relays it. Returns once the relayed path passes traffic.
+    fn relayed() -> Result<Self> {
+        let seg = Segment::new(&unique_name("br"), 3)?;
+        seg.switch().load_nft(
+            "table bridge cut {
+                chain forward {
+                    type filter hook forward priority 0;
+                    iifname \"p1\" oifname \"p3\" drop
+                    iifname \"p3\" oifname \"p1\" drop
+                }
+            }",
+        )?;
+        let (a, b, c) = (&seg.hosts[0], &seg.hosts[1], &seg.hosts[2]);
+        a.agent_ok(&["launch"])?;
+        b.agent_ok(&["join", "192.168.56.101"])?;
+        c.agent_ok(&["join", "192.168.56.102"])?;
+        let c1 = Container::new(&unique_name("brc"), a)?;
+        let c2 = Container::new(&unique_name("brc"), c)?;
+        a.attach("192.168.1.10/24", &c1)?;
+        c.attach("192.168.1.20/24", &c2)?;
+        a.wait_for_remote(1)?;
+        c.wait_for_remote(1)?;
+        weave_tests::wait_until(Duration::from_secs(10), "the relayed path", || {
+            c2.ping("192.168.1.10", 1)
+        })?;
+        let relays = b.counter_packets("relay_forwarded")?;
+        ensure!(
+            relays > 0,
+            "the relayed testbed's traffic does not cross host 2"
+        );
+        Ok(Self { c1, c2, seg })
+    }
+
+    /// What the relay (host 2) of a [`WeaveBed::relayed`] bed forwarded.
+    fn relay_counters(&self) -> Value {
+        let relay = &self.seg.hosts[1];
+        json!({
+            "relay_forwarded": relay.counter_packets("relay_forwarded").ok(),
+            "drop_relay_hop_limit": relay.counter_packets("drop_relay_hop_limit").ok(),
+        })
     }
 
     /// The host whose container serves (A).
