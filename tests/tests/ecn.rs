@@ -46,6 +46,9 @@ while time.monotonic() < deadline:
     ip = frame[14:]
     if frame[12:14] != b"\x08\x00" or ip[9] != 17 or int.from_bytes(ip[22:24], "big") != 6784:
         continue
+    # Link hellos go to the data port too, and carry no frame.
+    if len(ip) < 20 + 8 + 8 + 14 + 24:
+        continue
     inner = ip[20 + 8 + 8 + 14:]
     if inner[9] == 17 and int.from_bytes(inner[22:24], "big") == 9998:
         print(ip[1] & 3, inner[1] & 3, flush=True)

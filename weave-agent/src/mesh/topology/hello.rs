@@ -25,6 +25,14 @@ impl Hellos {
         let socket = UdpSocket::bind(SocketAddrV4::new(underlay, 0))
             .await
             .with_context(|| format!("binding a UDP socket on {underlay} for link hellos"))?;
+        // Like every overlay packet, no UDP checksum (RFC 7348 allows it over IPv4).
+        set_option(
+            &socket,
+            libc::SOL_SOCKET,
+            libc::SO_NO_CHECK,
+            1,
+            "SO_NO_CHECK",
+        )?;
         Ok(Self { socket })
     }
 
@@ -41,4 +49,29 @@ impl Hellos {
         }
         sent
     }
+}
+
+/// setsockopt with an int value, or what failed.
+fn set_option(
+    socket: &UdpSocket,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+    what: &str,
+) -> Result<()> {
+    // SAFETY: a valid socket and a c_int option value of the size given.
+    let set = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(socket),
+            level,
+            name,
+            (&raw const value).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if set != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("setting {what} on a hello socket"));
+    }
+    Ok(())
 }
