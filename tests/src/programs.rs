@@ -23,7 +23,7 @@ use aya::{
 };
 use weave_common::{
     counters::{Counter, CounterId},
-    endpoint::{Config, Endpoint, Ipv4Key, PeerRoute, ipv4_key},
+    endpoint::{Config, Endpoint, Heard, Ipv4Key, PeerRoute, ipv4_key},
     maps,
     policy::SubnetPair,
     programs,
@@ -201,9 +201,14 @@ impl Programs {
 
     /// Makes `ip` a live peer whose frames go to `next_hop`.
     pub fn add_peer_via(&mut self, ip: [u8; 4], next_hop: [u8; 4]) -> Result<()> {
+        self.add_peer_route(ip, next_hop, 0)
+    }
+
+    /// Makes `ip` a live peer whose frames go to `next_hop` over a path of MTU `mtu`.
+    pub fn add_peer_route(&mut self, ip: [u8; 4], next_hop: [u8; 4], mtu: u16) -> Result<()> {
         let mut map: HashMap<&mut MapData, Ipv4Key, PeerRoute> =
             HashMap::try_from(self.map_mut(maps::PEERS)?)?;
-        Ok(map.insert(ipv4_key(ip), PeerRoute::direct(ipv4_key(next_hop)), 0)?)
+        Ok(map.insert(ipv4_key(ip), PeerRoute::new(ipv4_key(next_hop), mtu), 0)?)
     }
 
     /// Opens the direction `pair`, as the agent does for both directions of an allowed rule.
@@ -213,9 +218,9 @@ impl Programs {
         Ok(map.insert(pair, 1, 0)?)
     }
 
-    /// The heard map: each peer whose link hello arrived, and when (`bpf_ktime_get_ns`).
-    pub fn heard(&self) -> Result<Vec<([u8; 4], u64)>> {
-        let map: HashMap<&MapData, Ipv4Key, u64> =
+    /// The heard map: each peer whose link hello arrived, and what its hellos showed.
+    pub fn heard(&self) -> Result<Vec<([u8; 4], Heard)>> {
+        let map: HashMap<&MapData, Ipv4Key, Heard> =
             HashMap::try_from(self.ebpf.map(maps::HEARD).context("no heard map")?)?;
         map.iter()
             .map(|entry| {

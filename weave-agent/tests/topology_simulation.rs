@@ -26,9 +26,11 @@ use std::{
     time::Duration,
 };
 
+use weave_common::endpoint::Heard;
+
 use weave_agent::mesh::topology::{
     links::{self, HEARD_WINDOW, HELLO_INTERVAL},
-    routes::{Route, Topology},
+    routes::{Path, Route, Topology},
 };
 
 /// Counts the bytes allocated and not yet freed.
@@ -124,14 +126,14 @@ struct Agent {
     me: Ipv4Addr,
     /// When each neighbour's last hello arrived (ms).
     last_hello: BTreeMap<usize, u64>,
-    heard: BTreeSet<Ipv4Addr>,
+    heard: BTreeMap<Ipv4Addr, u16>,
     /// What it knows each peer publishes: (version, value), its own included.
     known: Vec<(u64, Arc<str>)>,
     /// The version of each peer's value its topology has taken in (as the agent's sync
     /// hands over only what changed, by comparing values; the model compares versions).
     applied: Vec<u64>,
     topology: Topology,
-    routes: BTreeMap<Ipv4Addr, Route>,
+    routes: BTreeMap<Ipv4Addr, Path>,
     /// Its view changed since routes were last computed.
     stale: bool,
     /// Phase of its timers, so agents do not tick in lockstep.
@@ -149,12 +151,12 @@ struct Sim {
 impl Sim {
     fn new() -> Self {
         let mut rng = Rng(6784);
-        let empty: Arc<str> = Arc::from(links::encode(&BTreeSet::new()));
+        let empty: Arc<str> = Arc::from(links::encode(&BTreeMap::new()));
         let agents = (0..PEERS)
             .map(|i| Agent {
                 me: addr(i),
                 last_hello: BTreeMap::new(),
-                heard: BTreeSet::new(),
+                heard: BTreeMap::new(),
                 known: vec![(0, Arc::clone(&empty)); PEERS],
                 applied: vec![u64::MAX; PEERS],
                 topology: Topology::default(),
@@ -193,10 +195,17 @@ impl Sim {
                 continue;
             }
             let now_ns = self.now * 1_000_000;
-            let entries = self.agents[i]
-                .last_hello
-                .iter()
-                .map(|(n, at)| (addr(*n), at * 1_000_000));
+            // Every hello heard at full size: this model is about links, not MTUs.
+            let entries = self.agents[i].last_hello.iter().map(|(n, at)| {
+                let at = at * 1_000_000;
+                let heard = Heard {
+                    at_ns: at,
+                    largest_at_ns: at,
+                    largest: 1500,
+                    reserved: 0,
+                };
+                (addr(*n), heard)
+            });
             let heard = links::heard_within(entries, now_ns, HEARD_WINDOW);
             let agent = &mut self.agents[i];
             if heard != agent.heard {
@@ -215,7 +224,7 @@ impl Sim {
                 }
             }
             if self.due(i, hello_ms) && !self.agents[i].heard.is_empty() {
-                let heard: Vec<Ipv4Addr> = self.agents[i].heard.iter().copied().collect();
+                let heard: Vec<Ipv4Addr> = self.agents[i].heard.keys().copied().collect();
                 let pick = heard[self.rng.below(heard.len())];
                 partners.push(index_of(pick));
             }
@@ -233,7 +242,8 @@ impl Sim {
                         agent.applied[j] = *version;
                     }
                 }
-                agent.routes = agent.topology.routes(agent.me, &agent.heard, &self.live);
+                let heard: BTreeSet<Ipv4Addr> = agent.heard.keys().copied().collect();
+                agent.routes = agent.topology.routes(agent.me, &heard, &self.live);
                 agent.stale = false;
             }
         }
@@ -254,22 +264,25 @@ impl Sim {
     }
 
     /// The routes every agent should have: the shortest paths over the true links.
-    fn truth(&self) -> Vec<BTreeMap<Ipv4Addr, Route>> {
+    fn truth(&self) -> Vec<BTreeMap<Ipv4Addr, Path>> {
         let mut topology = Topology::default();
-        let hears = |i: usize| -> BTreeSet<Ipv4Addr> {
-            self.links.up[i].iter().map(|&n| addr(n)).collect()
+        let hears = |i: usize| -> BTreeMap<Ipv4Addr, u16> {
+            self.links.up[i].iter().map(|&n| (addr(n), 1500)).collect()
         };
         for i in 0..PEERS {
             topology.update(addr(i), Some(&links::encode(&hears(i))));
         }
         (0..PEERS)
-            .map(|i| topology.routes(addr(i), &hears(i), &self.live))
+            .map(|i| {
+                let heard: BTreeSet<Ipv4Addr> = hears(i).into_keys().collect();
+                topology.routes(addr(i), &heard, &self.live)
+            })
             .collect()
     }
 
     /// Runs until every agent's routes are `truth` (or `limit` passes); the simulated time
     /// that took.
-    fn converge(&mut self, truth: &[BTreeMap<Ipv4Addr, Route>], limit: Duration) -> Duration {
+    fn converge(&mut self, truth: &[BTreeMap<Ipv4Addr, Path>], limit: Duration) -> Duration {
         let start = self.now;
         while !self.agents.iter().zip(truth).all(|(a, t)| a.routes == *t) {
             assert!(
@@ -299,8 +312,11 @@ fn full_mesh_view_bytes(n: usize) -> isize {
     let everyone: BTreeSet<Ipv4Addr> = (0..n).map(addr).collect();
     let values: Vec<String> = (0..n)
         .map(|i| {
-            let mut others = everyone.clone();
-            others.remove(&addr(i));
+            let others: BTreeMap<Ipv4Addr, u16> = everyone
+                .iter()
+                .filter(|p| **p != addr(i))
+                .map(|p| (*p, 1500))
+                .collect();
             links::encode(&others)
         })
         .collect();
@@ -312,7 +328,7 @@ fn full_mesh_view_bytes(n: usize) -> isize {
     heard.remove(&addr(0));
     let routes = topology.routes(addr(0), &heard, &everyone);
     assert_eq!(routes.len(), n - 1);
-    assert!(routes.values().all(|r| *r == Route::Direct));
+    assert!(routes.values().all(|p| p.route == Route::Direct));
     drop(heard);
     drop(everyone);
     let held = LIVE_BYTES.load(Ordering::Relaxed) - before;
@@ -333,7 +349,7 @@ fn five_hundred_peers_converge_within_5_s_of_a_link_change_in_under_10_mb_each()
     let truth = sim.truth();
     let start = sim.converge(&truth, Duration::from_secs(30));
     eprintln!("{PEERS} peers from cold: routes correct after {start:?} (simulated)");
-    let cross = truth[PER_SITE + 5][&addr(5)];
+    let cross = truth[PER_SITE + 5][&addr(5)].route;
     assert!(
         matches!(cross, Route::Via(_)),
         "cross-site traffic should be relayed: {cross:?}"

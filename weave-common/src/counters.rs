@@ -135,11 +135,18 @@ pub enum CounterId {
     /// Dropped: a relayed frame whose origin is not a live peer here (or is this host: a frame
     /// back where it started, which a loop through it brings).
     DropRelayOriginNotPeer = 38,
+    /// Container packets too big for the path to their host (a hop with a smaller MTU than
+    /// the underlay NIC), answered with ICMP "fragmentation needed" carrying the MTU that
+    /// fits, so the container's stack sends smaller ones.
+    IcmpFragNeeded = 39,
+    /// Dropped: a container packet too big for the path to its host that no ICMP answer
+    /// could be made for (IP options).
+    DropTooBig = 40,
 }
 
 impl CounterId {
     /// All slots, in index order.
-    pub const ALL: [Self; 39] = [
+    pub const ALL: [Self; 41] = [
         Self::UnderlayRx,
         Self::ContainerRx,
         Self::UnderlayOverlayPass,
@@ -179,6 +186,8 @@ impl CounterId {
         Self::DropRelayUdpChecksum,
         Self::RelayReceived,
         Self::DropRelayOriginNotPeer,
+        Self::IcmpFragNeeded,
+        Self::DropTooBig,
     ];
 
     /// Slots in the counters map: room to append counters without a map of another size,
@@ -227,6 +236,8 @@ impl CounterId {
             Self::DropRelayUdpChecksum => "drop_relay_udp_checksum",
             Self::RelayReceived => "relay_received",
             Self::DropRelayOriginNotPeer => "drop_relay_origin_not_peer",
+            Self::IcmpFragNeeded => "icmp_frag_needed",
+            Self::DropTooBig => "drop_too_big",
         }
     }
 
@@ -309,6 +320,8 @@ mod tests {
             "drop_relay_udp_checksum",
             "relay_received",
             "drop_relay_origin_not_peer",
+            "icmp_frag_needed",
+            "drop_too_big",
         ];
         for (index, name) in released.iter().enumerate() {
             assert_eq!(CounterId::ALL[index].name(), *name, "slot {index}");

@@ -115,21 +115,72 @@ pub struct PeerRoute {
     /// Underlay address ([`Ipv4Key`]) frames for this peer are sent to: the peer's own when it
     /// is reached directly, else the relay that is the first hop of the shortest path.
     pub next_hop: Ipv4Key,
-    /// Zero. Room for per-peer settings (path MTU, encryption) without another map layout.
-    pub reserved: u32,
+    /// Largest outer IPv4 packet the path to this peer carries (through the relays, if any),
+    /// as the hellos found it; 0 until learned. A container frame that would make a bigger
+    /// one is answered with ICMP "fragmentation needed" instead of being sent into a hop
+    /// that would drop it.
+    pub mtu: u16,
+    /// Zero. Room for per-peer settings (encryption) without another map layout.
+    pub reserved: u16,
 }
 
 impl PeerRoute {
     pub const fn direct(peer: Ipv4Key) -> Self {
+        Self::new(peer, 0)
+    }
+
+    pub const fn new(next_hop: Ipv4Key, mtu: u16) -> Self {
         Self {
-            next_hop: peer,
+            next_hop,
+            mtu,
+            reserved: 0,
+        }
+    }
+}
+
+/// What the underlay program notes of each peer's hellos: the value of the heard map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Heard {
+    /// When the last hello arrived (`bpf_ktime_get_ns`).
+    pub at_ns: u64,
+    /// When the largest hello of the current window arrived; a window ends
+    /// [`LARGEST_WINDOW_NS`] after it, and the next hello starts a new one, so a path whose
+    /// MTU shrank is seen to shrink.
+    pub largest_at_ns: u64,
+    /// IPv4 total length of that hello: the largest packet known to cross from the peer.
+    pub largest: u32,
+    pub reserved: u32,
+}
+
+/// How long the largest hello heard counts (see [`Heard::largest_at_ns`]): three rounds of
+/// probes, which agents send once a second.
+pub const LARGEST_WINDOW_NS: u64 = 3_000_000_000;
+
+impl Heard {
+    /// This record after a hello of IPv4 total length `len` arrived at `now`.
+    pub const fn after(self, len: u32, now: u64) -> Self {
+        let expired = now.saturating_sub(self.largest_at_ns) > LARGEST_WINDOW_NS;
+        let (largest, largest_at_ns) = if expired || len >= self.largest {
+            (len, now)
+        } else {
+            (self.largest, self.largest_at_ns)
+        };
+        Self {
+            at_ns: now,
+            largest_at_ns,
+            largest,
             reserved: 0,
         }
     }
 }
 
 #[cfg(feature = "user")]
-// SAFETY: repr(C), two u32, no padding, any bits valid.
+// SAFETY: repr(C), two u64 and two u32, no padding, any bits valid.
+unsafe impl aya::Pod for Heard {}
+
+#[cfg(feature = "user")]
+// SAFETY: repr(C), a u32 and two u16, no padding, any bits valid.
 unsafe impl aya::Pod for PeerRoute {}
 #[cfg(feature = "user")]
 // SAFETY: repr(C) of integers and byte arrays, no padding (6+1+1+4+4+4), any bits valid.
@@ -150,6 +201,27 @@ mod tests {
     #[test]
     fn config_has_no_padding() {
         assert_eq!(core::mem::size_of::<Config>(), 36);
+    }
+
+    #[test]
+    fn the_largest_hello_counts_for_its_window_then_a_smaller_one_takes_over() {
+        let s = 1_000_000_000;
+        let h = Heard::default().after(1000, 10 * s);
+        assert_eq!((h.largest, h.at_ns), (1000, 10 * s));
+        let h = h.after(58, 11 * s);
+        assert_eq!(
+            (h.largest, h.largest_at_ns, h.at_ns),
+            (1000, 10 * s, 11 * s)
+        );
+        let h = h.after(1500, 12 * s);
+        assert_eq!(h.largest, 1500);
+        // The path shrinks: 1500 stops arriving; after the window, the next one counts.
+        let h = h.after(1000, 14 * s);
+        assert_eq!(h.largest, 1500);
+        let h = h.after(1000, 15 * s + 1);
+        assert_eq!((h.largest, h.largest_at_ns), (1000, 15 * s + 1));
+        assert_eq!(core::mem::size_of::<Heard>(), 24);
+        assert_eq!(core::mem::size_of::<PeerRoute>(), 8);
     }
 
     #[test]

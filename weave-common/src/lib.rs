@@ -50,8 +50,8 @@ pub mod maps {
     /// Every live peer by underlay address ([`crate::endpoint::Ipv4Key`]) ->
     /// [`crate::endpoint::PeerRoute`]: where its frames go, itself or a relay.
     pub const PEERS: &str = "WEAVE_PEERS";
-    /// When each peer's last link hello arrived ([`crate::endpoint::Ipv4Key`] -> u64,
-    /// `bpf_ktime_get_ns`): written by the underlay program, read by the agent.
+    /// What each peer's link hellos showed ([`crate::endpoint::Ipv4Key`] ->
+    /// [`crate::endpoint::Heard`]): written by the underlay program, read by the agent.
     pub const HEARD: &str = "WEAVE_HEARD";
     /// One [`crate::endpoint::Config`] at index 0.
     pub const CONFIG: &str = "WEAVE_CONFIG";

@@ -30,7 +30,8 @@ pub const MAX_RELAY_HOPS: u8 = RELAY_HOPS_MASK;
 /// receiving host's underlay program records ([`crate::maps::HEARD`]) and drops. Who hears
 /// whom directly is what relaying routes on.
 pub const HELLO_VNI: u32 = 0x57_48_49;
-/// Bytes of a hello datagram's UDP payload: the VXLAN header, then zeros.
+/// Bytes of a hello datagram's UDP payload: the VXLAN header, then zeros. Hellos of other
+/// sizes probe the path MTU: the receiver notes the largest that arrived.
 pub const HELLO_LEN: usize = 16;
 
 /// The VXLAN header of an overlay packet.

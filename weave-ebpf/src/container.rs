@@ -15,6 +15,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use weave_common::{
+    OVERLAY_OVERHEAD,
     counters::CounterId,
     endpoint::{ENCAP_EBPF, Endpoint, endpoint_mac_address, ipv4_key},
 };
@@ -23,9 +24,10 @@ use crate::{
     counters::count,
     encap::{Encap, encapsulate},
     headers::{
-        ARP_REPLY, ARP_REQUEST, ArpHdr, ETH_LEN, ETH_P_ARP, ETH_P_IP, EthHdr, Ipv4Hdr, is_gso,
-        ptr_at,
+        ARP_REPLY, ARP_REQUEST, ArpHdr, ETH_LEN, ETH_P_ARP, ETH_P_IP, EthHdr, IPPROTO_TCP,
+        IPPROTO_UDP, Ipv4Hdr, is_gso, ptr_at,
     },
+    icmp::frag_needed,
     maps::{config, endpoint, may_talk, next_hop},
     verdict::tc_verdict,
 };
@@ -170,23 +172,44 @@ fn send_ipv4(
             }
             return Ok(CounterId::LocalDelivered);
         }
-        send_remote(ctx, &dst, (*ip).tos, gso)
+        let (next, mtu) = next_hop(dst.peer);
+        if mtu != 0 && too_big(ctx, &*ip, gso, mtu) {
+            return frag_needed(ctx, ifindex, mtu - OVERLAY_OVERHEAD as u16);
+        }
+        send_remote(ctx, next, (*ip).tos, gso)
     }
 }
 
-/// Sends a frame to the remote endpoint `dst`, whose IPv4 header has `tos`: wrapped in eBPF
-/// where the agent says so, else (and for what eBPF cannot wrap) through the VXLAN device;
-/// to the host that holds it, or to the relay the agent names as the next hop towards it (a
-/// plain frame either way: the relay sees from the outer source who sent it first).
+/// The container's IPv4 packet (`ip`), or each segment of a super-packet, would make an outer
+/// packet bigger than the path MTU `mtu` once wrapped.
 #[inline(always)]
-fn send_remote(
-    ctx: &TcContext,
-    dst: &Endpoint,
-    tos: u8,
-    gso: bool,
-) -> Result<CounterId, CounterId> {
+fn too_big(ctx: &TcContext, ip: &Ipv4Hdr, gso: bool, mtu: u16) -> bool {
+    let limit = u32::from(mtu).saturating_sub(OVERLAY_OVERHEAD);
+    if !gso {
+        return ctx.len() - ETH_LEN as u32 > limit;
+    }
+    // A segment: the segment size plus the IPv4 and transport headers it is cut with.
+    let ihl = u32::from(ip.ver_ihl & 0x0f) * 4;
+    let l4 = match ip.proto {
+        IPPROTO_TCP => ctx
+            .load::<u8>(ETH_LEN + ihl as usize + 12)
+            .map_or(20, |doff| u32::from(doff >> 4) * 4),
+        IPPROTO_UDP => 8,
+        _ => 0,
+    };
+    // SAFETY: the context pointer is the program's skb.
+    let segment = unsafe { (*ctx.skb.skb).gso_size };
+    segment + ihl + l4 > limit
+}
+
+/// Sends a frame for a remote endpoint, whose IPv4 header has `tos`, to underlay address
+/// `next`: wrapped in eBPF where the agent says so, else (and for what eBPF cannot wrap)
+/// through the VXLAN device; to the host that holds it, or to the relay the agent names as the
+/// next hop towards it (a plain frame either way: the relay sees from the outer source who
+/// sent it first).
+#[inline(always)]
+fn send_remote(ctx: &TcContext, next: u32, tos: u8, gso: bool) -> Result<CounterId, CounterId> {
     let cfg = config();
-    let next = next_hop(dst.peer);
     // GSO super-packets (TCP bulk) go through the VXLAN device, which measured faster for
     // them; single packets skip its transmit path unless eBPF cannot wrap them.
     let mut sent = CounterId::RemoteSent;

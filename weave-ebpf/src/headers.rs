@@ -9,6 +9,7 @@ pub(crate) const ETH_LEN: usize = 14;
 pub(crate) const ETH_P_IP: u16 = 0x0800;
 pub(crate) const ETH_P_ARP: u16 = 0x0806;
 pub(crate) const IPPROTO_UDP: u8 = 17;
+pub(crate) const IPPROTO_TCP: u8 = 6;
 pub(crate) const ARP_REQUEST: u16 = 1;
 pub(crate) const ARP_REPLY: u16 = 2;
 

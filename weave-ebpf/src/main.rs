@@ -18,6 +18,7 @@ mod counters;
 mod delivery;
 mod encap;
 mod headers;
+mod icmp;
 mod maps;
 mod overlay;
 mod prefilter;

@@ -6,7 +6,7 @@ use aya_ebpf::{
     maps::{Array, HashMap},
 };
 use weave_common::{
-    endpoint::{Config, Endpoint, Ipv4Key, PeerRoute},
+    endpoint::{Config, Endpoint, Heard, Ipv4Key, PeerRoute},
     policy::{POLICY_CAPACITY, SubnetPair},
 };
 
@@ -18,9 +18,9 @@ pub(crate) static WEAVE_ENDPOINTS: HashMap<Ipv4Key, Endpoint> = HashMap::pinned(
 #[map]
 pub(crate) static WEAVE_PEERS: HashMap<Ipv4Key, PeerRoute> = HashMap::pinned(4_096, 0);
 
-/// When the last link hello of each peer arrived (`bpf_ktime_get_ns`).
+/// What each peer's hellos showed: when the last arrived, and the largest of the window.
 #[map]
-pub(crate) static WEAVE_HEARD: HashMap<Ipv4Key, u64> = HashMap::pinned(4_096, 0);
+pub(crate) static WEAVE_HEARD: HashMap<Ipv4Key, Heard> = HashMap::pinned(4_096, 0);
 
 /// Cross-subnet directions the isolation rules allow.
 #[map]
@@ -50,23 +50,28 @@ pub(crate) fn peer_route(key: Ipv4Key) -> Option<PeerRoute> {
     unsafe { WEAVE_PEERS.get(&key).copied() }
 }
 
-/// Where to send frames for the host at underlay address `peer`: its next hop, or the host
-/// itself when it is not a live peer (yet), as before relaying existed.
+/// Where to send frames for the host at underlay address `peer`, and the path MTU towards it
+/// (0: not learned): its next hop, or the host itself when it is not a live peer (yet), as
+/// before relaying existed.
 #[inline(always)]
-pub(crate) fn next_hop(peer: Ipv4Key) -> Ipv4Key {
+pub(crate) fn next_hop(peer: Ipv4Key) -> (Ipv4Key, u16) {
     match peer_route(peer) {
-        Some(route) if route.next_hop != 0 => route.next_hop,
-        _ => peer,
+        Some(route) if route.next_hop != 0 => (route.next_hop, route.mtu),
+        Some(route) => (peer, route.mtu),
+        None => (peer, 0),
     }
 }
 
-/// Notes that a link hello from `peer` arrived now.
+/// Notes that a link hello of IPv4 total length `len` from `peer` arrived now.
 #[inline(always)]
-pub(crate) fn heard(peer: Ipv4Key) {
+pub(crate) fn heard(peer: Ipv4Key, len: u32) {
     // SAFETY: the helper has no preconditions.
     let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
+    // SAFETY: copied out at once; only this program writes the map (per peer, the rare race
+    // between two CPUs loses one hello's news, which the next one brings).
+    let before = unsafe { WEAVE_HEARD.get(&peer).copied() }.unwrap_or_default();
     // A full map only loses the news of a new peer, which the agent cleans up after.
-    let _ = WEAVE_HEARD.insert(&peer, &now, 0);
+    let _ = WEAVE_HEARD.insert(&peer, &before.after(len, now), 0);
 }
 
 #[inline(always)]

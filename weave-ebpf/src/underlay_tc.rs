@@ -186,7 +186,7 @@ fn overlay(ctx: &TcContext, cfg: &Config, source: u32) -> Result<Outcome, Counte
         }
         match relay::vni(&hdr) {
             HELLO_VNI => {
-                heard(source);
+                heard(source, ctx.len() - ETH_LEN as u32);
                 return Ok(Outcome::Hello);
             }
             vni if vni != cfg.vni => return Err(CounterId::DropBadVxlan),

@@ -231,7 +231,13 @@ fn link_hellos_are_noted_and_go_no_further() {
     );
     let heard = host.heard().unwrap();
     assert_eq!(heard.len(), 1, "{heard:?}");
-    assert!(heard[0].0 == H2 && heard[0].1 > 0, "{heard:?}");
+    let (peer, record) = heard[0];
+    assert!(peer == H2 && record.at_ns > 0, "{heard:?}");
+    assert_eq!(
+        record.largest as usize,
+        hello.len() - 14,
+        "the hello's IPv4 length"
+    );
     // From a host that is no peer: not noted.
     let stranger = on_wire(H1_MAC, &frames::vxlan(H5, H1, VXLAN_I, HELLO_VNI, &[0; 8]));
     run(&host, &stranger, Skb::default()).assert(
@@ -262,4 +268,82 @@ fn containers_send_to_the_next_hop_of_the_destination_host() {
     let outer_dst: [u8; 4] = out.frame[30..34].try_into().unwrap();
     assert_eq!(outer_dst, H2, "sent to the relay");
     assert_eq!(out.frame[42], VXLAN_I, "a plain frame: the relay marks it");
+}
+
+/// An IPv4 packet from C1 to C4 of `total` bytes.
+fn sized(total: usize) -> Ip {
+    let mut ip = Ip::udp(C1, C4);
+    ip.payload.resize(total - 20, 0x5a);
+    ip
+}
+
+#[test]
+fn packets_too_big_for_the_path_are_answered_with_fragmentation_needed() {
+    let mut host = relay_host(config());
+    host.add_peer_route(H3, H3, 1000).unwrap();
+    let skb = Skb {
+        ingress_ifindex: C1_VETH,
+        ..Skb::default()
+    };
+    // 950 bytes of IPv4 make exactly 1000 once wrapped: sent.
+    let fits = ethernet(STALE_MAC, mac(C1), ETHERTYPE_IPV4, &sized(950).bytes());
+    let out = host.run(CONTAINER_TC, &fits, Some(skb)).unwrap();
+    out.assert(
+        TC_ACT_REDIRECT,
+        &[ContainerRx, RemoteSent],
+        fits.len(),
+        false,
+    );
+
+    let big = sized(951).bytes();
+    let frame = ethernet(STALE_MAC, mac(C1), ETHERTYPE_IPV4, &big);
+    let out = host.run(CONTAINER_TC, &frame, Some(skb)).unwrap();
+    let counted: Vec<CounterId> = out.counted.iter().map(|(id, _)| *id).collect();
+    assert_eq!(out.code, TC_ACT_REDIRECT);
+    assert_eq!(counted, [ContainerRx, IcmpFragNeeded]);
+    let answer = &out.frame;
+    assert_eq!(
+        answer.len(),
+        14 + 20 + 8 + 28,
+        "Ethernet, IPv4, ICMP, the quote"
+    );
+    assert_eq!(&answer[0..6], &mac(C1), "back to the sender");
+    assert_eq!(&answer[6..12], &mac(C4), "from the destination");
+    let ip = &answer[14..34];
+    assert_eq!(checksum(ip), [0, 0], "IPv4 checksum");
+    assert_eq!((ip[9], &ip[12..16], &ip[16..20]), (1, &C4[..], &C1[..]));
+    let icmp = &answer[34..];
+    assert_eq!(checksum(icmp), [0, 0], "ICMP checksum");
+    assert_eq!(
+        (icmp[0], icmp[1]),
+        (3, 4),
+        "destination unreachable, fragmentation needed"
+    );
+    assert_eq!(
+        u16::from_be_bytes([icmp[6], icmp[7]]),
+        950,
+        "the MTU that fits"
+    );
+    assert_eq!(
+        &icmp[8..],
+        &big[..28],
+        "the packet's IPv4 header and 8 bytes quoted"
+    );
+}
+
+#[test]
+fn a_path_mtu_not_learned_sends_everything_as_before() {
+    let host = relay_host(config());
+    let skb = Skb {
+        ingress_ifindex: C1_VETH,
+        ..Skb::default()
+    };
+    let frame = ethernet(STALE_MAC, mac(C1), ETHERTYPE_IPV4, &sized(1400).bytes());
+    let out = host.run(CONTAINER_TC, &frame, Some(skb)).unwrap();
+    out.assert(
+        TC_ACT_REDIRECT,
+        &[ContainerRx, RemoteSent],
+        frame.len(),
+        false,
+    );
 }

@@ -272,6 +272,7 @@ pub fn reset(loc: &Location) -> Result<()> {
     }
     let pins = datapath::remove_pins(&loc.pin_dir)?;
     let links = remove_links()?;
+    let routes = remove_mtu_routes()?;
     match fs::remove_dir_all(&loc.state_dir) {
         Ok(()) => {}
         Err(err) if err.kind() == ErrorKind::NotFound => {}
@@ -281,13 +282,25 @@ pub fn reset(loc: &Location) -> Result<()> {
         }
     }
     println!(
-        "weave-agent reset in network namespace {}: removed {} pins, {} links and {}",
+        "weave-agent reset in network namespace {}: removed {} pins, {} links, {routes} MTU \
+         routes and {}",
         loc.netns,
         pins.len(),
         links.len(),
         loc.state_dir.display()
     );
     Ok(())
+}
+
+/// Deletes the host routes the agent made for narrow paths to peers (`host::peer_mtu`).
+fn remove_mtu_routes() -> Result<usize> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let handle = netlink::connect()?;
+        crate::host::peer_mtu::remove_all(&handle).await
+    })
 }
 
 /// Deletes the links the agent makes in this namespace: the VXLAN device and the host ends of

@@ -50,7 +50,8 @@ fn print_connections(connections: &[api::ConnectionInfo]) {
             .as_deref()
             .map(|r| format!(": {r}"))
             .unwrap_or_default();
-        println!("{:<15} {name} {}{via}{reason}", c.address, c.state);
+        let mtu = c.mtu.map(|m| format!(", path MTU {m}")).unwrap_or_default();
+        println!("{:<15} {name} {}{via}{mtu}{reason}", c.address, c.state);
     }
 }
 

@@ -25,7 +25,7 @@ use crate::{
         gossip::PeerView,
         peer_addr::PeerBook,
         sealed_transport::AuthFailures,
-        topology::routes::{Route, Topology},
+        topology::routes::{Path, Topology},
     },
     net::{addressing::Cidr, policy::Subnet},
 };
@@ -70,15 +70,19 @@ pub struct Inner {
     pub topology: Topology,
     /// Whom this host hears directly, as the link loop last read it.
     pub links: Links,
-    /// How frames reach each live peer, as the last sync computed it.
-    pub next_hops: BTreeMap<Ipv4Addr, Route>,
+    /// How frames reach each live peer, and the path MTU, as the last sync computed it.
+    pub next_hops: BTreeMap<Ipv4Addr, Path>,
+    /// The host routes carrying a narrow path's MTU to a peer (`host::peer_mtu`), as made.
+    pub mtu_routes: BTreeMap<Ipv4Addr, u32>,
+    /// `mtu_routes` has been read from the kernel (at the first sync).
+    pub mtu_routes_read: bool,
 }
 
 /// Whom this host hears directly: the heard map as last read.
 #[derive(Debug, Default, Clone)]
 pub struct Links {
-    /// Peers heard within the window.
-    pub heard: BTreeSet<Ipv4Addr>,
+    /// Peers heard within the window, with the largest hello heard from each lately.
+    pub heard: BTreeMap<Ipv4Addr, u16>,
     /// When each peer's last hello arrived, and when the map was read (`bpf_ktime_get_ns`).
     pub last: BTreeMap<Ipv4Addr, u64>,
     pub read_at_ns: u64,

@@ -218,6 +218,10 @@ pub struct ConnectionInfo {
     pub heard_ms_ago: Option<u64>,
     /// It says it hears this host's hellos.
     pub hears_us: bool,
+    /// Path MTU to it (largest outer IPv4 packet), where a hop narrower than the underlay NIC
+    /// was found; container packets that would exceed it get ICMP "fragmentation needed".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u16>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]

@@ -127,6 +127,9 @@ async fn start(config: &DaemonConfig, loc: &Location) -> Result<(Arc<Agent>, Uni
         topology: Default::default(),
         links: Default::default(),
         next_hops: BTreeMap::new(),
+        // Filled from the kernel at the first sync: a restarted agent takes over its routes.
+        mtu_routes: BTreeMap::new(),
+        mtu_routes_read: false,
     };
     endpoints::adopt_endpoints(&mut inner).await?;
     state::save(&loc.state_dir, &inner.state)?;

@@ -2,7 +2,7 @@
 //! hears, read from the heard map, published in gossip whenever it changes.
 
 use std::{
-    collections::BTreeSet,
+    collections::BTreeMap,
     net::{IpAddr, Ipv4Addr, SocketAddr},
     sync::Arc,
 };
@@ -14,21 +14,26 @@ use weave_common::data_port;
 use super::agent::{Agent, Links};
 use crate::mesh::topology::{
     hello::Hellos,
-    links::{self, FORGET_AFTER, HEARD_WINDOW, HELLO_INTERVAL},
+    links::{self, FORGET_AFTER, HEARD_WINDOW, HELLO_INTERVAL, PROBE_EVERY},
 };
 
 pub async fn link_loop(agent: Arc<Agent>, hellos: Hellos) {
     let mut stopping = agent.shutdown.subscribe();
     let mut tick = tokio::time::interval(HELLO_INTERVAL);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut published: Option<BTreeSet<Ipv4Addr>> = None;
+    let mut published: Option<BTreeMap<Ipv4Addr, u16>> = None;
+    let mut round: u32 = 0;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = stopping.changed() => return,
         }
         let targets = live_data_addresses(&agent).await;
-        hellos.send(targets).await;
+        hellos.send(targets.iter().copied()).await;
+        round = round.wrapping_add(1);
+        if round.is_multiple_of(PROBE_EVERY) {
+            probe(&agent, &hellos, &targets).await;
+        }
         let heard = match read_heard(&agent).await {
             Ok(heard) => heard,
             Err(err) => {
@@ -39,8 +44,12 @@ pub async fn link_loop(agent: Arc<Agent>, hellos: Hellos) {
         gossip_with_one_heard(&agent, &heard).await;
         if published.as_ref() != Some(&heard) {
             tracing::info!(
-                heard = %heard.iter().map(ToString::to_string).collect::<Vec<_>>().join(" "),
-                "peers heard directly changed"
+                heard = %heard
+                    .iter()
+                    .map(|(peer, largest)| format!("{peer}({largest})"))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                "peers heard directly changed (largest hello of each)"
             );
             agent.gossip.publish_links(&links::encode(&heard)).await;
             published = Some(heard);
@@ -53,7 +62,7 @@ pub async fn link_loop(agent: Arc<Agent>, hellos: Hellos) {
 /// among all live peers, knowing nothing of links; in a mesh cut into parts most of its picks
 /// fail, and what one host publishes would crawl. A round along a link that works keeps every
 /// host's view converging (tests/topology_simulation.rs models both).
-async fn gossip_with_one_heard(agent: &Agent, heard: &BTreeSet<Ipv4Addr>) {
+async fn gossip_with_one_heard(agent: &Agent, heard: &BTreeMap<Ipv4Addr, u16>) {
     if heard.is_empty() {
         return;
     }
@@ -62,7 +71,7 @@ async fn gossip_with_one_heard(agent: &Agent, heard: &BTreeSet<Ipv4Addr>) {
         return;
     }
     let nth = (u64::from_ne_bytes(pick) % heard.len() as u64) as usize;
-    let Some(ip) = heard.iter().nth(nth) else {
+    let Some(ip) = heard.keys().nth(nth) else {
         return;
     };
     let address = {
@@ -78,6 +87,29 @@ async fn gossip_with_one_heard(agent: &Agent, heard: &BTreeSet<Ipv4Addr>) {
     {
         tracing::debug!(%address, "gossip round with a heard peer: {err:#}");
     }
+}
+
+/// Probes the path MTU to each of `targets` (data-port addresses): the whole ladder where the
+/// peer has not reported hearing a probe of the underlay's full MTU from this host, else just
+/// that one, which keeps a path of full size known for one packet a second.
+async fn probe(agent: &Agent, hellos: &Hellos, targets: &[SocketAddr]) {
+    let IpAddr::V4(me) = agent.gossip.self_address().ip() else {
+        return;
+    };
+    let underlay_mtu = u16::try_from(agent.base.underlay.mtu).unwrap_or(u16::MAX);
+    let ladder = links::probe_sizes(underlay_mtu);
+    let (full, partial): (Vec<SocketAddr>, Vec<SocketAddr>) = {
+        let inner = agent.inner.lock().await;
+        targets.iter().partition(|t| match t.ip() {
+            IpAddr::V4(ip) => inner
+                .topology
+                .hears_from(ip, me)
+                .is_some_and(|largest| largest >= underlay_mtu),
+            IpAddr::V6(_) => true,
+        })
+    };
+    hellos.probe(&full, &[underlay_mtu]).await;
+    hellos.probe(&partial, &ladder).await;
 }
 
 /// Where each live peer takes hellos: its underlay address and data port (its gossip port + 1,
@@ -97,20 +129,20 @@ async fn live_data_addresses(agent: &Agent) -> Vec<SocketAddr> {
 
 /// Reads the heard map into [`Links`] and returns the peers heard within the window; entries
 /// of peers silent for [`FORGET_AFTER`] are removed.
-async fn read_heard(agent: &Agent) -> Result<BTreeSet<Ipv4Addr>> {
+async fn read_heard(agent: &Agent) -> Result<BTreeMap<Ipv4Addr, u16>> {
     let mut inner = agent.inner.lock().await;
     let entries = inner.datapath.heard()?;
     let now = monotonic_ns();
     let forget = FORGET_AFTER.as_nanos() as u64;
-    for (peer, at) in &entries {
-        if now.saturating_sub(*at) > forget {
+    for (peer, heard) in &entries {
+        if now.saturating_sub(heard.at_ns) > forget {
             inner.datapath.forget_heard(*peer)?;
         }
     }
     let heard = links::heard_within(entries.iter().copied(), now, HEARD_WINDOW);
     inner.links = Links {
         heard: heard.clone(),
-        last: entries.into_iter().collect(),
+        last: entries.into_iter().map(|(p, h)| (p, h.at_ns)).collect(),
         read_at_ns: now,
     };
     Ok(heard)

@@ -15,7 +15,7 @@ use weave_common::{
 
 use super::desired::desired;
 use crate::{
-    mesh::{gossip::PeerView, topology::routes::Route},
+    mesh::{gossip::PeerView, topology::routes::Path},
     net::policy::{self, Rule, Subnet},
 };
 
@@ -31,11 +31,10 @@ pub struct Written {
     /// Remote entries found in the pinned map at start (left by the previous agent), kept for
     /// [`ADOPTION_GRACE`] even if gossip has not confirmed them yet.
     pub adopted: BTreeSet<Ipv4Addr>,
-    /// The peer map found at start (peer -> next hop): the adopted entries still point at
-    /// these peers.
-    pub adopted_peers: BTreeMap<Ipv4Addr, Ipv4Addr>,
-    /// The peer map (peer -> next hop); None until the first sync writes it.
-    pub peers: Option<BTreeMap<Ipv4Addr, Ipv4Addr>>,
+    /// The peer map found at start: the adopted entries still point at these peers.
+    pub adopted_peers: BTreeMap<Ipv4Addr, NextHop>,
+    /// The peer map; None until the first sync writes it.
+    pub peers: Option<BTreeMap<Ipv4Addr, NextHop>>,
     /// The policy map; None until the first sync writes it.
     pub policy: Option<BTreeSet<SubnetPair>>,
 }
@@ -48,9 +47,27 @@ pub struct View<'a> {
     /// Subnets of the endpoints attached on this host.
     pub local_subnets: &'a BTreeSet<Subnet>,
     pub rules: &'a [Rule],
-    /// How frames reach each live peer (`mesh::topology`); a peer missing here is reached
-    /// directly.
-    pub routes: &'a BTreeMap<Ipv4Addr, Route>,
+    /// How frames reach each live peer and the path MTU to write (`mesh::topology`); a peer
+    /// missing here is reached directly, its MTU not learned.
+    pub routes: &'a BTreeMap<Ipv4Addr, Path>,
+}
+
+/// What the peer map holds for a live peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct NextHop {
+    /// Where its frames go: the peer itself or a relay.
+    pub address: Ipv4Addr,
+    /// Path MTU the data path enforces (0: none).
+    pub mtu: u16,
+}
+
+impl NextHop {
+    pub const fn direct(peer: Ipv4Addr) -> Self {
+        Self {
+            address: peer,
+            mtu: 0,
+        }
+    }
 }
 
 /// One change to the maps.
@@ -62,7 +79,7 @@ pub enum MapOp {
     /// is no longer a remote entry to keep or clean up.
     ForgetRemote(Ipv4Addr),
     /// Live peers and the next hop each one's frames go to.
-    SetPeers(BTreeMap<Ipv4Addr, Ipv4Addr>),
+    SetPeers(BTreeMap<Ipv4Addr, NextHop>),
     SetPolicy(BTreeSet<SubnetPair>),
 }
 
@@ -95,10 +112,19 @@ pub fn plan(view: &View<'_>, written: &Written, since_start: Duration) -> Plan {
     for ip in written.remote.keys().filter(|ip| !kept(ip)) {
         ops.push(MapOp::RemoveEndpoint(*ip));
     }
-    let mut peers: BTreeMap<Ipv4Addr, Ipv4Addr> = desired
+    let mut peers: BTreeMap<Ipv4Addr, NextHop> = desired
         .peers
         .iter()
-        .map(|&p| (p, view.routes.get(&p).map_or(p, |r| r.next_hop(p))))
+        .map(|&p| {
+            let hop = view
+                .routes
+                .get(&p)
+                .map_or(NextHop::direct(p), |path| NextHop {
+                    address: path.route.next_hop(p),
+                    mtu: path.mtu,
+                });
+            (p, hop)
+        })
         .collect();
     if in_grace && !written.adopted.is_empty() {
         for (peer, hop) in &written.adopted_peers {
@@ -184,7 +210,9 @@ impl Written {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{control::desired::tests::peer, net::addressing::Cidr};
+    use crate::{
+        control::desired::tests::peer, mesh::topology::routes::Route, net::addressing::Cidr,
+    };
 
     fn view<'a>(
         peers: &'a [PeerView],
@@ -200,7 +228,7 @@ mod tests {
         }
     }
 
-    static NO_ROUTES: BTreeMap<Ipv4Addr, Route> = BTreeMap::new();
+    static NO_ROUTES: BTreeMap<Ipv4Addr, Path> = BTreeMap::new();
 
     fn apply(written: &mut Written, plan: &Plan) {
         for op in &plan.ops {
@@ -251,7 +279,7 @@ mod tests {
         let mut written = Written {
             remote: BTreeMap::from([(ip, cidr.remote_endpoint(cidr.mac(), old_peer))]),
             adopted: BTreeSet::from([ip]),
-            adopted_peers: BTreeMap::from([(old_peer, old_peer)]),
+            adopted_peers: BTreeMap::from([(old_peer, NextHop::direct(old_peer))]),
             ..Written::default()
         };
         let (local, subnets) = (BTreeSet::new(), BTreeSet::new());
@@ -265,11 +293,10 @@ mod tests {
             "{:?}",
             early.ops
         );
-        assert!(
-            early
-                .ops
-                .contains(&MapOp::SetPeers(BTreeMap::from([(old_peer, old_peer)])))
-        );
+        assert!(early.ops.contains(&MapOp::SetPeers(BTreeMap::from([(
+            old_peer,
+            NextHop::direct(old_peer)
+        )]))));
         apply(&mut written, &early);
         let late = plan(&view(&[], &local, &subnets), &written, ADOPTION_GRACE);
         assert!(
@@ -288,14 +315,32 @@ mod tests {
         ];
         let (local, subnets) = (BTreeSet::new(), BTreeSet::new());
         let (b, c) = (Ipv4Addr::new(10, 0, 0, 2), Ipv4Addr::new(10, 0, 0, 3));
-        let routes = BTreeMap::from([(b, Route::Direct), (c, Route::Via(b))]);
+        let routes = BTreeMap::from([
+            (b, Path::DIRECT),
+            (
+                c,
+                Path {
+                    route: Route::Via(b),
+                    mtu: 1000,
+                },
+            ),
+        ]);
         let view = View {
             routes: &routes,
             ..view(&peers, &local, &subnets)
         };
         let ops = plan(&view, &Written::default(), LATER).ops;
         assert!(
-            ops.contains(&MapOp::SetPeers(BTreeMap::from([(b, b), (c, b)]))),
+            ops.contains(&MapOp::SetPeers(BTreeMap::from([
+                (b, NextHop::direct(b)),
+                (
+                    c,
+                    NextHop {
+                        address: b,
+                        mtu: 1000
+                    }
+                )
+            ]))),
             "{ops:?}"
         );
     }

@@ -87,14 +87,14 @@ pub fn endpoint_infos(inner: &Inner) -> Vec<api::EndpointInfo> {
 /// The route to a live peer at `ip`, as `peers` shows it: `direct` or `via` (with the relay's
 /// address and nickname); nothing for a peer that is not live.
 fn route_of(inner: &Inner, ip: Option<Ipv4Addr>) -> (String, Option<String>, Option<String>) {
-    match ip.and_then(|ip| inner.next_hops.get(&ip)) {
+    match ip.and_then(|ip| inner.next_hops.get(&ip)).map(|p| p.route) {
         None => (String::new(), None, None),
         Some(Route::Direct) => ("direct".to_owned(), None, None),
         Some(Route::Via(relay)) => {
             let nickname = inner
                 .peers
                 .iter()
-                .find(|p| p.address.ip() == IpAddr::V4(*relay))
+                .find(|p| p.address.ip() == IpAddr::V4(relay))
                 .map(|p| p.nickname.clone());
             ("via".to_owned(), Some(relay.to_string()), nickname)
         }
@@ -167,12 +167,14 @@ pub fn connections(agent: &Agent, inner: &Inner) -> Vec<api::ConnectionInfo> {
             let heard_ms_ago = ip
                 .and_then(|ip| links.last.get(&ip))
                 .map(|at| links.read_at_ns.saturating_sub(*at) / 1_000_000);
-            let heard = ip.is_some_and(|ip| links.heard.contains(&ip));
+            let heard = ip.is_some_and(|ip| links.heard.contains_key(&ip));
             let hears_us = match (ip, me) {
-                (Some(ip), Some(me)) => inner.topology.hears(ip).binary_search(&me).is_ok(),
+                (Some(ip), Some(me)) => inner.topology.hears_from(ip, me).is_some(),
                 _ => false,
             };
-            let (state, via) = match ip.and_then(|ip| inner.next_hops.get(&ip)) {
+            let path = ip.and_then(|ip| inner.next_hops.get(&ip));
+            let mtu = path.map(|p| p.mtu).filter(|m| *m != 0);
+            let (state, via) = match path.map(|p| p.route) {
                 _ if !p.alive => ("dead", None),
                 Some(Route::Via(relay)) => ("relayed", Some(relay.to_string())),
                 Some(Route::Direct) if heard && hears_us => ("direct", None),
@@ -201,6 +203,7 @@ pub fn connections(agent: &Agent, inner: &Inner) -> Vec<api::ConnectionInfo> {
                 reason,
                 heard_ms_ago,
                 hears_us,
+                mtu,
             }
         })
         .collect();
@@ -224,6 +227,7 @@ pub fn connections(agent: &Agent, inner: &Inner) -> Vec<api::ConnectionInfo> {
             via: None,
             heard_ms_ago: None,
             hears_us: false,
+            mtu: None,
         });
     }
     out

@@ -2,7 +2,7 @@
 //! whenever chitchat reports a change, a peer's key arrives, or the safety-net tick fires.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     net::{IpAddr, Ipv4Addr},
     sync::Arc,
     time::Duration,
@@ -20,6 +20,7 @@ use super::{
 };
 use crate::{
     datapath::Datapath,
+    host::peer_mtu,
     mesh::{gossip::PeerView, topology::routes::Route},
 };
 
@@ -62,10 +63,66 @@ pub async fn sync_once(agent: &Agent) -> Result<()> {
         let maps = apply_plan(inner, &peers);
         peers::contact_configured(agent, inner, &peers);
         inner.peers = peers;
-        (maps, rules::route_work(inner))
+        let mtu_routes = wanted_mtu_routes(inner);
+        (maps, (rules::route_work(inner), mtu_routes))
     };
+    let (routes, mtu_routes) = routes;
     rules::sync_routes(agent, routes).await;
+    sync_mtu_routes(agent, mtu_routes).await;
     maps
+}
+
+/// The MTU routes the host should have: one per peer reached directly over a path narrower
+/// than the underlay NIC.
+fn wanted_mtu_routes(inner: &Inner) -> BTreeMap<Ipv4Addr, u32> {
+    inner
+        .next_hops
+        .iter()
+        .filter(|(_, path)| path.route == Route::Direct && path.mtu != 0)
+        .map(|(peer, path)| (*peer, u32::from(path.mtu)))
+        .collect()
+}
+
+/// Makes the host's MTU routes `wanted`, touching only those that differ from what the
+/// kernel holds (read once, at the first sync, so a restarted agent takes over its own).
+async fn sync_mtu_routes(agent: &Agent, wanted: BTreeMap<Ipv4Addr, u32>) {
+    let (handle, made) = {
+        let mut inner = agent.inner.lock().await;
+        if !inner.mtu_routes_read {
+            match peer_mtu::list(&inner.netlink).await {
+                Ok(found) => {
+                    inner.mtu_routes = found;
+                    inner.mtu_routes_read = true;
+                }
+                Err(err) => tracing::warn!("listing the MTU routes: {err:#}"),
+            }
+        }
+        (inner.netlink.clone(), inner.mtu_routes.clone())
+    };
+    if made == wanted {
+        return;
+    }
+    let oif = agent.base.underlay.ifindex;
+    let mut now = made.clone();
+    for peer in made.keys().filter(|p| !wanted.contains_key(p)) {
+        match peer_mtu::remove(&handle, *peer).await {
+            Ok(()) => {
+                tracing::info!(%peer, "the path to the peer is full size again; MTU route removed");
+                now.remove(peer);
+            }
+            Err(err) => tracing::warn!("{err:#}"),
+        }
+    }
+    for (peer, mtu) in wanted.iter().filter(|(p, m)| made.get(p) != Some(m)) {
+        match peer_mtu::set(&handle, *peer, oif, *mtu).await {
+            Ok(()) => {
+                tracing::info!(%peer, mtu, "MTU route to the peer: the host's own packets fit the narrow hop");
+                now.insert(*peer, *mtu);
+            }
+            Err(err) => tracing::warn!("{err:#}"),
+        }
+    }
+    agent.inner.lock().await.mtu_routes = now;
 }
 
 /// Containers that died took their veth with them: withdraw their addresses. One cheap
@@ -89,8 +146,9 @@ async fn withdraw_vanished(agent: &Agent, inner: &mut Inner) -> Result<()> {
     Ok(())
 }
 
-/// Computes how frames reach each live peer from the links they publish and whom this host
-/// hears, and says which routes changed.
+/// Computes how frames reach each live peer, and the path MTU, from the links they publish and
+/// whom this host hears, and says which changed. A path MTU the underlay NIC's own MTU already
+/// enforces is not written (0): only a narrower hop needs the data path's answer.
 fn update_routes(agent: &Agent, inner: &mut Inner, peers: &[PeerView]) {
     let IpAddr::V4(me) = agent.gossip.self_address().ip() else {
         return;
@@ -103,16 +161,27 @@ fn update_routes(agent: &Agent, inner: &mut Inner, peers: &[PeerView]) {
         }
     }
     inner.topology.retain(|ip| live.contains(ip));
-    let routes = inner.topology.routes(me, &inner.links.heard, &live);
-    for (peer, route) in &routes {
+    let heard: BTreeSet<Ipv4Addr> = inner.links.heard.keys().copied().collect();
+    let underlay_mtu = u16::try_from(agent.base.underlay.mtu).unwrap_or(u16::MAX);
+    let mut routes = inner.topology.routes(me, &heard, &live);
+    for path in routes.values_mut() {
+        if path.mtu >= underlay_mtu {
+            path.mtu = 0;
+        }
+    }
+    for (peer, path) in &routes {
         let before = inner.next_hops.get(peer);
-        if before.is_some_and(|b| b != route) || (before.is_none() && *route != Route::Direct) {
-            match route {
+        let route_changed = before.map_or(path.route != Route::Direct, |b| b.route != path.route);
+        if route_changed {
+            match path.route {
                 Route::Direct => tracing::info!(%peer, "reaching the peer directly"),
                 Route::Via(relay) => {
                     tracing::info!(%peer, %relay, "reaching the peer through a relay")
                 }
             }
+        }
+        if before.map_or(path.mtu != 0, |b| b.mtu != path.mtu) {
+            tracing::info!(%peer, mtu = path.mtu, underlay_mtu, "path MTU to the peer (0: the underlay's)");
         }
     }
     inner.next_hops = routes;

@@ -20,7 +20,7 @@ use aya::{
 };
 use weave_common::{
     OVERLAY_VNI,
-    endpoint::{Config, ENCAP_EBPF, ENCAP_VXLAN_DEVICE, PeerRoute, ipv4_key},
+    endpoint::{Config, ENCAP_EBPF, ENCAP_VXLAN_DEVICE, Heard, PeerRoute, ipv4_key},
     maps, programs,
 };
 
@@ -213,15 +213,17 @@ fn attach_underlay_xdp(
 }
 
 /// Removes pinned maps whose value is not this build's (an earlier build's: the config before
-/// fields were appended, the peer map before it held routes): the verifier checks every access
-/// against the pinned map's value size, so this build's programs could not load with them.
-/// They are made anew, and the agent writes both whole on every start anyway (the config at
-/// attach, the peers at the first sync, about a second in: until then overlay packets from
-/// peers are dropped as not from a peer, once, on this upgrade).
+/// fields were appended, the peer map before it held routes, the heard map before it held
+/// hello sizes): the verifier checks every access against the pinned map's value size, so
+/// this build's programs could not load with them. They are made anew: the agent writes the
+/// config at attach and the peers at the first sync, about a second in (until then overlay
+/// packets from peers are dropped as not from a peer, once, on this upgrade), and the heard
+/// map fills with the next hellos.
 fn forget_resized_maps(pin_dir: &Path) -> Result<()> {
     let layouts = [
         (maps::CONFIG, std::mem::size_of::<Config>()),
         (maps::PEERS, std::mem::size_of::<PeerRoute>()),
+        (maps::HEARD, std::mem::size_of::<Heard>()),
     ];
     for (name, value_size) in layouts {
         let pin = pin_dir.join(name);

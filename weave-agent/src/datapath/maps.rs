@@ -9,12 +9,13 @@ use anyhow::{Context as _, Result};
 use aya::maps::{HashMap, MapData, PerCpuArray};
 use weave_common::{
     counters::{Counter, CounterId},
-    endpoint::{Endpoint, Ipv4Key, PeerRoute, ipv4_key, ipv4_octets},
+    endpoint::{Endpoint, Heard, Ipv4Key, PeerRoute, ipv4_key, ipv4_octets},
     maps,
     policy::{POLICY_CAPACITY, SubnetPair},
 };
 
 use super::{CounterTotal, Datapath};
+use crate::control::reconcile::NextHop;
 
 impl Datapath {
     pub(super) fn map(&self, name: &str) -> Result<&aya::maps::Map> {
@@ -59,16 +60,16 @@ impl Datapath {
             .collect()
     }
 
-    /// Makes the peer map hold exactly `peers`: each live peer and the next hop its frames go
-    /// to (itself, or a relay).
-    pub fn set_peers(&mut self, peers: &BTreeMap<Ipv4Addr, Ipv4Addr>) -> Result<()> {
+    /// Makes the peer map hold exactly `peers`: each live peer, the next hop its frames go to
+    /// (itself, or a relay) and the path MTU.
+    pub fn set_peers(&mut self, peers: &BTreeMap<Ipv4Addr, NextHop>) -> Result<()> {
         let mut map: HashMap<&mut MapData, Ipv4Key, PeerRoute> =
             HashMap::try_from(self.map_mut(maps::PEERS)?)?;
         let present: BTreeMap<Ipv4Key, PeerRoute> = map.iter().collect::<Result<_, _>>()?;
         let wanted: BTreeMap<Ipv4Key, PeerRoute> = peers
             .iter()
             .map(|(peer, hop)| {
-                let route = PeerRoute::direct(ipv4_key(hop.octets()));
+                let route = PeerRoute::new(ipv4_key(hop.address.octets()), hop.mtu);
                 (ipv4_key(peer.octets()), route)
             })
             .collect();
@@ -82,9 +83,9 @@ impl Datapath {
         Ok(())
     }
 
-    /// When each peer's last link hello arrived (`bpf_ktime_get_ns` time).
-    pub fn heard(&self) -> Result<Vec<(Ipv4Addr, u64)>> {
-        let map: HashMap<&MapData, Ipv4Key, u64> = HashMap::try_from(self.map(maps::HEARD)?)?;
+    /// What each peer's link hellos showed (`bpf_ktime_get_ns` time).
+    pub fn heard(&self) -> Result<Vec<(Ipv4Addr, Heard)>> {
+        let map: HashMap<&MapData, Ipv4Key, Heard> = HashMap::try_from(self.map(maps::HEARD)?)?;
         map.iter()
             .map(|entry| {
                 let (key, at) = entry?;
@@ -95,7 +96,7 @@ impl Datapath {
 
     /// Drops a peer from the heard map (one not heard for long).
     pub fn forget_heard(&mut self, peer: Ipv4Addr) -> Result<()> {
-        let mut map: HashMap<&mut MapData, Ipv4Key, u64> =
+        let mut map: HashMap<&mut MapData, Ipv4Key, Heard> =
             HashMap::try_from(self.map_mut(maps::HEARD)?)?;
         match map.remove(&ipv4_key(peer.octets())) {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
@@ -116,18 +117,24 @@ impl Datapath {
         })
     }
 
-    /// The kernel's peer map: each peer's underlay address and its next hop.
-    pub fn peers(&self) -> Result<Vec<(Ipv4Addr, Ipv4Addr)>> {
+    /// The kernel's peer map: each peer's underlay address, its next hop and path MTU.
+    pub fn peers(&self) -> Result<Vec<(Ipv4Addr, NextHop)>> {
         let map: HashMap<&MapData, Ipv4Key, PeerRoute> = HashMap::try_from(self.map(maps::PEERS)?)?;
         map.iter()
             .map(|entry| {
                 let (key, route) = entry?;
                 let peer = Ipv4Addr::from(ipv4_octets(key));
-                let hop = match route.next_hop {
+                let address = match route.next_hop {
                     0 => peer,
                     hop => Ipv4Addr::from(ipv4_octets(hop)),
                 };
-                Ok((peer, hop))
+                Ok((
+                    peer,
+                    NextHop {
+                        address,
+                        mtu: route.mtu,
+                    },
+                ))
             })
             .collect()
     }

@@ -4,6 +4,7 @@ pub mod docker;
 pub mod forwarding;
 pub mod netlink;
 pub mod netns;
+pub mod peer_mtu;
 pub mod routes;
 pub mod run_spec;
 pub mod underlay;

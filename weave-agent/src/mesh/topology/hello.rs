@@ -16,6 +16,10 @@ pub fn datagram() -> [u8; HELLO_LEN] {
 
 pub struct Hellos {
     socket: UdpSocket,
+    /// Sends probes: DF set and the kernel's own path MTU ignored (IP_PMTUDISC_PROBE), so a
+    /// probe leaves at the size asked for whatever an earlier ICMP said, and a hop too small
+    /// for it drops it.
+    probes: UdpSocket,
 }
 
 impl Hellos {
@@ -25,6 +29,9 @@ impl Hellos {
         let socket = UdpSocket::bind(SocketAddrV4::new(underlay, 0))
             .await
             .with_context(|| format!("binding a UDP socket on {underlay} for link hellos"))?;
+        let probes = UdpSocket::bind(SocketAddrV4::new(underlay, 0))
+            .await
+            .with_context(|| format!("binding a UDP socket on {underlay} for MTU probes"))?;
         // Like every overlay packet, no UDP checksum (RFC 7348 allows it over IPv4).
         set_option(
             &socket,
@@ -33,7 +40,38 @@ impl Hellos {
             1,
             "SO_NO_CHECK",
         )?;
-        Ok(Self { socket })
+        set_option(
+            &probes,
+            libc::SOL_SOCKET,
+            libc::SO_NO_CHECK,
+            1,
+            "SO_NO_CHECK",
+        )?;
+        let probe = libc::IP_PMTUDISC_PROBE;
+        set_option(
+            &probes,
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            probe,
+            "IP_PMTUDISC_PROBE",
+        )?;
+        Ok(Self { socket, probes })
+    }
+
+    /// Probes of the path MTU to each of `peers`: a hello padded to each IPv4 total length in
+    /// `sizes`. The peer notes the largest that arrived.
+    pub async fn probe(&self, peers: &[SocketAddr], sizes: &[u16]) {
+        let largest = sizes.iter().copied().max().unwrap_or(0);
+        let mut probe = vec![0u8; usize::from(largest).saturating_sub(28).max(HELLO_LEN)];
+        probe[..HELLO_LEN].copy_from_slice(&datagram());
+        for peer in peers {
+            for size in sizes {
+                let payload = usize::from(*size).saturating_sub(28).max(HELLO_LEN);
+                if let Err(err) = self.probes.send_to(&probe[..payload], peer).await {
+                    tracing::trace!(%peer, size, "MTU probe not sent: {err}");
+                }
+            }
+        }
     }
 
     /// One hello to each of `peers` (underlay address, data port). A failed send (no route

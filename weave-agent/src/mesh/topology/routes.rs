@@ -14,7 +14,7 @@ use std::{
     net::Ipv4Addr,
 };
 
-use super::links;
+use super::links::{self, Link, MIN_MTU};
 
 /// How frames reach a peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -24,6 +24,22 @@ pub enum Route {
     Direct,
     /// Through the relay at this underlay address, the first hop of a shortest path.
     Via(Ipv4Addr),
+}
+
+/// A route and the path MTU it has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Path {
+    pub route: Route,
+    /// Largest outer IPv4 packet every link of the path carries, as the far end of each link
+    /// reports the hellos it heard; 0 where no link of it has been measured yet.
+    pub mtu: u16,
+}
+
+impl Path {
+    pub const DIRECT: Self = Self {
+        route: Route::Direct,
+        mtu: 0,
+    };
 }
 
 impl Route {
@@ -40,8 +56,8 @@ impl Route {
 struct Claim {
     /// Hash of the published value: a new value is parsed, the same one is not.
     digest: u64,
-    /// Whom the peer hears, sorted.
-    hears: Vec<Ipv4Addr>,
+    /// Whom the peer hears, sorted by address.
+    hears: Vec<Link>,
 }
 
 /// The links every peer publishes, as this agent knows them.
@@ -74,9 +90,19 @@ impl Topology {
         self.claims.retain(|peer, _| keep(peer));
     }
 
-    /// Whom `peer` says it hears, sorted.
-    pub fn hears(&self, peer: Ipv4Addr) -> &[Ipv4Addr] {
+    /// Whom `peer` says it hears, sorted by address.
+    pub fn hears(&self, peer: Ipv4Addr) -> &[Link] {
         self.claims.get(&peer).map_or(&[], |c| &c.hears)
+    }
+
+    /// What `peer` says of its link from `from`: None if it does not hear it, else the largest
+    /// hello it heard from it (0: no probe yet).
+    pub fn hears_from(&self, peer: Ipv4Addr, from: Ipv4Addr) -> Option<u16> {
+        let hears = self.hears(peer);
+        hears
+            .binary_search_by_key(&from, |l| l.peer)
+            .ok()
+            .map(|i| hears[i].largest)
     }
 
     /// Bytes this view holds on the heap, roughly: what the 500-peer simulation reports.
@@ -85,61 +111,74 @@ impl Topology {
             + self
                 .claims
                 .values()
-                .map(|c| c.hears.capacity() * size_of::<Ipv4Addr>())
+                .map(|c| c.hears.capacity() * size_of::<Link>())
                 .sum::<usize>()
     }
 
-    /// The route to every peer in `live`, for the agent at `me` that hears `heard`.
+    /// The route to every peer in `live`, and its path MTU, for the agent at `me` that hears
+    /// `heard`.
     pub fn routes(
         &self,
         me: Ipv4Addr,
         heard: &BTreeSet<Ipv4Addr>,
         live: &BTreeSet<Ipv4Addr>,
-    ) -> BTreeMap<Ipv4Addr, Route> {
-        let linked = |a: Ipv4Addr, b: Ipv4Addr| {
-            let hears = |x: Ipv4Addr, y: Ipv4Addr| {
-                if x == me {
-                    heard.contains(&y)
-                } else {
-                    self.hears(x).binary_search(&y).is_ok()
-                }
-            };
-            hears(a, b) && hears(b, a)
-        };
-        // First hop of the shortest path to each peer reached so far.
-        let mut first: HashMap<Ipv4Addr, Ipv4Addr> = HashMap::with_capacity(live.len());
+    ) -> BTreeMap<Ipv4Addr, Path> {
+        // First hop and path MTU of the shortest path to each peer reached so far.
+        let mut first: HashMap<Ipv4Addr, (Ipv4Addr, u16)> = HashMap::with_capacity(live.len());
         let mut queue = VecDeque::new();
         for &n in heard {
-            if n != me && live.contains(&n) && linked(me, n) {
-                first.insert(n, n);
+            if n == me || !live.contains(&n) {
+                continue;
+            }
+            // A link this agent hears counts once the peer says it hears this agent too.
+            if let Some(largest) = self.hears_from(n, me) {
+                first.insert(n, (n, narrower(0, largest)));
                 queue.push_back(n);
             }
         }
         while let Some(x) = queue.pop_front() {
-            let hop = first[&x];
-            // x hears each y it names; the link counts if y hears x too.
-            for &y in self.hears(x) {
-                if y == me
-                    || first.contains_key(&y)
-                    || !live.contains(&y)
-                    || self.hears(y).binary_search(&x).is_err()
-                {
+            let (hop, mtu) = first[&x];
+            // x hears each y it names; the link counts if y hears x too, and carries what y
+            // heard from x.
+            for link in self.hears(x) {
+                let y = link.peer;
+                if y == me || first.contains_key(&y) || !live.contains(&y) {
                     continue;
                 }
-                first.insert(y, hop);
+                let Some(largest) = self.hears_from(y, x) else {
+                    continue;
+                };
+                first.insert(y, (hop, narrower(mtu, largest)));
                 queue.push_back(y);
             }
         }
         live.iter()
             .filter(|&&p| p != me)
             .map(|&p| {
-                let route = match first.get(&p) {
-                    Some(&hop) if hop != p => Route::Via(hop),
-                    _ => Route::Direct,
+                let path = match first.get(&p) {
+                    Some(&(hop, mtu)) if hop != p => Path {
+                        route: Route::Via(hop),
+                        mtu,
+                    },
+                    Some(&(_, mtu)) => Path {
+                        route: Route::Direct,
+                        mtu,
+                    },
+                    None => Path::DIRECT,
                 };
-                (p, route)
+                (p, path)
             })
             .collect()
+    }
+}
+
+/// The MTU of a path (`path`, 0: not measured) once it takes a link whose far end heard hellos
+/// up to `largest` (below [`MIN_MTU`]: no probe got through yet, nothing known).
+fn narrower(path: u16, largest: u16) -> u16 {
+    match (path, largest) {
+        (p, l) if l < MIN_MTU => p,
+        (0, l) => l,
+        (p, l) => p.min(l),
     }
 }
 
@@ -151,7 +190,13 @@ mod tests {
         Ipv4Addr::new(10, 0, 0, n)
     }
 
-    /// A topology where each listed pair hears each other, seen from `me`.
+    /// Links as a peer publishes them: each heard at 1500.
+    fn value(peers: &[Ipv4Addr]) -> String {
+        links::encode(&peers.iter().map(|p| (*p, 1500)).collect())
+    }
+
+    /// A topology where each listed pair hears each other (probes of 1500 getting through),
+    /// seen from `me`.
     fn mesh(
         me: u8,
         pairs: &[(u8, u8)],
@@ -166,11 +211,16 @@ mod tests {
         let mut topo = Topology::default();
         for (n, set) in &hears {
             if *n != me {
-                topo.update(ip(*n), Some(&links::encode(set)));
+                let peers: Vec<Ipv4Addr> = set.iter().copied().collect();
+                topo.update(ip(*n), Some(&value(&peers)));
             }
         }
         let live = (1..=nodes).map(ip).collect();
         (topo, hears[&me].clone(), live)
+    }
+
+    fn route(p: Path) -> Route {
+        p.route
     }
 
     #[test]
@@ -178,21 +228,28 @@ mod tests {
         // 1 - 2 - 3, no link 1 - 3.
         let (topo, heard, live) = mesh(1, &[(1, 2), (2, 3)], 3);
         let routes = topo.routes(ip(1), &heard, &live);
-        assert_eq!(routes[&ip(2)], Route::Direct);
-        assert_eq!(routes[&ip(3)], Route::Via(ip(2)));
-        assert_eq!(routes[&ip(3)].next_hop(ip(3)), ip(2));
+        assert_eq!(route(routes[&ip(2)]), Route::Direct);
+        assert_eq!(route(routes[&ip(3)]), Route::Via(ip(2)));
+        assert_eq!(route(routes[&ip(3)]).next_hop(ip(3)), ip(2));
+        assert_eq!(routes[&ip(3)].mtu, 1500);
     }
 
     #[test]
     fn a_link_counts_only_when_both_ends_hear_each_other() {
         let (mut topo, heard, live) = mesh(1, &[(1, 2), (2, 3)], 3);
         // 3 says it hears 1 (and 2), but 1 does not hear 3: still relayed.
-        topo.update(ip(3), Some(&links::encode(&BTreeSet::from([ip(1), ip(2)]))));
-        assert_eq!(topo.routes(ip(1), &heard, &live)[&ip(3)], Route::Via(ip(2)));
+        topo.update(ip(3), Some(&value(&[ip(1), ip(2)])));
+        assert_eq!(
+            route(topo.routes(ip(1), &heard, &live)[&ip(3)]),
+            Route::Via(ip(2))
+        );
         // 1 hears 3 too: direct.
         let mut heard = heard;
         heard.insert(ip(3));
-        assert_eq!(topo.routes(ip(1), &heard, &live)[&ip(3)], Route::Direct);
+        assert_eq!(
+            route(topo.routes(ip(1), &heard, &live)[&ip(3)]),
+            Route::Direct
+        );
     }
 
     #[test]
@@ -200,9 +257,15 @@ mod tests {
         // 1 reaches 4 through 2 or 3; 2 and 3 reach 4 directly.
         let pairs = [(1, 2), (1, 3), (2, 4), (3, 4)];
         let (topo, heard, live) = mesh(1, &pairs, 4);
-        assert_eq!(topo.routes(ip(1), &heard, &live)[&ip(4)], Route::Via(ip(2)));
+        assert_eq!(
+            route(topo.routes(ip(1), &heard, &live)[&ip(4)]),
+            Route::Via(ip(2))
+        );
         let (topo2, heard2, live2) = mesh(2, &pairs, 4);
-        assert_eq!(topo2.routes(ip(2), &heard2, &live2)[&ip(4)], Route::Direct);
+        assert_eq!(
+            route(topo2.routes(ip(2), &heard2, &live2)[&ip(4)]),
+            Route::Direct
+        );
     }
 
     #[test]
@@ -211,7 +274,7 @@ mod tests {
         let (topo, heard, mut live) = mesh(1, &[(1, 2), (2, 3)], 3);
         live.remove(&ip(2));
         let routes = topo.routes(ip(1), &heard, &live);
-        assert_eq!(routes.get(&ip(3)), Some(&Route::Direct));
+        assert_eq!(routes.get(&ip(3)), Some(&Path::DIRECT));
         assert!(!routes.contains_key(&ip(2)));
         assert!(!routes.contains_key(&ip(1)), "no route to itself");
     }
@@ -220,18 +283,50 @@ mod tests {
     fn longer_chains_take_their_first_hop() {
         let (topo, heard, live) = mesh(1, &[(1, 2), (2, 3), (3, 4), (4, 5)], 5);
         let routes = topo.routes(ip(1), &heard, &live);
-        assert_eq!(routes[&ip(5)], Route::Via(ip(2)));
-        assert_eq!(routes[&ip(4)], Route::Via(ip(2)));
+        assert_eq!(route(routes[&ip(5)]), Route::Via(ip(2)));
+        assert_eq!(route(routes[&ip(4)]), Route::Via(ip(2)));
+    }
+
+    #[test]
+    fn the_path_mtu_is_the_narrowest_link_as_its_far_ends_heard_it() {
+        // 1 - 2 - 3: 2 hears 1's probes up to 1500, 3 hears 2's only up to 1000 (a small hop).
+        let mut topo = Topology::default();
+        let one_way = |pairs: &[(Ipv4Addr, u16)]| links::encode(&pairs.iter().copied().collect());
+        topo.update(ip(2), Some(&one_way(&[(ip(1), 1500), (ip(3), 1500)])));
+        topo.update(ip(3), Some(&one_way(&[(ip(2), 1000)])));
+        let heard = BTreeSet::from([ip(2)]);
+        let live = (1..=3).map(ip).collect();
+        let routes = topo.routes(ip(1), &heard, &live);
+        assert_eq!(
+            routes[&ip(2)],
+            Path {
+                route: Route::Direct,
+                mtu: 1500
+            }
+        );
+        assert_eq!(
+            routes[&ip(3)],
+            Path {
+                route: Route::Via(ip(2)),
+                mtu: 1000
+            }
+        );
+        // Only small hellos heard so far on 2 - 3: the path knows only its first link.
+        topo.update(ip(3), Some(&one_way(&[(ip(2), 58)])));
+        assert_eq!(topo.routes(ip(1), &heard, &live)[&ip(3)].mtu, 1500);
+        // Nothing measured at all: 0.
+        topo.update(ip(2), Some(&one_way(&[(ip(1), 0), (ip(3), 0)])));
+        assert_eq!(topo.routes(ip(1), &heard, &live)[&ip(3)].mtu, 0);
     }
 
     #[test]
     fn an_unchanged_value_is_not_parsed_again_and_garbage_hears_no_one() {
         let mut topo = Topology::default();
-        let value = links::encode(&BTreeSet::from([ip(2)]));
+        let value = value(&[ip(2)]);
         assert!(topo.update(ip(1), Some(&value)));
         assert!(!topo.update(ip(1), Some(&value)));
         assert!(topo.update(ip(1), Some("garbage!")));
-        assert_eq!(topo.hears(ip(1)), &[] as &[Ipv4Addr]);
+        assert!(topo.hears(ip(1)).is_empty());
         topo.retain(|_| false);
         assert!(topo.claims.is_empty());
     }
