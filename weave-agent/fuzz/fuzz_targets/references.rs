@@ -1,12 +1,12 @@
-//! What users and peers type or send as text: CIDRs, networks, isolation rules and endpoints as
-//! gossiped, CONTAINER references, peer addresses (parsed only: names resolve later, in the
-//! background), `docker run` options. The first byte picks the parser.
+//! What users and peers type or send as text: CIDRs, networks, isolation rules, endpoints and
+//! links as gossiped, CONTAINER references, peer addresses (parsed only: names resolve later,
+//! in the background), `docker run` options. The first byte picks the parser.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use weave_agent::{
     host::{netns as container, run_spec::RunSpec},
-    mesh::{keys as gossip, peer_addr::PeerSpec},
+    mesh::{keys as gossip, peer_addr::PeerSpec, topology::links},
     net::{addressing::Cidr, policy},
 };
 
@@ -18,7 +18,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let (first, second) = text.split_once('\n').unwrap_or((text, ""));
-    match which % 7 {
+    match which % 8 {
         0 => {
             if let Ok(cidr) = text.parse::<Cidr>() {
                 // What parses must print back to something that parses to the same.
@@ -49,6 +49,13 @@ fuzz_target!(|data: &[u8]| {
         5 => {
             // The default port only fills in what the text leaves out.
             let _ = PeerSpec::parse(text, 6783);
+        }
+        6 => {
+            // Whom a peer says it hears: what decodes encodes to the same links.
+            if let Ok(decoded) = links::decode(text) {
+                let map = decoded.iter().map(|l| (l.peer, l.largest)).collect();
+                assert_eq!(links::decode(&links::encode(&map)).ok(), Some(decoded));
+            }
         }
         _ => {
             let args: Vec<String> = text.split('\0').map(str::to_owned).collect();
