@@ -11,7 +11,8 @@
 //! The gossip model: every 200 ms each agent exchanges state (push-pull, newer version wins)
 //! with 3 peers chosen at random among all (chitchat's choice, which knows nothing of links:
 //! a pick across a cut fails) and, every hello interval, with one peer it hears (the link
-//! loop's own round, which keeps a sparse mesh converging).
+//! loop's own round, which keeps a sparse mesh converging; an agent makes it while some live
+//! peer is not heard, which in this mesh is every agent).
 //!
 //! Memory is counted by the allocator of this test binary, so the one test here runs alone.
 

@@ -41,7 +41,16 @@ pub async fn link_loop(agent: Arc<Agent>, hellos: Hellos) {
                 continue;
             }
         };
-        gossip_with_one_heard(&agent, &heard).await;
+        // Only a mesh with cuts needs the extra round: where every live peer is heard,
+        // chitchat's own picks all work (measured: the round cost an idle agent of the 8 x 50
+        // scale run 0.4 % of a core).
+        let cut = targets.iter().any(|t| match t.ip() {
+            IpAddr::V4(ip) => !heard.contains_key(&ip),
+            IpAddr::V6(_) => false,
+        });
+        if cut {
+            gossip_with_one_heard(&agent, &heard).await;
+        }
         if published.as_ref() != Some(&heard) {
             tracing::info!(
                 heard = %heard
@@ -58,10 +67,11 @@ pub async fn link_loop(agent: Arc<Agent>, hellos: Hellos) {
     }
 }
 
-/// One gossip round with a peer this host hears, picked at random. chitchat picks its partners
-/// among all live peers, knowing nothing of links; in a mesh cut into parts most of its picks
-/// fail, and what one host publishes would crawl. A round along a link that works keeps every
-/// host's view converging (tests/topology_simulation.rs models both).
+/// One gossip round with a peer this host hears, picked at random, while some live peer is not
+/// heard. chitchat picks its partners among all live peers, knowing nothing of links; in a
+/// mesh cut into parts most of its picks fail, and what one host publishes would crawl. A
+/// round along a link that works keeps every host's view converging
+/// (tests/topology_simulation.rs models both).
 async fn gossip_with_one_heard(agent: &Agent, heard: &BTreeMap<Ipv4Addr, u16>) {
     if heard.is_empty() {
         return;
