@@ -459,6 +459,18 @@ impl Host {
         )
     }
 
+    /// The entry for the peer at `address` in what a listing command prints as JSON (`peers
+    /// --json`, `status connections --json`).
+    pub fn listed_peer(&self, command: &[&str], address: &str) -> Result<serde_json::Value> {
+        let list: serde_json::Value = serde_json::from_str(&self.agent_ok(command)?)?;
+        list.as_array()
+            .with_context(|| format!("{command:?} printed no list: {list}"))?
+            .iter()
+            .find(|p| p["address"] == address)
+            .cloned()
+            .with_context(|| format!("{address} is not listed by {command:?}: {list}"))
+    }
+
     /// Pid of this host's agent, from `status`.
     pub fn agent_pid(&self) -> Result<u32> {
         let status = self.status()?;

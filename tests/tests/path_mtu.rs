@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result, ensure};
+use anyhow::{Result, ensure};
 use weave_tests::{Host, Segment, bulk, require_root, unique_name, wait_until};
 
 const A: &str = "192.168.56.101";
@@ -14,14 +14,7 @@ const B: &str = "192.168.56.102";
 
 /// The path MTU `host` reports towards the peer at `address` (`status connections`).
 fn path_mtu(host: &Host, address: &str) -> Result<Option<u64>> {
-    let list: serde_json::Value =
-        serde_json::from_str(&host.agent_ok(&["status", "connections", "--json"])?)?;
-    let peer = list
-        .as_array()
-        .context("status connections --json is no list")?
-        .iter()
-        .find(|c| c["address"] == address)
-        .with_context(|| format!("no connection to {address}: {list}"))?;
+    let peer = host.listed_peer(&["status", "connections", "--json"], address)?;
     Ok(peer["mtu"].as_u64())
 }
 

@@ -44,13 +44,7 @@ fn lift_cut(switch: &Host) -> Result<()> {
 /// `peers --json` on `host`: the route to the peer at `address` ("direct" or "via") and the
 /// relay's address.
 fn route_to(host: &Host, address: &str) -> Result<(String, Option<String>)> {
-    let peers: serde_json::Value = serde_json::from_str(&host.agent_ok(&["peers", "--json"])?)?;
-    let peer = peers
-        .as_array()
-        .context("peers --json is no list")?
-        .iter()
-        .find(|p| p["address"] == address)
-        .with_context(|| format!("{address} is not among the peers: {peers}"))?;
+    let peer = host.listed_peer(&["peers", "--json"], address)?;
     Ok((
         peer["route"].as_str().unwrap_or_default().to_owned(),
         peer["via"].as_str().map(str::to_owned),

@@ -18,7 +18,7 @@ use weave_tests::{
 };
 
 use super::{
-    underlay::{DELIVERED, from_h2, inner, on_wire, run},
+    underlay::{DELIVERED, check_overlay_drops, from_h2, inner, on_wire, run},
     *,
 };
 
@@ -144,20 +144,7 @@ fn every_drop_reason_of_relaying() {
             DropRelayOriginNotPeer,
         ),
     ];
-    let failures = cases
-        .into_iter()
-        .filter_map(|(case, frame, reason)| {
-            run(&host, &frame, Skb::default())
-                .mismatch(
-                    TC_ACT_SHOT,
-                    &[UnderlayRx, UnderlayOverlayPass, OverlayRx, reason],
-                    frame.len(),
-                    true,
-                )
-                .map(|m| format!("{case}: {m}"))
-        })
-        .collect();
-    all_cases(failures);
+    check_overlay_drops(&host, cases);
 }
 
 #[test]

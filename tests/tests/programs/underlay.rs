@@ -49,6 +49,26 @@ pub(super) fn underlay(config: Config) -> Programs {
     super::host(&[UNDERLAY_TC], config).unwrap()
 }
 
+/// Runs each (case, frame, reason) through `underlay_tc` and fails once, naming every case
+/// that was not dropped for `reason` once its overlay frame was looked at (counted as
+/// arriving, passing the peer check, an overlay frame seen, and the reason).
+pub(super) fn check_overlay_drops(host: &Programs, cases: Vec<(&str, Vec<u8>, CounterId)>) {
+    let failures = cases
+        .into_iter()
+        .filter_map(|(case, frame, reason)| {
+            run(host, &frame, Skb::default())
+                .mismatch(
+                    TC_ACT_SHOT,
+                    &[UnderlayRx, UnderlayOverlayPass, OverlayRx, reason],
+                    frame.len(),
+                    true,
+                )
+                .map(|m| format!("{case}: {m}"))
+        })
+        .collect();
+    all_cases(failures);
+}
+
 #[test]
 fn what_the_kernel_should_handle_passes_untouched() {
     let host = underlay(config());
