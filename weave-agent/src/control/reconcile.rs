@@ -15,7 +15,10 @@ use weave_common::{
 
 use super::desired::desired;
 use crate::{
-    mesh::{gossip::PeerView, topology::routes::Path},
+    mesh::{
+        gossip::PeerView,
+        topology::routes::{NextHop, Path},
+    },
     net::policy::{self, Rule, Subnet},
 };
 
@@ -50,24 +53,6 @@ pub struct View<'a> {
     /// How frames reach each live peer and the path MTU to write (`mesh::topology`); a peer
     /// missing here is reached directly, its MTU not learned.
     pub routes: &'a BTreeMap<Ipv4Addr, Path>,
-}
-
-/// What the peer map holds for a live peer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct NextHop {
-    /// Where its frames go: the peer itself or a relay.
-    pub address: Ipv4Addr,
-    /// Path MTU the data path enforces (0: none).
-    pub mtu: u16,
-}
-
-impl NextHop {
-    pub const fn direct(peer: Ipv4Addr) -> Self {
-        Self {
-            address: peer,
-            mtu: 0,
-        }
-    }
 }
 
 /// One change to the maps.

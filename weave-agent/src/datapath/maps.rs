@@ -15,7 +15,7 @@ use weave_common::{
 };
 
 use super::{CounterTotal, Datapath};
-use crate::control::reconcile::NextHop;
+use crate::mesh::topology::routes::NextHop;
 
 impl Datapath {
     pub(super) fn map(&self, name: &str) -> Result<&aya::maps::Map> {

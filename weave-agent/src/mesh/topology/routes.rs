@@ -42,6 +42,24 @@ impl Path {
     };
 }
 
+/// What the peer map holds for a live peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct NextHop {
+    /// Where its frames go: the peer itself or a relay.
+    pub address: Ipv4Addr,
+    /// Path MTU the data path enforces (0: none).
+    pub mtu: u16,
+}
+
+impl NextHop {
+    pub const fn direct(peer: Ipv4Addr) -> Self {
+        Self {
+            address: peer,
+            mtu: 0,
+        }
+    }
+}
+
 impl Route {
     /// The underlay address frames for `peer` are sent to.
     pub fn next_hop(self, peer: Ipv4Addr) -> Ipv4Addr {
