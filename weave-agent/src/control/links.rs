@@ -99,27 +99,30 @@ async fn gossip_with_one_heard(agent: &Agent, heard: &BTreeMap<Ipv4Addr, u16>) {
     }
 }
 
-/// Probes the path MTU to each of `targets` (data-port addresses): the whole ladder where the
-/// peer has not reported hearing a probe of the underlay's full MTU from this host, else just
-/// that one, which keeps a path of full size known for one packet a second.
+/// Probes the path MTU to each of `targets` (data-port addresses), as many as what the peer
+/// reports hearing from this host calls for (`links::probes_for`): one packet a second to a
+/// peer confirmed at full size, three to one behind a narrower hop.
 async fn probe(agent: &Agent, hellos: &Hellos, targets: &[SocketAddr]) {
     let IpAddr::V4(me) = agent.gossip.self_address().ip() else {
         return;
     };
     let underlay_mtu = u16::try_from(agent.base.underlay.mtu).unwrap_or(u16::MAX);
-    let ladder = links::probe_sizes(underlay_mtu);
-    let (full, partial): (Vec<SocketAddr>, Vec<SocketAddr>) = {
+    let plan: Vec<(SocketAddr, Vec<u16>)> = {
         let inner = agent.inner.lock().await;
-        targets.iter().partition(|t| match t.ip() {
-            IpAddr::V4(ip) => inner
-                .topology
-                .hears_from(ip, me)
-                .is_some_and(|largest| largest >= underlay_mtu),
-            IpAddr::V6(_) => true,
-        })
+        targets
+            .iter()
+            .filter_map(|t| match t.ip() {
+                IpAddr::V4(ip) => {
+                    let reported = inner.topology.hears_from(ip, me);
+                    Some((*t, links::probes_for(reported, underlay_mtu)))
+                }
+                IpAddr::V6(_) => None,
+            })
+            .collect()
     };
-    hellos.probe(&full, &[underlay_mtu]).await;
-    hellos.probe(&partial, &ladder).await;
+    for (target, sizes) in plan {
+        hellos.probe(&[target], &sizes).await;
+    }
 }
 
 /// Where each live peer takes hellos: its underlay address and data port (its gossip port + 1,

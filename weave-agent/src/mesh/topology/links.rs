@@ -105,6 +105,25 @@ pub fn probe_sizes(underlay_mtu: u16) -> Vec<u16> {
     sizes
 }
 
+/// The probes one peer gets this round, given the largest of this host's hellos it reports
+/// hearing (None: it does not hear this host at all). Full size confirmed: that one alone. A
+/// narrower path known: the full size (has it widened?), the rung above what is known (has it
+/// grown a little?) and the known size (is it still there?). Nothing known: the whole ladder.
+pub fn probes_for(reported: Option<u16>, underlay_mtu: u16) -> Vec<u16> {
+    let ladder = probe_sizes(underlay_mtu);
+    match reported {
+        Some(largest) if largest >= underlay_mtu => vec![underlay_mtu],
+        Some(largest) if largest >= MIN_MTU => {
+            let above = ladder.iter().rev().copied().find(|s| *s > largest);
+            let mut sizes = vec![underlay_mtu];
+            sizes.extend(above.filter(|s| *s != underlay_mtu));
+            sizes.push(largest);
+            sizes
+        }
+        _ => ladder,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,6 +177,15 @@ mod tests {
         assert!(decode(&encode(&BTreeMap::new())).unwrap().is_empty());
         assert!(decode("not base64!").is_err());
         assert!(decode(&STANDARD_NO_PAD.encode([1, 2, 3, 4])).is_err());
+    }
+
+    #[test]
+    fn a_known_path_gets_a_few_probes_and_an_unknown_one_the_ladder() {
+        assert_eq!(probes_for(Some(1500), 1500), [1500]);
+        assert_eq!(probes_for(Some(1000), 1500), [1500, 1100, 1000]);
+        assert_eq!(probes_for(Some(1492), 1500), [1500, 1492]);
+        assert_eq!(probes_for(None, 1500), probe_sizes(1500));
+        assert_eq!(probes_for(Some(58), 1500), probe_sizes(1500));
     }
 
     #[test]
