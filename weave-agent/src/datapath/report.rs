@@ -94,9 +94,7 @@ impl Datapath {
             ),
             _ => {}
         }
-        if jobs.is_empty() {
-            jobs.push("passes everything on");
-        }
+        jobs.push("link hellos and MTU probes, relaying for third hosts");
         format!(
             "tc ingress of {}, pinned ({})",
             self.underlay,
