@@ -460,15 +460,25 @@ impl Host {
     }
 
     /// The entry for the peer at `address` in what a listing command prints as JSON (`peers
-    /// --json`, `status connections --json`).
+    /// --json`, `status connections --json`); an error if it is not listed.
     pub fn listed_peer(&self, command: &[&str], address: &str) -> Result<serde_json::Value> {
+        self.find_listed_peer(command, address)?
+            .with_context(|| format!("{address} is not listed by {command:?}"))
+    }
+
+    /// [`Host::listed_peer`], or None while the peer is not listed (not learned yet).
+    pub fn find_listed_peer(
+        &self,
+        command: &[&str],
+        address: &str,
+    ) -> Result<Option<serde_json::Value>> {
         let list: serde_json::Value = serde_json::from_str(&self.agent_ok(command)?)?;
-        list.as_array()
+        Ok(list
+            .as_array()
             .with_context(|| format!("{command:?} printed no list: {list}"))?
             .iter()
             .find(|p| p["address"] == address)
-            .cloned()
-            .with_context(|| format!("{address} is not listed by {command:?}: {list}"))
+            .cloned())
     }
 
     /// Pid of this host's agent, from `status`.

@@ -45,18 +45,25 @@ fn lift_cut(switch: &Host) -> Result<()> {
 /// relay's address.
 fn route_to(host: &Host, address: &str) -> Result<(String, Option<String>)> {
     let peer = host.listed_peer(&["peers", "--json"], address)?;
-    Ok((
-        peer["route"].as_str().unwrap_or_default().to_owned(),
-        peer["via"].as_str().map(str::to_owned),
-    ))
+    Ok(route_of(&peer))
 }
 
+fn route_of(peer: &serde_json::Value) -> (String, Option<String>) {
+    (
+        peer["route"].as_str().unwrap_or_default().to_owned(),
+        peer["via"].as_str().map(str::to_owned),
+    )
+}
+
+/// `host` reaches `address` the way `via` says (None: directly); false while `host` does
+/// not know the peer yet.
 fn is_route(host: &Host, address: &str, via: Option<&str>) -> Result<bool> {
     let want = match via {
         None => ("direct".to_owned(), None),
         Some(relay) => ("via".to_owned(), Some(relay.to_owned())),
     };
-    Ok(route_to(host, address)? == want)
+    let peer = host.find_listed_peer(&["peers", "--json"], address)?;
+    Ok(peer.is_some_and(|p| route_of(&p) == want))
 }
 
 /// Waits until `host` reaches `address` the way `via` says (None: directly); how long it took.
@@ -525,4 +532,43 @@ fn pinned_counter(host: &Host, id: CounterId) -> Result<u64> {
         total += u64::from_le_bytes(packets);
     }
     Ok(total)
+}
+
+#[test]
+fn restarting_the_relay_loses_no_relayed_ping() -> Result<()> {
+    require_root();
+    let seg = cut_mesh("rr", 3)?;
+    let (a, b, c) = (&seg.hosts[0], &seg.hosts[1], &seg.hosts[2]);
+    let tag = unique_name("rr");
+    let ca = a.container(&format!("{tag}a"), "10.40.1.1/24")?;
+    let cc = c.container(&format!("{tag}c"), "10.40.1.3/24")?;
+    wait_until(
+        Duration::from_secs(10),
+        "routes through B both ways",
+        || Ok(is_route(a, C, Some(B))? && is_route(c, A, Some(B))? && ca.ping("10.40.1.3", 1)?),
+    )?;
+    // 100 pings a second for 4 s; B's agent stops and starts again 1 s in. Its pinned data
+    // path relays meanwhile, and the new agent publishes whom it hears from its first word.
+    let (mut ping, lines) = spawn_in(
+        &cc.name,
+        "ping",
+        &["-i", "0.01", "-c", "400", "-W", "1", "10.40.1.1"],
+    )?;
+    std::thread::sleep(Duration::from_secs(1));
+    b.agent_ok(&["stop"])?;
+    b.agent_ok(&["launch"])?;
+    let output: Vec<String> = lines.collect::<Result<_, _>>()?;
+    ping.wait()?;
+    let seqs = answered(&output.join("\n"));
+    eprintln!(
+        "{} of 400 relayed pings answered across B's restart",
+        seqs.len()
+    );
+    ensure!(
+        seqs.len() == 400,
+        "relayed pings were lost across B's restart: {} of 400",
+        seqs.len()
+    );
+    ensure!(route_to(a, C)? == ("via".to_owned(), Some(B.to_owned())));
+    Ok(())
 }

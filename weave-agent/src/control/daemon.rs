@@ -38,7 +38,10 @@ use crate::{
         gossip::Gossip,
         peer_addr::{PeerBook, PeerSpec},
         sealed_transport::{self, AuthFailures, SealedTransport},
-        topology::hello::Hellos,
+        topology::{
+            hello::Hellos,
+            links::{LINKS_KEY, encode as encode_links},
+        },
     },
     net::names::VXLAN_DEVICE,
 };
@@ -170,11 +173,12 @@ async fn start_gossip(
     loc: &Location,
     underlay: &Link,
     address: (Ipv4Addr, u8),
-    inner: Inner,
+    mut inner: Inner,
 ) -> Result<Arc<Agent>> {
     let ip = address.0;
     let peer_name = underlay.mac_string().unwrap_or_else(|| loc.netns.clone());
     let nickname = config.nickname.clone().unwrap_or_else(|| loc.netns.clone());
+    inner.links = links::heard_now(&mut inner.datapath)?;
     let initial: Vec<(String, String)> = inner
         .state
         .endpoints
@@ -187,6 +191,7 @@ async fn start_gossip(
                 .iter()
                 .map(|r| (r.gossip_key(), r.gossip_value())),
         )
+        .chain([(LINKS_KEY.to_owned(), encode_links(&inner.links.heard))])
         .collect();
     let auth_failures = Arc::new(std::sync::Mutex::new(AuthFailures::default()));
     let transport: Box<dyn Transport> = match &config.password {

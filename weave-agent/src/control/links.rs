@@ -12,6 +12,7 @@ use tokio::time::MissedTickBehavior;
 use weave_common::data_port;
 
 use super::agent::{Agent, Links};
+use crate::datapath::Datapath;
 use crate::mesh::topology::{
     hello::Hellos,
     links::{self, FORGET_AFTER, HEARD_WINDOW, HELLO_INTERVAL, PROBE_EVERY},
@@ -21,7 +22,9 @@ pub async fn link_loop(agent: Arc<Agent>, hellos: Hellos) {
     let mut stopping = agent.shutdown.subscribe();
     let mut tick = tokio::time::interval(HELLO_INTERVAL);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut published: Option<BTreeMap<Ipv4Addr, u16>> = None;
+    // What start_gossip published from the pinned map, so an unchanged set is not sent again.
+    let mut published: Option<BTreeMap<Ipv4Addr, u16>> =
+        Some(agent.inner.lock().await.links.heard.clone());
     let mut round: u32 = 0;
     loop {
         tokio::select! {
@@ -144,21 +147,30 @@ async fn live_data_addresses(agent: &Agent) -> Vec<SocketAddr> {
 /// of peers silent for [`FORGET_AFTER`] are removed.
 async fn read_heard(agent: &Agent) -> Result<BTreeMap<Ipv4Addr, u16>> {
     let mut inner = agent.inner.lock().await;
-    let entries = inner.datapath.heard()?;
+    let links = heard_now(&mut inner.datapath)?;
+    let heard = links.heard.clone();
+    inner.links = links;
+    Ok(heard)
+}
+
+/// Whom this host hears, from the heard map as it is now; entries of peers silent for
+/// [`FORGET_AFTER`] are removed. The map is pinned, so an agent that just started reads what
+/// the data path heard while it was away, and publishes it with its first gossip: a relay's
+/// peers never see its new generation hear no one.
+pub fn heard_now(datapath: &mut Datapath) -> Result<Links> {
+    let entries = datapath.heard()?;
     let now = monotonic_ns();
     let forget = FORGET_AFTER.as_nanos() as u64;
     for (peer, heard) in &entries {
         if now.saturating_sub(heard.at_ns) > forget {
-            inner.datapath.forget_heard(*peer)?;
+            datapath.forget_heard(*peer)?;
         }
     }
-    let heard = links::heard_within(entries.iter().copied(), now, HEARD_WINDOW);
-    inner.links = Links {
-        heard: heard.clone(),
+    Ok(Links {
+        heard: links::heard_within(entries.iter().copied(), now, HEARD_WINDOW),
         last: entries.into_iter().map(|(p, h)| (p, h.at_ns)).collect(),
         read_at_ns: now,
-    };
-    Ok(heard)
+    })
 }
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock `bpf_ktime_get_ns` reads.
