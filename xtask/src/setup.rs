@@ -22,6 +22,9 @@ const RUNTIME_PACKAGES: &[&str] = &[
     "docker.io",
     // nft: firewalls and NAT the tests build inside namespaces (a router container).
     "nftables",
+    // The tests' crafted frames, captures and TCP bulk senders and sinks are small Python
+    // programs run inside namespaces; a minimal Debian root has no python3.
+    "python3",
 ];
 /// What building bpf-linker against LLVM 22 needs (the nightly's LLVM is 22).
 const LINKER_BUILD_PACKAGES: &[&str] = &[
