@@ -126,9 +126,9 @@ fn print_mesh(s: &api::Status) {
     println!(
         "     Encryption: {}",
         if s.encryption {
-            "on (password set)"
+            "on for gossip (password set); container traffic is not encrypted yet"
         } else {
-            "off"
+            "off (no password)"
         }
     );
     if s.auth_failures > 0 {
