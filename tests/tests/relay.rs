@@ -91,6 +91,21 @@ fn cut_mesh(tag: &str, hosts: usize) -> Result<Segment> {
     Ok(seg)
 }
 
+/// Containers on host 1 (10.40.1.1) and host 3 (10.40.1.3) of a cut mesh, returned once
+/// each host routes the other through host 2 and a ping crosses.
+fn relayed_pair(seg: &Segment, tag: &str) -> Result<(Container, Container)> {
+    let (a, c) = (&seg.hosts[0], &seg.hosts[2]);
+    let tag = unique_name(tag);
+    let ca = a.container(&format!("{tag}a"), "10.40.1.1/24")?;
+    let cc = c.container(&format!("{tag}c"), "10.40.1.3/24")?;
+    wait_until(
+        Duration::from_secs(10),
+        "routes through B both ways",
+        || Ok(is_route(a, C, Some(B))? && is_route(c, A, Some(B))? && ca.ping("10.40.1.3", 1)?),
+    )?;
+    Ok((ca, cc))
+}
+
 #[test]
 fn hosts_cut_apart_talk_through_a_relay_and_go_direct_when_the_path_returns() -> Result<()> {
     require_root();
@@ -197,16 +212,9 @@ fn when_the_relay_dies_traffic_moves_to_another_within_3_s() -> Result<()> {
     require_root();
     // 1 and 3 are cut apart; 2 and 4 both reach both. Ties go to the smaller address: 2.
     let seg = cut_mesh("rf", 4)?;
-    let (a, b, c, d) = (&seg.hosts[0], &seg.hosts[1], &seg.hosts[2], &seg.hosts[3]);
+    let (a, b, d) = (&seg.hosts[0], &seg.hosts[1], &seg.hosts[3]);
     d.agent_ok(&["join", B])?;
-    let tag = unique_name("rf");
-    let ca = a.container(&format!("{tag}a"), "10.40.1.1/24")?;
-    let cc = c.container(&format!("{tag}c"), "10.40.1.3/24")?;
-    wait_until(
-        Duration::from_secs(10),
-        "routes through B both ways",
-        || Ok(is_route(a, C, Some(B))? && is_route(c, A, Some(B))? && ca.ping("10.40.1.3", 1)?),
-    )?;
+    let (_ca, cc) = relayed_pair(&seg, "rf")?;
     wait_until(Duration::from_secs(5), "D hearing both A and C", || {
         Ok(is_route(d, A, None)? && is_route(d, C, None)?)
     })?;
@@ -384,14 +392,9 @@ fn a_routing_loop_ends_at_the_hop_limit_and_is_counted() -> Result<()> {
     require_root();
     // 1 and 3 are cut apart; 1 reaches 3 through 2 (or 4).
     let seg = cut_mesh("rp", 4)?;
-    let (a, b, c, d) = (&seg.hosts[0], &seg.hosts[1], &seg.hosts[2], &seg.hosts[3]);
+    let (b, d) = (&seg.hosts[1], &seg.hosts[3]);
     d.agent_ok(&["join", B])?;
-    let tag = unique_name("rp");
-    let ca = a.container(&format!("{tag}a"), "10.40.1.1/24")?;
-    let _cc = c.container(&format!("{tag}c"), "10.40.1.3/24")?;
-    wait_until(Duration::from_secs(10), "a relayed ping", || {
-        Ok(is_route(a, C, Some(B))? && ca.ping("10.40.1.3", 1)?)
-    })?;
+    let (ca, _cc) = relayed_pair(&seg, "rp")?;
     b.wait_for_remote(2)?;
     d.wait_for_remote(2)?;
     wait_until(
@@ -538,15 +541,8 @@ fn pinned_counter(host: &Host, id: CounterId) -> Result<u64> {
 fn restarting_the_relay_loses_no_relayed_ping() -> Result<()> {
     require_root();
     let seg = cut_mesh("rr", 3)?;
-    let (a, b, c) = (&seg.hosts[0], &seg.hosts[1], &seg.hosts[2]);
-    let tag = unique_name("rr");
-    let ca = a.container(&format!("{tag}a"), "10.40.1.1/24")?;
-    let cc = c.container(&format!("{tag}c"), "10.40.1.3/24")?;
-    wait_until(
-        Duration::from_secs(10),
-        "routes through B both ways",
-        || Ok(is_route(a, C, Some(B))? && is_route(c, A, Some(B))? && ca.ping("10.40.1.3", 1)?),
-    )?;
+    let (a, b) = (&seg.hosts[0], &seg.hosts[1]);
+    let (_ca, cc) = relayed_pair(&seg, "rr")?;
     // 100 pings a second for 4 s; B's agent stops and starts again 1 s in. Its pinned data
     // path relays meanwhile, and the new agent publishes whom it hears from its first word.
     let (mut ping, lines) = spawn_in(
