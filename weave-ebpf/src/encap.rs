@@ -12,7 +12,7 @@ use aya_ebpf::{
 };
 use weave_common::{counters::CounterId, endpoint::Config};
 
-use crate::headers::{ECN_CE, ETH_LEN, EthHdr, IPPROTO_UDP};
+use crate::headers::{ECN_CE, ETH_LEN, EthHdr, IPPROTO_UDP, internet_checksum};
 
 /// Outer IPv4 (20) + UDP (8) + VXLAN (8) + inner Ethernet (14).
 pub(crate) const ENCAP_LEN: usize = 50;
@@ -85,7 +85,7 @@ pub(crate) fn encapsulate(
     hdr[9] = IPPROTO_UDP;
     hdr[12..16].copy_from_slice(&cfg.underlay_ip.to_ne_bytes());
     hdr[16..20].copy_from_slice(&peer.to_ne_bytes());
-    let csum = ipv4_checksum(&hdr);
+    let csum = internet_checksum(&hdr, 0, 20);
     hdr[10..12].copy_from_slice(&csum.to_be_bytes());
     // UDP: a source port from the inner flow's hash spreads flows over receive queues; a zero
     // checksum is allowed for IPv4 tunnels.
@@ -110,19 +110,4 @@ pub(crate) fn encapsulate(
         return Err(CounterId::DropRedirectFailed);
     }
     Ok(Encap::Sent)
-}
-
-/// RFC 791 header checksum over the first 20 bytes (checksum field zero).
-#[inline(always)]
-fn ipv4_checksum(hdr: &[u8; ENCAP_LEN]) -> u16 {
-    let mut sum = 0u32;
-    let mut i = 0;
-    while i < 20 {
-        sum += u32::from(u16::from_be_bytes([hdr[i], hdr[i + 1]]));
-        i += 2;
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
 }

@@ -12,7 +12,7 @@ use aya_ebpf::{
 };
 use weave_common::counters::CounterId;
 
-use crate::headers::{ETH_LEN, EthHdr};
+use crate::headers::{ETH_LEN, EthHdr, internet_checksum};
 
 /// IPv4 header (no options) and the first 8 bytes of its payload: what an ICMP error quotes.
 const QUOTED: usize = 28;
@@ -55,14 +55,14 @@ pub(crate) fn frag_needed(ctx: &TcContext, ifindex: u32, mtu: u16) -> Result<Cou
     let (src, dst) = (&quoted[16..20], &quoted[12..16]);
     out[ip + 12..ip + 16].copy_from_slice(src);
     out[ip + 16..ip + 20].copy_from_slice(dst);
-    let csum = checksum(&out, ip, 20);
+    let csum = internet_checksum(&out, ip, 20);
     out[ip + 10..ip + 12].copy_from_slice(&csum.to_be_bytes());
     let icmp = ip + 20;
     out[icmp] = 3;
     out[icmp + 1] = 4;
     out[icmp + 6..icmp + 8].copy_from_slice(&mtu.to_be_bytes());
     out[icmp + 8..icmp + 8 + QUOTED].copy_from_slice(&quoted);
-    let csum = checksum(&out, icmp, 8 + QUOTED);
+    let csum = internet_checksum(&out, icmp, 8 + QUOTED);
     out[icmp + 2..icmp + 4].copy_from_slice(&csum.to_be_bytes());
     ctx.store(0, &out, 0)
         .map_err(|_| CounterId::DropKernelRefused)?;
@@ -71,18 +71,4 @@ pub(crate) fn frag_needed(ctx: &TcContext, ifindex: u32, mtu: u16) -> Result<Cou
         return Err(CounterId::DropRedirectFailed);
     }
     Ok(CounterId::IcmpFragNeeded)
-}
-
-/// RFC 1071 checksum over `len` bytes of `buf` from `start` (the checksum field zero).
-#[inline(always)]
-fn checksum(buf: &[u8; ETH_LEN + ANSWER_IP_LEN], start: usize, len: usize) -> u16 {
-    let mut sum = 0u32;
-    let mut i = 0;
-    while i < len {
-        sum += u32::from(u16::from_be_bytes([buf[start + i], buf[start + i + 1]]));
-        i += 2;
-    }
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    !(sum as u16)
 }
