@@ -54,7 +54,7 @@ pub async fn sync_loop(agent: Arc<Agent>) {
 /// peers contacted; then, without the lock, the containers' routes.
 pub async fn sync_once(agent: &Agent) -> Result<()> {
     let peers = agent.gossip.peers().await;
-    let (maps, routes) = {
+    let (maps, routes, mtu_routes) = {
         let mut guard = agent.inner.lock().await;
         let inner = &mut *guard;
         withdraw_vanished(agent, inner).await?;
@@ -63,10 +63,8 @@ pub async fn sync_once(agent: &Agent) -> Result<()> {
         let maps = apply_plan(inner, &peers);
         peers::contact_configured(agent, inner, &peers);
         inner.peers = peers;
-        let mtu_routes = wanted_mtu_routes(inner);
-        (maps, (rules::route_work(inner), mtu_routes))
+        (maps, rules::route_work(inner), wanted_mtu_routes(inner))
     };
-    let (routes, mtu_routes) = routes;
     rules::sync_routes(agent, routes).await;
     sync_mtu_routes(agent, mtu_routes).await;
     maps
