@@ -271,13 +271,7 @@ async fn serve(
     ready: &mut Option<File>,
 ) -> Result<()> {
     let metrics = metrics::spawn(&agent, config.metrics_addr).await;
-    let underlay_ip = match agent.gossip.self_address().ip() {
-        std::net::IpAddr::V4(ip) => ip,
-        std::net::IpAddr::V6(ip) => {
-            anyhow::bail!("an IPv6 underlay address ({ip}) is not supported")
-        }
-    };
-    let hellos = Hellos::bind(underlay_ip).await?;
+    let hellos = Hellos::bind(agent.gossip.self_ip()).await?;
     let tasks = [
         tokio::spawn(sync::sync_loop(Arc::clone(&agent))),
         tokio::spawn(docker_events::docker_loop(Arc::clone(&agent))),

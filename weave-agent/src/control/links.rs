@@ -106,9 +106,7 @@ async fn gossip_with_one_heard(agent: &Agent, heard: &BTreeMap<Ipv4Addr, u16>) {
 /// reports hearing from this host calls for (`links::probes_for`): one packet a second to a
 /// peer confirmed at full size, three to one behind a narrower hop.
 async fn probe(agent: &Agent, hellos: &Hellos, targets: &[SocketAddr]) {
-    let IpAddr::V4(me) = agent.gossip.self_address().ip() else {
-        return;
-    };
+    let me = agent.gossip.self_ip();
     let underlay_mtu = u16::try_from(agent.base.underlay.mtu).unwrap_or(u16::MAX);
     let plan: Vec<(SocketAddr, Vec<u16>)> = {
         let inner = agent.inner.lock().await;

@@ -157,7 +157,7 @@ pub fn peer_infos(agent: &Agent, inner: &Inner) -> Vec<api::PeerInfo> {
 /// The link to each peer: whether both ends hear each other, and if not, which half is
 /// missing. The configured peers that have not answered come last, as in `peers`.
 pub fn connections(agent: &Agent, inner: &Inner) -> Vec<api::ConnectionInfo> {
-    let me = v4(agent.gossip.self_address());
+    let me = agent.gossip.self_ip();
     let links = &inner.links;
     let mut out: Vec<api::ConnectionInfo> = inner
         .peers
@@ -168,10 +168,7 @@ pub fn connections(agent: &Agent, inner: &Inner) -> Vec<api::ConnectionInfo> {
                 .and_then(|ip| links.last.get(&ip))
                 .map(|at| links.read_at_ns.saturating_sub(*at) / 1_000_000);
             let heard = ip.is_some_and(|ip| links.heard.contains_key(&ip));
-            let hears_us = match (ip, me) {
-                (Some(ip), Some(me)) => inner.topology.hears_from(ip, me).is_some(),
-                _ => false,
-            };
+            let hears_us = ip.is_some_and(|ip| inner.topology.hears_from(ip, me).is_some());
             let path = ip.and_then(|ip| inner.next_hops.get(&ip));
             let mtu = path.map(|p| p.mtu).filter(|m| *m != 0);
             let (state, via) = match path.map(|p| p.route) {

@@ -148,9 +148,7 @@ async fn withdraw_vanished(agent: &Agent, inner: &mut Inner) -> Result<()> {
 /// whom this host hears, and says which changed. A path MTU the underlay NIC's own MTU already
 /// enforces is not written (0): only a narrower hop needs the data path's answer.
 fn update_routes(agent: &Agent, inner: &mut Inner, peers: &[PeerView]) {
-    let IpAddr::V4(me) = agent.gossip.self_address().ip() else {
-        return;
-    };
+    let me = agent.gossip.self_ip();
     let mut live = BTreeSet::new();
     for peer in peers.iter().filter(|p| p.alive) {
         if let IpAddr::V4(ip) = peer.address.ip() {

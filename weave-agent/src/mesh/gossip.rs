@@ -38,6 +38,7 @@ const CLUSTER_ID: &str = "weave-agent";
 pub struct Gossip {
     handle: ChitchatHandle,
     self_id: ChitchatId,
+    underlay: Ipv4Addr,
 }
 
 /// What this agent knows of one other peer.
@@ -95,11 +96,20 @@ impl Gossip {
         let handle = spawn_chitchat(config, keys, transport)
             .await
             .with_context(|| format!("starting gossip on UDP {advertise} (is the port in use?)"))?;
-        Ok(Self { handle, self_id })
+        Ok(Self {
+            handle,
+            self_id,
+            underlay,
+        })
     }
 
     pub fn self_address(&self) -> SocketAddr {
         self.self_id.gossip_advertise_addr
+    }
+
+    /// This agent's underlay address, the one it gossips from.
+    pub fn self_ip(&self) -> Ipv4Addr {
+        self.underlay
     }
 
     /// Sends one gossip round to `addr` now; the caller retries until the peer is live.
