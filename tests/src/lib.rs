@@ -575,6 +575,33 @@ impl Segment {
         Ok(containers)
     }
 
+    /// A firewall on the switch drops every frame between hosts `i` and `j` (numbered from 1,
+    /// as the switch ports `p<i>`), both ways: nftables on its bridge, in a table of its own
+    /// (`bridge cut`) that [`Segment::lift_cut`] removes.
+    pub fn cut(&self, i: usize, j: usize) -> Result<()> {
+        self.switch.load_nft(&format!(
+            "table bridge cut {{
+                chain forward {{
+                    type filter hook forward priority 0;
+                    iifname \"p{i}\" oifname \"p{j}\" drop
+                    iifname \"p{j}\" oifname \"p{i}\" drop
+                }}
+            }}"
+        ))
+    }
+
+    /// Removes the firewall [`Segment::cut`] made.
+    pub fn lift_cut(&self) -> Result<()> {
+        let out = self
+            .switch
+            .exec("nft", &["delete", "table", "bridge", "cut"])?;
+        ensure!(
+            out.status.success(),
+            "lifting the firewall on the switch failed"
+        );
+        Ok(())
+    }
+
     /// Name of the switch namespace (to cut or inspect the wire).
     pub fn switch(&self) -> &Host {
         &self.switch

@@ -22,25 +22,6 @@ const B: &str = "192.168.56.102";
 const C: &str = "192.168.56.103";
 const D: &str = "192.168.56.104";
 
-/// Drops every frame between switch ports `p1` and `p2` (hosts 1 and 3 by default), both ways.
-fn cut(p1: &str, p2: &str) -> String {
-    format!(
-        "table bridge cut {{
-            chain forward {{
-                type filter hook forward priority 0;
-                iifname \"{p1}\" oifname \"{p2}\" drop
-                iifname \"{p2}\" oifname \"{p1}\" drop
-            }}
-        }}"
-    )
-}
-
-fn lift_cut(switch: &Host) -> Result<()> {
-    let out = switch.exec("nft", &["delete", "table", "bridge", "cut"])?;
-    ensure!(out.status.success(), "lifting the firewall failed");
-    Ok(())
-}
-
 /// `peers --json` on `host`: the route to the peer at `address` ("direct" or "via") and the
 /// relay's address.
 fn route_to(host: &Host, address: &str) -> Result<(String, Option<String>)> {
@@ -79,7 +60,7 @@ fn wait_route(host: &Host, address: &str, via: Option<&str>, within: Duration) -
 /// through 2, the only host it reaches).
 fn cut_mesh(tag: &str, hosts: usize) -> Result<Segment> {
     let seg = Segment::new(&unique_name(tag), hosts)?;
-    seg.switch().load_nft(&cut("p1", "p3"))?;
+    seg.cut(1, 3)?;
     let (a, b, c) = (&seg.hosts[0], &seg.hosts[1], &seg.hosts[2]);
     ensure!(
         !a.exec("ping", &["-c", "1", "-W", "1", C])?.status.success(),
@@ -110,7 +91,7 @@ fn relayed_pair(seg: &Segment, tag: &str) -> Result<(Container, Container)> {
 fn hosts_cut_apart_talk_through_a_relay_and_go_direct_when_the_path_returns() -> Result<()> {
     require_root();
     let seg = cut_mesh("rl", 3)?;
-    let (a, b, c, switch) = (&seg.hosts[0], &seg.hosts[1], &seg.hosts[2], seg.switch());
+    let (a, b, c) = (&seg.hosts[0], &seg.hosts[1], &seg.hosts[2]);
     let tag = unique_name("rl");
     let ca = a.container(&format!("{tag}a"), "10.40.1.1/24")?;
     let cc = Container::new(&format!("{tag}c"), c)?;
@@ -158,7 +139,7 @@ fn hosts_cut_apart_talk_through_a_relay_and_go_direct_when_the_path_returns() ->
     );
 
     // The firewall goes: both ends go direct, and B relays no more.
-    lift_cut(switch)?;
+    seg.lift_cut()?;
     let lifted = Instant::now();
     wait_route(a, C, None, Duration::from_secs(5))?;
     wait_route(
@@ -180,7 +161,7 @@ fn hosts_cut_apart_talk_through_a_relay_and_go_direct_when_the_path_returns() ->
     );
 
     // Back up: relayed again.
-    switch.load_nft(&cut("p1", "p3"))?;
+    seg.cut(1, 3)?;
     let cut_again = Instant::now();
     wait_until(Duration::from_secs(5), "relayed again", || {
         Ok(is_route(a, C, Some(B))? && is_route(c, A, Some(B))? && ca.ping("10.40.1.3", 1)?)
