@@ -142,11 +142,25 @@ pub enum CounterId {
     /// Dropped: a container packet too big for the path to its host that no ICMP answer
     /// could be made for (IP options).
     DropTooBig = 40,
+    /// Container frames for a peer whose traffic is sealed, handed to the agent's crypto path.
+    SealToAgent = 41,
+    /// Dropped: a frame to or from a peer whose traffic must be sealed while the agent's
+    /// crypto path is down (the agent stopped, or not started yet). Never sent in clear.
+    DropNoSession = 42,
+    /// Sealed datagrams for this host, handed to the agent's crypto path to open.
+    SealedReceived = 43,
+    /// Sealed datagrams for a third host, sent on towards it unread.
+    SealedRelayed = 44,
+    /// Dropped: a plain overlay frame from a peer whose traffic must be sealed (forged, or
+    /// from a peer that does not trust the path).
+    DropNotSealed = 45,
+    /// Frames the agent opened, handed to a container here.
+    OpenedDelivered = 46,
 }
 
 impl CounterId {
     /// All slots, in index order.
-    pub const ALL: [Self; 41] = [
+    pub const ALL: [Self; 47] = [
         Self::UnderlayRx,
         Self::ContainerRx,
         Self::UnderlayOverlayPass,
@@ -188,6 +202,12 @@ impl CounterId {
         Self::DropRelayOriginNotPeer,
         Self::IcmpFragNeeded,
         Self::DropTooBig,
+        Self::SealToAgent,
+        Self::DropNoSession,
+        Self::SealedReceived,
+        Self::SealedRelayed,
+        Self::DropNotSealed,
+        Self::OpenedDelivered,
     ];
 
     /// Slots in the counters map: room to append counters without a map of another size,
@@ -238,6 +258,12 @@ impl CounterId {
             Self::DropRelayOriginNotPeer => "drop_relay_origin_not_peer",
             Self::IcmpFragNeeded => "icmp_frag_needed",
             Self::DropTooBig => "drop_too_big",
+            Self::SealToAgent => "seal_to_agent",
+            Self::DropNoSession => "drop_no_session",
+            Self::SealedReceived => "sealed_received",
+            Self::SealedRelayed => "sealed_relayed",
+            Self::DropNotSealed => "drop_not_sealed",
+            Self::OpenedDelivered => "opened_delivered",
         }
     }
 
@@ -322,6 +348,12 @@ mod tests {
             "drop_relay_origin_not_peer",
             "icmp_frag_needed",
             "drop_too_big",
+            "seal_to_agent",
+            "drop_no_session",
+            "sealed_received",
+            "sealed_relayed",
+            "drop_not_sealed",
+            "opened_delivered",
         ];
         for (index, name) in released.iter().enumerate() {
             assert_eq!(CounterId::ALL[index].name(), *name, "slot {index}");

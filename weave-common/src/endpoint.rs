@@ -120,8 +120,8 @@ pub struct PeerRoute {
     /// one is answered with ICMP "fragmentation needed" instead of being sent into a hop
     /// that would drop it.
     pub mtu: u16,
-    /// Zero. Room for per-peer settings (encryption) without another map layout.
-    pub reserved: u16,
+    /// [`crate::seal::PEER_PLAIN`] or 0.
+    pub flags: u16,
 }
 
 impl PeerRoute {
@@ -133,8 +133,13 @@ impl PeerRoute {
         Self {
             next_hop,
             mtu,
-            reserved: 0,
+            flags: 0,
         }
+    }
+
+    /// Frames for this peer may cross in clear (see [`crate::seal::PEER_PLAIN`]).
+    pub const fn plain(&self) -> bool {
+        self.flags & crate::seal::PEER_PLAIN != 0
     }
 }
 

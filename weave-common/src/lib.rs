@@ -8,6 +8,7 @@ pub mod counters;
 pub mod endpoint;
 pub mod policy;
 pub mod relay;
+pub mod seal;
 
 /// Default UDP port of the gossip control plane (Weave Net's control port); `launch --port N`
 /// moves it to N.
@@ -38,6 +39,9 @@ pub mod programs {
     pub const OVERLAY_TC: &str = "overlay_tc";
     /// TC ingress on the underlay NIC: decapsulates overlay frames itself (eBPF encapsulation).
     pub const UNDERLAY_TC: &str = "underlay_tc";
+    /// TC ingress on the agent's crypto (TAP) device: frames the agent opened, to local
+    /// containers.
+    pub const TAP_TC: &str = "tap_tc";
 }
 
 /// Names of the maps inside the object. Kernel object names are cut at 15 bytes, so keep them
@@ -58,4 +62,7 @@ pub mod maps {
     /// Allowed cross-subnet directions: [`crate::policy::SubnetPair`] -> u8 (unused). A pair of
     /// different subnets may talk only if present; a subnet always talks to itself.
     pub const POLICY: &str = "WEAVE_POLICY";
+    /// One [`crate::seal::CryptoPath`] at index 0: whether frames must be sealed, and where
+    /// the agent takes them.
+    pub const CRYPTO: &str = "WEAVE_CRYPTO";
 }

@@ -18,6 +18,7 @@ use weave_common::{
     OVERLAY_OVERHEAD,
     counters::CounterId,
     endpoint::{ENCAP_EBPF, Endpoint, endpoint_mac_address, ipv4_key},
+    seal::marked_mac,
 };
 
 use crate::{
@@ -28,7 +29,7 @@ use crate::{
         IPPROTO_UDP, Ipv4Hdr, is_gso, ptr_at,
     },
     icmp::frag_needed,
-    maps::{config, endpoint, may_talk, next_hop},
+    maps::{config, crypto_device, crypto_path, endpoint, may_talk, must_seal, next_hop},
     verdict::tc_verdict,
 };
 
@@ -171,6 +172,16 @@ fn send_ipv4(
                 return Err(CounterId::DropRedirectFailed);
             }
             return Ok(CounterId::LocalDelivered);
+        }
+        let crypto = crypto_path();
+        if must_seal(&crypto, dst.peer) {
+            // The agent cuts what it seals to the path's MTU itself, super-packets too.
+            (*eth).dst = marked_mac(dst.peer);
+            let device = crypto_device(&crypto).ok_or(CounterId::DropNoSession)?;
+            if bpf_redirect(device, 0) != i64::from(TC_ACT_REDIRECT) {
+                return Err(CounterId::DropRedirectFailed);
+            }
+            return Ok(CounterId::SealToAgent);
         }
         let (next, mtu) = next_hop(dst.peer);
         if mtu != 0 && too_big(ctx, &*ip, gso, mtu) {

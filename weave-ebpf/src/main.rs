@@ -8,6 +8,7 @@
 //! - `underlay_tc`: TC ingress on the host NIC (the same check where no XDP runs; decapsulates
 //!   overlay frames itself when the agent encapsulates in eBPF, `encap` building the headers
 //!   on the sending side)
+//! - `tap_tc`: TC ingress on the agent's crypto device (frames the agent opened)
 //! - `delivery`: the checks a frame from another host meets before it reaches a container,
 //!   shared by `overlay` and `underlay_tc`
 #![no_std]
@@ -22,6 +23,7 @@ mod icmp;
 mod maps;
 mod overlay;
 mod prefilter;
+mod tap_tc;
 mod underlay;
 mod underlay_tc;
 mod verdict;

@@ -8,6 +8,7 @@ use aya_ebpf::{
 use weave_common::{
     endpoint::{Config, Endpoint, Heard, Ipv4Key, PeerRoute},
     policy::{POLICY_CAPACITY, SubnetPair},
+    seal::CryptoPath,
 };
 
 /// Container addresses, local and remote.
@@ -28,6 +29,10 @@ pub(crate) static WEAVE_POLICY: HashMap<SubnetPair, u8> = HashMap::pinned(POLICY
 
 #[map]
 pub(crate) static WEAVE_CONFIG: Array<Config> = Array::pinned(1, 0);
+
+/// Whether frames must be sealed, and the agent's device that seals and opens them.
+#[map]
+pub(crate) static WEAVE_CRYPTO: Array<CryptoPath> = Array::pinned(1, 0);
 
 /// A copy of the endpoint with address `key`, if any.
 #[inline(always)]
@@ -72,6 +77,25 @@ pub(crate) fn heard(peer: Ipv4Key, len: u32) {
     let before = unsafe { WEAVE_HEARD.get(&peer).copied() }.unwrap_or_default();
     // A full map only loses the news of a new peer, which the agent cleans up after.
     let _ = WEAVE_HEARD.insert(&peer, &before.after(len, now), 0);
+}
+
+#[inline(always)]
+pub(crate) fn crypto_path() -> CryptoPath {
+    WEAVE_CRYPTO.get(0).copied().unwrap_or_default()
+}
+
+/// Frames to and from the peer at underlay address `peer` must be sealed: the mesh has a
+/// password and the peer is not one both hosts trust the path to (an unknown peer is not).
+#[inline(always)]
+pub(crate) fn must_seal(crypto: &CryptoPath, peer: Ipv4Key) -> bool {
+    crypto.seal != 0 && !peer_route(peer).is_some_and(|route| route.plain())
+}
+
+/// The agent's crypto device, if the agent is reading it now.
+#[inline(always)]
+pub(crate) fn crypto_device(crypto: &CryptoPath) -> Option<u32> {
+    // SAFETY: the helper has no preconditions.
+    crypto.device(unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() })
 }
 
 #[inline(always)]

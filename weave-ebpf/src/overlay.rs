@@ -15,7 +15,7 @@ use crate::{
     counters::count,
     delivery::admit,
     headers::{ETH_LEN, EthHdr, Ipv4Hdr, is_gso, ptr_at},
-    maps::{config, is_peer},
+    maps::{config, crypto_path, is_peer, must_seal},
     verdict::tc_verdict,
 };
 
@@ -54,6 +54,9 @@ fn tunnel_source(ctx: &TcContext) -> Result<u32, CounterId> {
     let source = u32::to_be(unsafe { key.__bindgen_anon_1.remote_ipv4 });
     if !is_peer(source) {
         return Err(CounterId::DropOverlayNotPeer);
+    }
+    if must_seal(&crypto_path(), source) {
+        return Err(CounterId::DropNotSealed);
     }
     Ok(source)
 }

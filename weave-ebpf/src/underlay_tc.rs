@@ -15,15 +15,20 @@
 //!   device is first put back into plain form, its origin as outer source, as the device and
 //!   `overlay_tc` expect.
 //!
+//! - A sealed datagram (see `weave_common::seal`) is handed to the agent's crypto device when
+//!   it is for this host, and sent on towards its destination host unread when it is not
+//!   (the seal is end to end). With a password, a plain frame from a peer whose traffic must
+//!   be sealed is dropped: it is forged, or from a host that does not trust the path.
+//!
 //! Only packets for this host (its underlay address and MAC) are filtered or decapsulated: a
 //! promiscuous or bridged underlay also shows other hosts' packets, which pass on untouched.
 
 use aya_ebpf::{
     bindings::{
-        BPF_F_ADJ_ROOM_FIXED_GSO, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT,
-        bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
+        BPF_F_ADJ_ROOM_FIXED_GSO, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK,
+        TC_ACT_REDIRECT, TC_ACT_SHOT, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
     },
-    helpers::generated::{bpf_redirect_neigh, bpf_redirect_peer},
+    helpers::generated::{bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer},
     macros::classifier,
     programs::TcContext,
 };
@@ -31,6 +36,7 @@ use weave_common::{
     counters::CounterId,
     endpoint::{Config, ENCAP_EBPF, Endpoint, ipv4_key},
     relay::{self, HELLO_VNI, MAX_RELAY_HOPS, VXLAN_FLAG_VNI, VxlanHdr},
+    seal::SEALED_VNI,
 };
 
 use crate::{
@@ -38,7 +44,10 @@ use crate::{
     delivery::{admit, sent_by},
     encap::ENCAP_LEN,
     headers::{ECN_CE, ECN_NOT_ECT, ETH_LEN, ETH_P_IP, EthHdr, Ipv4Hdr, UdpHdr, is_gso, ptr_at},
-    maps::{config, endpoint, heard, is_peer, may_talk, peer_route},
+    maps::{
+        config, crypto_device, crypto_path, endpoint, heard, is_peer, may_talk, must_seal,
+        peer_route,
+    },
     prefilter::{Arrival, arrival},
     verdict::stop,
 };
@@ -52,6 +61,8 @@ const OUTER_LEN: usize = ETH_LEN + 20 + 8 + 8;
 const HEADERS_LEN: u32 = (OUTER_LEN + ETH_LEN + 20) as u32;
 /// Outer TTL of a relayed packet: a new IPv4 hop from this host, as the sender's is.
 const RELAY_TTL: u8 = 64;
+/// Where the outer UDP checksum sits (outer IPv4 without options).
+const UDP_CSUM_OFFSET: usize = ETH_LEN + 20 + 6;
 
 #[classifier]
 pub fn underlay_tc(ctx: TcContext) -> i32 {
@@ -88,6 +99,14 @@ pub fn underlay_tc(ctx: TcContext) -> i32 {
         }
         Ok(Outcome::Relayed) => {
             count(CounterId::RelayForwarded, inner);
+            TC_ACT_REDIRECT as i32
+        }
+        Ok(Outcome::Sealed) => {
+            count(CounterId::SealedReceived, len);
+            TC_ACT_REDIRECT as i32
+        }
+        Ok(Outcome::SealedRelayed) => {
+            count(CounterId::SealedRelayed, len);
             TC_ACT_REDIRECT as i32
         }
         Ok(Outcome::ToKernel { why, origin }) => {
@@ -127,6 +146,10 @@ enum Outcome {
     Hello,
     /// Sent on towards the host of its destination.
     Relayed,
+    /// A sealed datagram for this host, handed to the agent's crypto device.
+    Sealed,
+    /// A sealed datagram for a third host, sent on towards it.
+    SealedRelayed,
     /// Decapsulated and redirected into the container.
     Delivered { gso: bool, relayed: bool },
     /// Passed on to the kernel's VXLAN receive path; `why` says why where it is a choice worth
@@ -189,6 +212,7 @@ fn overlay(ctx: &TcContext, cfg: &Config, source: u32) -> Result<Outcome, Counte
                 heard(source, ctx.len() - ETH_LEN as u32);
                 return Ok(Outcome::Hello);
             }
+            SEALED_VNI => return sealed(ctx, cfg, source, &hdr),
             vni if vni != cfg.vni => return Err(CounterId::DropBadVxlan),
             _ => {}
         }
@@ -197,6 +221,12 @@ fn overlay(ctx: &TcContext, cfg: &Config, source: u32) -> Result<Outcome, Counte
             return Err(CounterId::DropRelayOriginNotPeer);
         }
         let origin = if claimed == 0 { source } else { claimed };
+        // Relayed frames are always sealed where there is a password: only a direct path can
+        // be one both hosts trust.
+        let crypto = crypto_path();
+        if crypto.seal != 0 && (claimed != 0 || must_seal(&crypto, source)) {
+            return Err(CounterId::DropNotSealed);
+        }
         let (Some(eth), Some(ip)) = (
             ptr_at::<EthHdr>(start, end, OUTER_LEN),
             ptr_at::<Ipv4Hdr>(start, end, OUTER_LEN + ETH_LEN),
@@ -300,6 +330,99 @@ fn relay(
         }
     }
     Ok(Outcome::Relayed)
+}
+
+/// A sealed datagram from the live peer `source` with VXLAN-shaped header `hdr`: handed to the
+/// agent when it is for this host, else sent on unread.
+#[inline(always)]
+fn sealed(
+    ctx: &TcContext,
+    cfg: &Config,
+    source: u32,
+    hdr: &VxlanHdr,
+) -> Result<Outcome, CounterId> {
+    let dest = ctx
+        .load::<[u8; 4]>(OUTER_LEN)
+        .map(u32::from_ne_bytes)
+        .map_err(|_| CounterId::DropMalformed)?;
+    if dest != cfg.underlay_ip {
+        return relay_sealed(ctx, cfg, source, dest, hdr);
+    }
+    let device = crypto_device(&crypto_path()).ok_or(CounterId::DropNoSession)?;
+    // SAFETY: a redirect helper with no flags has no preconditions.
+    if unsafe { bpf_redirect(device, 0) } != i64::from(TC_ACT_REDIRECT) {
+        return Err(CounterId::DropRedirectFailed);
+    }
+    Ok(Outcome::Sealed)
+}
+
+/// Sends a sealed datagram for the host at `dest` on towards it, as [`relay`] does a plain
+/// frame: outer addresses rewritten, the relay marked. Nothing inside can be checked here; the
+/// destination host opens it and checks the frame. The outer UDP checksum the agent's socket
+/// fills in is kept valid (a GSO train's, which the kernel completes on the way out, is the
+/// pseudo-header's, and the helper knows it).
+#[inline(always)]
+fn relay_sealed(
+    ctx: &TcContext,
+    cfg: &Config,
+    source: u32,
+    dest: u32,
+    hdr: &VxlanHdr,
+) -> Result<Outcome, CounterId> {
+    let claimed = relay::origin(hdr);
+    let origin = if claimed == 0 { source } else { claimed };
+    if dest == origin || dest == 0 {
+        return Err(CounterId::DropUnknownDst);
+    }
+    let hops = relay::hops(hdr);
+    if hops >= MAX_RELAY_HOPS {
+        return Err(CounterId::DropRelayHopLimit);
+    }
+    let route = peer_route(dest).ok_or(CounterId::DropRelayNoRoute)?;
+    let next = if route.next_hop == 0 {
+        dest
+    } else {
+        route.next_hop
+    };
+    let mut marked = *hdr;
+    relay::set_relayed(&mut marked, origin, hops + 1);
+    let refused = |_| CounterId::DropKernelRefused;
+    let old_src: u32 = ctx.load(ETH_LEN + 12).map_err(refused)?;
+    let old_dst: u32 = ctx.load(ETH_LEN + 16).map_err(refused)?;
+    let csum: u16 = ctx.load(UDP_CSUM_OFFSET).map_err(refused)?;
+    if csum != 0 {
+        let udp = u64::from(BPF_F_MARK_MANGLED_0);
+        let pseudo = udp | u64::from(BPF_F_PSEUDO_HDR) | 4;
+        let words =
+            |h: &VxlanHdr, i: usize| u32::from_ne_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
+        let changes = [
+            (old_src, cfg.underlay_ip, pseudo),
+            (old_dst, next, pseudo),
+            (words(hdr, 0), words(&marked, 0), udp | 4),
+            (words(hdr, 4), words(&marked, 4), udp | 4),
+        ];
+        for (from, to, flags) in changes {
+            ctx.l4_csum_replace(UDP_CSUM_OFFSET, u64::from(from), u64::from(to), flags)
+                .map_err(refused)?;
+        }
+    }
+    ctx.store(ETH_LEN + 12, &cfg.underlay_ip, 0)
+        .map_err(refused)?;
+    ctx.store(ETH_LEN + 16, &next, 0).map_err(refused)?;
+    ctx.store(ETH_LEN + 8, &RELAY_TTL, 0).map_err(refused)?;
+    ctx.store(ETH_LEN + 28, &marked, 0).map_err(refused)?;
+    let (start, end) = (ctx.data(), ctx.data_end());
+    let outer_ip: *mut Ipv4Hdr = ptr_at(start, end, ETH_LEN).ok_or(CounterId::DropKernelRefused)?;
+    // SAFETY: ptr_at checked the header lies inside the packet; TC may write packet data.
+    unsafe {
+        (*outer_ip).fill_checksum();
+        if bpf_redirect_neigh(cfg.underlay_ifindex, core::ptr::null_mut(), 0, 0)
+            != i64::from(TC_ACT_REDIRECT)
+        {
+            return Err(CounterId::DropRedirectFailed);
+        }
+    }
+    Ok(Outcome::SealedRelayed)
 }
 
 /// Puts a relayed frame back into plain form for the kernel's VXLAN device: its first
