@@ -13,6 +13,7 @@
 
 pub mod cli;
 pub mod control;
+pub mod crypto;
 pub mod datapath;
 pub mod host;
 pub mod mesh;

@@ -25,6 +25,8 @@ const RUNTIME_PACKAGES: &[&str] = &[
     // The tests' crafted frames, captures and TCP bulk senders and sinks are small Python
     // programs run inside namespaces; a minimal Debian root has no python3.
     "python3",
+    // tcpdump: the encryption tests capture what crosses the switch, as an eavesdropper would.
+    "tcpdump",
 ];
 /// What building bpf-linker against LLVM 22 needs (the nightly's LLVM is 22).
 const LINKER_BUILD_PACKAGES: &[&str] = &[

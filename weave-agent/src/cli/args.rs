@@ -140,10 +140,14 @@ pub enum Command {
     )]
     Status(StatusArgs),
 
-    /// List the peers of the mesh: NAME ADDRESS STATE ROUTE.
+    /// List the peers of the mesh: NAME ADDRESS STATE ROUTE [ENCRYPTION].
     ///
     /// ROUTE is `direct`, or `via NAME(ADDRESS)` when frames to the peer go through a relay
     /// because the two hosts do not reach each other (a firewall, a split network).
+    /// With a password, ENCRYPTION is `sealed(session AGE)` (container traffic is encrypted),
+    /// `trusted` (both hosts trust the path: in clear) or `waiting` (no key from the peer yet:
+    /// nothing crosses). `--json` adds each session's handshakes, bytes sealed and opened,
+    /// datagrams refused and frames dropped for want of a session.
     Peers(OutputArgs),
 
     /// Isolation rules: which subnets may talk to each other across subnets.
@@ -234,6 +238,13 @@ pub struct LaunchArgs {
     /// File holding the mesh password (its first line).
     #[arg(long, value_name = "FILE")]
     pub password_file: Option<PathBuf>,
+
+    /// With a password, container traffic is encrypted too, except between two hosts whose
+    /// underlay addresses are each inside the other's trusted subnets (and that reach each
+    /// other directly): there it keeps the kernel's fast path, in clear. E.g.
+    /// `--trusted-subnets 10.1.0.0/16,192.168.56.0/24`.
+    #[arg(long, value_name = "CIDR[,CIDR...]")]
+    pub trusted_subnets: Option<String>,
 
     /// How remote frames are encapsulated: `ebpf` (single packets get their VXLAN headers
     /// built and stripped by the eBPF programs; GSO bulk goes through the kernel VXLAN device,

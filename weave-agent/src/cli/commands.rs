@@ -169,6 +169,17 @@ pub fn peers(loc: &Location, out: OutputArgs) -> Result<()> {
                 if let Some(via) = &p.via {
                     entry["via"] = via.clone().into();
                 }
+                if !p.encryption.is_empty() {
+                    entry["encryption"] = p.encryption.clone().into();
+                }
+                if let Some(session) = &p.session {
+                    entry["session_age_ms"] = session.age_ms.into();
+                    entry["handshakes"] = session.handshakes.into();
+                    entry["sealed_bytes"] = session.sealed_bytes.into();
+                    entry["opened_bytes"] = session.opened_bytes.into();
+                    entry["refused"] = session.refused.into();
+                    entry["dropped_no_session"] = session.dropped_no_session.into();
+                }
                 entry
             })
             .collect();
@@ -188,7 +199,15 @@ pub fn peers(loc: &Location, out: OutputArgs) -> Result<()> {
             ("", _) => String::new(),
             (route, _) => format!(" {route}"),
         };
-        println!("{name} {} {}{route}", p.address, p.state);
+        let encryption = match (p.encryption.as_str(), &p.session) {
+            ("", _) => String::new(),
+            ("sealed", Some(s)) => match s.age_ms {
+                Some(age) => format!(" sealed(session {}s)", age / 1000),
+                None => " sealed(no session yet)".to_owned(),
+            },
+            (other, _) => format!(" {other}"),
+        };
+        println!("{name} {} {}{route}{encryption}", p.address, p.state);
     }
     Ok(())
 }

@@ -47,6 +47,12 @@ pub fn daemon_config(args: &LaunchArgs) -> Result<DaemonConfig> {
         },
         metrics_addr: args.metrics_addr,
         port: args.port,
+        trusted_subnets: crate::crypto::trust::parse_trusted(
+            args.trusted_subnets.as_deref().unwrap_or_default(),
+        )
+        .context(
+            "--trusted-subnets takes CIDRs separated by commas, e.g. 10.1.0.0/16,192.168.56.0/24",
+        )?,
     })
 }
 

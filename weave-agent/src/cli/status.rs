@@ -126,7 +126,7 @@ fn print_mesh(s: &api::Status) {
     println!(
         "     Encryption: {}",
         if s.encryption {
-            "on for gossip (password set); container traffic is not encrypted yet"
+            "on (password set): gossip, and container traffic except with trusted peers"
         } else {
             "off (no password)"
         }

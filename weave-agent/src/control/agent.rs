@@ -18,6 +18,7 @@ use tokio::sync::{Mutex, watch};
 
 use super::{api, location::Location, reconcile::Written, state::State};
 use crate::{
+    crypto::engine::Engine,
     datapath::Datapath,
     mesh::{
         counting_transport::GossipTraffic,
@@ -47,6 +48,10 @@ pub struct Agent {
     pub resync: tokio::sync::Notify,
     pub inner: Mutex<Inner>,
     pub shutdown: watch::Sender<bool>,
+    /// The encrypted data plane, with a password.
+    pub crypto: Option<std::sync::Mutex<Engine>>,
+    /// Underlay networks this host trusts (`--trusted-subnets`).
+    pub trusted: Vec<Subnet>,
 }
 
 pub struct Inner {
@@ -76,6 +81,8 @@ pub struct Inner {
     pub mtu_routes: BTreeMap<Ipv4Addr, u32>,
     /// `mtu_routes` has been read from the kernel (at the first sync).
     pub mtu_routes_read: bool,
+    /// Live peers whose frames may cross in clear, as the last sync decided.
+    pub plain: BTreeSet<Ipv4Addr>,
 }
 
 /// Whom this host hears directly: the heard map as last read.

@@ -195,6 +195,29 @@ pub struct PeerInfo {
     pub via: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub via_nickname: Option<String>,
+    /// Container traffic with the peer: `sealed` (encrypted), `trusted` (in clear: both hosts
+    /// trust the path), `waiting` (sealed, but the peer has not published its key yet), or
+    /// empty without a password.
+    #[serde(default)]
+    pub encryption: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<SessionInfo>,
+}
+
+/// The encrypted session with a peer, as `peers` and `status` show it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SessionInfo {
+    /// Age of the session in use (None: none yet).
+    pub age_ms: Option<u64>,
+    /// Handshakes completed with the peer since this agent started.
+    pub handshakes: u64,
+    /// Bytes of container frames sealed to the peer and opened from it.
+    pub sealed_bytes: u64,
+    pub opened_bytes: u64,
+    /// Datagrams refused: forged, replayed, for no session this host has.
+    pub refused: u64,
+    /// Frames to the peer dropped while no session was ready.
+    pub dropped_no_session: u64,
 }
 
 /// The link to another peer, as `status connections` shows it.

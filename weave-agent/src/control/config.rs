@@ -28,4 +28,7 @@ pub struct DaemonConfig {
     pub metrics_addr: Option<SocketAddr>,
     /// UDP port of gossip; VXLAN takes the next one (`weave_common::data_port`).
     pub port: u16,
+    /// Underlay networks this host trusts (`launch --trusted-subnets`): traffic with a peer
+    /// there crosses in clear if the peer trusts this host too.
+    pub trusted_subnets: Vec<crate::net::policy::Subnet>,
 }

@@ -28,6 +28,7 @@ use super::{
     log_file, metrics, peers, ready, server, state, status, sync,
 };
 use crate::{
+    crypto::{self, engine::Engine, handshake::Identity, table::Table, tap::Tap, trust},
     datapath::{Datapath, bpffs},
     host::{
         netlink, routes,
@@ -114,7 +115,9 @@ async fn start(config: &DaemonConfig, loc: &Location) -> Result<(Arc<Agent>, Uni
         .ipv4
         .expect("select_underlay guarantees an IPv4 address");
     let mtu = underlay.mtu.saturating_sub(OVERLAY_OVERHEAD);
-    let datapath = load_datapath(&handle, loc, &underlay, address.0, adopt, mtu, config).await?;
+    let mut datapath =
+        load_datapath(&handle, loc, &underlay, address.0, adopt, mtu, config).await?;
+    let crypto = start_crypto(config, loc, &underlay, address.0, &mut datapath)?;
     let mut inner = Inner {
         datapath,
         netlink: handle,
@@ -133,10 +136,11 @@ async fn start(config: &DaemonConfig, loc: &Location) -> Result<(Arc<Agent>, Uni
         // Filled from the kernel at the first sync: a restarted agent takes over its routes.
         mtu_routes: BTreeMap::new(),
         mtu_routes_read: false,
+        plain: Default::default(),
     };
     endpoints::adopt_endpoints(&mut inner).await?;
     state::save(&loc.state_dir, &inner.state)?;
-    let agent = start_gossip(config, loc, &underlay, address, inner).await?;
+    let agent = start_gossip(config, loc, &underlay, address, inner, crypto).await?;
     let listener = server::bind_socket(&loc.socket())?;
     Ok((agent, listener))
 }
@@ -165,6 +169,39 @@ async fn load_datapath(
     Ok(datapath)
 }
 
+/// With a password: the crypto path's device, its program, and the engine, with this
+/// agent's key pair (made once, kept in the state directory). The programs drop sealed
+/// traffic until the engine vouches for its device.
+fn start_crypto(
+    config: &DaemonConfig,
+    loc: &Location,
+    underlay: &Link,
+    ip: Ipv4Addr,
+    datapath: &mut Datapath,
+) -> Result<Option<Engine>> {
+    datapath.set_sealing(config.password.is_some())?;
+    let Some(password) = &config.password else {
+        return Ok(None);
+    };
+    let pair = crypto::keys::load_or_create(&loc.state_dir)?;
+    let identity = Identity::new(pair, crypto::keys::derive_psk(password)?);
+    let tap = Tap::create(crypto::TAP_DEVICE, crypto::WORKERS)?;
+    datapath.attach_tap(&tap.name)?;
+    let engine = Engine::start(
+        tap,
+        Table::new(identity),
+        &loc.pin_dir,
+        ip,
+        underlay.mtu,
+        data_port(config.port),
+    )?;
+    tracing::info!(
+        device = crypto::TAP_DEVICE,
+        "container traffic to peers is encrypted"
+    );
+    Ok(Some(engine))
+}
+
 /// Starts gossip with this host's endpoints and rules already in its first state: after a
 /// restart, peers never see the new generation alive without them, so they never withdraw
 /// them.
@@ -174,6 +211,7 @@ async fn start_gossip(
     underlay: &Link,
     address: (Ipv4Addr, u8),
     mut inner: Inner,
+    crypto: Option<Engine>,
 ) -> Result<Arc<Agent>> {
     let ip = address.0;
     let peer_name = underlay.mac_string().unwrap_or_else(|| loc.netns.clone());
@@ -192,6 +230,16 @@ async fn start_gossip(
                 .map(|r| (r.gossip_key(), r.gossip_value())),
         )
         .chain([(LINKS_KEY.to_owned(), encode_links(&inner.links.heard))])
+        .chain(crypto.iter().flat_map(|engine| {
+            let public = engine.shared.table.read().expect("table").public_key();
+            [
+                (trust::SEAL_KEY.to_owned(), trust::encode_key(&public)),
+                (
+                    trust::TRUSTED_KEY.to_owned(),
+                    trust::encode_trusted(&config.trusted_subnets),
+                ),
+            ]
+        }))
         .collect();
     let auth_failures = Arc::new(std::sync::Mutex::new(AuthFailures::default()));
     let transport: Box<dyn Transport> = match &config.password {
@@ -217,6 +265,8 @@ async fn start_gossip(
         resync: tokio::sync::Notify::new(),
         inner: Mutex::new(inner),
         shutdown,
+        crypto: crypto.map(std::sync::Mutex::new),
+        trusted: config.trusted_subnets.clone(),
     }))
 }
 
@@ -295,6 +345,10 @@ async fn serve(
     }
     if let Some(metrics) = metrics {
         let _ = metrics.await;
+    }
+    if let Some(crypto) = &agent.crypto {
+        crypto.lock().expect("crypto engine").stop();
+        tracing::info!("encrypted traffic stops with the agent: it is never sent in clear");
     }
     let _ = fs::remove_file(agent.loc.socket());
     tracing::info!(

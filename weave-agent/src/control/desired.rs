@@ -74,6 +74,8 @@ pub(super) mod tests {
     /// A peer at underlay `ip` publishing endpoints `eps` (CIDRs).
     pub(in crate::control) fn peer(name: &str, ip: [u8; 4], alive: bool, eps: &[&str]) -> PeerView {
         PeerView {
+            seal_key: None,
+            trusted: None,
             name: name.to_owned(),
             nickname: name.to_owned(),
             address: SocketAddr::from((ip, GOSSIP_PORT)),

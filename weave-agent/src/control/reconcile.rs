@@ -53,6 +53,9 @@ pub struct View<'a> {
     /// How frames reach each live peer and the path MTU to write (`mesh::topology`); a peer
     /// missing here is reached directly, its MTU not learned.
     pub routes: &'a BTreeMap<Ipv4Addr, Path>,
+    /// Peers whose frames may cross in clear (`crypto::trust`); the others are sealed where
+    /// the mesh has a password.
+    pub plain: &'a BTreeSet<Ipv4Addr>,
 }
 
 /// One change to the maps.
@@ -107,7 +110,12 @@ pub fn plan(view: &View<'_>, written: &Written, since_start: Duration) -> Plan {
                 .map_or(NextHop::direct(p), |path| NextHop {
                     address: path.route.next_hop(p),
                     mtu: path.mtu,
+                    plain: false,
                 });
+            let hop = NextHop {
+                plain: view.plain.contains(&p),
+                ..hop
+            };
             (p, hop)
         })
         .collect();
@@ -210,10 +218,12 @@ mod tests {
             local_subnets: subnets,
             rules: &[],
             routes: &NO_ROUTES,
+            plain: &NO_PLAIN,
         }
     }
 
     static NO_ROUTES: BTreeMap<Ipv4Addr, Path> = BTreeMap::new();
+    static NO_PLAIN: BTreeSet<Ipv4Addr> = BTreeSet::new();
 
     fn apply(written: &mut Written, plan: &Plan) {
         for op in &plan.ops {
@@ -322,7 +332,8 @@ mod tests {
                     c,
                     NextHop {
                         address: b,
-                        mtu: 1000
+                        mtu: 1000,
+                        plain: false,
                     }
                 )
             ]))),
@@ -388,6 +399,7 @@ mod tests {
             local_subnets: &subnets,
             rules: &rules,
             routes: &NO_ROUTES,
+            plain: &NO_PLAIN,
         };
         let (mut maps, mut written) = (FullPolicyMap::default(), Written::default());
         let first = plan(&view, &written, LATER);

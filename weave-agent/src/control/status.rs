@@ -7,9 +7,16 @@ use super::{
     api,
     state::LocalEndpoint,
 };
-use std::net::{IpAddr, Ipv4Addr};
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr},
+};
 
-use crate::{datapath::Datapath, mesh::topology::routes::Route, net::addressing::format_mac};
+use crate::{
+    datapath::Datapath,
+    mesh::{gossip::PeerView, topology::routes::Route},
+    net::addressing::format_mac,
+};
 
 pub async fn status(agent: &Agent) -> Result<api::Status> {
     let inner = agent.inner.lock().await;
@@ -108,9 +115,51 @@ fn v4(addr: std::net::SocketAddr) -> Option<Ipv4Addr> {
     }
 }
 
+/// The sessions of the crypto path, by peer.
+fn session_infos(agent: &Agent) -> BTreeMap<Ipv4Addr, api::SessionInfo> {
+    let Some(crypto) = &agent.crypto else {
+        return BTreeMap::new();
+    };
+    let engine = crypto.lock().expect("crypto engine");
+    let reports = engine
+        .shared
+        .table
+        .read()
+        .expect("session table")
+        .report(std::time::Instant::now());
+    reports
+        .into_iter()
+        .map(|r| {
+            let info = api::SessionInfo {
+                age_ms: r.session_age.map(|d| d.as_millis() as u64),
+                handshakes: r.handshakes,
+                sealed_bytes: r.sealed_bytes,
+                opened_bytes: r.opened_bytes,
+                refused: r.refused,
+                dropped_no_session: r.no_session,
+            };
+            (r.address, info)
+        })
+        .collect()
+}
+
+/// How container traffic with peer `p` crosses: see [`api::PeerInfo::encryption`].
+fn encryption_of(agent: &Agent, inner: &Inner, p: &PeerView) -> String {
+    if agent.crypto.is_none() {
+        return String::new();
+    }
+    match v4(p.address) {
+        Some(ip) if inner.plain.contains(&ip) => "trusted",
+        _ if p.seal_key.is_none() => "waiting",
+        _ => "sealed",
+    }
+    .to_owned()
+}
+
 /// The mesh's peers, and the configured ones that have not answered yet (`connecting`, or
 /// `resolving` while a host name has no address yet).
 pub fn peer_infos(agent: &Agent, inner: &Inner) -> Vec<api::PeerInfo> {
+    let mut sessions = session_infos(agent);
     let mut out: Vec<api::PeerInfo> = inner
         .peers
         .iter()
@@ -130,6 +179,8 @@ pub fn peer_infos(agent: &Agent, inner: &Inner) -> Vec<api::PeerInfo> {
                 route,
                 via,
                 via_nickname,
+                encryption: encryption_of(agent, inner, p),
+                session: v4(p.address).and_then(|ip| sessions.remove(&ip)),
             }
         })
         .collect();
@@ -149,6 +200,8 @@ pub fn peer_infos(agent: &Agent, inner: &Inner) -> Vec<api::PeerInfo> {
             route: String::new(),
             via: None,
             via_nickname: None,
+            encryption: String::new(),
+            session: None,
         });
     }
     out

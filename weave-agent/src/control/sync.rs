@@ -19,6 +19,7 @@ use super::{
     withdraw::{keep_dormant, remove_endpoint},
 };
 use crate::{
+    crypto::{table::PeerConfig, trust},
     datapath::Datapath,
     host::peer_mtu,
     mesh::{gossip::PeerView, topology::routes::Route},
@@ -60,6 +61,7 @@ pub async fn sync_once(agent: &Agent) -> Result<()> {
         withdraw_vanished(agent, inner).await?;
         rules::adopt_rules(agent, inner, &peers).await?;
         update_routes(agent, inner, &peers);
+        update_sealing(agent, inner, &peers);
         let maps = apply_plan(inner, &peers);
         peers::contact_configured(agent, inner, &peers);
         inner.peers = peers;
@@ -183,6 +185,52 @@ fn update_routes(agent: &Agent, inner: &mut Inner, peers: &[PeerView]) {
     inner.next_hops = routes;
 }
 
+/// Decides which live peers' frames may cross in clear, and gives the crypto path the others:
+/// their keys and how to reach them. Without a password nothing is sealed.
+fn update_sealing(agent: &Agent, inner: &mut Inner, peers: &[PeerView]) {
+    let Some(crypto) = &agent.crypto else {
+        inner.plain.clear();
+        return;
+    };
+    let me = agent.gossip.self_ip();
+    let mut plain = BTreeSet::new();
+    let mut sealed = Vec::new();
+    for peer in peers.iter().filter(|p| p.alive) {
+        let IpAddr::V4(ip) = peer.address.ip() else {
+            continue;
+        };
+        let path = inner.next_hops.get(&ip);
+        let direct = path.is_none_or(|p| p.route == Route::Direct);
+        if trust::plain(me, &agent.trusted, ip, peer.trusted.as_deref(), direct) {
+            plain.insert(ip);
+            continue;
+        }
+        let Some(key) = peer.seal_key.as_deref() else {
+            continue;
+        };
+        match trust::parse_key(key) {
+            Ok(public) => sealed.push(PeerConfig {
+                address: ip,
+                public,
+                next_hop: path.map_or(ip, |p| p.route.next_hop(ip)),
+                mtu: path.map_or(0, |p| p.mtu),
+            }),
+            Err(err) => tracing::warn!(peer = %ip, "{err:#}"),
+        }
+    }
+    for ip in plain.difference(&inner.plain) {
+        tracing::info!(peer = %ip, "both hosts trust the path: traffic with the peer crosses in clear");
+    }
+    inner.plain = plain;
+    let engine = crypto.lock().expect("crypto engine");
+    engine
+        .shared
+        .table
+        .write()
+        .expect("session table")
+        .set_peers(&sealed);
+}
+
 /// Applies this round's plan (see [`reconcile::apply_ops`]) and notes its conflicts.
 fn apply_plan(inner: &mut Inner, peers: &[PeerView]) -> Result<()> {
     let local: BTreeSet<Ipv4Addr> = inner.state.endpoints.iter().map(|e| e.cidr.ip).collect();
@@ -198,6 +246,7 @@ fn apply_plan(inner: &mut Inner, peers: &[PeerView]) -> Result<()> {
         local_subnets: &local_subnets,
         rules: &inner.state.rules,
         routes: &inner.next_hops,
+        plain: &inner.plain,
     };
     let plan = reconcile::plan(&view, &inner.written, inner.started.elapsed());
     let applied = reconcile::apply_ops(&mut inner.datapath, &mut inner.written, &plan.ops);

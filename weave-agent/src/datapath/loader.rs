@@ -22,6 +22,7 @@ use weave_common::{
     OVERLAY_VNI,
     endpoint::{Config, ENCAP_EBPF, ENCAP_VXLAN_DEVICE, Heard, PeerRoute, ipv4_key},
     maps, programs,
+    seal::CryptoPath,
 };
 
 use super::{Datapath, UnderlayXdp, kernel::kernel_clears_tunnel_gso};
@@ -63,7 +64,11 @@ impl Datapath {
             .with_context(|| format!("verifier rejected {}", programs::CONTAINER_TC))?;
 
         let underlay_xdp = attach_underlay_xdp(&mut ebpf, pin_dir, underlay, adopt_underlay)?;
-        for name in [programs::OVERLAY_TC, programs::UNDERLAY_TC] {
+        for name in [
+            programs::OVERLAY_TC,
+            programs::UNDERLAY_TC,
+            programs::TAP_TC,
+        ] {
             let tc: &mut SchedClassifier = program(&mut ebpf, name)?.try_into()?;
             tc.load()
                 .with_context(|| format!("verifier rejected {name}"))?;
@@ -115,6 +120,27 @@ impl Datapath {
     /// Drops the pinned TC link of a container veth (the veth itself may already be gone).
     pub fn detach_container(&mut self, veth: &str) -> Result<()> {
         remove_pinned_link(&self.pin_dir.join(format!("{TC_LINK_PIN_PREFIX}{veth}")))
+    }
+
+    /// Attaches the program that delivers opened frames to the crypto path's TAP device.
+    pub fn attach_tap(&mut self, tap: &str) -> Result<()> {
+        self.attach_tc(programs::TAP_TC, tap)
+    }
+
+    /// Tells the programs whether frames must be sealed (the mesh has a password). Until the
+    /// crypto path vouches for its device, sealed traffic is dropped and counted.
+    pub fn set_sealing(&mut self, seal: bool) -> Result<()> {
+        let mut map: Array<&mut MapData, CryptoPath> =
+            Array::try_from(self.map_mut(maps::CRYPTO)?)?;
+        map.set(
+            0,
+            CryptoPath {
+                seal: u32::from(seal),
+                ..CryptoPath::default()
+            },
+            0,
+        )?;
+        Ok(())
     }
 
     /// Attaches the decapsulation program to the VXLAN device and the underlay's TC program, and
@@ -224,6 +250,7 @@ fn forget_resized_maps(pin_dir: &Path) -> Result<()> {
         (maps::CONFIG, std::mem::size_of::<Config>()),
         (maps::PEERS, std::mem::size_of::<PeerRoute>()),
         (maps::HEARD, std::mem::size_of::<Heard>()),
+        (maps::CRYPTO, std::mem::size_of::<CryptoPath>()),
     ];
     for (name, value_size) in layouts {
         let pin = pin_dir.join(name);

@@ -12,6 +12,7 @@ use weave_common::{
     endpoint::{Endpoint, Heard, Ipv4Key, PeerRoute, ipv4_key, ipv4_octets},
     maps,
     policy::{POLICY_CAPACITY, SubnetPair},
+    seal::PEER_PLAIN,
 };
 
 use super::{CounterTotal, Datapath};
@@ -69,7 +70,10 @@ impl Datapath {
         let wanted: BTreeMap<Ipv4Key, PeerRoute> = peers
             .iter()
             .map(|(peer, hop)| {
-                let route = PeerRoute::new(ipv4_key(hop.address.octets()), hop.mtu);
+                let mut route = PeerRoute::new(ipv4_key(hop.address.octets()), hop.mtu);
+                if hop.plain {
+                    route.flags |= PEER_PLAIN;
+                }
                 (ipv4_key(peer.octets()), route)
             })
             .collect();
@@ -133,6 +137,7 @@ impl Datapath {
                     NextHop {
                         address,
                         mtu: route.mtu,
+                        plain: route.plain(),
                     },
                 ))
             })

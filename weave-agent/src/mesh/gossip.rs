@@ -23,6 +23,7 @@ use super::keys::{
     published_rules,
 };
 use super::topology::links::LINKS_KEY;
+use crate::crypto::trust::{SEAL_KEY, TRUSTED_KEY};
 use crate::net::{addressing::Cidr, clock::unix_millis, policy::Rule};
 
 /// One gossip round every 200 ms: heartbeats arrive often enough for a dead host to be noticed
@@ -57,6 +58,12 @@ pub struct PeerView {
     /// that publishes no links (not started hellos yet, or an agent from before relaying).
     #[serde(default)]
     pub links: Option<String>,
+    /// The peer's data plane public key and trusted subnets, as it publishes them
+    /// (`crypto::trust`); None from a peer without a password.
+    #[serde(default)]
+    pub seal_key: Option<String>,
+    #[serde(default)]
+    pub trusted: Option<String>,
 }
 
 impl Gossip {
@@ -200,6 +207,8 @@ impl Gossip {
                 endpoints: published_endpoints(state),
                 rules: published_rules(state),
                 links: state.get(LINKS_KEY).map(str::to_owned),
+                seal_key: state.get(SEAL_KEY).map(str::to_owned),
+                trusted: state.get(TRUSTED_KEY).map(str::to_owned),
             };
             // A restarted peer's new generation takes over once it is alive; until then the
             // old one, if still alive, speaks for it, so its endpoints never lapse.

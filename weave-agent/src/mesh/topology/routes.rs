@@ -49,6 +49,9 @@ pub struct NextHop {
     pub address: Ipv4Addr,
     /// Path MTU the data path enforces (0: none).
     pub mtu: u16,
+    /// Frames may cross in clear although the mesh has a password (both hosts trust the
+    /// path: `crypto::trust`).
+    pub plain: bool,
 }
 
 impl NextHop {
@@ -56,6 +59,7 @@ impl NextHop {
         Self {
             address: peer,
             mtu: 0,
+            plain: false,
         }
     }
 }
