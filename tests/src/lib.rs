@@ -14,6 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod capture;
 pub mod crafted;
 pub mod docker;
 pub mod frames;
@@ -681,11 +682,15 @@ while True:
 print(n, h.hexdigest(), flush=True)
 "#;
 
-/// Sends argv[2] pseudo-random bytes to argv[1]:5201 in large writes (so the sender's TCP
-/// builds super-packets) and prints their count and SHA-256.
+/// Sends argv[2] pseudo-random bytes (or argv[3] repeated) to argv[1]:5201 in large writes (so
+/// the sender's TCP builds super-packets) and prints their count and SHA-256.
 const SOURCE: &str = r#"
 import hashlib, random, socket, sys
-data = random.Random(21).randbytes(int(sys.argv[2]))
+n = int(sys.argv[2])
+if len(sys.argv) > 3:
+    data = (sys.argv[3].encode() * (n // len(sys.argv[3]) + 1))[:n]
+else:
+    data = random.Random(21).randbytes(n)
 c = socket.create_connection((sys.argv[1], 5201), timeout=30)
 c.sendall(data); c.shutdown(socket.SHUT_WR); c.recv(1)
 print(len(data), hashlib.sha256(data).hexdigest(), flush=True)
@@ -700,9 +705,24 @@ pub fn bulk(
     sink_ip: &str,
     bytes: usize,
 ) -> Result<()> {
+    bulk_of(from, to_ip, sink_ns, sink_ip, bytes, None)
+}
+
+/// [`bulk`] of `marker` repeated, for a capture to look for.
+pub fn bulk_of(
+    from: &Container,
+    to_ip: &str,
+    sink_ns: &str,
+    sink_ip: &str,
+    bytes: usize,
+    marker: Option<&str>,
+) -> Result<()> {
     let (mut sink, mut lines) = spawn_in(sink_ns, "python3", &["-c", SINK, sink_ip])?;
     wait_for_line(&mut lines, "ready")?;
-    let sent = from.exec("python3", &["-c", SOURCE, to_ip, &bytes.to_string()])?;
+    let bytes = bytes.to_string();
+    let mut args = vec!["-c", SOURCE, to_ip, &bytes];
+    args.extend(marker);
+    let sent = from.exec("python3", &args)?;
     let received = lines.next().transpose()?.unwrap_or_default();
     let _ = sink.kill();
     let _ = sink.wait();
