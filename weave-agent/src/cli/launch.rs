@@ -135,6 +135,9 @@ fn daemon_command(global: &[String], args: &LaunchArgs) -> Result<Process> {
         daemon.args(["--encap", "vxlan"]);
     }
     daemon.arg("--port").arg(args.port.to_string());
+    if let Some(trusted) = &args.trusted_subnets {
+        daemon.args(["--trusted-subnets", trusted]);
+    }
     // The password travels in the environment, never on the daemon's command line.
     match &args.password {
         Some(password) => daemon.env("WEAVE_PASSWORD", password),

@@ -120,8 +120,13 @@ pub fn plan(view: &View<'_>, written: &Written, since_start: Duration) -> Plan {
         })
         .collect();
     if in_grace && !written.adopted.is_empty() {
+        // Clear only if this agent, now, finds the path trusted: a restarted agent must not
+        // go on sending in clear on an earlier agent's word.
         for (peer, hop) in &written.adopted_peers {
-            peers.entry(*peer).or_insert(*hop);
+            peers.entry(*peer).or_insert(NextHop {
+                plain: view.plain.contains(peer),
+                ..*hop
+            });
         }
     }
     if written.peers.as_ref() != Some(&peers) {
@@ -300,6 +305,52 @@ mod tests {
             late.ops
         );
         assert!(late.ops.contains(&MapOp::SetPeers(BTreeMap::new())));
+    }
+
+    /// A restarted agent finds an earlier one's peer map: a peer it had in clear is sealed
+    /// until this agent itself finds the path trusted.
+    #[test]
+    fn an_adopted_peer_is_sealed_until_trust_is_seen_again() {
+        let ip = Ipv4Addr::new(192, 168, 1, 20);
+        let cidr: Cidr = "192.168.1.20/24".parse().unwrap();
+        let old_peer = Ipv4Addr::new(10, 0, 0, 2);
+        let plain = NextHop {
+            plain: true,
+            ..NextHop::direct(old_peer)
+        };
+        let written = Written {
+            remote: BTreeMap::from([(ip, cidr.remote_endpoint(cidr.mac(), old_peer))]),
+            adopted: BTreeSet::from([ip]),
+            adopted_peers: BTreeMap::from([(old_peer, plain)]),
+            ..Written::default()
+        };
+        let (local, subnets) = (BTreeSet::new(), BTreeSet::new());
+        let early = plan(
+            &view(&[], &local, &subnets),
+            &written,
+            Duration::from_secs(1),
+        );
+        assert!(
+            early.ops.contains(&MapOp::SetPeers(BTreeMap::from([(
+                old_peer,
+                NextHop::direct(old_peer)
+            )]))),
+            "{:?}",
+            early.ops
+        );
+        let trusted = BTreeSet::from([old_peer]);
+        let seen = plan(
+            &View {
+                plain: &trusted,
+                ..view(&[], &local, &subnets)
+            },
+            &written,
+            Duration::from_secs(1),
+        );
+        assert!(
+            seen.ops
+                .contains(&MapOp::SetPeers(BTreeMap::from([(old_peer, plain)])))
+        );
     }
 
     #[test]
