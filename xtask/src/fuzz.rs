@@ -1,5 +1,6 @@
 //! `cargo xtask fuzz`: runs the cargo-fuzz targets in weave-agent/fuzz (the parsers that face
-//! gossip peers and the control socket), each for a number of inputs, and reports the counts.
+//! gossip peers, the data port's sealed datagrams and the control socket), each for a number
+//! of inputs, and reports the counts.
 
 use std::process::Command;
 
@@ -16,6 +17,7 @@ pub const TARGETS: &[&str] = &[
     "gossip_sealed",
     "control_request",
     "references",
+    "sealed_datagram",
 ];
 
 /// libFuzzer limits: a leak of memory or one huge allocation is a finding, not a slow run.

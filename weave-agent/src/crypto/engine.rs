@@ -24,10 +24,11 @@ use anyhow::{Context as _, Result};
 use aya::maps::{Array, Map, MapData};
 use weave_common::{
     maps,
-    seal::{CryptoPath, SEALED_HEADER_LEN, SEALED_TAG_LEN, marked_mac, marked_peer},
+    seal::{CryptoPath, SEALED_HEADER_LEN, SEALED_TAG_LEN, marked_peer},
 };
 
 use super::{
+    opener::{MAX_MESSAGE, Opened, Opener},
     session::Refused,
     table::{Outgoing, PeerStats, Table},
     tap::{GSO_UDP_L4, Tap, VNET_HDR_LEN, VnetHdr},
@@ -38,10 +39,6 @@ use super::{
 const OUTER_LEN: usize = 20 + 8;
 /// Largest UDP payload one send may carry, GSO trains included.
 const MAX_SEND: usize = 65_507;
-/// Largest message (virtio-net header and frame) read from the device.
-const MAX_MESSAGE: usize = VNET_HDR_LEN + 65_536;
-/// Messages a worker reassembles at once (one per session sending to it, mostly).
-const REASSEMBLY_SLOTS: usize = 4;
 /// How long the keeper vouches for the path each time it renews, and how often it renews.
 const VOUCH_FOR: Duration = Duration::from_millis(600);
 const RENEW_EVERY: Duration = Duration::from_millis(100);
@@ -199,40 +196,18 @@ fn send_one(socket: &UdpSocket, port: u16, out: &Outgoing) {
     }
 }
 
-/// A message being put back together from its chunks.
-struct Reassembly {
-    session: u32,
-    /// The counter of chunk 0.
-    base: u64,
-    count: u8,
-    got: u8,
-    len: usize,
-    buf: Vec<u8>,
-}
-
 struct Worker {
     tap: File,
     socket: UdpSocket,
     shared: Arc<Shared>,
     rx: Vec<u8>,
     tx: Vec<u8>,
-    slots: Vec<Reassembly>,
-    next_slot: usize,
+    opener: Opener,
 }
 
 impl Worker {
     fn new(tap: File, shared: Arc<Shared>) -> Result<Self> {
         let socket = bind_socket(shared.underlay_ip)?;
-        let slots = (0..REASSEMBLY_SLOTS)
-            .map(|_| Reassembly {
-                session: 0,
-                base: 0,
-                count: 0,
-                got: 0,
-                len: 0,
-                buf: vec![0; MAX_MESSAGE],
-            })
-            .collect();
         Ok(Self {
             tap,
             socket,
@@ -240,8 +215,7 @@ impl Worker {
             rx: vec![0; MAX_MESSAGE],
             // A message cut into chunks grows by each chunk's header and tag.
             tx: vec![0; 2 * MAX_MESSAGE],
-            slots,
-            next_slot: 0,
+            opener: Opener::default(),
         })
     }
 
@@ -362,102 +336,52 @@ impl Worker {
         } else {
             n - start
         };
+        let now = Instant::now();
         let mut at = start;
         while at < n {
             let end = (at + segment).min(n);
-            self.open_one(source, at, end);
+            self.open_one(source, at, end, now);
             at = end;
         }
     }
 
-    fn open_one(&mut self, source: Ipv4Addr, start: usize, end: usize) {
-        let now = Instant::now();
-        let Some(header) = Header::parse(&self.rx[start..end]) else {
-            self.shared
-                .table
-                .write()
-                .expect("session table")
-                .refuse(source);
-            return;
+    fn open_one(&mut self, source: Ipv4Addr, start: usize, end: usize, now: Instant) {
+        let opened = {
+            let table = self.shared.table.read().expect("session table");
+            self.opener
+                .open(&table, source, &mut self.rx[start..end], now)
         };
-        if header.kind != Kind::Data {
-            self.handshake(source, &header, start, end, now);
-            return;
-        }
-        let session = self
-            .shared
-            .table
-            .read()
-            .expect("session table")
-            .receiver(header.session);
-        let Some(session) = session else {
-            // A session this host no longer has (it restarted): the peer needs a new one.
-            let mut table = self.shared.table.write().expect("session table");
-            table.refuse(source);
-            if table.kick(source, now) {
-                let _ = self.shared.kicks.send(source);
-            }
-            return;
-        };
-        let plain = match session.open(header.counter, &mut self.rx[start..end], now) {
-            Ok(plain) => plain,
-            Err(why) => {
-                if why != Refused::Replayed {
-                    tracing::debug!(peer = %session.peer, ?why, "a sealed datagram refused");
-                }
-                self.shared
-                    .table
-                    .write()
-                    .expect("session table")
-                    .refuse(session.peer);
-                return;
-            }
-        };
-        let base = header.counter - u64::from(header.index);
-        let slot = match self
-            .slots
-            .iter()
-            .position(|s| s.session == session.local_index && s.base == base && s.count != 0)
-        {
-            Some(i) => i,
-            None => {
-                let i = self.next_slot;
-                self.next_slot = (i + 1) % REASSEMBLY_SLOTS;
-                let s = &mut self.slots[i];
-                (s.session, s.base, s.count, s.got, s.len) =
-                    (session.local_index, base, header.count, 0, 0);
-                i
-            }
-        };
-        let s = &mut self.slots[slot];
-        let offset = header.aux as usize;
-        if s.count != header.count || offset + plain.len() > MAX_MESSAGE {
-            s.count = 0;
-            return;
-        }
-        s.buf[offset..offset + plain.len()].copy_from_slice(plain);
-        s.got += 1;
-        if header.index + 1 == header.count {
-            s.len = offset + plain.len();
-        }
-        if s.got < s.count || s.len < VNET_HDR_LEN + 14 {
-            return;
-        }
-        // Whole: marked with the host it came from, for the device's program to check.
-        s.count = 0;
-        let len = s.len;
-        s.buf[VNET_HDR_LEN..VNET_HDR_LEN + 6]
-            .copy_from_slice(&marked_mac(u32::from_ne_bytes(session.peer.octets())));
-        // A TAP write takes the whole frame or fails: one write is one frame.
-        match self.tap.write(&s.buf[..len]) {
-            Ok(written) if written == len => {
-                if let Some(stats) = self.shared.table.read().expect("table").stats(session.peer) {
-                    PeerStats::add(&stats.opened_bytes, (len - VNET_HDR_LEN) as u64);
+        match opened {
+            Opened::Partial => {}
+            Opened::Message { peer, message } => {
+                // A TAP write takes the whole frame or fails: one write is one frame.
+                match self.tap.write(message) {
+                    Ok(written) if written == message.len() => {
+                        let stats = self.shared.table.read().expect("table").stats(peer);
+                        if let Some(stats) = stats {
+                            let bytes = (message.len() - VNET_HDR_LEN) as u64;
+                            PeerStats::add(&stats.opened_bytes, bytes);
+                        }
+                    }
+                    Ok(written) => tracing::debug!(written, "the device took part of a frame"),
+                    Err(err) => tracing::debug!(%peer, "handing an opened frame back: {err}"),
                 }
             }
-            Ok(written) => tracing::debug!(written, len, "the device took part of a frame"),
-            Err(err) => {
-                tracing::debug!(peer = %session.peer, "handing an opened frame back: {err}")
+            Opened::Handshake(header) => self.handshake(source, &header, start, end, now),
+            Opened::Refused {
+                blame,
+                unknown_session,
+                why,
+            } => {
+                if why.is_some_and(|w| w != Refused::Replayed) {
+                    tracing::debug!(peer = %blame, ?why, "a sealed datagram refused");
+                }
+                let mut table = self.shared.table.write().expect("session table");
+                table.refuse(blame);
+                // A session this host no longer has (it restarted): the peer needs a new one.
+                if unknown_session && table.kick(blame, now) {
+                    let _ = self.shared.kicks.send(blame);
+                }
             }
         }
     }

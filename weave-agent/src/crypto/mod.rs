@@ -7,13 +7,15 @@
 //! kernel without opening them: the seal is end to end.
 //!
 //! - `handshake`: Noise IKpsk1 (snow), the session keys; `session`: AES-256-GCM under them
-//! - `wire`: the clear header; `replay`: the receive window; `table`: sessions per peer
+//! - `wire`: the clear header; `replay`: the receive window; `table`: sessions per peer;
+//!   `opener`: a datagram in, a frame (or why not) out
 //! - `tap`: the device; `engine`: the threads that move frames
 //! - `trust`: who may talk in clear; `keys`: the static key pair and the password's key
 
 pub mod engine;
 pub mod handshake;
 pub mod keys;
+pub mod opener;
 pub mod replay;
 pub mod session;
 pub mod table;

@@ -1,0 +1,113 @@
+//! Datagrams on the data port with a password set, as the crypto path's opener takes them.
+//! First byte even: the bytes arrive as they are (an outsider's or a forger's datagram: must
+//! never open, never panic; handshake messages go to the table as the engine hands them).
+//! Odd: a chunk header (index, count, offset) and payload from the input are sealed with a
+//! real session first, so the fuzzer reaches what only a peer with the password reaches: the
+//! replay window and the reassembly of messages from chunks.
+#![no_main]
+
+use std::{
+    net::Ipv4Addr,
+    sync::{LazyLock, Mutex},
+    time::Instant,
+};
+
+use libfuzzer_sys::fuzz_target;
+use weave_agent::crypto::{
+    handshake::Identity,
+    opener::{MAX_MESSAGE, Opened, Opener},
+    table::{PeerConfig, Table},
+    wire::{Header, Kind},
+};
+use weave_common::seal::{SEALED_HEADER_LEN, SEALED_TAG_LEN};
+
+const A: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+const B: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+
+struct World {
+    /// A sends; B receives through its opener.
+    a: Table,
+    b: Table,
+    opener: Opener,
+}
+
+static WORLD: LazyLock<Mutex<World>> = LazyLock::new(|| {
+    let id = || Identity::new(Identity::generate_pair().expect("keys"), [0x57; 32]);
+    let (mut a, mut b) = (Table::new(id()), Table::new(id()));
+    let peer = |address, public| PeerConfig {
+        address,
+        public,
+        next_hop: address,
+        mtu: 0,
+    };
+    a.set_peers(&[peer(B, b.public_key())]);
+    b.set_peers(&[peer(A, a.public_key())]);
+    let now = Instant::now();
+    let init = a.due_handshakes(now, 1).pop().expect("an initiation");
+    let h = Header::parse(&init.datagram).expect("a header");
+    let response = b.on_initiation(&h, &init.datagram, now).expect("answered");
+    let h = Header::parse(&response.datagram).expect("a header");
+    a.on_response(&h, &response.datagram, now).expect("finished");
+    Mutex::new(World {
+        a,
+        b,
+        opener: Opener::default(),
+    })
+});
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
+    let mut world = WORLD.lock().expect("not poisoned");
+    let World { a, b, opener } = &mut *world;
+    let now = Instant::now();
+    let mut datagram = if mode & 1 == 0 {
+        rest.to_vec()
+    } else {
+        let (Some(&index), Some(&count), Some(offset)) = (rest.first(), rest.get(1), rest.get(2..4))
+        else {
+            return;
+        };
+        let payload = &rest[4..];
+        let sender = a.sender(B, now).expect("a session");
+        let Some(counter) = sender.session.take_counters(1) else {
+            return;
+        };
+        let header = Header {
+            dest: B,
+            kind: Kind::Data,
+            index,
+            count,
+            session: sender.session.remote_index,
+            aux: u32::from(u16::from_be_bytes([offset[0], offset[1]])) * 64,
+            counter,
+        };
+        let mut d = vec![0u8; SEALED_HEADER_LEN + payload.len() + SEALED_TAG_LEN];
+        header.write((&mut d[..SEALED_HEADER_LEN]).try_into().expect("room"));
+        d[SEALED_HEADER_LEN..][..payload.len()].copy_from_slice(payload);
+        sender
+            .session
+            .seal(counter, &mut d, SEALED_HEADER_LEN + payload.len());
+        d
+    };
+    let raw = datagram.clone();
+    match opener.open(b, A, &mut datagram, now) {
+        Opened::Message { message, .. } => {
+            assert!(mode & 1 == 1, "a datagram nobody sealed opened");
+            assert!(message.len() <= MAX_MESSAGE);
+        }
+        Opened::Handshake(header) => {
+            // Whatever it is, it must not make a session for a host without the keys.
+            let before = b.report(now);
+            let _ = match header.kind {
+                Kind::Initiation => b.on_initiation(&header, &raw, now).map(drop),
+                Kind::Response => b.on_response(&header, &raw, now),
+                Kind::Data => Ok(()),
+            };
+            let after = b.report(now);
+            assert_eq!(before[0].handshakes, after[0].handshakes, "a forged handshake");
+        }
+        Opened::Partial | Opened::Refused { .. } => {}
+    }
+});
