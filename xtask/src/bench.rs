@@ -15,7 +15,7 @@ use anyhow::{Context as _, Result, bail, ensure};
 use serde_json::{Value, json};
 use weave_tests::{Container, Host, Segment, spawn_in, unique_name, wait_for_line};
 
-use crate::{agent_path, build_agent, ebpf, progress, setup, target_dir};
+use crate::{agent_path, build_agent, ebpf, progress, setup, target_dir, wireguard::BoringtunBed};
 
 const ROUNDS: usize = 5;
 const TCP_SECONDS: &str = "4";
@@ -28,21 +28,28 @@ const LEARN_ENDPOINTS: u64 = 1000;
 /// (`--encap vxlan`). `routed` is no overlay at all: containers behind veths, hosts routing
 /// between them, the floor for any overlay whose containers sit behind a veth.
 /// `weave_relayed` is `weave` between two hosts a firewall cuts apart, through a third host
-/// that relays in the kernel.
-const PATHS: [&str; 6] = [
+/// that relays in the kernel. `weave_encrypted` is `weave` with a password (container traffic
+/// sealed by the agents), `boringtun` userspace WireGuard between the two hosts (see
+/// [`crate::wireguard`]): the encrypted path's reference.
+const PATHS: [&str; 8] = [
     "bare",
     "routed",
     "vxlan_bridge",
     "weave",
     "weave_vxlan_device",
     "weave_relayed",
+    "weave_encrypted",
+    "boringtun",
 ];
 /// The `weave` path with another agent binary (`--reference`).
 const REFERENCE: &str = "weave_reference";
 /// `tcp_gbps` has client and server pinned to the two cores (see [`pinned`]);
 /// `tcp_unpinned_gbps` leaves them to the scheduler, as users run.
-const FIGURES: [&str; 6] = [
+/// `cpu_s_per_gb`: CPU seconds (all of the machine's, both hosts and every agent) per GB of
+/// the pinned single-stream run.
+const FIGURES: [&str; 7] = [
     "tcp_gbps",
+    "cpu_s_per_gb",
     "tcp_unpinned_gbps",
     "tcp8_gbps",
     "rr_p50_us",
@@ -79,6 +86,7 @@ pub fn run(only: Option<Part>, reference: Option<std::path::PathBuf>) -> Result<
     );
     let started = Instant::now();
     setup::run()?;
+    setup::ensure_bench_tools()?;
     let reference = reference
         .map(|path| {
             let path = std::path::absolute(&path)
@@ -118,6 +126,8 @@ pub fn run(only: Option<Part>, reference: Option<std::path::PathBuf>) -> Result<
     let weave = WeaveBed::new(&[], None)?;
     let weave_device = WeaveBed::new(&["--encap", "vxlan"], None)?;
     let weave_relayed = WeaveBed::relayed()?;
+    let weave_encrypted = WeaveBed::new(&["--password", "bench"], None)?;
+    let boringtun = BoringtunBed::new()?;
     let weave_reference = reference
         .as_ref()
         .map(|bin| WeaveBed::new(&[], Some(bin)))
@@ -150,6 +160,15 @@ pub fn run(only: Option<Part>, reference: Option<std::path::PathBuf>) -> Result<
         ("weave", weave.path()),
         ("weave_vxlan_device", weave_device.path()),
         ("weave_relayed", weave_relayed.path()),
+        ("weave_encrypted", weave_encrypted.path()),
+        ("boringtun", {
+            let (server, client, address) = boringtun.path();
+            Path {
+                server,
+                client,
+                address,
+            }
+        }),
     ]);
     let mut measured = PATHS.to_vec();
     if let Some(bed) = &weave_reference {
@@ -165,7 +184,14 @@ pub fn run(only: Option<Part>, reference: Option<std::path::PathBuf>) -> Result<
             let path = &paths[name];
             let figures = samples.entry(name).or_default();
             let mut add = |figure, value| figures.entry(figure).or_default().push(value);
-            add("tcp_gbps", iperf_tcp(path, 1, Pinning::Pinned)?);
+            let busy = busy_seconds()?;
+            let gbps = iperf_tcp(path, 1, Pinning::Pinned)?;
+            let cpu = busy_seconds()? - busy;
+            add("tcp_gbps", gbps);
+            add(
+                "cpu_s_per_gb",
+                cpu / (gbps * TCP_SECONDS.parse::<f64>()? / 8.0),
+            );
             add("tcp_unpinned_gbps", iperf_tcp(path, 1, Pinning::Unpinned)?);
             add("tcp8_gbps", iperf_tcp(path, 8, Pinning::Pinned)?);
             let (p50, p99) = request_response(path)?;
@@ -187,7 +213,9 @@ pub fn run(only: Option<Part>, reference: Option<std::path::PathBuf>) -> Result<
     step.finish();
     let super_packets = weave.super_packets();
     let relayed = weave_relayed.relay_counters();
+    let sealed = weave_encrypted.seal_counters();
     drop((bare, routed, vx, weave, weave_device, weave_relayed));
+    drop((weave_encrypted, boringtun));
     drop(weave_reference);
     let step = progress::step(format!(
         "bench: learning {LEARN_ENDPOINTS} remote endpoints"
@@ -206,6 +234,11 @@ pub fn run(only: Option<Part>, reference: Option<std::path::PathBuf>) -> Result<
     // Relaying's targets: single-stream TCP at least 0.8x the direct path, rr_p50 at most 1.5x.
     ours.push(("weave_relayed", "weave"));
     ours.push(("weave_relayed", "bare"));
+    // Encryption's targets: single-stream TCP at least 0.25x bare and at least boringtun's,
+    // rr_p50 at most 2x weave's.
+    ours.push(("weave_encrypted", "bare"));
+    ours.push(("weave_encrypted", "weave"));
+    ours.push(("weave_encrypted", "boringtun"));
     if samples.contains_key(REFERENCE) {
         ours.push(("weave", REFERENCE));
         ours.push((REFERENCE, "bare"));
@@ -230,6 +263,7 @@ pub fn run(only: Option<Part>, reference: Option<std::path::PathBuf>) -> Result<
         "scale": scale,
         "weave_receiver_super_packets": super_packets,
         "weave_relayed_counters": relayed,
+        "weave_encrypted_counters": sealed,
         "samples": samples,
         "rounds": ROUNDS,
         "machine": machine(),
@@ -345,6 +379,25 @@ fn print_table(
     println!("no overlay, for reference:");
     print_ratios(references);
     println!();
+}
+
+/// CPU time the whole machine has spent busy (not idle or waiting on I/O), in seconds.
+fn busy_seconds() -> Result<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    let ticks: Vec<f64> = stat
+        .lines()
+        .next()
+        .context("an empty /proc/stat")?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal
+    ensure!(ticks.len() >= 8, "an unexpected /proc/stat");
+    let busy = ticks[0] + ticks[1] + ticks[2] + ticks[5] + ticks[6] + ticks[7];
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok(busy / per_second)
 }
 
 fn output_in(ns: &str, program: &str, args: &[&str]) -> Result<String> {
@@ -627,6 +680,22 @@ impl WeaveBed {
         json!({
             "relay_forwarded": relay.counter_packets("relay_forwarded").ok(),
             "drop_relay_hop_limit": relay.counter_packets("drop_relay_hop_limit").ok(),
+        })
+    }
+
+    /// What the encrypted bed's hosts sealed and opened, and what they refused.
+    fn seal_counters(&self) -> Value {
+        let counters = |host: &Host| {
+            json!({
+                "seal_to_agent": host.counter_packets("seal_to_agent").ok(),
+                "sealed_received": host.counter_packets("sealed_received").ok(),
+                "opened_delivered": host.counter_packets("opened_delivered").ok(),
+                "drop_no_session": host.counter_packets("drop_no_session").ok(),
+            })
+        };
+        json!({
+            "server": counters(&self.seg.hosts[0]),
+            "client": counters(&self.seg.hosts[1]),
         })
     }
 

@@ -9,6 +9,7 @@ mod netprobe;
 mod progress;
 mod setup;
 mod test;
+mod wireguard;
 
 use std::{
     path::{Path, PathBuf},

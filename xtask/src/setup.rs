@@ -105,6 +105,40 @@ fn ensure_cargo_components() -> Result<()> {
     Ok(())
 }
 
+/// The benchmark's reference for the encrypted path: userspace WireGuard (`boringtun-cli`),
+/// configured with Debian's `wg`.
+const BENCH_PACKAGES: &[&str] = &["wireguard-tools"];
+const BORINGTUN_CLI_VERSION: &str = "0.7.1";
+
+/// What `cargo xtask bench` alone needs on top of [`run`]'s: wireguard-tools and boringtun-cli.
+pub fn ensure_bench_tools() -> Result<()> {
+    Apt::default().ensure(BENCH_PACKAGES)?;
+    let ok = || {
+        progress::output(Command::new("boringtun-cli").arg("--version"))
+            .is_some_and(|v| v.trim() == format!("boringtun {BORINGTUN_CLI_VERSION}"))
+    };
+    if ok() {
+        return Ok(());
+    }
+    let step = step(format!(
+        "cargo install boringtun-cli {BORINGTUN_CLI_VERSION} (a few minutes)"
+    ));
+    progress::run(crate::cargo().args([
+        "install",
+        "boringtun-cli",
+        "--locked",
+        "--version",
+        BORINGTUN_CLI_VERSION,
+    ]))?;
+    if !ok() {
+        bail!(
+            "boringtun-cli installed but `boringtun-cli --version` does not answer; is ~/.cargo/bin on PATH?"
+        );
+    }
+    step.finish();
+    Ok(())
+}
+
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
 /// cargo-fuzz for `cargo xtask fuzz` (and the short fuzz runs of `cargo xtask test`).
