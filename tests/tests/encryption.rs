@@ -399,3 +399,56 @@ fn a_killed_agent_is_back_within_a_second_and_a_stopped_one_sends_nothing() -> R
     );
     Ok(())
 }
+
+#[test]
+fn relayed_traffic_stays_sealed_end_to_end_and_the_relay_reads_none_of_it() -> Result<()> {
+    require_root();
+    let prefix = unique_name("enr");
+    let seg = Segment::new(&prefix, 3)?;
+    // Hosts 1 and 3 cannot reach each other: host 2 relays.
+    seg.cut(1, 3)?;
+    let (h1, h2, h3) = (&seg.hosts[0], &seg.hosts[1], &seg.hosts[2]);
+    h1.agent_ok(&["launch", "--password", PASSWORD])?;
+    h2.agent_ok(&["join", "--password", PASSWORD, "192.168.56.101"])?;
+    h3.agent_ok(&["join", "--password", PASSWORD, "192.168.56.102"])?;
+    let c1 = Container::new(&format!("{prefix}c1"), h1)?;
+    let c3 = Container::new(&format!("{prefix}c3"), h3)?;
+    h1.attach(&format!("{A}/24"), &c1)?;
+    h3.attach(&format!("{B}/24"), &c3)?;
+    h1.wait_for_remote(1)?;
+    h3.wait_for_remote(1)?;
+    wait_until(
+        Duration::from_secs(15),
+        "a sealed ping through the relay",
+        || c1.ping(B, 1),
+    )?;
+    let relayed = h2.counter_packets("sealed_relayed")?;
+    let opened = h2.counter_packets("opened_delivered")?;
+    let capture = Capture::start(&seg.switch().name, "br0", 256)?;
+    ensure!(c1.ping(B, 3)?, "pings through the relay");
+    bulk_of(&c1, B, &c3.name, B, BULK / 10, Some(MARKER))?;
+    let frames = capture.stop_after_ping(&h1.name, "192.168.56.102")?;
+    let (sealed, vxlan) = kinds(&frames);
+    ensure!(
+        sealed > 0 && vxlan == 0,
+        "{vxlan} VXLAN and {sealed} sealed datagrams"
+    );
+    ensure!(
+        !frames.iter().any(|f| f.contains(MARKER.as_bytes())),
+        "the marker crossed in clear"
+    );
+    ensure!(
+        h2.counter_packets("sealed_relayed")? > relayed + 100,
+        "the relay did not carry the sealed traffic"
+    );
+    ensure!(
+        h2.counter_packets("opened_delivered")? == opened,
+        "the relay opened what it carried"
+    );
+    let peer = h1.listed_peer(&["peers", "--json"], "192.168.56.103")?;
+    ensure!(
+        peer["encryption"] == "sealed" && peer["route"] == "via",
+        "h1 lists h3 as {peer}"
+    );
+    Ok(())
+}

@@ -640,10 +640,12 @@ impl WeaveBed {
         b.attach("192.168.1.20/24", &c2)?;
         a.wait_for_remote(1)?;
         b.wait_for_remote(1)?;
-        ensure!(
-            c2.ping("192.168.1.10", 1)?,
-            "the weave testbed does not pass traffic"
-        );
+        // With a password, the first ping may find no session yet: the handshake is under way.
+        weave_tests::wait_until(
+            Duration::from_secs(10),
+            "the weave testbed passing traffic",
+            || c2.ping("192.168.1.10", 1),
+        )?;
         Ok(Self { c1, c2, seg })
     }
 

@@ -96,6 +96,24 @@ fn print_identity(s: &api::Status) {
     );
 }
 
+/// How container traffic with a peer crosses, for its `Peers:` line: nothing without a
+/// password; `trusted`; or `sealed` with the session's age and counts.
+fn encryption(p: &api::PeerInfo) -> String {
+    match (p.encryption.as_str(), &p.session) {
+        ("", _) => String::new(),
+        ("sealed", Some(s)) => {
+            let age = s.age_ms.map_or("no session yet".to_owned(), |ms| {
+                format!("session {}s", ms / 1000)
+            });
+            format!(
+                ", sealed: {age}, {} handshakes, {} B sealed, {} B opened, {} refused, {} dropped for no session",
+                s.handshakes, s.sealed_bytes, s.opened_bytes, s.refused, s.dropped_no_session
+            )
+        }
+        (other, _) => format!(", {other}"),
+    }
+}
+
 fn print_mesh(s: &api::Status) {
     if s.peers.is_empty() {
         println!("          Peers: none (`weave-agent join ADDR` connects to one)");
@@ -103,8 +121,13 @@ fn print_mesh(s: &api::Status) {
     for (i, p) in s.peers.iter().enumerate() {
         let label = if i == 0 { "Peers:" } else { "" };
         println!(
-            "{label:>16} {}({}) {} {} ({} endpoints)",
-            p.name, p.nickname, p.address, p.state, p.endpoints
+            "{label:>16} {}({}) {} {} ({} endpoints){}",
+            p.name,
+            p.nickname,
+            p.address,
+            p.state,
+            p.endpoints,
+            encryption(p)
         );
     }
     let relayed: Vec<String> = s

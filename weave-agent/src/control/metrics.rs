@@ -1,6 +1,6 @@
 //! Prometheus metrics on `127.0.0.1:6782/metrics` (Weave Net's status port): peers by state,
 //! endpoints, the data path's packets and bytes per path and drops per reason, gossip traffic
-//! and authentication failures. Rendered from a fresh snapshot at every scrape.
+//! and authentication failures, and each peer's encrypted session. Rendered from a fresh snapshot at every scrape.
 
 use std::{
     convert::Infallible,
@@ -51,6 +51,7 @@ pub fn render(status: &api::Status, gossip: &GossipTraffic) -> Result<String> {
     register_mesh(&mut registry, status);
     register_datapath(&mut registry, status);
     register_gossip(&mut registry, status, gossip);
+    register_sessions(&mut registry, status);
     let mut text = String::new();
     encode(&mut text, &registry).context("encoding metrics")?;
     Ok(text)
@@ -150,6 +151,61 @@ fn register_gossip(registry: &mut Registry, status: &api::Status, gossip: &Gossi
         "Gossip datagrams refused for failing authentication",
         auth,
     );
+}
+
+/// The encrypted data plane's sessions, per peer (present only with a password).
+fn register_sessions(registry: &mut Registry, status: &api::Status) {
+    let sessions: Vec<(&str, &api::SessionInfo)> = status
+        .peers
+        .iter()
+        .filter_map(|p| p.session.as_ref().map(|s| (p.address.as_str(), s)))
+        .collect();
+    if sessions.is_empty() {
+        return;
+    }
+    let counters = [
+        (
+            "sealed_bytes",
+            "Bytes of container frames sealed to the peer",
+        ),
+        (
+            "opened_bytes",
+            "Bytes of container frames opened from the peer",
+        ),
+        (
+            "sealed_refused",
+            "Sealed datagrams from the peer refused: forged, replayed, for no session here",
+        ),
+        ("sealed_handshakes", "Handshakes completed with the peer"),
+        (
+            "sealed_no_session_drops",
+            "Frames to the peer dropped while no session was ready",
+        ),
+    ];
+    for (name, help) in counters {
+        let family = counter_family(registry, name, help);
+        for (peer, s) in &sessions {
+            let value = match name {
+                "sealed_bytes" => s.sealed_bytes,
+                "opened_bytes" => s.opened_bytes,
+                "sealed_refused" => s.refused,
+                "sealed_handshakes" => s.handshakes,
+                _ => s.dropped_no_session,
+            };
+            family.get_or_create(&label("peer", peer)).inc_by(value);
+        }
+    }
+    let age = gauge_family(
+        registry,
+        "sealed_session_age_seconds",
+        "Age of the session in use with the peer (absent: none)",
+    );
+    for (peer, s) in &sessions {
+        if let Some(ms) = s.age_ms {
+            age.get_or_create(&label("peer", peer))
+                .set((ms / 1000) as i64);
+        }
+    }
 }
 
 /// Serves the agent's metrics on `addr` (default [`DEFAULT_ADDR`]). A port already taken is a
@@ -256,7 +312,9 @@ mod tests {
             "underlay": {"name": "eth0", "ifindex": 2, "address": "10.0.0.1/24", "mtu": 1500, "kind": null},
             "programs": [], "endpoints": {"local": 2, "remote": 5},
             "peers": [
-                {"name": "a", "nickname": "a", "address": "10.0.0.2", "state": "alive", "endpoints": 1},
+                {"name": "a", "nickname": "a", "address": "10.0.0.2", "state": "alive", "endpoints": 1,
+                 "encryption": "sealed", "session": {"age_ms": 12500, "handshakes": 2,
+                 "sealed_bytes": 700, "opened_bytes": 800, "refused": 9, "dropped_no_session": 1}},
                 {"name": "b", "nickname": "b", "address": "10.0.0.3", "state": "dead", "endpoints": 0}
             ],
             "conflicts": [], "encryption": false, "auth_failures": 3, "auth_failure_sources": {},
@@ -278,6 +336,12 @@ mod tests {
             "weave_datapath_drops_total{reason=\"isolated\"} 4",
             "weave_gossip_bytes_total{direction=\"sent\"} 123",
             "weave_gossip_auth_failures_total 3",
+            "weave_sealed_bytes_total{peer=\"10.0.0.2\"} 700",
+            "weave_opened_bytes_total{peer=\"10.0.0.2\"} 800",
+            "weave_sealed_refused_total{peer=\"10.0.0.2\"} 9",
+            "weave_sealed_handshakes_total{peer=\"10.0.0.2\"} 2",
+            "weave_sealed_no_session_drops_total{peer=\"10.0.0.2\"} 1",
+            "weave_sealed_session_age_seconds{peer=\"10.0.0.2\"} 12",
         ] {
             assert!(text.contains(line), "{line:?} missing from:\n{text}");
         }
