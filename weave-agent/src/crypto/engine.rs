@@ -42,6 +42,8 @@ const MAX_SEND: usize = 65_507;
 /// How long the keeper vouches for the path each time it renews, and how often it renews.
 const VOUCH_FOR: Duration = Duration::from_millis(600);
 const RENEW_EVERY: Duration = Duration::from_millis(100);
+/// How long a worker polls its queue after a frame before it sleeps.
+const SPIN: Duration = Duration::from_micros(50);
 
 /// What the workers and the keeper share.
 pub struct Shared {
@@ -208,6 +210,8 @@ struct Worker {
 impl Worker {
     fn new(tap: File, shared: Arc<Shared>) -> Result<Self> {
         let socket = bind_socket(shared.underlay_ip)?;
+        // SAFETY: F_SETFL on a descriptor we own.
+        unsafe { libc::fcntl(tap.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
         Ok(Self {
             tap,
             socket,
@@ -219,11 +223,39 @@ impl Worker {
         })
     }
 
+    /// The next frame from the device into `rx`: its length. Right after a frame, the worker
+    /// polls for [`SPIN`] before it sleeps, so the answer to what it just sent (a request's
+    /// response) does not wait for the scheduler to wake it.
+    fn next_frame(&mut self) -> std::io::Result<usize> {
+        let mut spinning: Option<Instant> = None;
+        loop {
+            match self.tap.read(&mut self.rx) {
+                Ok(n) => return Ok(n),
+                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
+                    let since = *spinning.get_or_insert_with(Instant::now);
+                    if since.elapsed() < SPIN {
+                        std::hint::spin_loop();
+                        continue;
+                    }
+                    let mut fd = libc::pollfd {
+                        fd: self.tap.as_raw_fd(),
+                        events: libc::POLLIN,
+                        revents: 0,
+                    };
+                    // SAFETY: one valid pollfd.
+                    unsafe { libc::poll(&mut fd, 1, -1) };
+                    spinning = None;
+                }
+                Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(err) => return Err(err),
+            }
+        }
+    }
+
     fn run(mut self) {
         loop {
-            let n = match self.tap.read(&mut self.rx) {
+            let n = match self.next_frame() {
                 Ok(n) => n,
-                Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(err) => {
                     tracing::error!("reading the crypto device: {err}; this worker stops");
                     return;
