@@ -108,6 +108,11 @@ pub struct Config {
     pub vxlan_port: u16,
 }
 
+/// A [`PeerRoute`] flag: frames to and from this peer may cross in clear (both hosts trust the
+/// path between them). Without it, and with [`crate::seal::CryptoPath::seal`] set, they must
+/// be sealed.
+pub const PEER_PLAIN: u16 = 1;
+
 /// How to reach a live peer: the value of the peers map.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
@@ -120,7 +125,7 @@ pub struct PeerRoute {
     /// one is answered with ICMP "fragmentation needed" instead of being sent into a hop
     /// that would drop it.
     pub mtu: u16,
-    /// [`crate::seal::PEER_PLAIN`] or 0.
+    /// [`PEER_PLAIN`] or 0.
     pub flags: u16,
 }
 
@@ -137,9 +142,9 @@ impl PeerRoute {
         }
     }
 
-    /// Frames for this peer may cross in clear (see [`crate::seal::PEER_PLAIN`]).
+    /// Frames for this peer may cross in clear (see [`PEER_PLAIN`]).
     pub const fn plain(&self) -> bool {
-        self.flags & crate::seal::PEER_PLAIN != 0
+        self.flags & PEER_PLAIN != 0
     }
 }
 

@@ -57,16 +57,12 @@ pub const fn marked_peer(mac: &[u8; 6]) -> Option<Ipv4Key> {
     }
 }
 
-/// A [`crate::endpoint::PeerRoute`] flag: frames to and from this peer may cross in clear
-/// (both hosts trust the path between them). Without it, and with [`CryptoPath::seal`] set,
-/// they must be sealed.
-pub const PEER_PLAIN: u16 = 1;
-
 /// The crypto path as the agent last reported it: the value at index 0 of the crypto map.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CryptoPath {
-    /// 1: the mesh has a password; frames to peers without [`PEER_PLAIN`] must be sealed.
+    /// 1: the mesh has a password; frames to peers without
+    /// [`crate::endpoint::PEER_PLAIN`] must be sealed.
     /// Stays set after the agent stops, so the data path fails closed.
     pub seal: u32,
     /// The agent's TAP device, which frames to seal and sealed datagrams are handed to.

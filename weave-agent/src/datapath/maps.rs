@@ -9,10 +9,9 @@ use anyhow::{Context as _, Result};
 use aya::maps::{HashMap, MapData, PerCpuArray};
 use weave_common::{
     counters::{Counter, CounterId},
-    endpoint::{Endpoint, Heard, Ipv4Key, PeerRoute, ipv4_key, ipv4_octets},
+    endpoint::{Endpoint, Heard, Ipv4Key, PEER_PLAIN, PeerRoute, ipv4_key, ipv4_octets},
     maps,
     policy::{POLICY_CAPACITY, SubnetPair},
-    seal::PEER_PLAIN,
 };
 
 use super::{CounterTotal, Datapath};
