@@ -740,3 +740,30 @@ pub fn bulk_of(
     );
     Ok(())
 }
+
+/// 100 pings a second for `seconds`, from `from` to `to`, in the background.
+pub fn start_pinging(from: &Container, to: &str, seconds: u32) -> Result<Child> {
+    let count = (seconds * 100).to_string();
+    Command::new("ip")
+        .args(["netns", "exec", &from.name, "ping", "-i", "0.01", "-W", "1"])
+        .args(["-c", &count, to])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting ping")
+}
+
+/// (transmitted, received) from ping's summary.
+pub fn ping_result(child: Child) -> Result<(u64, u64)> {
+    let out = child.wait_with_output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let summary = text
+        .lines()
+        .find(|l| l.contains("packets transmitted"))
+        .with_context(|| format!("no ping summary in: {text}"))?;
+    let numbers: Vec<u64> = summary
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    Ok((numbers[0], numbers[1]))
+}

@@ -18,7 +18,7 @@ use weave_tests::{
     BULK, Container, Host, Segment, bulk_of,
     capture::{Capture, vxlan_vni},
     crafted::{inject_args, injected, link_mac},
-    frames, require_root, unique_name, wait_until,
+    frames, ping_result, require_root, start_pinging, unique_name, wait_until,
 };
 
 const PASSWORD: &str = "correct horse battery staple";
@@ -303,32 +303,6 @@ fn hosts_that_trust_each_other_keep_the_plain_kernel_path() -> Result<()> {
         "{vxlan} VXLAN and {sealed} sealed datagrams"
     );
     Ok(())
-}
-
-/// 100 pings a second from `from` to `to` for `seconds`, in the background.
-fn start_pinging(from: &Container, to: &str, seconds: u32) -> Result<std::process::Child> {
-    std::process::Command::new("ip")
-        .args(["netns", "exec", &from.name, "ping", "-i", "0.01", "-W", "1"])
-        .args(["-c", &(seconds * 100).to_string(), to])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .context("starting ping")
-}
-
-/// (transmitted, received) from ping's summary.
-fn ping_result(child: std::process::Child) -> Result<(u64, u64)> {
-    let out = child.wait_with_output()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let summary = text
-        .lines()
-        .find(|l| l.contains("packets transmitted"))
-        .with_context(|| format!("no ping summary in: {text}"))?;
-    let n: Vec<u64> = summary
-        .split(|c: char| !c.is_ascii_digit())
-        .filter_map(|n| n.parse().ok())
-        .collect();
-    Ok((n[0], n[1]))
 }
 
 #[test]

@@ -1,40 +1,12 @@
 //! Reliability: restarting an agent (gracefully or after kill -9) while containers ping each
 //! other 100 times a second loses no ping.
 
-use std::{
-    process::{Child, Command, Stdio},
-    time::Duration,
-};
+use std::{process::Command, time::Duration};
 
 use anyhow::{Context as _, Result, ensure};
-use weave_tests::{Container, Host, Segment, require_root, unique_name, wait_until};
-
-/// 100 pings a second for `seconds`, from `from` to `to`, in the background.
-fn start_pinging(from: &Container, to: &str, seconds: u32) -> Result<Child> {
-    let count = (seconds * 100).to_string();
-    Command::new("ip")
-        .args(["netns", "exec", &from.name, "ping", "-i", "0.01", "-W", "1"])
-        .args(["-c", &count, to])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("starting ping")
-}
-
-/// (transmitted, received) from ping's summary.
-fn ping_result(child: Child) -> Result<(u64, u64)> {
-    let out = child.wait_with_output()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let summary = text
-        .lines()
-        .find(|l| l.contains("packets transmitted"))
-        .with_context(|| format!("no ping summary in: {text}"))?;
-    let numbers: Vec<u64> = summary
-        .split(|c: char| !c.is_ascii_digit())
-        .filter_map(|n| n.parse().ok())
-        .collect();
-    Ok((numbers[0], numbers[1]))
-}
+use weave_tests::{
+    Host, Segment, ping_result, require_root, start_pinging, unique_name, wait_until,
+};
 
 /// How an agent is taken down before it is launched again.
 #[derive(Clone, Copy, Debug)]

@@ -42,12 +42,8 @@ static WORLD: LazyLock<Mutex<World>> = LazyLock::new(|| {
     };
     a.set_peers(&[peer(B, b.public_key())]);
     b.set_peers(&[peer(A, a.public_key())]);
-    let now = Instant::now();
-    let init = a.due_handshakes(now, 1).pop().expect("an initiation");
-    let h = Header::parse(&init.datagram).expect("a header");
-    let response = b.on_initiation(&h, &init.datagram, now).expect("answered");
-    let h = Header::parse(&response.datagram).expect("a header");
-    a.on_response(&h, &response.datagram, now).expect("finished");
+    a.handshake_with(&mut b, Instant::now(), 1)
+        .expect("a handshake in memory");
     Mutex::new(World {
         a,
         b,

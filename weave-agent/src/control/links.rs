@@ -17,6 +17,7 @@ use crate::mesh::topology::{
     hello::Hellos,
     links::{self, FORGET_AFTER, HEARD_WINDOW, HELLO_INTERVAL, PROBE_EVERY},
 };
+use crate::net::clock::monotonic_ns;
 
 pub async fn link_loop(agent: Arc<Agent>, hellos: Hellos) {
     let mut stopping = agent.shutdown.subscribe();
@@ -169,15 +170,4 @@ pub fn heard_now(datapath: &mut Datapath) -> Result<Links> {
         last: entries.into_iter().map(|(p, h)| (p, h.at_ns)).collect(),
         read_at_ns: now,
     })
-}
-
-/// CLOCK_MONOTONIC in nanoseconds: the clock `bpf_ktime_get_ns` reads.
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid out-pointer; CLOCK_MONOTONIC always exists.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }

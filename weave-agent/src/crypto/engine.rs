@@ -27,6 +27,8 @@ use weave_common::{
     seal::{CryptoPath, SEALED_HEADER_LEN, SEALED_TAG_LEN, marked_peer},
 };
 
+use crate::net::clock::{monotonic_ns, unix_nanos};
+
 use super::{
     opener::{MAX_MESSAGE, Opened, Opener},
     session::Refused,
@@ -122,22 +124,6 @@ fn open_crypto_map(pin_dir: &Path) -> Result<Array<MapData, CryptoPath>> {
     Ok(Array::try_from(Map::Array(data))?)
 }
 
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid timespec to fill; CLOCK_MONOTONIC is bpf_ktime_get_ns's clock.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-fn wall_ns() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
-}
-
 /// The keeper: renews the programs' trust in the path, and sends the handshakes that are due
 /// (at once when a worker asks).
 fn keep(
@@ -168,7 +154,7 @@ fn keep(
             .table
             .write()
             .expect("session table")
-            .due_handshakes(Instant::now(), wall_ns());
+            .due_handshakes(Instant::now(), unix_nanos());
         for out in due {
             send_one(socket, shared.data_port, &out);
         }

@@ -162,12 +162,7 @@ mod tests {
         };
         a.set_peers(&[peer(B, b.public_key())]);
         b.set_peers(&[peer(A, a.public_key())]);
-        let now = Instant::now();
-        let init = a.due_handshakes(now, 1).pop().unwrap();
-        let h = Header::parse(&init.datagram).unwrap();
-        let response = b.on_initiation(&h, &init.datagram, now).unwrap();
-        let h = Header::parse(&response.datagram).unwrap();
-        a.on_response(&h, &response.datagram, now).unwrap();
+        a.handshake_with(&mut b, Instant::now(), 1).unwrap();
         (a, b)
     }
 
