@@ -220,7 +220,10 @@ impl Worker {
                 Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
                     let since = *spinning.get_or_insert_with(Instant::now);
                     if since.elapsed() < SPIN {
-                        std::hint::spin_loop();
+                        // Polling yields: a thread with work (a TCP stack, the other worker)
+                        // gets the core, so polling costs only time nobody else wants.
+                        // SAFETY: sched_yield has no preconditions.
+                        unsafe { libc::sched_yield() };
                         continue;
                     }
                     let mut fd = libc::pollfd {
