@@ -14,12 +14,10 @@ use std::{
 
 use libfuzzer_sys::fuzz_target;
 use weave_agent::crypto::{
-    handshake::Identity,
     opener::{MAX_MESSAGE, Opened, Opener},
-    table::{PeerConfig, Table},
+    table::Table,
     wire::{Header, Kind},
 };
-use weave_common::seal::{SEALED_HEADER_LEN, SEALED_TAG_LEN};
 
 const A: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 const B: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
@@ -32,18 +30,7 @@ struct World {
 }
 
 static WORLD: LazyLock<Mutex<World>> = LazyLock::new(|| {
-    let id = || Identity::new(Identity::generate_pair().expect("keys"), [0x57; 32]);
-    let (mut a, mut b) = (Table::new(id()), Table::new(id()));
-    let peer = |address, public| PeerConfig {
-        address,
-        public,
-        next_hop: address,
-        mtu: 0,
-    };
-    a.set_peers(&[peer(B, b.public_key())]);
-    b.set_peers(&[peer(A, a.public_key())]);
-    a.handshake_with(&mut b, Instant::now(), 1)
-        .expect("a handshake in memory");
+    let (a, b) = Table::connected_pair(A, B, [0x57; 32]).expect("a handshake in memory");
     Mutex::new(World {
         a,
         b,
@@ -79,13 +66,7 @@ fuzz_target!(|data: &[u8]| {
             aux: u32::from(u16::from_be_bytes([offset[0], offset[1]])) * 64,
             counter,
         };
-        let mut d = vec![0u8; SEALED_HEADER_LEN + payload.len() + SEALED_TAG_LEN];
-        header.write((&mut d[..SEALED_HEADER_LEN]).try_into().expect("room"));
-        d[SEALED_HEADER_LEN..][..payload.len()].copy_from_slice(payload);
-        sender
-            .session
-            .seal(counter, &mut d, SEALED_HEADER_LEN + payload.len());
-        d
+        sender.session.sealed(&header, payload)
     };
     let raw = datagram.clone();
     match opener.open(b, A, &mut datagram, now) {

@@ -144,26 +144,15 @@ impl Opener {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crypto::{handshake::Identity, table::PeerConfig, wire::Header};
-    use weave_common::seal::{SEALED_HEADER_LEN, SEALED_TAG_LEN, marked_peer};
+    use crate::crypto::wire::Header;
+    use weave_common::seal::marked_peer;
 
     const A: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
     const B: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
 
     /// Two tables with a session between them: (sender A, receiver B).
     fn sessions() -> (Table, Table) {
-        let id = || Identity::new(Identity::generate_pair().unwrap(), [9; 32]);
-        let (mut a, mut b) = (Table::new(id()), Table::new(id()));
-        let peer = |address, public| PeerConfig {
-            address,
-            public,
-            next_hop: address,
-            mtu: 0,
-        };
-        a.set_peers(&[peer(B, b.public_key())]);
-        b.set_peers(&[peer(A, a.public_key())]);
-        a.handshake_with(&mut b, Instant::now(), 1).unwrap();
-        (a, b)
+        Table::connected_pair(A, B, [9; 32]).unwrap()
     }
 
     /// `message` sealed by `a` for B in chunks of `chunk` bytes.
@@ -183,12 +172,7 @@ mod tests {
                     aux: (i * chunk) as u32,
                     counter: first + i as u64,
                 };
-                let mut d = vec![0u8; SEALED_HEADER_LEN + part.len() + SEALED_TAG_LEN];
-                header.write((&mut d[..SEALED_HEADER_LEN]).try_into().unwrap());
-                d[SEALED_HEADER_LEN..][..part.len()].copy_from_slice(part);
-                let len = SEALED_HEADER_LEN + part.len();
-                sender.session.seal(first + i as u64, &mut d, len);
-                d
+                sender.session.sealed(&header, part)
             })
             .collect()
     }

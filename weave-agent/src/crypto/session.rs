@@ -14,7 +14,11 @@ use std::{
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 use weave_common::seal::{SEALED_HEADER_LEN, SEALED_TAG_LEN};
 
-use super::{handshake::Keys, replay::ReplayWindow, wire::AUTHENTICATED};
+use super::{
+    handshake::Keys,
+    replay::ReplayWindow,
+    wire::{AUTHENTICATED, Header},
+};
 
 /// A session is replaced after this long (WireGuard's REKEY_AFTER_TIME) ...
 pub const REKEY_AFTER: Duration = Duration::from_secs(120);
@@ -119,6 +123,20 @@ impl Session {
         len + SEALED_TAG_LEN
     }
 
+    /// A whole datagram: `header` (its counter the nonce) and `payload` sealed after it. The
+    /// engine seals into its own buffers; this is for the tests and the fuzzer.
+    pub fn sealed(&self, header: &Header, payload: &[u8]) -> Vec<u8> {
+        let mut out = vec![0u8; SEALED_HEADER_LEN + payload.len() + SEALED_TAG_LEN];
+        header.write(
+            (&mut out[..SEALED_HEADER_LEN])
+                .try_into()
+                .expect("header room"),
+        );
+        out[SEALED_HEADER_LEN..][..payload.len()].copy_from_slice(payload);
+        self.seal(header.counter, &mut out, SEALED_HEADER_LEN + payload.len());
+        out
+    }
+
     /// Opens a data datagram (header, ciphertext, tag) in place: the plaintext, if it is
     /// authentic, fresh, and the session still takes it.
     pub fn open<'a>(
@@ -149,7 +167,7 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crypto::wire::{Header, Kind};
+    use crate::crypto::wire::Kind;
 
     fn pair() -> (Session, Session) {
         let now = Instant::now();
@@ -184,12 +202,7 @@ mod tests {
             aux: 0,
             counter,
         };
-        let mut out = vec![0u8; SEALED_HEADER_LEN + text.len() + SEALED_TAG_LEN];
-        header.write((&mut out[..SEALED_HEADER_LEN]).try_into().unwrap());
-        out[SEALED_HEADER_LEN..][..text.len()].copy_from_slice(text);
-        let len = a.seal(counter, &mut out, SEALED_HEADER_LEN + text.len());
-        assert_eq!(len, out.len());
-        (counter, out)
+        (counter, a.sealed(&header, text))
     }
 
     #[test]
