@@ -4,22 +4,17 @@
 //! pair an isolation rule opens).
 
 use aya_ebpf::{
-    bindings::{TC_ACT_REDIRECT, bpf_tunnel_key},
-    helpers::generated::{bpf_redirect_peer, bpf_skb_get_tunnel_key},
-    macros::classifier,
+    bindings::bpf_tunnel_key, helpers::generated::bpf_skb_get_tunnel_key, macros::classifier,
     programs::TcContext,
 };
 use weave_common::counters::CounterId;
 
 use crate::{
     counters::count,
-    delivery::admit,
-    headers::{ETH_LEN, EthHdr, Ipv4Hdr, is_gso, ptr_at},
+    delivery::deliver_local,
     maps::{config, crypto_path, is_peer, must_seal},
     verdict::tc_verdict,
 };
-
-const HEADERS_LEN: u32 = (ETH_LEN + core::mem::size_of::<Ipv4Hdr>()) as u32;
 
 #[classifier]
 pub fn overlay_tc(ctx: TcContext) -> i32 {
@@ -64,21 +59,6 @@ fn tunnel_source(ctx: &TcContext) -> Result<u32, CounterId> {
 #[inline(always)]
 fn deliver(ctx: &TcContext) -> Result<CounterId, CounterId> {
     let source = tunnel_source(ctx)?;
-    if ctx.data_end() - ctx.data() < HEADERS_LEN as usize && ctx.len() >= HEADERS_LEN {
-        ctx.pull_data(HEADERS_LEN)
-            .map_err(|_| CounterId::DropKernelRefused)?;
-    }
-    let (start, end) = (ctx.data(), ctx.data_end());
-    let eth: *mut EthHdr = ptr_at(start, end, 0).ok_or(CounterId::DropMalformed)?;
-    let ip: *mut Ipv4Hdr = ptr_at(start, end, ETH_LEN).ok_or(CounterId::DropMalformed)?;
-    let room = ctx.len() - ETH_LEN as u32;
-    // SAFETY: ptr_at checked both headers lie inside the packet; TC may write packet data.
-    unsafe {
-        let dst = admit(&*eth, &*ip, room, is_gso(ctx), source)?;
-        (*eth).dst = dst.mac;
-        if bpf_redirect_peer(dst.ifindex, 0) != i64::from(TC_ACT_REDIRECT) {
-            return Err(CounterId::DropRedirectFailed);
-        }
-    }
+    deliver_local(ctx, |_| Ok(source))?;
     Ok(CounterId::OverlayDelivered)
 }
