@@ -156,11 +156,17 @@ pub enum CounterId {
     DropNotSealed = 45,
     /// Frames the agent opened, handed to a container here.
     OpenedDelivered = 46,
+    /// Frames from outside the overlay (a host process's own address, or a machine the host
+    /// routes in) that entered it through an exposed address (`expose`).
+    ExposedFromOutside = 47,
+    /// Container frames for a destination outside the overlay, sent to the exposed address
+    /// their container routes them through.
+    ExposedToOutside = 48,
 }
 
 impl CounterId {
     /// All slots, in index order.
-    pub const ALL: [Self; 47] = [
+    pub const ALL: [Self; 49] = [
         Self::UnderlayRx,
         Self::ContainerRx,
         Self::UnderlayOverlayPass,
@@ -208,6 +214,8 @@ impl CounterId {
         Self::SealedRelayed,
         Self::DropNotSealed,
         Self::OpenedDelivered,
+        Self::ExposedFromOutside,
+        Self::ExposedToOutside,
     ];
 
     /// Slots in the counters map: room to append counters without a map of another size,
@@ -264,6 +272,8 @@ impl CounterId {
             Self::SealedRelayed => "sealed_relayed",
             Self::DropNotSealed => "drop_not_sealed",
             Self::OpenedDelivered => "opened_delivered",
+            Self::ExposedFromOutside => "exposed_from_outside",
+            Self::ExposedToOutside => "exposed_to_outside",
         }
     }
 
@@ -354,6 +364,8 @@ mod tests {
             "sealed_relayed",
             "drop_not_sealed",
             "opened_delivered",
+            "exposed_from_outside",
+            "exposed_to_outside",
         ];
         for (index, name) in released.iter().enumerate() {
             assert_eq!(CounterId::ALL[index].name(), *name, "slot {index}");

@@ -40,6 +40,14 @@ pub const ENDPOINT_LOCAL: u8 = 1;
 /// stale state breaks when it is segmented on its way out.
 pub const ENDPOINT_FORWARDS: u8 = 2;
 
+/// The endpoint is a host's own address on the overlay (`expose`), on a host-side interface
+/// instead of a container's `ethwe`: the host's processes and, through its routing, machines
+/// outside the overlay come in behind it, so frames it sends may carry a source outside every
+/// overlay subnet, and frames for a destination outside the overlay may be sent to it as a
+/// gateway. A local one is delivered with `bpf_redirect` (its interface shares the programs'
+/// namespace, where `bpf_redirect_peer` refuses).
+pub const ENDPOINT_EXPOSED: u8 = 4;
+
 /// A container address on the overlay: where it lives and which subnet it belongs to.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -47,7 +55,8 @@ pub struct Endpoint {
     /// The container's `ethwe` MAC; frames handed to the endpoint get it as destination.
     pub mac: [u8; 6],
     pub prefix_len: u8,
-    /// [`ENDPOINT_LOCAL`] (and maybe [`ENDPOINT_FORWARDS`]), or 0 (remote).
+    /// [`ENDPOINT_LOCAL`] (and maybe [`ENDPOINT_FORWARDS`]), or 0 (remote); and
+    /// [`ENDPOINT_EXPOSED`] for an exposed host address, local or remote.
     pub flags: u8,
     /// Local: ifindex of the host-side veth. Remote: 0.
     pub ifindex: u32,
@@ -68,10 +77,26 @@ impl Endpoint {
         self.flags & ENDPOINT_FORWARDS != 0
     }
 
+    /// See [`ENDPOINT_EXPOSED`].
+    pub const fn exposed(&self) -> bool {
+        self.flags & ENDPOINT_EXPOSED != 0
+    }
+
     /// Both endpoints are in the same subnet, so traffic between them is allowed.
     pub const fn same_subnet(&self, other: &Self) -> bool {
         self.subnet == other.subnet && self.prefix_len == other.prefix_len
     }
+}
+
+/// The value of the overlay-subnet map (an LPM trie keyed by network address and prefix
+/// length): every subnet an endpoint anywhere in the mesh belongs to, so the programs can tell
+/// an address outside the overlay from one inside it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OverlaySubnet {
+    /// This host's exposed address in the subnet ([`Ipv4Key`]), 0 if none: where a frame from
+    /// the subnet for a destination outside the overlay is handed, whichever way it came.
+    pub exposed_here: Ipv4Key,
 }
 
 /// Remote frames go through the kernel VXLAN (collect_md) device.
@@ -184,6 +209,10 @@ impl Heard {
         }
     }
 }
+
+#[cfg(feature = "user")]
+// SAFETY: repr(C), one u32, any bits valid.
+unsafe impl aya::Pod for OverlaySubnet {}
 
 #[cfg(feature = "user")]
 // SAFETY: repr(C), two u64 and two u32, no padding, any bits valid.

@@ -65,4 +65,7 @@ pub mod maps {
     /// One [`crate::seal::CryptoPath`] at index 0: whether frames must be sealed, and where
     /// the agent takes them.
     pub const CRYPTO: &str = "WEAVE_CRYPTO";
+    /// LPM trie of every overlay subnet in the mesh: (prefix length, network
+    /// [`crate::endpoint::Ipv4Key`]) -> [`crate::endpoint::OverlaySubnet`].
+    pub const SUBNETS: &str = "WEAVE_SUBNETS";
 }

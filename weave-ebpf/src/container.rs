@@ -7,10 +7,16 @@
 //! endpoint in the same subnet or in one an isolation rule opens to it; they are then handed
 //! straight to a local container or sent to the remote host. Everything else is dropped and
 //! counted.
+//!
+//! An exposed host address (`expose`) is an endpoint too, behind a veth whose other end is in
+//! the host's namespace. Its frames may also come from outside every overlay subnet (a host
+//! process's other address, or a machine the host routes in), never from another overlay
+//! address; and a container's frame for a destination outside the overlay goes to the
+//! exposed address whose MAC it is sent to, the gateway its route names.
 
 use aya_ebpf::{
     bindings::{BPF_F_ZERO_CSUM_TX, TC_ACT_REDIRECT, bpf_tunnel_key},
-    helpers::generated::{bpf_redirect, bpf_redirect_peer, bpf_skb_set_tunnel_key},
+    helpers::generated::{bpf_redirect, bpf_skb_set_tunnel_key},
     macros::classifier,
     programs::TcContext,
 };
@@ -23,13 +29,16 @@ use weave_common::{
 
 use crate::{
     counters::count,
+    delivery::hand_to,
     encap::{Encap, encapsulate},
     headers::{
         ARP_REPLY, ARP_REQUEST, ArpHdr, ETH_LEN, ETH_P_ARP, ETH_P_IP, EthHdr, IPPROTO_TCP,
         IPPROTO_UDP, Ipv4Hdr, is_gso, ptr_at,
     },
     icmp::frag_needed,
-    maps::{config, crypto_device, crypto_path, endpoint, may_talk, must_seal, next_hop},
+    maps::{
+        config, crypto_device, crypto_path, endpoint, exposed_behind, may_talk, must_seal, next_hop,
+    },
     verdict::tc_verdict,
 };
 
@@ -160,17 +169,34 @@ fn send_ipv4(
         if !(*ip).is_sane(ctx.len() - ETH_LEN as u32, gso) {
             return Err(CounterId::DropMalformed);
         }
-        let src = sender((*ip).src, &(*eth).src, ifindex)?;
-        let dst = endpoint(ipv4_key((*ip).dst)).ok_or(CounterId::DropUnknownDst)?;
+        let src = match sender((*ip).src, &(*eth).src, ifindex) {
+            Ok(src) => src,
+            Err(spoofed) => {
+                let from_outside = exposed_behind(&(*eth).src, (*ip).src)
+                    .filter(|ep| ep.is_local() && ep.ifindex == ifindex)
+                    .ok_or(spoofed)?;
+                count(CounterId::ExposedFromOutside, u64::from(ctx.len()));
+                from_outside
+            }
+        };
+        let dst = match endpoint(ipv4_key((*ip).dst)) {
+            Some(dst) => dst,
+            None => {
+                // Outside to outside would make the overlay a transit network.
+                let gateway = exposed_behind(&(*eth).dst, (*ip).dst)
+                    .filter(|_| !src.exposed())
+                    .ok_or(CounterId::DropUnknownDst)?;
+                count(CounterId::ExposedToOutside, u64::from(ctx.len()));
+                gateway
+            }
+        };
         if !may_talk(&src, &dst) {
             return Err(CounterId::DropIsolated);
         }
         // Always the endpoint's current MAC: a stale neighbour entry cannot black-hole traffic.
         (*eth).dst = dst.mac;
         if dst.is_local() {
-            if bpf_redirect_peer(dst.ifindex, 0) != i64::from(TC_ACT_REDIRECT) {
-                return Err(CounterId::DropRedirectFailed);
-            }
+            hand_to(&dst)?;
             return Ok(CounterId::LocalDelivered);
         }
         let crypto = crypto_path();

@@ -3,7 +3,9 @@
 //! or opened by the agent (`tap_tc`), and what a relay checks before it sends a frame on.
 
 use aya_ebpf::{
-    bindings::TC_ACT_REDIRECT, helpers::generated::bpf_redirect_peer, programs::TcContext,
+    bindings::TC_ACT_REDIRECT,
+    helpers::generated::{bpf_redirect, bpf_redirect_peer},
+    programs::TcContext,
 };
 use weave_common::{
     counters::CounterId,
@@ -12,7 +14,7 @@ use weave_common::{
 
 use crate::{
     headers::{ETH_LEN, ETH_P_IP, EthHdr, Ipv4Hdr, is_gso, ptr_at},
-    maps::{endpoint, may_talk},
+    maps::{endpoint, exposed_behind, exposed_here, in_overlay, may_talk},
 };
 
 const HEADERS_LEN: u32 = (ETH_LEN + core::mem::size_of::<Ipv4Hdr>()) as u32;
@@ -34,20 +36,41 @@ pub(crate) fn deliver_local(
     let ip: *mut Ipv4Hdr = ptr_at(start, end, ETH_LEN).ok_or(CounterId::DropMalformed)?;
     let room = ctx.len() - ETH_LEN as u32;
     // SAFETY: ptr_at checked both headers lie inside the packet; TC may write packet data.
-    unsafe {
+    let dst = unsafe {
         let origin = origin(&*eth)?;
         let dst = admit(&*eth, &*ip, room, is_gso(ctx), origin)?;
         (*eth).dst = dst.mac;
-        if bpf_redirect_peer(dst.ifindex, 0) != i64::from(TC_ACT_REDIRECT) {
-            return Err(CounterId::DropRedirectFailed);
+        dst
+    };
+    hand_to(&dst)
+}
+
+/// Redirects the frame, its Ethernet destination already `dst`'s MAC, to the local endpoint
+/// `dst`: into its container's namespace past the backlog queue (`bpf_redirect_peer`), or, for
+/// an exposed host address, whose interface is in this namespace, out of the veth end the
+/// programs sit on, so it arrives on the host's side.
+#[inline(always)]
+pub(crate) fn hand_to(dst: &Endpoint) -> Result<(), CounterId> {
+    // SAFETY: redirect helpers with no flags have no preconditions.
+    let done = unsafe {
+        if dst.exposed() {
+            bpf_redirect(dst.ifindex, 0)
+        } else {
+            bpf_redirect_peer(dst.ifindex, 0)
         }
+    };
+    if done != i64::from(TC_ACT_REDIRECT) {
+        return Err(CounterId::DropRedirectFailed);
     }
     Ok(())
 }
 
 /// The local endpoint the inner frame (`eth`, `ip`, `room` bytes from the IPv4 header on) is
 /// for, if it may go there: a frame [`sent_by`] the peer at underlay address `origin`, to a
-/// local endpoint its sender may talk to. Else the drop reason.
+/// local endpoint its sender may talk to; a frame for a destination outside the overlay goes
+/// to this host's exposed address in its sender's subnet, the gateway it was routed through
+/// (found by subnet, not by the frame's MAC, which the sealed path does not keep). Else the
+/// drop reason.
 #[inline(always)]
 pub(crate) fn admit(
     eth: &EthHdr,
@@ -57,9 +80,15 @@ pub(crate) fn admit(
     origin: u32,
 ) -> Result<Endpoint, CounterId> {
     let src = sent_by(eth, ip, room, gso, origin)?;
-    let dst = endpoint(ipv4_key(ip.dst))
-        .filter(|d| d.is_local())
-        .ok_or(CounterId::DropUnknownDst)?;
+    let dst = match endpoint(ipv4_key(ip.dst)) {
+        Some(dst) if dst.is_local() => dst,
+        Some(_) => return Err(CounterId::DropUnknownDst),
+        // Outside to outside would make the overlay a transit network between two hosts' LANs.
+        None if src.exposed() || in_overlay(ipv4_key(ip.dst)) => {
+            return Err(CounterId::DropUnknownDst);
+        }
+        None => exposed_here(&src).ok_or(CounterId::DropUnknownDst)?,
+    };
     if !may_talk(&src, &dst) {
         return Err(CounterId::DropIsolated);
     }
@@ -68,7 +97,9 @@ pub(crate) fn admit(
 
 /// The endpoint that sent the inner frame, if the frame is what an endpoint on the peer at
 /// underlay address `origin` sends: unicast IPv4, well-formed, from an endpoint that peer
-/// hosts and with that endpoint's MAC. Else the drop reason.
+/// hosts and with that endpoint's MAC; or a frame from outside the overlay that entered it
+/// through an exposed address of that peer (its source outside every overlay subnet, its MAC
+/// the exposed endpoint's). Else the drop reason.
 #[inline(always)]
 pub(crate) fn sent_by(
     eth: &EthHdr,
@@ -85,7 +116,9 @@ pub(crate) fn sent_by(
     }
     // Unknown is not forged: an endpoint attached on the peer a moment ago sends before
     // gossip has brought it here.
-    let src = endpoint(ipv4_key(ip.src)).ok_or(CounterId::DropOverlayUnknownSrc)?;
+    let src = endpoint(ipv4_key(ip.src))
+        .or_else(|| exposed_behind(&eth.src, ip.src))
+        .ok_or(CounterId::DropOverlayUnknownSrc)?;
     if src.is_local() || src.peer != origin || src.mac != eth.src {
         return Err(CounterId::DropOverlaySpoofed);
     }

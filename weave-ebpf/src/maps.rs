@@ -3,10 +3,12 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap},
+    maps::{Array, HashMap, LpmTrie, lpm_trie::Key},
 };
 use weave_common::{
-    endpoint::{Config, Endpoint, Heard, Ipv4Key, PeerRoute},
+    endpoint::{
+        Config, Endpoint, Heard, Ipv4Key, OverlaySubnet, PeerRoute, endpoint_mac_address, ipv4_key,
+    },
     policy::{POLICY_CAPACITY, SubnetPair},
     seal::CryptoPath,
 };
@@ -33,6 +35,38 @@ pub(crate) static WEAVE_CONFIG: Array<Config> = Array::pinned(1, 0);
 /// Whether frames must be sealed, and the agent's device that seals and opens them.
 #[map]
 pub(crate) static WEAVE_CRYPTO: Array<CryptoPath> = Array::pinned(1, 0);
+
+/// Every overlay subnet in the mesh, with this host's exposed address in it.
+#[map]
+pub(crate) static WEAVE_SUBNETS: LpmTrie<Ipv4Key, OverlaySubnet> = LpmTrie::pinned(4_096, 0);
+
+/// The address `ip` lies inside some overlay subnet (attached or not).
+#[inline(always)]
+pub(crate) fn in_overlay(ip: Ipv4Key) -> bool {
+    WEAVE_SUBNETS.get(Key::new(32, ip)).is_some()
+}
+
+/// This host's exposed endpoint in `ep`'s subnet, if it exposes one: where a frame from `ep`
+/// for a destination outside the overlay goes.
+#[inline(always)]
+pub(crate) fn exposed_here(ep: &Endpoint) -> Option<Endpoint> {
+    let subnet = WEAVE_SUBNETS.get(Key::new(u32::from(ep.prefix_len), ep.subnet))?;
+    let exposed = endpoint(subnet.exposed_here)?;
+    (exposed.is_local() && exposed.exposed()).then_some(exposed)
+}
+
+/// The exposed endpoint whose MAC `mac` is, for a frame with an address outside the overlay
+/// (`ip`): the gateway a container routed it through, or the exposed address a machine
+/// outside came in behind. None for an address inside the overlay: that one must be an
+/// endpoint's own.
+#[inline(always)]
+pub(crate) fn exposed_behind(mac: &[u8; 6], ip: [u8; 4]) -> Option<Endpoint> {
+    if in_overlay(ipv4_key(ip)) {
+        return None;
+    }
+    let ep = endpoint(ipv4_key(endpoint_mac_address(mac)?))?;
+    (ep.exposed() && ep.mac == *mac).then_some(ep)
+}
 
 /// A copy of the endpoint with address `key`, if any.
 #[inline(always)]

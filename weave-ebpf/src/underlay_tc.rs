@@ -28,7 +28,7 @@ use aya_ebpf::{
         BPF_F_ADJ_ROOM_FIXED_GSO, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK,
         TC_ACT_REDIRECT, TC_ACT_SHOT, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
     },
-    helpers::generated::{bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer},
+    helpers::generated::{bpf_redirect, bpf_redirect_neigh},
     macros::classifier,
     programs::TcContext,
 };
@@ -41,12 +41,12 @@ use weave_common::{
 
 use crate::{
     counters::count,
-    delivery::{admit, sent_by},
+    delivery::{admit, hand_to, sent_by},
     encap::ENCAP_LEN,
     headers::{ECN_CE, ECN_NOT_ECT, ETH_LEN, ETH_P_IP, EthHdr, Ipv4Hdr, UdpHdr, is_gso, ptr_at},
     maps::{
-        config, crypto_device, crypto_path, endpoint, heard, is_peer, may_talk, must_seal,
-        peer_route,
+        config, crypto_device, crypto_path, endpoint, exposed_behind, heard, is_peer, may_talk,
+        must_seal, peer_route,
     },
     prefilter::{Arrival, arrival},
     verdict::stop,
@@ -238,7 +238,10 @@ fn overlay(ctx: &TcContext, cfg: &Config, source: u32) -> Result<Outcome, Counte
             };
         };
         let room = ctx.len() - OUTER_LEN as u32 - ETH_LEN as u32;
-        if let Some(dst) = endpoint(ipv4_key((*ip).dst))
+        // A frame for outside the overlay is for the exposed address it was sent to as a
+        // gateway (its MAC), which may sit on a third host.
+        if let Some(dst) =
+            endpoint(ipv4_key((*ip).dst)).or_else(|| exposed_behind(&(*eth).dst, (*ip).dst))
             && !dst.is_local()
         {
             let frame = Frame {
@@ -500,10 +503,8 @@ fn strip_and_deliver(
     unsafe {
         (*eth).dst = dst.mac;
         (*eth).src = inner_src;
-        if bpf_redirect_peer(dst.ifindex, 0) != i64::from(TC_ACT_REDIRECT) {
-            return Err(CounterId::DropRedirectFailed);
-        }
     }
+    hand_to(dst)?;
     Ok(Outcome::Delivered {
         gso,
         relayed: origin != 0,
