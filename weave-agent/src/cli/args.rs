@@ -128,7 +128,8 @@ pub enum Command {
         container: String,
     },
 
-    /// List the containers attached on this host (container, MAC, CIDR).
+    /// List the containers attached on this host (container, MAC, CIDR), and the exposed
+    /// addresses (`weave:expose`).
     Ps(OutputArgs),
 
     /// Show this agent: peer name, underlay, programs attached, routes, counters.
@@ -162,6 +163,49 @@ pub enum Command {
         after_help = "Examples:\n  weave-agent policy allow 192.168.1.0/24 192.168.2.0/24\n  weave-agent policy deny 192.168.1.0/24 192.168.2.0/24   (isolated again)\n  weave-agent policy list --json"
     )]
     Policy(PolicyCommand),
+
+    /// Give this host an address on the overlay, so that host processes, and through the
+    /// host's routing machines that run no agent, reach the containers of its subnet.
+    ///
+    /// The address is an endpoint of its subnet like a container's (isolation rules apply to
+    /// it), on interface wexpHEX in this namespace, and is listed by `ps` as `weave:expose`.
+    /// The subnet's containers on every host get routes to this host's directly connected
+    /// networks through it (or to the networks of --routes), so they reach systems there and
+    /// answer clients from there; traffic they send out of this host leaves with the
+    /// host's own address. A client outside needs a route to the subnet through this host,
+    /// e.g. `ip route add 10.40.1.0/24 via 192.168.56.101` (on the client or its router);
+    /// with --masquerade the containers see the exposed address as the client instead.
+    /// Turns on IPv4 forwarding here if it is off, and says so. Kept across restarts.
+    #[command(after_help = "Examples:\n  weave-agent expose 10.40.1.1/24\n  \
+                      weave-agent expose 10.40.2.1/24 --routes 192.168.56.0/24,10.1.0.0/16\n  \
+                      weave-agent expose 10.40.3.1/24 --masquerade\n  \
+                      weave-agent hide 10.40.1.1/24")]
+    Expose {
+        /// The host's address on the overlay with its subnet, e.g. 10.40.1.1/24; free in the
+        /// whole mesh. One per subnet on each host.
+        #[arg(value_name = "CIDR")]
+        cidr: String,
+        /// Networks the subnet's containers reach through this address (default: the
+        /// host's directly connected IPv4 networks, looked up again at each start).
+        #[arg(long, value_name = "CIDR[,CIDR...]", value_delimiter = ',')]
+        routes: Option<Vec<String>>,
+        /// Clients from outside reach the containers with the exposed address as their
+        /// source, so the containers need no route back to them.
+        #[arg(long)]
+        masquerade: bool,
+        #[command(flatten)]
+        out: OutputArgs,
+    },
+
+    /// Take back an exposed address (CIDR or bare address), or all of them.
+    #[command(after_help = "Examples:\n  weave-agent hide 10.40.1.1/24\n  weave-agent hide")]
+    Hide {
+        /// The exposed address, e.g. 10.40.1.1/24 or 10.40.1.1; none: every one.
+        #[arg(value_name = "CIDR")]
+        cidr: Option<String>,
+        #[command(flatten)]
+        out: OutputArgs,
+    },
 
     /// Stop the agent; the pinned data path keeps forwarding. Returns once it has exited.
     Stop,

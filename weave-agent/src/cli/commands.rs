@@ -1,6 +1,6 @@
 //! What each subcommand does on the CLI side: send a request, print the answer.
 
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result, bail};
 
 use super::{
     args::{LaunchArgs, OutputArgs, PolicyCommand},
@@ -8,7 +8,7 @@ use super::{
 };
 use crate::{
     control::{
-        api::{Request, Response},
+        api::{ExposeInfo, Request, Response},
         client::{self as api, Unreachable, unexpected},
         location::Location,
     },
@@ -137,7 +137,15 @@ pub fn ps(loc: &Location, out: OutputArgs) -> Result<()> {
         return Ok(());
     }
     for ep in endpoints {
-        if ep.forwards.is_empty() {
+        if let Some(x) = &ep.expose {
+            println!(
+                "{} {} {} ({})",
+                ep.container,
+                ep.mac,
+                ep.cidr,
+                exposure_text(x)
+            );
+        } else if ep.forwards.is_empty() {
             println!("{} {} {}", ep.container, ep.mac, ep.cidr);
         } else {
             println!(
@@ -231,5 +239,73 @@ pub fn run_container(
         return Err(unexpected("run"));
     };
     println!("{id}");
+    Ok(())
+}
+
+fn exposure_text(x: &ExposeInfo) -> String {
+    let routes = if x.routes.is_empty() {
+        "no routes".to_owned()
+    } else {
+        format!("routes {}", x.routes.join(","))
+    };
+    let nat = if x.masquerade { ", masquerade" } else { "" };
+    format!("on {}, {routes}{nat}", x.interface)
+}
+
+pub fn expose(
+    loc: &Location,
+    cidr: &str,
+    routes: Option<Vec<String>>,
+    masquerade: bool,
+    out: OutputArgs,
+) -> Result<()> {
+    // Refuse bad input before anything is sent.
+    let parsed: Cidr = cidr.parse()?;
+    for route in routes.iter().flatten() {
+        route
+            .parse::<Subnet>()
+            .with_context(|| format!("--routes {route}"))?;
+    }
+    let request = Request::Expose {
+        cidr: parsed.to_string(),
+        routes,
+        masquerade,
+    };
+    let Response::Exposed {
+        endpoint,
+        forwarding_turned_on,
+    } = api::call_agent(&loc.socket(), &request)?
+    else {
+        return Err(unexpected("expose"));
+    };
+    if out.json {
+        let mut value = serde_json::to_value(&endpoint)?;
+        value["forwarding_turned_on"] = forwarding_turned_on.into();
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(());
+    }
+    let x = endpoint
+        .expose
+        .as_ref()
+        .ok_or_else(|| unexpected("expose"))?;
+    println!("{} exposed {}", endpoint.cidr, exposure_text(x));
+    if forwarding_turned_on {
+        println!("turned on IPv4 forwarding (net.ipv4.ip_forward=1), which exposing needs");
+    }
+    Ok(())
+}
+
+pub fn hide(loc: &Location, cidr: Option<String>, out: OutputArgs) -> Result<()> {
+    let Response::Hidden { endpoints } = api::call_agent(&loc.socket(), &Request::Hide { cidr })?
+    else {
+        return Err(unexpected("hide"));
+    };
+    if out.json {
+        println!("{}", serde_json::to_string_pretty(&endpoints)?);
+        return Ok(());
+    }
+    for ep in endpoints {
+        println!("{} hidden", ep.cidr);
+    }
     Ok(())
 }

@@ -270,7 +270,8 @@ impl PidFd {
     }
 }
 
-/// Stops the agent if it runs, then removes its pins (detaching its programs) and state.
+/// Stops the agent if it runs, then removes its pins (detaching its programs), links, routes,
+/// NAT table and state.
 pub fn reset(loc: &Location) -> Result<()> {
     match api::call(&loc.socket(), &Request::Status) {
         Ok(_) => {
@@ -282,6 +283,7 @@ pub fn reset(loc: &Location) -> Result<()> {
     let pins = datapath::remove_pins(&loc.pin_dir)?;
     let links = remove_links()?;
     let routes = remove_mtu_routes()?;
+    crate::host::exposed::remove_nat()?;
     match fs::remove_dir_all(&loc.state_dir) {
         Ok(()) => {}
         Err(err) if err.kind() == ErrorKind::NotFound => {}

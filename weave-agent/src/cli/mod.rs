@@ -60,5 +60,12 @@ pub fn run(cli: Cli) -> Result<()> {
         } => bench_peer::bench_peer(address, &seed, endpoints),
         Command::Peers(out) => commands::peers(&loc, out),
         Command::Policy(command) => commands::policy(&loc, command),
+        Command::Expose {
+            cidr,
+            routes,
+            masquerade,
+            out,
+        } => commands::expose(&loc, &cidr, routes, masquerade, out),
+        Command::Hide { cidr, out } => commands::hide(&loc, cidr, out),
     }
 }

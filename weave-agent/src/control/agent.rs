@@ -28,7 +28,7 @@ use crate::{
         sealed_transport::AuthFailures,
         topology::routes::{Path, Topology},
     },
-    net::{addressing::Cidr, policy::Subnet},
+    net::{addressing::Cidr, exposure::ContainerRoute, policy::Subnet},
 };
 
 pub struct Agent {
@@ -67,8 +67,9 @@ pub struct Inner {
     pub written: Written,
     pub started: Instant,
     pub last_contact: BTreeMap<SocketAddr, Instant>,
-    /// On-link routes the rules put in each local endpoint's container, as last made.
-    pub routes: BTreeMap<Ipv4Addr, BTreeSet<Subnet>>,
+    /// Routes the rules and exposed addresses put in each local endpoint's container, as
+    /// last made.
+    pub routes: BTreeMap<Ipv4Addr, BTreeSet<ContainerRoute>>,
     /// Attaches under way outside the lock: their addresses and containers are taken.
     pub pending: Vec<Pending>,
     /// The links every peer publishes, as last synced.

@@ -65,6 +65,18 @@ pub enum Request {
         b: String,
     },
     PolicyList,
+    /// Give this host `cidr` on the overlay (`expose`).
+    Expose {
+        cidr: String,
+        /// Networks the subnet's containers reach through it; None: the host's directly
+        /// connected networks.
+        routes: Option<Vec<String>>,
+        masquerade: bool,
+    },
+    /// Take back the exposed address `cidr`, or all of them (`hide`).
+    Hide {
+        cidr: Option<String>,
+    },
 }
 
 impl Request {
@@ -83,6 +95,8 @@ impl Request {
             Self::Forget { .. } => "forget",
             Self::PolicySet { .. } => "policy",
             Self::PolicyList => "policy list",
+            Self::Expose { .. } => "expose",
+            Self::Hide { .. } => "hide",
         }
     }
 
@@ -142,6 +156,14 @@ pub enum Response {
     Rules {
         rules: Vec<RuleInfo>,
     },
+    Exposed {
+        endpoint: EndpointInfo,
+        /// IPv4 forwarding was off on the host and `expose` turned it on.
+        forwarding_turned_on: bool,
+    },
+    Hidden {
+        endpoints: Vec<EndpointInfo>,
+    },
     Error {
         message: String,
     },
@@ -159,6 +181,20 @@ pub struct EndpointInfo {
     /// when it cannot. Its GSO super-packets then keep the kernel's VXLAN receive path.
     #[serde(default)]
     pub forwards: Vec<String>,
+    /// Set for an exposed host address (`expose`; its container is `weave:expose`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expose: Option<ExposeInfo>,
+}
+
+/// How an exposed address serves what is outside the overlay.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ExposeInfo {
+    /// The interface holding the address on the host.
+    pub interface: String,
+    /// Networks the subnet's containers reach through it.
+    pub routes: Vec<String>,
+    /// Clients from outside reach containers with the exposed address as source.
+    pub masquerade: bool,
 }
 
 /// An isolation rule, as `policy list` shows it.

@@ -23,7 +23,7 @@ use super::{
     agent::{Agent, Inner},
     api,
     config::{DaemonConfig, Encapsulation},
-    docker_events, endpoints, forwarding_watch, links,
+    docker_events, endpoints, expose, forwarding_watch, links,
     location::Location,
     log_file, metrics, peers, ready, server, state, status, sync,
 };
@@ -138,6 +138,7 @@ async fn start(config: &DaemonConfig, loc: &Location) -> Result<(Arc<Agent>, Uni
         mtu_routes_read: false,
         plain: Default::default(),
     };
+    expose::restore(&mut inner).await?;
     endpoints::adopt_endpoints(&mut inner).await?;
     state::save(&loc.state_dir, &inner.state)?;
     let agent = start_gossip(config, loc, &underlay, address, inner, crypto).await?;
@@ -222,6 +223,10 @@ async fn start_gossip(
         .endpoints
         .iter()
         .map(|e| crate::mesh::keys::endpoint_key_value(&e.cidr, &e.container))
+        .chain(inner.state.endpoints.iter().filter_map(|e| {
+            let routes = &e.expose.as_ref()?.routes;
+            Some(crate::mesh::keys::via_key_value(e.cidr.ip, routes))
+        }))
         .chain(
             inner
                 .state

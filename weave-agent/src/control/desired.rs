@@ -6,9 +6,12 @@ use std::{
     net::{IpAddr, Ipv4Addr},
 };
 
-use weave_common::endpoint::Endpoint;
+use weave_common::endpoint::{ENDPOINT_EXPOSED, Endpoint};
 
-use crate::{mesh::gossip::PeerView, net::addressing::parse_mac};
+use crate::{
+    mesh::gossip::PeerView,
+    net::{addressing::parse_mac, names::EXPOSED_LABEL},
+};
 
 /// What the maps should hold for remote endpoints and peers.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -52,8 +55,11 @@ pub fn desired(peers: &[PeerView], local: &BTreeSet<Ipv4Addr>) -> Desired {
                 }
             }
             owner.insert(ip, &peer.name);
-            out.endpoints
-                .insert(ip, ep.cidr.remote_endpoint(mac, underlay));
+            let mut entry = ep.cidr.remote_endpoint(mac, underlay);
+            if ep.container == EXPOSED_LABEL {
+                entry.flags |= ENDPOINT_EXPOSED;
+            }
+            out.endpoints.insert(ip, entry);
         }
     }
     out
@@ -76,6 +82,7 @@ pub(super) mod tests {
         PeerView {
             seal_key: None,
             trusted: None,
+            exposed_routes: BTreeMap::new(),
             name: name.to_owned(),
             nickname: name.to_owned(),
             address: SocketAddr::from((ip, GOSSIP_PORT)),

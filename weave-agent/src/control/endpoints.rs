@@ -32,7 +32,7 @@ pub struct Target {
 }
 
 /// Refuses an address already used here or anywhere in the mesh, naming where.
-async fn check_free(agent: &Agent, ip: Ipv4Addr) -> Result<()> {
+pub(super) async fn check_free(agent: &Agent, ip: Ipv4Addr) -> Result<()> {
     let peers = agent.gossip.peers().await;
     check_free_here(&*agent.inner.lock().await, ip)?;
     for peer in &peers {
@@ -253,6 +253,7 @@ async fn record(
         mtu,
         docker_id: target.docker_id.clone(),
         forwards,
+        expose: None,
     };
     let host = &ep.host_veth;
     let wired: Result<()> = async {
@@ -294,8 +295,9 @@ pub async fn detach(
             Err(_) => None,
         },
     };
+    // An exposed address is no container's: `hide` takes it back.
     let matches = |e: &LocalEndpoint| {
-        e.container == container
+        e.expose.is_none() && e.container == container
             || netns.is_some_and(|n| n == e.netns)
             || (e.docker_id.is_some() && e.docker_id == docker_id)
     };

@@ -59,6 +59,8 @@ pub async fn watch_loop(agent: Arc<Agent>) {
                 .state
                 .endpoints
                 .iter()
+                // The host behind an exposed address forwards by design: nothing to watch.
+                .filter(|e| e.expose.is_none())
                 .map(|e| Watched {
                     ip: e.cidr.ip,
                     host_veth: e.host_veth.clone(),

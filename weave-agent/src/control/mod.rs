@@ -9,6 +9,7 @@ pub mod daemon;
 pub mod desired;
 pub mod docker_events;
 pub mod endpoints;
+pub mod expose;
 pub mod forwarding_watch;
 pub mod links;
 pub mod location;

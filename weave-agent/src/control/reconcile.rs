@@ -40,15 +40,20 @@ pub struct Written {
     pub peers: Option<BTreeMap<Ipv4Addr, NextHop>>,
     /// The policy map; None until the first sync writes it.
     pub policy: Option<BTreeSet<SubnetPair>>,
+    /// The overlay-subnet map; None until the first sync writes it.
+    pub subnets: Option<BTreeMap<Subnet, Ipv4Addr>>,
 }
 
 /// What the agent knows now: the peers' published state and its own.
+#[derive(Clone, Copy)]
 pub struct View<'a> {
     pub peers: &'a [PeerView],
     /// Addresses attached on this host.
     pub local: &'a BTreeSet<Ipv4Addr>,
     /// Subnets of the endpoints attached on this host.
     pub local_subnets: &'a BTreeSet<Subnet>,
+    /// This host's exposed address in each subnet it exposes.
+    pub exposed_here: &'a BTreeMap<Subnet, Ipv4Addr>,
     pub rules: &'a [Rule],
     /// How frames reach each live peer and the path MTU to write (`mesh::topology`); a peer
     /// missing here is reached directly, its MTU not learned.
@@ -69,6 +74,9 @@ pub enum MapOp {
     /// Live peers and the next hop each one's frames go to.
     SetPeers(BTreeMap<Ipv4Addr, NextHop>),
     SetPolicy(BTreeSet<SubnetPair>),
+    /// Every overlay subnet known, with this host's exposed address in it
+    /// ([`Ipv4Addr::UNSPECIFIED`] where it exposes none).
+    SetSubnets(BTreeMap<Subnet, Ipv4Addr>),
 }
 
 /// The map operations for one round, and the conflicts seen in it.
@@ -139,9 +147,21 @@ pub fn plan(view: &View<'_>, written: &Written, since_start: Duration) -> Plan {
         .filter(|(ip, _)| !desired.endpoints.contains_key(ip) && !view.local.contains(ip))
         .map(|(_, ep)| ep);
     let remote = desired.endpoints.values().chain(adopted_kept);
-    let pairs = policy::allowed_pairs(view.rules, &subnets(view.local_subnets, remote));
+    let known = subnets(view.local_subnets, remote);
+    let pairs = policy::allowed_pairs(view.rules, &known);
     if written.policy.as_ref() != Some(&pairs) {
         ops.push(MapOp::SetPolicy(pairs));
+    }
+    let overlay: BTreeMap<Subnet, Ipv4Addr> = known
+        .iter()
+        .chain(view.exposed_here.keys())
+        .map(|s| {
+            let here = view.exposed_here.get(s).copied();
+            (*s, here.unwrap_or(Ipv4Addr::UNSPECIFIED))
+        })
+        .collect();
+    if written.subnets.as_ref() != Some(&overlay) {
+        ops.push(MapOp::SetSubnets(overlay));
     }
     Plan {
         ops,
@@ -201,6 +221,7 @@ impl Written {
             }
             MapOp::SetPeers(peers) => self.peers = Some(peers.clone()),
             MapOp::SetPolicy(pairs) => self.policy = Some(pairs.clone()),
+            MapOp::SetSubnets(subnets) => self.subnets = Some(subnets.clone()),
         }
     }
 }
@@ -221,6 +242,7 @@ mod tests {
             peers,
             local,
             local_subnets: subnets,
+            exposed_here: &NO_EXPOSED,
             rules: &[],
             routes: &NO_ROUTES,
             plain: &NO_PLAIN,
@@ -229,6 +251,7 @@ mod tests {
 
     static NO_ROUTES: BTreeMap<Ipv4Addr, Path> = BTreeMap::new();
     static NO_PLAIN: BTreeSet<Ipv4Addr> = BTreeSet::new();
+    static NO_EXPOSED: BTreeMap<Subnet, Ipv4Addr> = BTreeMap::new();
 
     fn apply(written: &mut Written, plan: &Plan) {
         for op in &plan.ops {
@@ -448,6 +471,7 @@ mod tests {
             peers: &peers,
             local: &local,
             local_subnets: &subnets,
+            exposed_here: &NO_EXPOSED,
             rules: &rules,
             routes: &NO_ROUTES,
             plain: &NO_PLAIN,
@@ -464,5 +488,56 @@ mod tests {
             apply_ops(&mut maps, &mut written, &again.ops).unwrap();
         }
         assert_eq!(maps.policy_writes, 1);
+    }
+
+    /// The programs tell outside addresses from overlay ones by this map, and hand frames for
+    /// outside to the exposed address it names: every subnet, local or remote, is in it, with
+    /// this host's exposed address where there is one.
+    #[test]
+    fn the_subnet_map_holds_every_subnet_and_the_exposed_address_here() {
+        let exposed: Subnet = "10.40.1.0/24".parse().unwrap();
+        let here = Ipv4Addr::new(10, 40, 1, 1);
+        let local_only: Subnet = "10.50.0.0/16".parse().unwrap();
+        let peers = [peer(
+            "b",
+            [10, 0, 0, 2],
+            true,
+            &["10.40.1.7/24", "10.60.0.9/24"],
+        )];
+        let local = BTreeSet::from([here]);
+        let subnets = BTreeSet::from([exposed, local_only]);
+        let exposed_here = BTreeMap::from([(exposed, here)]);
+        let view = View {
+            exposed_here: &exposed_here,
+            ..view(&peers, &local, &subnets)
+        };
+        let mut written = Written::default();
+        let first = plan(&view, &written, LATER);
+        let want = BTreeMap::from([
+            (exposed, here),
+            (local_only, Ipv4Addr::UNSPECIFIED),
+            ("10.60.0.0/24".parse().unwrap(), Ipv4Addr::UNSPECIFIED),
+        ]);
+        assert!(
+            first.ops.contains(&MapOp::SetSubnets(want)),
+            "{:?}",
+            first.ops
+        );
+        apply(&mut written, &first);
+        // Hidden: the subnet stays an overlay subnet while endpoints are in it, with no
+        // exposed address here.
+        let view = View {
+            exposed_here: &NO_EXPOSED,
+            ..view
+        };
+        let after = plan(&view, &written, LATER);
+        let hidden = after.ops.iter().find_map(|op| match op {
+            MapOp::SetSubnets(s) => Some(s.clone()),
+            _ => None,
+        });
+        assert_eq!(
+            hidden.and_then(|s| s.get(&exposed).copied()),
+            Some(Ipv4Addr::UNSPECIFIED)
+        );
     }
 }

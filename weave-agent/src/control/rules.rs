@@ -11,9 +11,14 @@ use super::{
     api,
 };
 use crate::{
-    host::netns,
+    host::{netns, routes::RouteHolder},
     mesh::gossip::PeerView,
-    net::policy::{self, Rule, Subnet},
+    net::{
+        addressing::Cidr,
+        exposure::{self, ContainerRoute},
+        names::EXPOSED_LABEL,
+        policy::{self, Rule, Subnet},
+    },
 };
 
 pub fn rule_infos(inner: &Inner) -> Vec<api::RuleInfo> {
@@ -54,36 +59,75 @@ pub async fn adopt_rules(agent: &Agent, inner: &mut Inner, peers: &[PeerView]) -
     agent.save(inner)
 }
 
-/// Routes one container needs changed: its endpoint, namespace and the routes it should have.
+/// Routes one endpoint needs changed: its address, namespace and interface, and the routes it
+/// should have.
 pub struct RouteWork {
     ip: Ipv4Addr,
     netns: PathBuf,
-    wanted: BTreeSet<Subnet>,
+    holder: RouteHolder,
+    wanted: BTreeSet<ContainerRoute>,
 }
 
-/// The containers whose on-link routes differ from what the rules want.
+/// The endpoints whose routes differ from what the rules and the exposed addresses of the
+/// mesh want. An exposed address gets the on-link routes of its rules on its interface in the
+/// host, so the host answers what a rule lets in; never a route through an exposed address.
 pub fn route_work(inner: &mut Inner) -> Vec<RouteWork> {
     let endpoints: BTreeSet<Ipv4Addr> = inner.state.endpoints.iter().map(|e| e.cidr.ip).collect();
     inner.routes.retain(|ip, _| endpoints.contains(ip));
+    let exposures = exposures(inner);
     inner
         .state
         .endpoints
         .iter()
         .filter_map(|ep| {
-            let wanted = policy::routes_for(&inner.state.rules, &ep.cidr.subnet());
+            let subnet = ep.cidr.subnet();
+            let on_link = policy::routes_for(&inner.state.rules, &subnet);
+            let (holder, wanted) = if ep.expose.is_some() {
+                let wanted = on_link.into_iter().map(ContainerRoute::on_link).collect();
+                (RouteHolder::exposed(ep.cidr.exposed_iface()), wanted)
+            } else {
+                let wanted = exposure::container_routes(
+                    &subnet,
+                    &on_link,
+                    exposures
+                        .iter()
+                        .map(|(cidr, routes)| (*cidr, routes.as_slice())),
+                );
+                (RouteHolder::container(), wanted)
+            };
             (inner.routes.get(&ep.cidr.ip) != Some(&wanted)).then(|| RouteWork {
                 ip: ep.cidr.ip,
                 netns: ep.netns.clone(),
+                holder,
                 wanted,
             })
         })
         .collect()
 }
 
+/// Every exposed address in the mesh (here and on live peers) with the networks it routes.
+fn exposures(inner: &Inner) -> Vec<(Cidr, Vec<Subnet>)> {
+    let here = inner
+        .state
+        .endpoints
+        .iter()
+        .filter_map(|ep| Some((ep.cidr, ep.expose.as_ref()?.routes.clone())));
+    let there = inner.peers.iter().filter(|p| p.alive).flat_map(|peer| {
+        peer.endpoints
+            .iter()
+            .filter(|ep| ep.container == EXPOSED_LABEL)
+            .map(|ep| {
+                let routes = peer.exposed_routes.get(&ep.cidr.ip).cloned();
+                (ep.cidr, routes.unwrap_or_default())
+            })
+    });
+    here.chain(there).collect()
+}
+
 /// Makes the routes inside each container, without the agent's lock, then records them.
 pub async fn sync_routes(agent: &Agent, work: Vec<RouteWork>) {
     for job in work {
-        match netns::sync_routes(&job.netns, job.wanted.clone()).await {
+        match netns::sync_routes(&job.netns, job.holder, job.wanted.clone()).await {
             Ok(()) => {
                 let mut inner = agent.inner.lock().await;
                 // Only while the endpoint is still there: a detach meanwhile took its routes.
@@ -92,7 +136,9 @@ pub async fn sync_routes(agent: &Agent, work: Vec<RouteWork>) {
                 }
             }
             // Tried again next round; the container may be going away.
-            Err(err) => tracing::warn!(ip = %job.ip, "routes for isolation rules: {err:#}"),
+            Err(err) => {
+                tracing::warn!(ip = %job.ip, "routes for isolation rules and exposed addresses: {err:#}")
+            }
         }
     }
 }

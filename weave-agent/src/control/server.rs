@@ -11,7 +11,7 @@ use tokio::{
 use super::{
     agent::Agent,
     api::{self, Request, Response},
-    endpoints, peers, rule_set, rules, status,
+    endpoints, expose, peers, rule_set, rules, status,
 };
 
 /// Binds the control socket, root-only. The state-directory lock proves no live daemon owns an
@@ -100,6 +100,21 @@ async fn respond(agent: &Agent, request: Request) -> Result<Response> {
         },
         Request::PolicyList => Response::Rules {
             rules: rules::rule_infos(&*agent.inner.lock().await),
+        },
+        Request::Expose {
+            cidr,
+            routes,
+            masquerade,
+        } => {
+            let (endpoint, forwarding_turned_on) =
+                expose::expose(agent, &cidr, routes.as_deref(), masquerade).await?;
+            Response::Exposed {
+                endpoint,
+                forwarding_turned_on,
+            }
+        }
+        Request::Hide { cidr } => Response::Hidden {
+            endpoints: expose::hide(agent, cidr.as_deref()).await?,
         },
     })
 }

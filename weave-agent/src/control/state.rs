@@ -11,9 +11,9 @@ use std::{
 use anyhow::{Context as _, Result};
 use serde::{Deserialize, Serialize};
 
-use weave_common::endpoint::{ENDPOINT_FORWARDS, Endpoint};
+use weave_common::endpoint::{ENDPOINT_EXPOSED, ENDPOINT_FORWARDS, Endpoint};
 
-use crate::net::{addressing::Cidr, policy::Rule};
+use crate::net::{addressing::Cidr, exposure::Exposure, policy::Rule};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct State {
@@ -53,6 +53,9 @@ pub struct LocalEndpoint {
     /// entry before it has looked again.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub forwards: Vec<String>,
+    /// Set when this is the host's own address on the overlay (`expose`), not a container's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expose: Option<Exposure>,
 }
 
 impl LocalEndpoint {
@@ -61,6 +64,9 @@ impl LocalEndpoint {
         let mut entry = self.cidr.local_endpoint(ifindex);
         if !self.forwards.is_empty() {
             entry.flags |= ENDPOINT_FORWARDS;
+        }
+        if self.expose.is_some() {
+            entry.flags |= ENDPOINT_EXPOSED;
         }
         entry
     }
@@ -114,6 +120,7 @@ mod tests {
                 mtu: 1450,
                 docker_id: None,
                 forwards: vec!["IPv4 forwarding on ethwe".into()],
+                expose: None,
             }],
             dormant: Vec::new(),
             rules: vec![

@@ -84,6 +84,11 @@ pub fn endpoint_info(ep: &LocalEndpoint) -> api::EndpointInfo {
         host_veth: ep.host_veth.clone(),
         mtu: ep.mtu,
         forwards: ep.forwards.clone(),
+        expose: ep.expose.as_ref().map(|x| api::ExposeInfo {
+            interface: ep.cidr.exposed_iface(),
+            routes: x.routes.iter().map(ToString::to_string).collect(),
+            masquerade: x.masquerade,
+        }),
     }
 }
 

@@ -240,10 +240,18 @@ fn apply_plan(inner: &mut Inner, peers: &[PeerView]) -> Result<()> {
         .iter()
         .map(|e| e.cidr.subnet())
         .collect();
+    let exposed_here = inner
+        .state
+        .endpoints
+        .iter()
+        .filter(|e| e.expose.is_some())
+        .map(|e| (e.cidr.subnet(), e.cidr.ip))
+        .collect();
     let view = View {
         peers,
         local: &local,
         local_subnets: &local_subnets,
+        exposed_here: &exposed_here,
         rules: &inner.state.rules,
         routes: &inner.next_hops,
         plain: &inner.plain,
@@ -267,6 +275,7 @@ impl MapWriter for Datapath {
             MapOp::ForgetRemote(_) => Ok(()),
             MapOp::SetPeers(peers) => self.set_peers(peers),
             MapOp::SetPolicy(pairs) => self.set_policy(pairs),
+            MapOp::SetSubnets(subnets) => self.set_subnets(subnets),
         }
     }
 }

@@ -9,9 +9,13 @@ use crate::{host::netlink, mesh::gossip::Gossip};
 /// Withdraws a local endpoint everywhere: gossip, map, TC link, veth, state.
 pub async fn remove_endpoint(inner: &mut Inner, gossip: &Gossip, ep: &LocalEndpoint) -> Result<()> {
     gossip.withdraw(ep.cidr.ip).await;
+    if ep.expose.is_some() {
+        gossip.withdraw_via(ep.cidr.ip).await;
+    }
     inner.datapath.remove_endpoint(ep.cidr.ip)?;
     inner.datapath.detach_container(&ep.host_veth)?;
-    // Deleting the host end deletes `ethwe` in the container with it.
+    // Deleting the host end deletes `ethwe` in the container (or the exposed interface) with
+    // it.
     netlink::delete_link(&inner.netlink, &ep.host_veth).await?;
     inner.state.endpoints.retain(|e| e.cidr.ip != ep.cidr.ip);
     Ok(())

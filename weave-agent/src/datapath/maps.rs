@@ -6,16 +6,21 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use aya::maps::{HashMap, MapData, PerCpuArray};
+use aya::maps::{
+    HashMap, MapData, PerCpuArray,
+    lpm_trie::{Key, LpmTrie},
+};
 use weave_common::{
     counters::{Counter, CounterId},
-    endpoint::{Endpoint, Heard, Ipv4Key, PEER_PLAIN, PeerRoute, ipv4_key, ipv4_octets},
+    endpoint::{
+        Endpoint, Heard, Ipv4Key, OverlaySubnet, PEER_PLAIN, PeerRoute, ipv4_key, ipv4_octets,
+    },
     maps,
     policy::{POLICY_CAPACITY, SubnetPair},
 };
 
 use super::{CounterTotal, Datapath};
-use crate::mesh::topology::routes::NextHop;
+use crate::{mesh::topology::routes::NextHop, net::policy::Subnet};
 
 impl Datapath {
     pub(super) fn map(&self, name: &str) -> Result<&aya::maps::Map> {
@@ -118,6 +123,41 @@ impl Datapath {
                 pairs.len()
             )
         })
+    }
+
+    /// Makes the overlay-subnet map hold exactly `subnets`, each with this host's exposed
+    /// address in it (unspecified: none), touching only the entries that differ. New and
+    /// changed entries go in before stale ones go, so an address never looks outside the
+    /// overlay while a subnet is replaced.
+    pub fn set_subnets(&mut self, subnets: &BTreeMap<Subnet, Ipv4Addr>) -> Result<()> {
+        let mut map: LpmTrie<&mut MapData, Ipv4Key, OverlaySubnet> =
+            LpmTrie::try_from(self.map_mut(maps::SUBNETS)?)?;
+        let key = |s: &Subnet| Key::new(u32::from(s.prefix), ipv4_key(s.network.octets()));
+        let value = |here: &Ipv4Addr| OverlaySubnet {
+            exposed_here: if here.is_unspecified() {
+                0
+            } else {
+                ipv4_key(here.octets())
+            },
+        };
+        let mut present = BTreeMap::new();
+        for entry in map.iter() {
+            let (k, v) = entry.context("reading the overlay-subnet map")?;
+            let subnet = Subnet::new(Ipv4Addr::from(ipv4_octets(k.data())), k.prefix_len() as u8);
+            present.insert(subnet, v);
+        }
+        for (subnet, here) in subnets {
+            if present.get(subnet) != Some(&value(here)) {
+                map.insert(&key(subnet), value(here), 0).with_context(|| {
+                    format!("writing {subnet} into the overlay-subnet map (it holds 4,096)")
+                })?;
+            }
+        }
+        for subnet in present.keys().filter(|s| !subnets.contains_key(s)) {
+            map.remove(&key(subnet))
+                .with_context(|| format!("removing {subnet} from the overlay-subnet map"))?;
+        }
+        Ok(())
     }
 
     /// The kernel's peer map: each peer's underlay address, its next hop and path MTU.

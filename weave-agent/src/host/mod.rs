@@ -1,6 +1,7 @@
 //! The host around the agent: netlink, routes, the underlay, container namespaces, Docker.
 
 pub mod docker;
+pub mod exposed;
 pub mod forwarding;
 pub mod netlink;
 pub mod netns;

@@ -13,6 +13,7 @@ use rtnetlink::{
 };
 
 use super::underlay::Link;
+use crate::net::exposure::HostAddress;
 
 pub fn connect() -> Result<Handle> {
     let (connection, handle, _) =
@@ -67,6 +68,34 @@ pub async fn links(handle: &Handle) -> Result<Vec<Link>> {
         }
     }
     Ok(links)
+}
+
+/// Every IPv4 address of this namespace, with the interface it is on.
+pub async fn ipv4_addresses(handle: &Handle) -> Result<Vec<HostAddress>> {
+    let names: Vec<(u32, String)> = links(handle)
+        .await?
+        .into_iter()
+        .map(|l| (l.index, l.name))
+        .collect();
+    let mut out = Vec::new();
+    let mut addrs = handle.address().get().execute();
+    while let Some(msg) = addrs.try_next().await.context("listing addresses")? {
+        let v4 = msg.attributes.iter().find_map(|attr| match attr {
+            AddressAttribute::Local(IpAddr::V4(ip)) | AddressAttribute::Address(IpAddr::V4(ip)) => {
+                Some(*ip)
+            }
+            _ => None,
+        });
+        let iface = names.iter().find(|(i, _)| *i == msg.header.index);
+        if let (Some(ip), Some((_, iface))) = (v4, iface) {
+            out.push(HostAddress {
+                iface: iface.clone(),
+                ip,
+                prefix: msg.header.prefix_len,
+            });
+        }
+    }
+    Ok(out)
 }
 
 fn kind_name(kind: &InfoKind) -> String {
@@ -140,6 +169,17 @@ pub async fn add_address(handle: &Handle, index: u32, ip: Ipv4Addr, prefix: u8) 
     handle
         .address()
         .add(index, IpAddr::V4(ip), prefix)
+        .execute()
+        .await
+        .with_context(|| format!("adding {ip}/{prefix}"))
+}
+
+/// Adds `ip/prefix` to link `index`, or keeps it if it is there already.
+pub async fn replace_address(handle: &Handle, index: u32, ip: Ipv4Addr, prefix: u8) -> Result<()> {
+    handle
+        .address()
+        .add(index, IpAddr::V4(ip), prefix)
+        .replace()
         .execute()
         .await
         .with_context(|| format!("adding {ip}/{prefix}"))

@@ -10,8 +10,11 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use nix::sched::{CloneFlags, setns};
 
-use super::{netlink, routes};
-use crate::net::{addressing::Cidr, names::CONTAINER_IFACE as ETHWE, policy::Subnet};
+use super::{
+    netlink,
+    routes::{self, RouteHolder},
+};
+use crate::net::{addressing::Cidr, exposure::ContainerRoute, names::CONTAINER_IFACE as ETHWE};
 
 /// The network namespace file a CONTAINER argument stands for; None for anything else, which
 /// is taken for a Docker container name or id.
@@ -121,23 +124,29 @@ pub async fn move_into(handle: &rtnetlink::Handle, link: &str, netns: &Path) -> 
     netlink::move_to_netns(handle, link, ns.as_raw_fd()).await
 }
 
-/// Inside the container: makes the agent's on-link routes through `ethwe` exactly `wanted`
-/// (the networks isolation rules open to it). The kernel's own subnet route is never touched.
-pub async fn sync_routes(netns: &Path, wanted: BTreeSet<Subnet>) -> Result<()> {
+/// Inside the container (or, for an exposed address, the host): makes the agent's routes
+/// through the holder's interface exactly `wanted` (on link to the networks isolation rules
+/// open to it, through exposed addresses to networks outside the overlay). The kernel's own
+/// subnet route is never touched.
+pub async fn sync_routes(
+    netns: &Path,
+    holder: RouteHolder,
+    wanted: BTreeSet<ContainerRoute>,
+) -> Result<()> {
     in_netns(netns, move |handle| async move {
-        let index = netlink::link_index(&handle, ETHWE)
+        let iface = &holder.iface;
+        let index = netlink::link_index(&handle, iface)
             .await?
-            .with_context(|| format!("the container has no {ETHWE} interface"))?;
-        let present: BTreeSet<Subnet> = routes::agent_routes(&handle, index)
+            .with_context(|| format!("the namespace has no {iface} interface"))?;
+        let present: BTreeSet<ContainerRoute> = routes::agent_routes(&handle, index)
             .await?
             .into_iter()
-            .map(|(network, prefix)| Subnet::new(network, prefix))
             .collect();
         for gone in present.difference(&wanted) {
-            routes::delete_on_link_route(&handle, gone.network, gone.prefix, index).await?;
+            routes::delete_route(&handle, gone, index, &holder).await?;
         }
         for new in wanted.difference(&present) {
-            routes::add_on_link_route(&handle, new.network, new.prefix, index).await?;
+            routes::add_route(&handle, new, index, &holder).await?;
         }
         Ok(())
     })

@@ -1,8 +1,9 @@
-//! Routes in containers: the on-link routes isolation rules open, and the host's default
-//! route (which picks the underlay).
+//! Routes in containers: the on-link routes isolation rules open and those through exposed
+//! addresses; and the host's default route (which picks the underlay).
 
 use std::net::Ipv4Addr;
 
+use crate::net::{exposure::ContainerRoute, policy::Subnet};
 use anyhow::{Context as _, Result};
 use futures_util::TryStreamExt as _;
 use rtnetlink::{
@@ -34,8 +35,42 @@ pub async fn default_route_oif(handle: &Handle) -> Result<Option<u32>> {
 /// static`), so it lists and removes only its own and never the kernel's subnet route.
 const ROUTE_PROTOCOL: RouteProtocol = RouteProtocol::Static;
 
-/// Destinations (network, prefix) of the agent's on-link routes through `oif`.
-pub async fn agent_routes(handle: &Handle, oif: u32) -> Result<Vec<(Ipv4Addr, u8)>> {
+/// Metric of the routes through an exposed address: above the kernel's own (0), so a route
+/// the container has already (Docker's default route, its `eth0` subnet) stays in charge of
+/// its destinations; the agent's route serves what nothing else routes.
+const GATEWAY_ROUTE_METRIC: u32 = 1024;
+
+/// Which interface of a namespace holds the agent's routes, and the metric of on-link ones.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteHolder {
+    pub iface: String,
+    on_link_metric: u32,
+}
+
+impl RouteHolder {
+    /// A container's `ethwe`: its on-link routes are the kernel's default metric, as they
+    /// always were.
+    pub fn container() -> Self {
+        Self {
+            iface: crate::net::names::CONTAINER_IFACE.to_owned(),
+            on_link_metric: 0,
+        }
+    }
+
+    /// An exposed address's interface in the host's namespace: its on-link routes (the
+    /// subnets a rule opens to it) sit above the kernel's metric, so a route the host has
+    /// already (another exposed subnet, a LAN) stays in charge, and `replace` can never
+    /// overwrite the kernel's own route to it.
+    pub fn exposed(iface: String) -> Self {
+        Self {
+            iface,
+            on_link_metric: GATEWAY_ROUTE_METRIC,
+        }
+    }
+}
+
+/// The agent's routes through `oif` (on link, or through a gateway).
+pub async fn agent_routes(handle: &Handle, oif: u32) -> Result<Vec<ContainerRoute>> {
     let mut routes = handle
         .route()
         .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
@@ -47,62 +82,92 @@ pub async fn agent_routes(handle: &Handle, oif: u32) -> Result<Vec<(Ipv4Addr, u8
         {
             continue;
         }
-        let destination = route.attributes.iter().find_map(|attr| match attr {
-            RouteAttribute::Destination(RouteAddress::Inet(ip)) => Some(*ip),
+        let inet = |want: fn(&RouteAttribute) -> Option<&RouteAddress>| {
+            route.attributes.iter().find_map(|attr| match want(attr) {
+                Some(RouteAddress::Inet(ip)) => Some(*ip),
+                _ => None,
+            })
+        };
+        let destination = inet(|a| match a {
+            RouteAttribute::Destination(d) => Some(d),
             _ => None,
         });
-        out.push((
-            destination.unwrap_or(Ipv4Addr::UNSPECIFIED),
-            route.header.destination_prefix_length,
-        ));
+        let via = inet(|a| match a {
+            RouteAttribute::Gateway(g) => Some(g),
+            _ => None,
+        });
+        out.push(ContainerRoute {
+            to: Subnet::new(
+                destination.unwrap_or(Ipv4Addr::UNSPECIFIED),
+                route.header.destination_prefix_length,
+            ),
+            via,
+        });
     }
     Ok(out)
 }
 
-fn on_link_route(
-    network: Ipv4Addr,
-    prefix: u8,
+fn route_message(
+    route: &ContainerRoute,
     oif: u32,
+    holder: &RouteHolder,
 ) -> rtnetlink::packet_route::route::RouteMessage {
-    RouteMessageBuilder::<Ipv4Addr>::new()
-        .destination_prefix(network, prefix)
+    let builder = RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(route.to.network, route.to.prefix)
         .output_interface(oif)
-        .scope(RouteScope::Link)
-        .protocol(ROUTE_PROTOCOL)
-        .build()
+        .protocol(ROUTE_PROTOCOL);
+    match route.via {
+        None if holder.on_link_metric == 0 => builder.scope(RouteScope::Link).build(),
+        None => builder
+            .priority(holder.on_link_metric)
+            .scope(RouteScope::Link)
+            .build(),
+        Some(gateway) => builder
+            .gateway(gateway)
+            .priority(GATEWAY_ROUTE_METRIC)
+            .scope(RouteScope::Universe)
+            .build(),
+    }
 }
 
-/// Adds (or keeps) an on-link route to `network/prefix` through `oif`.
-pub async fn add_on_link_route(
+/// Adds (or keeps) `route` through `oif`.
+pub async fn add_route(
     handle: &Handle,
-    network: Ipv4Addr,
-    prefix: u8,
+    route: &ContainerRoute,
     oif: u32,
+    holder: &RouteHolder,
 ) -> Result<()> {
     handle
         .route()
-        .add(on_link_route(network, prefix, oif))
+        .add(route_message(route, oif, holder))
         .replace()
         .execute()
         .await
-        .with_context(|| format!("adding the route {network}/{prefix}"))
+        .with_context(|| format!("adding the route {}", describe(route)))
 }
 
-/// Removes the agent's on-link route to `network/prefix` through `oif`, if it is there.
-pub async fn delete_on_link_route(
+/// Removes the agent's `route` through `oif`, if it is there.
+pub async fn delete_route(
     handle: &Handle,
-    network: Ipv4Addr,
-    prefix: u8,
+    route: &ContainerRoute,
     oif: u32,
+    holder: &RouteHolder,
 ) -> Result<()> {
     match handle
         .route()
-        .del(on_link_route(network, prefix, oif))
+        .del(route_message(route, oif, holder))
         .execute()
         .await
     {
         Ok(()) => Ok(()),
         Err(rtnetlink::Error::NetlinkError(err)) if err.raw_code() == -libc::ESRCH => Ok(()),
-        Err(err) => Err(err).with_context(|| format!("removing the route {network}/{prefix}")),
+        Err(err) => Err(err).with_context(|| format!("removing the route {}", describe(route))),
+    }
+}
+
+fn describe(route: &ContainerRoute) -> String {
+    match route.via {
+        None => route.to.to_string(),
+        Some(gw) => format!("{} via {gw}", route.to),
     }
 }

@@ -20,11 +20,15 @@ use serde::{Deserialize, Serialize};
 
 use super::keys::{
     NICKNAME_KEY, PublishedEndpoint, endpoint_key, endpoint_key_value, published_endpoints,
-    published_rules,
+    published_rules, published_via, via_key, via_key_value,
 };
 use super::topology::links::LINKS_KEY;
 use crate::crypto::trust::{SEAL_KEY, TRUSTED_KEY};
-use crate::net::{addressing::Cidr, clock::unix_millis, policy::Rule};
+use crate::net::{
+    addressing::Cidr,
+    clock::unix_millis,
+    policy::{Rule, Subnet},
+};
 
 /// One gossip round every 200 ms: heartbeats arrive often enough for a dead host to be noticed
 /// within a couple of seconds instead of chitchat's default tens of seconds.
@@ -64,6 +68,9 @@ pub struct PeerView {
     pub seal_key: Option<String>,
     #[serde(default)]
     pub trusted: Option<String>,
+    /// The networks each of the peer's exposed addresses routes (`expose`).
+    #[serde(default)]
+    pub exposed_routes: BTreeMap<Ipv4Addr, Vec<Subnet>>,
 }
 
 impl Gossip {
@@ -146,6 +153,22 @@ impl Gossip {
             .await;
     }
 
+    /// Publishes the networks containers reach through this host's exposed address `ip`.
+    pub async fn publish_via(&self, ip: Ipv4Addr, routes: &[Subnet]) {
+        let (key, value) = via_key_value(ip, routes);
+        self.handle
+            .with_chitchat(|c| c.self_node_state().set(&key, &value))
+            .await;
+    }
+
+    /// Withdraws what [`Gossip::publish_via`] said of `ip`.
+    pub async fn withdraw_via(&self, ip: Ipv4Addr) {
+        let key = via_key(ip);
+        self.handle
+            .with_chitchat(|c| c.self_node_state().delete(&key))
+            .await;
+    }
+
     pub async fn withdraw(&self, ip: Ipv4Addr) {
         let key = endpoint_key(ip);
         self.handle
@@ -209,6 +232,7 @@ impl Gossip {
                 links: state.get(LINKS_KEY).map(str::to_owned),
                 seal_key: state.get(SEAL_KEY).map(str::to_owned),
                 trusted: state.get(TRUSTED_KEY).map(str::to_owned),
+                exposed_routes: published_via(state),
             };
             // A restarted peer's new generation takes over once it is alive; until then the
             // old one, if still alive, speaks for it, so its endpoints never lapse.

@@ -1,7 +1,11 @@
 //! The gossip key codec: what each agent writes under its own keys, and how a reader turns
 //! a peer's keys back into endpoints and rules. Each agent writes only its own keys:
 //! `nickname`, one `ep:<ip>` per local endpoint with value `<prefix> <mac> <container>`, and
-//! one `rule:<a>,<b>` per isolation rule it knows (see [`crate::net::policy`]).
+//! one `rule:<a>,<b>` per isolation rule it knows (see [`crate::net::policy`]), and one
+//! `via:<ip>` per exposed address, whose value lists the networks (comma-separated CIDRs, maybe
+//! none) the exposed subnet's containers reach through it.
+
+use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use anyhow::{Result, bail};
 use chitchat::NodeState;
@@ -9,11 +13,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::net::{
     addressing::{Cidr, format_mac, parse_mac},
-    policy::{self, Rule},
+    policy::{self, Rule, Subnet},
 };
 
 pub(super) const ENDPOINT_PREFIX: &str = "ep:";
 pub(super) const NICKNAME_KEY: &str = "nickname";
+pub(super) const VIA_PREFIX: &str = "via:";
 
 /// An endpoint published by some peer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,6 +47,36 @@ pub(super) fn published_endpoints(state: &NodeState) -> Vec<PublishedEndpoint> {
             let ip = key.strip_prefix(ENDPOINT_PREFIX)?;
             parse_endpoint(ip, value).ok()
         })
+        .collect()
+}
+
+/// The gossip key and value announcing the networks routed through exposed address `ip`.
+pub fn via_key_value(ip: Ipv4Addr, routes: &[Subnet]) -> (String, String) {
+    let value: Vec<String> = routes.iter().map(ToString::to_string).collect();
+    (via_key(ip), value.join(","))
+}
+
+pub fn via_key(ip: Ipv4Addr) -> String {
+    format!("{VIA_PREFIX}{ip}")
+}
+
+/// The networks each of a peer's exposed addresses routes; malformed entries are skipped.
+pub(super) fn published_via(state: &NodeState) -> BTreeMap<Ipv4Addr, Vec<Subnet>> {
+    state
+        .key_values()
+        .filter_map(|(key, value)| {
+            let ip: Ipv4Addr = key.strip_prefix(VIA_PREFIX)?.parse().ok()?;
+            Some((ip, parse_via(value).ok()?))
+        })
+        .collect()
+}
+
+/// A `via:` value back into its networks.
+pub fn parse_via(value: &str) -> Result<Vec<Subnet>> {
+    value
+        .split(',')
+        .filter(|part| !part.is_empty())
+        .map(str::parse)
         .collect()
 }
 
@@ -81,6 +116,19 @@ mod tests {
         assert_eq!(ep.container, "netns:ctr 1");
         assert!(parse_endpoint("192.168.1.10", "24").is_err());
         assert!(parse_endpoint("192.168.1.10", "24 nope c").is_err());
+    }
+
+    #[test]
+    fn routes_through_an_exposed_address_read_back_and_garbage_is_refused() {
+        let routes: Vec<Subnet> = vec![
+            "192.168.56.0/24".parse().unwrap(),
+            "10.1.0.0/16".parse().unwrap(),
+        ];
+        let (key, value) = via_key_value(Ipv4Addr::new(10, 40, 1, 1), &routes);
+        assert_eq!(key, "via:10.40.1.1");
+        assert_eq!(parse_via(&value).unwrap(), routes);
+        assert_eq!(parse_via("").unwrap(), []);
+        assert!(parse_via("10.1.0.0/16,nonsense").is_err());
     }
 
     #[test]

@@ -7,7 +7,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use weave_common::endpoint::{Endpoint, endpoint_mac, ipv4_key};
 
 use super::{
-    names::{HOST_VETH_PREFIX, TEMP_PEER_PREFIX},
+    names::{EXPOSED_IFACE_PREFIX, EXPOSED_VETH_PREFIX, HOST_VETH_PREFIX, TEMP_PEER_PREFIX},
     policy::Subnet,
 };
 
@@ -37,6 +37,16 @@ impl Cidr {
     /// Name of the host-side veth: `vethwe` + the address in hex (14 bytes, under IFNAMSIZ).
     pub fn host_veth(&self) -> String {
         format!("{HOST_VETH_PREFIX}{:08x}", u32::from(self.ip))
+    }
+
+    /// Name of the interface holding this address when the host exposes it: `wexp` + hex.
+    pub fn exposed_iface(&self) -> String {
+        format!("{EXPOSED_IFACE_PREFIX}{:08x}", u32::from(self.ip))
+    }
+
+    /// Name of that interface's veth peer, where the programs sit: `vethwx` + hex.
+    pub fn exposed_veth(&self) -> String {
+        format!("{EXPOSED_VETH_PREFIX}{:08x}", u32::from(self.ip))
     }
 
     /// Temporary name of the container side before it is renamed `ethwe` in the container.

@@ -3,5 +3,6 @@
 
 pub mod addressing;
 pub mod clock;
+pub mod exposure;
 pub mod names;
 pub mod policy;

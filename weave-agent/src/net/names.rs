@@ -10,8 +10,20 @@ pub const TEMP_PEER_PREFIX: &str = "wep";
 /// The overlay's VXLAN device (Weave's fastdp used the same name).
 pub const VXLAN_DEVICE: &str = "vxlan-6784";
 
+/// The container label of an exposed host address (`expose`), in `ps` and in gossip, where it
+/// tells other hosts the endpoint is one. No container is labelled so: Docker names have no
+/// colon, and the other labels start `netns:`, `pid:` or `/`.
+pub const EXPOSED_LABEL: &str = "weave:expose";
+/// Prefix of the interface holding an exposed address in the host's namespace.
+pub const EXPOSED_IFACE_PREFIX: &str = "wexp";
+/// Prefix of its veth peer, the end the programs sit on (as a container veth's host end).
+pub const EXPOSED_VETH_PREFIX: &str = "vethwx";
+
 /// An interface of the overlay's own, which is never an underlay and which `reset` removes
 /// (the host ends of container veths, and `ethwe` should one be seen in this namespace).
 pub fn is_overlay_veth(name: &str) -> bool {
-    name.starts_with(HOST_VETH_PREFIX) || name == CONTAINER_IFACE
+    name.starts_with(HOST_VETH_PREFIX)
+        || name.starts_with(EXPOSED_VETH_PREFIX)
+        || name.starts_with(EXPOSED_IFACE_PREFIX)
+        || name == CONTAINER_IFACE
 }
