@@ -717,12 +717,48 @@ pub fn bulk_of(
     bytes: usize,
     marker: Option<&str>,
 ) -> Result<()> {
+    bulk_with(
+        |args| from.exec("python3", args),
+        to_ip,
+        sink_ns,
+        sink_ip,
+        bytes,
+        marker,
+    )
+}
+
+/// [`bulk`] from any namespace `from_ns` (a host, or a machine that runs no agent).
+pub fn bulk_from(
+    from_ns: &str,
+    to_ip: &str,
+    sink_ns: &str,
+    sink_ip: &str,
+    bytes: usize,
+) -> Result<()> {
+    bulk_with(
+        |args| exec_in(from_ns, "python3", args),
+        to_ip,
+        sink_ns,
+        sink_ip,
+        bytes,
+        None,
+    )
+}
+
+fn bulk_with(
+    send: impl FnOnce(&[&str]) -> Result<Output>,
+    to_ip: &str,
+    sink_ns: &str,
+    sink_ip: &str,
+    bytes: usize,
+    marker: Option<&str>,
+) -> Result<()> {
     let (mut sink, mut lines) = spawn_in(sink_ns, "python3", &["-c", SINK, sink_ip])?;
     wait_for_line(&mut lines, "ready")?;
     let bytes = bytes.to_string();
     let mut args = vec!["-c", SOURCE, to_ip, &bytes];
     args.extend(marker);
-    let sent = from.exec("python3", &args)?;
+    let sent = send(&args)?;
     let received = lines.next().transpose()?.unwrap_or_default();
     let _ = sink.kill();
     let _ = sink.wait();
