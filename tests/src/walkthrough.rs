@@ -18,7 +18,8 @@ pub struct Walkthrough {
 
 /// Host A launches, host B joins A's underlay address; 192.168.1.10/24 on A and
 /// 192.168.1.20/24 on B ping each other both ways; 192.168.2.30/24 on B cannot reach
-/// 192.168.1.10. Fails if any of that does not hold.
+/// 192.168.1.10; host A exposed as 192.168.1.1 reaches 192.168.1.20 until `hide`. Fails if
+/// any of that does not hold.
 pub fn run(a: &str, b: &str, verbose: bool) -> Result<Walkthrough> {
     let (mut host_a, mut host_b) = two_hosts(a, b)?;
     host_a.verbose = verbose;
@@ -57,6 +58,18 @@ pub fn run(a: &str, b: &str, verbose: bool) -> Result<Walkthrough> {
         "192.168.2.30 reached 192.168.1.10 through its own route"
     );
     host_a.agent_ok(&["status"])?;
+    // The walkthrough's second promise: the host itself on the overlay, then off it again.
+    host_a.agent_ok(&["expose", "192.168.1.1/24"])?;
+    host_b.wait_for_remote(2)?;
+    ensure!(
+        host_a
+            .exec("ping", &["-c", "3", "-i", "0.2", "-W", "1", "192.168.1.20"])?
+            .status
+            .success(),
+        "host {a}, exposed as 192.168.1.1, cannot reach 192.168.1.20 on {b}"
+    );
+    host_a.agent_ok(&["hide"])?;
+    host_b.wait_for_remote(1)?;
     // The overlay device: external (collect_md) mode, no learning, no remotes; no bridge.
     host_a.exec("ip", &["-d", "link", "show", "vxlan-6784"])?;
     Ok(Walkthrough {

@@ -30,8 +30,12 @@ const LEARN_ENDPOINTS: u64 = 1000;
 /// `weave_relayed` is `weave` between two hosts a firewall cuts apart, through a third host
 /// that relays in the kernel. `weave_encrypted` is `weave` with a password (container traffic
 /// sealed by the agents), `boringtun` userspace WireGuard between the two hosts (see
-/// [`crate::wireguard`]): the encrypted path's reference.
-const PATHS: [&str; 8] = [
+/// [`crate::wireguard`]): the encrypted path's reference. `exposed_host` is a process in the
+/// host namespace of A, which exposes an address, to a container on B; `exposed_laptop` a
+/// machine that runs no agent, routed to the subnet through A, to that container;
+/// `exposed_laptop_masq` the same through an address exposed with `--masquerade` (nftables
+/// SNAT on A).
+const PATHS: [&str; 11] = [
     "bare",
     "routed",
     "vxlan_bridge",
@@ -40,6 +44,9 @@ const PATHS: [&str; 8] = [
     "weave_relayed",
     "weave_encrypted",
     "boringtun",
+    "exposed_host",
+    "exposed_laptop",
+    "exposed_laptop_masq",
 ];
 /// The `weave` path with another agent binary (`--reference`).
 const REFERENCE: &str = "weave_reference";
@@ -128,6 +135,7 @@ pub fn run(only: Option<Part>, reference: Option<std::path::PathBuf>) -> Result<
     let weave_relayed = WeaveBed::relayed()?;
     let weave_encrypted = WeaveBed::new(&["--password", "bench"], None)?;
     let boringtun = BoringtunBed::new()?;
+    let exposed = ExposedBed::new()?;
     let weave_reference = reference
         .as_ref()
         .map(|bin| WeaveBed::new(&[], Some(bin)))
@@ -169,6 +177,15 @@ pub fn run(only: Option<Part>, reference: Option<std::path::PathBuf>) -> Result<
                 address,
             }
         }),
+        ("exposed_host", exposed.path(Client::Host, Subnet::Routed)),
+        (
+            "exposed_laptop",
+            exposed.path(Client::Laptop, Subnet::Routed),
+        ),
+        (
+            "exposed_laptop_masq",
+            exposed.path(Client::Laptop, Subnet::Masqueraded),
+        ),
     ]);
     let mut measured = PATHS.to_vec();
     if let Some(bed) = &weave_reference {
@@ -215,7 +232,8 @@ pub fn run(only: Option<Part>, reference: Option<std::path::PathBuf>) -> Result<
     let relayed = weave_relayed.relay_counters();
     let sealed = weave_encrypted.seal_counters();
     drop((bare, routed, vx, weave, weave_device, weave_relayed));
-    drop((weave_encrypted, boringtun));
+    let exposed_counters = exposed.counters();
+    drop((weave_encrypted, boringtun, exposed));
     drop(weave_reference);
     let step = progress::step(format!(
         "bench: learning {LEARN_ENDPOINTS} remote endpoints"
@@ -239,6 +257,13 @@ pub fn run(only: Option<Part>, reference: Option<std::path::PathBuf>) -> Result<
     ours.push(("weave_encrypted", "bare"));
     ours.push(("weave_encrypted", "weave"));
     ours.push(("weave_encrypted", "boringtun"));
+    // Expose's figures, against container to container and against the bare underlay; the
+    // masqueraded path against the routed one is what conntrack's SNAT costs.
+    for path in ["exposed_host", "exposed_laptop", "exposed_laptop_masq"] {
+        ours.push((path, "weave"));
+        ours.push((path, "bare"));
+    }
+    ours.push(("exposed_laptop_masq", "exposed_laptop"));
     if samples.contains_key(REFERENCE) {
         ours.push(("weave", REFERENCE));
         ours.push((REFERENCE, "bare"));
@@ -264,6 +289,7 @@ pub fn run(only: Option<Part>, reference: Option<std::path::PathBuf>) -> Result<
         "weave_receiver_super_packets": super_packets,
         "weave_relayed_counters": relayed,
         "weave_encrypted_counters": sealed,
+        "exposed_counters": exposed_counters,
         "samples": samples,
         "rounds": ROUNDS,
         "machine": machine(),
@@ -719,6 +745,99 @@ impl WeaveBed {
             out.insert(name.to_owned(), host.counter_packets(name).ok().into());
         }
         out.into()
+    }
+}
+
+/// Who the client of an [`ExposedBed`] path is.
+#[derive(Clone, Copy)]
+enum Client {
+    /// A process in the host namespace of A.
+    Host,
+    /// The third host, which runs no agent.
+    Laptop,
+}
+
+/// Which exposed subnet of an [`ExposedBed`] a path goes to.
+#[derive(Clone, Copy)]
+enum Subnet {
+    /// 192.168.1.0/24, exposed as 192.168.1.1 without NAT: the laptop's address reaches the
+    /// container, which answers through A.
+    Routed,
+    /// 192.168.2.0/24, exposed as 192.168.2.1 with `--masquerade`.
+    Masqueraded,
+}
+
+/// Three hosts on a switch: A exposes two addresses (one masqueraded), B has a container in
+/// each subnet, the laptop runs no agent and routes both subnets through A.
+struct ExposedBed {
+    routed: Container,
+    masqueraded: Container,
+    seg: Segment,
+}
+
+impl ExposedBed {
+    fn new() -> Result<Self> {
+        let seg = Segment::new(&unique_name("bx"), 3)?;
+        let (a, b, laptop) = (&seg.hosts[0], &seg.hosts[1], &seg.hosts[2]);
+        a.agent_ok(&["launch"])?;
+        b.agent_ok(&["join", "192.168.56.101"])?;
+        let routed = Container::new(&unique_name("bxc"), b)?;
+        let masqueraded = Container::new(&unique_name("bxc"), b)?;
+        b.attach("192.168.1.20/24", &routed)?;
+        b.attach("192.168.2.20/24", &masqueraded)?;
+        a.agent_ok(&["expose", "192.168.1.1/24"])?;
+        a.agent_ok(&["expose", "192.168.2.1/24", "--masquerade"])?;
+        for net in ["192.168.1.0/24", "192.168.2.0/24"] {
+            laptop.ip(["route", "add", net, "via", "192.168.56.101"])?;
+        }
+        for (ctr, address) in [(&routed, "192.168.1.20"), (&masqueraded, "192.168.2.20")] {
+            for client in [a, laptop] {
+                weave_tests::wait_until(
+                    Duration::from_secs(10),
+                    &format!(
+                        "{} reaching {address} through the exposed host",
+                        client.name
+                    ),
+                    || {
+                        Ok(client
+                            .exec("ping", &["-c", "1", "-W", "1", address])?
+                            .status
+                            .success())
+                    },
+                )
+                .with_context(|| format!("the exposed testbed, container {}", ctr.name))?;
+            }
+        }
+        Ok(Self {
+            routed,
+            masqueraded,
+            seg,
+        })
+    }
+
+    fn path(&self, client: Client, subnet: Subnet) -> Path {
+        let (server, address) = match subnet {
+            Subnet::Routed => (&self.routed, "192.168.1.20"),
+            Subnet::Masqueraded => (&self.masqueraded, "192.168.2.20"),
+        };
+        let client = match client {
+            Client::Host => &self.seg.hosts[0],
+            Client::Laptop => &self.seg.hosts[2],
+        };
+        Path {
+            server: server.name.clone(),
+            client: client.name.clone(),
+            address: address.into(),
+        }
+    }
+
+    /// What entered and left the overlay through A's exposed addresses.
+    fn counters(&self) -> Value {
+        let a = &self.seg.hosts[0];
+        json!({
+            "exposed_from_outside": a.counter_packets("exposed_from_outside").ok(),
+            "exposed_to_outside": self.seg.hosts[1].counter_packets("exposed_to_outside").ok(),
+        })
     }
 }
 
