@@ -401,3 +401,60 @@ fn the_host_side_cannot_send_from_another_overlay_address() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn an_exposed_address_works_over_the_sealed_and_the_relayed_paths() -> Result<()> {
+    require_root();
+    // Sealed: with a password, the exposed address's traffic is encrypted like a container's.
+    let prefix = unique_name("x");
+    let seg = Segment::new(&prefix, 3)?;
+    let [a, b, laptop] = [&seg.hosts[0], &seg.hosts[1], &seg.hosts[2]];
+    a.agent_ok(&["launch", "--password", "expose-test"])?;
+    b.agent_ok(&["join", "192.168.56.101", "--password", "expose-test"])?;
+    let cb = b.container(&format!("{prefix}cb"), "10.40.1.20/24")?;
+    let _web_b = Server::start(&cb.name, "10.40.1.20", 8080, "cb")?;
+    let _web_a = Server::start(&a.name, "10.40.1.1", 8081, "A")?;
+    a.agent_ok(&["expose", "10.40.1.1/24"])?;
+    answers(&a.name, "10.40.1.20", 8080, "cb sees 10.40.1.1")?;
+    answers(&cb.name, "10.40.1.1", 8081, "A sees 10.40.1.20")?;
+    // Outside in and inside out, sealed between A and B.
+    laptop.ip(["route", "add", "10.40.1.0/24", "via", "192.168.56.101"])?;
+    let _web_laptop = Server::start(&laptop.name, "192.168.56.103", 8082, "laptop")?;
+    wait_for_gateway_route(&cb, "192.168.56.0/24", "10.40.1.1")?;
+    answers(&laptop.name, "10.40.1.20", 8080, "cb sees 192.168.56.103")?;
+    answers(
+        &cb.name,
+        "192.168.56.103",
+        8082,
+        "laptop sees 192.168.56.101",
+    )?;
+    ensure!(
+        a.counter_packets("opened_delivered")? > 0,
+        "nothing reached the exposed address through the sealed path"
+    );
+
+    // Relayed: hosts 1 and 3 cannot reach each other; host 2 relays.
+    let prefix = unique_name("x");
+    let seg = Segment::new(&prefix, 3)?;
+    seg.cut(1, 3)?;
+    let [a, relay, c] = [&seg.hosts[0], &seg.hosts[1], &seg.hosts[2]];
+    a.agent_ok(&["launch"])?;
+    relay.agent_ok(&["join", "192.168.56.101"])?;
+    c.agent_ok(&["join", "192.168.56.102"])?;
+    let cc = c.container(&format!("{prefix}cc"), "10.40.1.30/24")?;
+    let _web_c = Server::start(&cc.name, "10.40.1.30", 8080, "cc")?;
+    let _web_a = Server::start(&a.name, "10.40.1.1", 8081, "A")?;
+    a.agent_ok(&["expose", "10.40.1.1/24"])?;
+    wait_until(
+        Duration::from_secs(10),
+        "A learning the relayed container",
+        || Ok(a.endpoint_counts()?.1 == 1),
+    )?;
+    answers(&a.name, "10.40.1.30", 8080, "cc sees 10.40.1.1")?;
+    answers(&cc.name, "10.40.1.1", 8081, "A sees 10.40.1.30")?;
+    ensure!(
+        relay.counter_packets("relay_forwarded")? > 0,
+        "the exposed address's traffic did not cross the relay"
+    );
+    Ok(())
+}
