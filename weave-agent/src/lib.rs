@@ -10,11 +10,13 @@
 //! - `datapath`: the eBPF object: loading, pinning, maps
 //! - `host`: the machine around the agent: netlink, routes, namespaces, Docker
 //! - `net`: pure types: addresses, names, isolation rules
+//! - `ipam`: automatic addresses: the ownership ring and the allocator (pure so far)
 
 pub mod cli;
 pub mod control;
 pub mod crypto;
 pub mod datapath;
 pub mod host;
+pub mod ipam;
 pub mod mesh;
 pub mod net;
