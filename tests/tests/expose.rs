@@ -356,6 +356,25 @@ fn bad_input_is_refused_with_the_address_and_changes_nothing() -> Result<()> {
             == 1,
         "refusals changed what is exposed: {ps}"
     );
+    // Several subnets may be exposed; `hide` alone takes back all of them.
+    a.agent_ok(&["expose", "10.40.2.1/24"])?;
+    let ps = a.agent_ok(&["ps"])?;
+    let listed = ps
+        .lines()
+        .filter(|l| l.starts_with("weave:expose "))
+        .count();
+    ensure!(listed == 2, "two exposed subnets are not both listed: {ps}");
+    let hidden = a.agent_ok(&["hide"])?;
+    ensure!(
+        hidden.contains("10.40.1.1/24 hidden") && hidden.contains("10.40.2.1/24 hidden"),
+        "hide did not take back both: {hidden}"
+    );
+    ensure!(
+        !a.agent_ok(&["ps"])?.contains("weave:expose"),
+        "an exposed address is left after hide"
+    );
+    let links = a.ip(["-o", "link", "show"])?;
+    ensure!(!links.contains("wexp"), "hide left an interface: {links}");
     Ok(())
 }
 
