@@ -1,0 +1,122 @@
+//! What `run`, `attach` and `expose` are asked for, as Weave writes it: an explicit CIDR
+//! (`10.32.5.7/24`, or `ip:10.32.5.7/24`), `net:CIDR` (any free address of that subnet),
+//! `net:default` or nothing at all (the default subnet).
+
+use std::{fmt, str::FromStr};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::net::{addressing::Cidr, policy::Subnet};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddressRequest {
+    /// This address, honoured as given (and marked used if it lies in the range).
+    Explicit(Cidr),
+    /// Any free address of this subnet, which must lie inside the allocation range.
+    Subnet(Subnet),
+    /// Any free address of the default subnet (`--ipalloc-default-subnet`).
+    Default,
+}
+
+impl FromStr for AddressRequest {
+    type Err = anyhow::Error;
+
+    fn from_str(text: &str) -> Result<Self> {
+        if let Some(net) = text.strip_prefix("net:") {
+            if net == "default" {
+                return Ok(Self::Default);
+            }
+            let subnet: Subnet = net
+                .parse()
+                .with_context(|| format!("{text:?}: expected net:NETWORK/PREFIX or net:default"))?;
+            if subnet.prefix > 30 {
+                bail!(
+                    "{text}: a /{} has no address to hand out besides its network and \
+                     broadcast addresses; use a /30 or wider",
+                    subnet.prefix
+                );
+            }
+            return Ok(Self::Subnet(subnet));
+        }
+        let cidr = text.strip_prefix("ip:").unwrap_or(text);
+        Ok(Self::Explicit(cidr.parse()?))
+    }
+}
+
+impl fmt::Display for AddressRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Explicit(cidr) => write!(f, "{cidr}"),
+            Self::Subnet(subnet) => write!(f, "net:{subnet}"),
+            Self::Default => f.write_str("net:default"),
+        }
+    }
+}
+
+impl AddressRequest {
+    /// The subnet to allocate in, given the range and default subnet; None for an explicit
+    /// address. An error, naming both, if a `net:` subnet does not lie inside the range.
+    pub fn subnet_in(&self, range: &Subnet, default: &Subnet) -> Result<Option<Subnet>> {
+        match self {
+            Self::Explicit(_) => Ok(None),
+            Self::Default => Ok(Some(*default)),
+            Self::Subnet(subnet) if range.contains(subnet) => Ok(Some(*subnet)),
+            Self::Subnet(subnet) => bail!(
+                "net:{subnet} is not inside the allocation range {range}: pick a subnet of \
+                 it, or give an explicit address"
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parsed(text: &str) -> AddressRequest {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn weaves_forms_are_understood() {
+        let cidr: Cidr = "10.32.5.7/24".parse().unwrap();
+        assert_eq!(parsed("10.32.5.7/24"), AddressRequest::Explicit(cidr));
+        assert_eq!(parsed("ip:10.32.5.7/24"), AddressRequest::Explicit(cidr));
+        assert_eq!(parsed("net:default"), AddressRequest::Default);
+        let subnet: Subnet = "10.32.5.0/24".parse().unwrap();
+        assert_eq!(parsed("net:10.32.5.0/24"), AddressRequest::Subnet(subnet));
+        for text in ["10.32.5.7/24", "net:10.32.5.0/24", "net:default"] {
+            assert_eq!(parsed(text).to_string(), text);
+        }
+    }
+
+    #[test]
+    fn bad_forms_are_refused_naming_what_was_given() {
+        for text in ["net:10.32.5.0", "net:10.32.5.4/31", "ip:10.32.5.7", "net:"] {
+            let err = text.parse::<AddressRequest>().unwrap_err();
+            let message = format!("{err:#}");
+            assert!(
+                message.contains(text.trim_start_matches("ip:")),
+                "{text}: {message}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_subnet_must_lie_inside_the_range() {
+        let range: Subnet = "10.32.0.0/12".parse().unwrap();
+        let default = range;
+        let inside = parsed("net:10.32.5.0/24");
+        assert_eq!(
+            inside.subnet_in(&range, &default).unwrap(),
+            Some("10.32.5.0/24".parse().unwrap())
+        );
+        assert_eq!(
+            parsed("net:default").subnet_in(&range, &default).unwrap(),
+            Some(range)
+        );
+        let outside = parsed("net:10.50.0.0/24").subnet_in(&range, &default);
+        let message = format!("{:#}", outside.unwrap_err());
+        assert!(message.contains("10.50.0.0/24") && message.contains("10.32.0.0/12"));
+    }
+}
