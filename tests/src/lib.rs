@@ -26,6 +26,8 @@ use anyhow::{Context as _, Result, bail, ensure};
 /// Where the agent keeps per-namespace state and pins (documented in the README).
 pub const STATE_ROOT: &str = "/run/weave-agent";
 pub const PIN_ROOT: &str = "/sys/fs/bpf/weave-agent";
+/// Where agents keep what outlives a reboot: the address allocations.
+pub const DATA_ROOT: &str = "/var/lib/weave-agent";
 
 /// The agent binary under test: `WEAVE_AGENT_BIN`, else `weave-agent` next to the test's
 /// own target directory (target/debug/deps/<test> -> target/debug/weave-agent).
@@ -270,6 +272,11 @@ impl Host {
         Path::new(STATE_ROOT).join(&self.name)
     }
 
+    /// Where the agent keeps what survives a reboot (the address allocations).
+    pub fn data_dir(&self) -> PathBuf {
+        Path::new(DATA_ROOT).join(&self.name)
+    }
+
     pub fn pin_dir(&self) -> PathBuf {
         Path::new(PIN_ROOT).join(&self.name)
     }
@@ -309,6 +316,7 @@ impl Drop for Host {
         );
         let _ = std::fs::remove_dir_all(self.pin_dir());
         let _ = std::fs::remove_dir_all(self.state_dir());
+        let _ = std::fs::remove_dir_all(self.data_dir());
         let _ = run("ip", ["netns", "del", &self.name]);
     }
 }

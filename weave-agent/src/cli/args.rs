@@ -85,37 +85,41 @@ pub enum Command {
     },
 
     /// Create and start a Docker container attached to the overlay; prints its id.
+    ///
+    /// The address comes first if given: a CIDR (ip:CIDR too), net:CIDR (a free address of
+    /// that subnet of --ipalloc-range) or net:default; without one, a free address of the
+    /// default subnet.
     #[command(
         trailing_var_arg = true,
-        after_help = "Example:\n  weave-agent run 192.168.1.20/24 --name wet -it IMAGE sh"
+        after_help = "Examples:\n  weave-agent run 192.168.1.20/24 --name wet -it IMAGE sh\n  \
+                      weave-agent run --name web -d IMAGE httpd -f   (an address of 10.32.0.0/12)\n  \
+                      weave-agent run net:10.32.5.0/24 --name db -d IMAGE sh"
     )]
     Run {
-        /// MTU of `ethwe` (default: underlay MTU - 50). Goes before CIDR.
+        /// MTU of `ethwe` (default: underlay MTU - 50). Goes before the address.
         #[arg(long)]
         mtu: Option<u32>,
-        /// Overlay address of the container with its subnet, e.g. 192.168.1.20/24.
-        #[arg(value_name = "CIDR")]
-        cidr: String,
-        /// `docker run` options, then IMAGE [CMD...].
+        /// [ADDRESS], then `docker run` options, then IMAGE [CMD...].
         #[arg(
-            value_name = "DOCKER_RUN_ARGS",
+            value_name = "[ADDRESS] DOCKER_RUN_ARGS",
             allow_hyphen_values = true,
             required = true
         )]
-        docker_args: Vec<String>,
+        args: Vec<String>,
     },
 
-    /// Give a running container an `ethwe` interface with CIDR on the overlay.
+    /// Give a running container an `ethwe` interface with an address on the overlay.
+    ///
+    /// ADDRESS is a CIDR (ip:CIDR too), net:CIDR (a free address of that subnet of
+    /// --ipalloc-range) or net:default; left out, a free address of the default subnet.
     #[command(
-        after_help = "CONTAINER is a Docker name or id, pid:PID, netns:NAME (/run/netns/NAME) or a netns path.\n\nExample:\n  weave-agent attach 192.168.1.10/24 netns:ctr1"
+        after_help = "CONTAINER is a Docker name or id, pid:PID, netns:NAME (/run/netns/NAME) or a netns path.\n\nExamples:\n  weave-agent attach 192.168.1.10/24 netns:ctr1\n  weave-agent attach netns:ctr2                   (an address of 10.32.0.0/12)\n  weave-agent attach net:10.32.5.0/24 netns:ctr3"
     )]
     Attach {
-        /// Overlay address with its subnet, e.g. 192.168.1.10/24.
-        #[arg(value_name = "CIDR")]
-        cidr: String,
-        /// Docker name/id, pid:PID, netns:NAME or a netns path.
-        #[arg(value_name = "CONTAINER")]
-        container: String,
+        /// [ADDRESS] CONTAINER: the container is a Docker name/id, pid:PID, netns:NAME or a
+        /// netns path.
+        #[arg(value_name = "[ADDRESS] CONTAINER", num_args = 1..=2, required = true)]
+        args: Vec<String>,
         /// MTU of `ethwe` (default: underlay MTU - 50).
         #[arg(long)]
         mtu: Option<u32>,
@@ -307,6 +311,29 @@ pub struct LaunchArgs {
     #[arg(long, value_name = "N", default_value_t = weave_common::GOSSIP_PORT,
           value_parser = clap::value_parser!(u16).range(1..65535))]
     pub port: u16,
+
+    /// The range automatic addresses come from (`attach CONTAINER`, `net:CIDR`), split among
+    /// the hosts so each allocates without asking. Every host of a mesh must use the same.
+    /// Default: 10.32.0.0/12, as Weave Net's.
+    #[arg(long, value_name = "CIDR")]
+    pub ipalloc_range: Option<String>,
+
+    /// The subnet `attach` without an address (or `net:default`) allocates in; inside
+    /// --ipalloc-range. Default: the whole range.
+    #[arg(long, value_name = "CIDR")]
+    pub ipalloc_default_subnet: Option<String>,
+
+    /// Whether this host may claim the whole range when no host has yet: `seed` (the first
+    /// host of a mesh) or `observer` (gets space from the others). Default: seed when launched
+    /// without peers, observer with. Two meshes whose seeds both claimed refuse to merge.
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub ipalloc_init: Option<IpallocInit>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum IpallocInit {
+    Seed,
+    Observer,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -361,13 +388,15 @@ mod tests {
             "busybox",
             "sh",
         ]);
-        let Command::Run {
-            cidr, docker_args, ..
-        } = cli.command
-        else {
+        let Command::Run { args, .. } = cli.command else {
             panic!("parsed as {:?}", cli.command);
         };
-        assert_eq!(cidr, "192.168.1.20/24");
+        let (address, docker_args) = super::super::commands::split_run_args(&args).unwrap();
+        assert_eq!(address.unwrap().to_string(), "192.168.1.20/24");
         assert_eq!(docker_args, ["--name", "wet", "-it", "busybox", "sh"]);
+        let no_address: Vec<String> = ["--name", "x", "img"].map(String::from).to_vec();
+        let (address, docker_args) = super::super::commands::split_run_args(&no_address).unwrap();
+        assert_eq!(address, None);
+        assert_eq!(docker_args, ["--name", "x", "img"]);
     }
 }

@@ -13,6 +13,7 @@ use crate::{
         location::Location,
     },
     host::{netns, run_spec::RunSpec},
+    ipam::request::AddressRequest,
     mesh::peer_addr::PeerSpec,
     net::{
         addressing::Cidr,
@@ -94,9 +95,14 @@ pub fn configure_peers(loc: &Location, request: &Request) -> Result<()> {
     Ok(())
 }
 
-pub fn attach(loc: &Location, cidr: &str, container_arg: &str, mtu: Option<u32>) -> Result<()> {
+pub fn attach(
+    loc: &Location,
+    address: Option<&str>,
+    container_arg: &str,
+    mtu: Option<u32>,
+) -> Result<()> {
     // Refuse bad input before anything is changed anywhere.
-    let parsed: Cidr = cidr.parse()?;
+    let parsed: AddressRequest = address.unwrap_or("net:default").parse()?;
     let netns = netns::netns_path(container_arg)?;
     let request = Request::Attach {
         cidr: parsed.to_string(),
@@ -220,15 +226,27 @@ pub fn peers(loc: &Location, out: OutputArgs) -> Result<()> {
     Ok(())
 }
 
+/// `run`'s arguments: the address, if the first one is one (a CIDR, `ip:`, `net:`), and the
+/// `docker run` arguments after it.
+pub fn split_run_args(args: &[String]) -> Result<(Option<AddressRequest>, &[String])> {
+    let Some(first) = args.first() else {
+        return Ok((None, args));
+    };
+    let looks_like_address = first.starts_with("net:")
+        || first.starts_with("ip:")
+        || (first.contains('/') && first.chars().next().is_some_and(|c| c.is_ascii_digit()));
+    if looks_like_address {
+        Ok((Some(first.parse()?), &args[1..]))
+    } else {
+        Ok((None, args))
+    }
+}
+
 /// `run`: the full container id alone on stdout, so `id=$(weave-agent run ...)` works.
-pub fn run_container(
-    loc: &Location,
-    cidr: &str,
-    docker_args: &[String],
-    mtu: Option<u32>,
-) -> Result<()> {
+pub fn run_container(loc: &Location, args: &[String], mtu: Option<u32>) -> Result<()> {
     // Refuse bad input before Docker creates anything.
-    let parsed: Cidr = cidr.parse()?;
+    let (address, docker_args) = split_run_args(args)?;
+    let parsed = address.unwrap_or(AddressRequest::Default);
     let spec = RunSpec::parse(docker_args)?;
     let request = Request::Run {
         cidr: parsed.to_string(),

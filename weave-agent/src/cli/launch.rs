@@ -14,17 +14,18 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use super::args::{Cli, Encap, LaunchArgs};
+use super::args::{Cli, Encap, IpallocInit, LaunchArgs};
 use crate::{
     control::{
         api::{Request, Response},
         client::{self as api, Unreachable, unexpected},
-        config::{DaemonConfig, Encapsulation},
+        config::{DEFAULT_RANGE, DaemonConfig, Encapsulation, IpamConfig},
         location::Location,
         ready::READY_FD_ENV,
     },
     datapath,
     host::netlink,
+    ipam::space::Init,
     net::names::{VXLAN_DEVICE, is_overlay_veth},
 };
 
@@ -53,6 +54,24 @@ pub fn daemon_config(args: &LaunchArgs) -> Result<DaemonConfig> {
         .context(
             "--trusted-subnets takes CIDRs separated by commas, e.g. 10.1.0.0/16,192.168.56.0/24",
         )?,
+        ipam: IpamConfig {
+            range: args
+                .ipalloc_range
+                .as_deref()
+                .unwrap_or(DEFAULT_RANGE)
+                .parse()
+                .context("--ipalloc-range takes a network, e.g. 10.32.0.0/12")?,
+            default_subnet: args
+                .ipalloc_default_subnet
+                .as_deref()
+                .map(str::parse)
+                .transpose()
+                .context("--ipalloc-default-subnet takes a network, e.g. 10.32.0.0/16")?,
+            init: args.ipalloc_init.map(|init| match init {
+                IpallocInit::Seed => Init::Seed,
+                IpallocInit::Observer => Init::Observer,
+            }),
+        },
     })
 }
 
@@ -138,6 +157,17 @@ fn daemon_command(global: &[String], args: &LaunchArgs) -> Result<Process> {
     if let Some(trusted) = &args.trusted_subnets {
         daemon.args(["--trusted-subnets", trusted]);
     }
+    if let Some(range) = &args.ipalloc_range {
+        daemon.args(["--ipalloc-range", range]);
+    }
+    if let Some(subnet) = &args.ipalloc_default_subnet {
+        daemon.args(["--ipalloc-default-subnet", subnet]);
+    }
+    match args.ipalloc_init {
+        Some(IpallocInit::Seed) => daemon.args(["--ipalloc-init", "seed"]),
+        Some(IpallocInit::Observer) => daemon.args(["--ipalloc-init", "observer"]),
+        None => &mut daemon,
+    };
     // The password travels in the environment, never on the daemon's command line.
     match &args.password {
         Some(password) => daemon.env("WEAVE_PASSWORD", password),
@@ -284,21 +314,23 @@ pub fn reset(loc: &Location) -> Result<()> {
     let links = remove_links()?;
     let routes = remove_mtu_routes()?;
     crate::host::exposed::remove_nat()?;
-    match fs::remove_dir_all(&loc.state_dir) {
-        Ok(()) => {}
-        Err(err) if err.kind() == ErrorKind::NotFound => {}
-        Err(err) => {
-            return Err(err)
-                .with_context(|| format!("removing state directory {}", loc.state_dir.display()));
+    for dir in [&loc.state_dir, &loc.data_dir] {
+        match fs::remove_dir_all(dir) {
+            Ok(()) => {}
+            Err(err) if err.kind() == ErrorKind::NotFound => {}
+            Err(err) => {
+                return Err(err).with_context(|| format!("removing {}", dir.display()));
+            }
         }
     }
     println!(
         "weave-agent reset in network namespace {}: removed {} pins, {} links, {routes} MTU \
-         routes and {}",
+         routes, {} and {} (the address allocations)",
         loc.netns,
         pins.len(),
         links.len(),
-        loc.state_dir.display()
+        loc.state_dir.display(),
+        loc.data_dir.display()
     );
     Ok(())
 }

@@ -41,16 +41,15 @@ pub fn run(cli: Cli) -> Result<()> {
             commands::configure_peers(&loc, &Request::Connect { peers, replace })
         }
         Command::Forget { peers } => commands::configure_peers(&loc, &Request::Forget { peers }),
-        Command::Run {
-            cidr,
-            docker_args,
-            mtu,
-        } => commands::run_container(&loc, &cidr, &docker_args, mtu),
-        Command::Attach {
-            cidr,
-            container,
-            mtu,
-        } => commands::attach(&loc, &cidr, &container, mtu),
+        Command::Run { args, mtu } => commands::run_container(&loc, &args, mtu),
+        Command::Attach { args, mtu } => {
+            let (address, container) = match args.as_slice() {
+                [address, container] => (Some(address.as_str()), container.as_str()),
+                [container] => (None, container.as_str()),
+                _ => unreachable!("clap takes one or two"),
+            };
+            commands::attach(&loc, address, container, mtu)
+        }
         Command::Detach { container } => commands::detach(&loc, &container),
         Command::Ps(out) => commands::ps(&loc, out),
         Command::BenchPeer {

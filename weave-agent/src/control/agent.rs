@@ -52,6 +52,8 @@ pub struct Agent {
     pub crypto: Option<std::sync::Mutex<Engine>>,
     /// Underlay networks this host trusts (`--trusted-subnets`).
     pub trusted: Vec<Subnet>,
+    /// Wakes allocations waiting for space when the address space changed.
+    pub ipam_changed: tokio::sync::Notify,
 }
 
 pub struct Inner {
@@ -84,6 +86,8 @@ pub struct Inner {
     pub mtu_routes_read: bool,
     /// Live peers whose frames may cross in clear, as the last sync decided.
     pub plain: BTreeSet<Ipv4Addr>,
+    /// Automatic addresses: this host's space and what it answered.
+    pub ipam: super::ipam::Ipam,
 }
 
 /// Whom this host hears directly: the heard map as last read.

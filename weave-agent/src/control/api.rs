@@ -328,6 +328,25 @@ pub struct Status {
     pub auth_failures: u64,
     pub auth_failure_sources: BTreeMap<String, u64>,
     pub counters: BTreeMap<String, Counter>,
+    /// Automatic addresses.
+    #[serde(default)]
+    pub ipam: IpamInfo,
+}
+
+/// Automatic addresses, as `status` shows them.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct IpamInfo {
+    pub range: String,
+    pub default_subnet: String,
+    /// `seed` or `observer`.
+    pub init: String,
+    /// Someone has claimed the range (this host or one it heard of).
+    pub claimed: bool,
+    /// Addresses of the range this host owns, and how many of them it handed out.
+    pub owned: u64,
+    pub allocated: usize,
+    /// Peers whose ring could not be taken in, with why.
+    pub refused: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

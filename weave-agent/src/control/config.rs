@@ -31,4 +31,27 @@ pub struct DaemonConfig {
     /// Underlay networks this host trusts (`launch --trusted-subnets`): traffic with a peer
     /// there crosses in clear if the peer trusts this host too.
     pub trusted_subnets: Vec<crate::net::policy::Subnet>,
+    pub ipam: IpamConfig,
 }
+
+/// Automatic addresses: the range, the default subnet, and whether this host may claim the
+/// range alone (None: if it was launched without peers).
+#[derive(Debug, Clone)]
+pub struct IpamConfig {
+    pub range: crate::net::policy::Subnet,
+    pub default_subnet: Option<crate::net::policy::Subnet>,
+    pub init: Option<crate::ipam::space::Init>,
+}
+
+impl Default for IpamConfig {
+    fn default() -> Self {
+        Self {
+            range: DEFAULT_RANGE.parse().expect("a valid CIDR"),
+            default_subnet: None,
+            init: None,
+        }
+    }
+}
+
+/// Weave Net's default allocation range.
+pub const DEFAULT_RANGE: &str = "10.32.0.0/12";

@@ -23,7 +23,9 @@ use super::{
     agent::{Agent, Inner},
     api,
     config::{DaemonConfig, Encapsulation},
-    docker_events, endpoints, expose, forwarding_watch, links,
+    docker_events, endpoints, expose, forwarding_watch,
+    ipam::Ipam,
+    links,
     location::Location,
     log_file, metrics, peers, ready, server, state, status, sync,
 };
@@ -118,6 +120,13 @@ async fn start(config: &DaemonConfig, loc: &Location) -> Result<(Arc<Agent>, Uni
     let mut datapath =
         load_datapath(&handle, loc, &underlay, address.0, adopt, mtu, config).await?;
     let crypto = start_crypto(config, loc, &underlay, address.0, &mut datapath)?;
+    let peer_name = underlay.mac_string().unwrap_or_else(|| loc.netns.clone());
+    let ipam = Ipam::load(
+        &loc.ipam_file(),
+        &peer_name,
+        &config.ipam,
+        !state.peers.is_empty(),
+    )?;
     let mut inner = Inner {
         datapath,
         netlink: handle,
@@ -137,11 +146,12 @@ async fn start(config: &DaemonConfig, loc: &Location) -> Result<(Arc<Agent>, Uni
         mtu_routes: BTreeMap::new(),
         mtu_routes_read: false,
         plain: Default::default(),
+        ipam,
     };
     expose::restore(&mut inner).await?;
     endpoints::adopt_endpoints(&mut inner).await?;
     state::save(&loc.state_dir, &inner.state)?;
-    let agent = start_gossip(config, loc, &underlay, address, inner, crypto).await?;
+    let agent = start_gossip(config, loc, &underlay, address, peer_name, inner, crypto).await?;
     let listener = server::bind_socket(&loc.socket())?;
     Ok((agent, listener))
 }
@@ -211,11 +221,11 @@ async fn start_gossip(
     loc: &Location,
     underlay: &Link,
     address: (Ipv4Addr, u8),
+    peer_name: String,
     mut inner: Inner,
     crypto: Option<Engine>,
 ) -> Result<Arc<Agent>> {
     let ip = address.0;
-    let peer_name = underlay.mac_string().unwrap_or_else(|| loc.netns.clone());
     let nickname = config.nickname.clone().unwrap_or_else(|| loc.netns.clone());
     inner.links = links::heard_now(&mut inner.datapath)?;
     let initial: Vec<(String, String)> = inner
@@ -272,6 +282,7 @@ async fn start_gossip(
         shutdown,
         crypto: crypto.map(std::sync::Mutex::new),
         trusted: config.trusted_subnets.clone(),
+        ipam_changed: tokio::sync::Notify::new(),
     }))
 }
 
@@ -314,6 +325,7 @@ fn base_status(
         auth_failures: 0,
         auth_failure_sources: BTreeMap::new(),
         counters: Default::default(),
+        ipam: Default::default(),
     }
 }
 

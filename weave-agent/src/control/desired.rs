@@ -83,6 +83,8 @@ pub(super) mod tests {
             seal_key: None,
             trusted: None,
             exposed_routes: BTreeMap::new(),
+            ring: None,
+            wants: BTreeMap::new(),
             name: name.to_owned(),
             nickname: name.to_owned(),
             address: SocketAddr::from((ip, GOSSIP_PORT)),

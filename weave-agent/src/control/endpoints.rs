@@ -11,7 +11,7 @@ use anyhow::{Context as _, Result, bail};
 
 use super::{
     agent::{Agent, Inner, Pending},
-    api, forwarding_watch,
+    api, forwarding_watch, ipam,
     location::same_namespace,
     state::LocalEndpoint,
     status::endpoint_info,
@@ -20,6 +20,7 @@ use super::{
 };
 use crate::{
     host::{docker, netlink, netns, run_spec::RunSpec},
+    ipam::request::AddressRequest,
     net::addressing::Cidr,
 };
 
@@ -70,7 +71,7 @@ pub async fn attach(
     netns: Option<PathBuf>,
     mtu: Option<u32>,
 ) -> Result<api::EndpointInfo> {
-    let cidr: Cidr = cidr.parse()?;
+    let request: AddressRequest = cidr.parse()?;
     let target = match netns {
         Some(netns) => Target {
             label: container.to_owned(),
@@ -79,7 +80,11 @@ pub async fn attach(
         },
         None => docker_target(container).await?,
     };
-    attach_endpoint(agent, cidr, &target, mtu).await
+    let holder = target.docker_id.as_deref().unwrap_or(&target.label);
+    let (cidr, _) = ipam::address_for(agent, &request, holder).await?;
+    let attached = attach_endpoint(agent, cidr, &target, mtu).await;
+    ipam::finished(agent, cidr.ip).await;
+    attached
 }
 
 async fn docker_target(container: &str) -> Result<Target> {
@@ -110,13 +115,27 @@ pub async fn run_container(
     spec: &RunSpec,
     mtu: Option<u32>,
 ) -> Result<String> {
-    let cidr: Cidr = cidr.parse()?;
-    check_free(agent, cidr.ip).await?;
+    let request: AddressRequest = cidr.parse()?;
     let engine = docker::connect().await?;
+    let holder = format!("run:{}", spec.name.as_deref().unwrap_or("unnamed"));
+    let (cidr, _) = ipam::address_for(agent, &request, &holder).await?;
+    let ran = run_with(agent, &engine, cidr, spec, mtu).await;
+    ipam::finished(agent, cidr.ip).await;
+    ran
+}
+
+async fn run_with(
+    agent: &Agent,
+    engine: &bollard::Docker,
+    cidr: Cidr,
+    spec: &RunSpec,
+    mtu: Option<u32>,
+) -> Result<String> {
+    check_free(agent, cidr.ip).await?;
     let id =
-        docker::create_and_start(&engine, spec, &agent.base.peer_name, &cidr.to_string()).await?;
+        docker::create_and_start(engine, spec, &agent.base.peer_name, &cidr.to_string()).await?;
     let attached = async {
-        let container = docker::inspect(&engine, &id)
+        let container = docker::inspect(engine, &id)
             .await?
             .filter(|c| c.pid != 0)
             .context("the container exited right after it started")?;
@@ -132,7 +151,7 @@ pub async fn run_container(
     }
     .await;
     if let Err(err) = attached {
-        let _ = docker::remove(&engine, &id).await;
+        let _ = docker::remove(engine, &id).await;
         return Err(err.context(format!(
             "attaching {cidr} to the new container failed, so it was removed again"
         )));

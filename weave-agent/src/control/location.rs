@@ -16,6 +16,8 @@ use crate::datapath::bpffs;
 
 /// Root of the per-namespace state directories.
 const STATE_ROOT: &str = "/run/weave-agent";
+/// Root of what must outlive a reboot (the address allocations), per namespace.
+const DATA_ROOT: &str = "/var/lib/weave-agent";
 /// Where `ip netns add` keeps its named namespaces.
 const NETNS_RUN_DIR: &str = "/run/netns";
 
@@ -24,6 +26,9 @@ pub struct Location {
     /// Name of the network namespace this process runs in.
     pub netns: String,
     pub state_dir: PathBuf,
+    /// What survives a reboot, which empties /run: the address allocations. The state
+    /// directory itself when one is given.
+    pub data_dir: PathBuf,
     /// Directory on the host's bpffs holding our pins (see `bpffs`).
     pub pin_dir: PathBuf,
 }
@@ -31,11 +36,16 @@ pub struct Location {
 impl Location {
     pub fn resolve(state_dir: Option<PathBuf>) -> Result<Self> {
         let netns = current_netns_name()?;
+        let data_dir = match &state_dir {
+            Some(dir) => dir.clone(),
+            None => Path::new(DATA_ROOT).join(&netns),
+        };
         let state_dir = state_dir.unwrap_or_else(|| Path::new(STATE_ROOT).join(&netns));
         let pin_dir = Path::new(bpffs::PIN_ROOT).join(&netns);
         Ok(Self {
             netns,
             state_dir,
+            data_dir,
             pin_dir,
         })
     }
@@ -51,6 +61,11 @@ impl Location {
 
     pub fn log_file(&self) -> PathBuf {
         self.state_dir.join("agent.log")
+    }
+
+    /// The address allocations and this host's view of who owns the range (`ipam`).
+    pub fn ipam_file(&self) -> PathBuf {
+        self.data_dir.join("ipam.json")
     }
 
     pub fn create_state_dir(&self) -> Result<()> {

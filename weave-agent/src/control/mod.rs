@@ -11,6 +11,7 @@ pub mod docker_events;
 pub mod endpoints;
 pub mod expose;
 pub mod forwarding_watch;
+pub mod ipam;
 pub mod links;
 pub mod location;
 pub mod log_file;

@@ -34,6 +34,7 @@ pub async fn status(agent: &Agent) -> Result<api::Status> {
     status.peers = peer_infos(agent, &inner);
     status.connections = connections(agent, &inner);
     status.conflicts = inner.conflicts.clone();
+    status.ipam = super::ipam::info(&inner.ipam);
     drop(inner);
     let failures = agent
         .auth_failures

@@ -63,6 +63,10 @@ pub async fn sync_once(agent: &Agent) -> Result<()> {
         update_routes(agent, inner, &peers);
         update_sealing(agent, inner, &peers);
         let maps = apply_plan(inner, &peers);
+        inner.peers.clone_from(&peers);
+        if let Err(err) = super::ipam::sync(agent, inner, &peers).await {
+            tracing::warn!("syncing the address space: {err:#}");
+        }
         peers::contact_configured(agent, inner, &peers);
         inner.peers = peers;
         (maps, rules::route_work(inner), wanted_mtu_routes(inner))

@@ -19,8 +19,9 @@ use chitchat::{
 use serde::{Deserialize, Serialize};
 
 use super::keys::{
-    NICKNAME_KEY, PublishedEndpoint, endpoint_key, endpoint_key_value, published_endpoints,
-    published_rules, published_via, via_key, via_key_value,
+    IPAM_RING_KEY, NICKNAME_KEY, PublishedEndpoint, endpoint_key, endpoint_key_value,
+    published_endpoints, published_rules, published_via, published_wants, via_key, via_key_value,
+    want_key,
 };
 use super::topology::links::LINKS_KEY;
 use crate::crypto::trust::{SEAL_KEY, TRUSTED_KEY};
@@ -71,6 +72,12 @@ pub struct PeerView {
     /// The networks each of the peer's exposed addresses routes (`expose`).
     #[serde(default)]
     pub exposed_routes: BTreeMap<Ipv4Addr, Vec<Subnet>>,
+    /// The peer's view of the address ring (`crate::ipam::ring`, JSON), if it has one.
+    #[serde(default)]
+    pub ring: Option<String>,
+    /// Subnets the peer asks for space in, each with the id of its request.
+    #[serde(default)]
+    pub wants: BTreeMap<Subnet, String>,
 }
 
 impl Gossip {
@@ -169,6 +176,28 @@ impl Gossip {
             .await;
     }
 
+    /// Publishes this peer's view of the address ring.
+    pub async fn publish_ring(&self, ring_json: &str) {
+        self.handle
+            .with_chitchat(|c| c.self_node_state().set(IPAM_RING_KEY, ring_json))
+            .await;
+    }
+
+    /// Asks the mesh for space in `subnet`; a new `request` id asks again.
+    pub async fn publish_want(&self, subnet: &Subnet, request: &str) {
+        let key = want_key(subnet);
+        self.handle
+            .with_chitchat(|c| c.self_node_state().set(&key, request))
+            .await;
+    }
+
+    pub async fn withdraw_want(&self, subnet: &Subnet) {
+        let key = want_key(subnet);
+        self.handle
+            .with_chitchat(|c| c.self_node_state().delete(&key))
+            .await;
+    }
+
     pub async fn withdraw(&self, ip: Ipv4Addr) {
         let key = endpoint_key(ip);
         self.handle
@@ -233,6 +262,8 @@ impl Gossip {
                 seal_key: state.get(SEAL_KEY).map(str::to_owned),
                 trusted: state.get(TRUSTED_KEY).map(str::to_owned),
                 exposed_routes: published_via(state),
+                ring: state.get(IPAM_RING_KEY).map(str::to_owned),
+                wants: published_wants(state),
             };
             // A restarted peer's new generation takes over once it is alive; until then the
             // old one, if still alive, speaks for it, so its endpoints never lapse.

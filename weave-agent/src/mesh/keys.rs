@@ -3,7 +3,9 @@
 //! `nickname`, one `ep:<ip>` per local endpoint with value `<prefix> <mac> <container>`, and
 //! one `rule:<a>,<b>` per isolation rule it knows (see [`crate::net::policy`]), and one
 //! `via:<ip>` per exposed address, whose value lists the networks (comma-separated CIDRs, maybe
-//! none) the exposed subnet's containers reach through it.
+//! none) the exposed subnet's containers reach through it; `ipam:ring`, its view of who owns
+//! which addresses (`crate::ipam::ring`, as JSON), and one `ipam:want:<subnet>` while it needs
+//! space there, whose value changes with each new request.
 
 use std::{collections::BTreeMap, net::Ipv4Addr};
 
@@ -19,6 +21,24 @@ use crate::net::{
 pub(super) const ENDPOINT_PREFIX: &str = "ep:";
 pub(super) const NICKNAME_KEY: &str = "nickname";
 pub(super) const VIA_PREFIX: &str = "via:";
+pub(super) const IPAM_RING_KEY: &str = "ipam:ring";
+pub(super) const IPAM_WANT_PREFIX: &str = "ipam:want:";
+
+/// The key under which a peer asks for space in `subnet`.
+pub fn want_key(subnet: &Subnet) -> String {
+    format!("{IPAM_WANT_PREFIX}{subnet}")
+}
+
+/// What a peer asks for space in: subnet and request id; malformed entries are skipped.
+pub(super) fn published_wants(state: &NodeState) -> BTreeMap<Subnet, String> {
+    state
+        .key_values()
+        .filter_map(|(key, value)| {
+            let subnet = key.strip_prefix(IPAM_WANT_PREFIX)?.parse().ok()?;
+            Some((subnet, value.to_owned()))
+        })
+        .collect()
+}
 
 /// An endpoint published by some peer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -129,6 +149,15 @@ mod tests {
         assert_eq!(parse_via(&value).unwrap(), routes);
         assert_eq!(parse_via("").unwrap(), []);
         assert!(parse_via("10.1.0.0/16,nonsense").is_err());
+    }
+
+    #[test]
+    fn a_request_for_space_names_its_subnet() {
+        let subnet: Subnet = "10.32.5.0/24".parse().unwrap();
+        let key = want_key(&subnet);
+        assert_eq!(key, "ipam:want:10.32.5.0/24");
+        let parsed: Subnet = key.strip_prefix(IPAM_WANT_PREFIX).unwrap().parse().unwrap();
+        assert_eq!(parsed, subnet);
     }
 
     #[test]

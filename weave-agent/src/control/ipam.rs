@@ -1,0 +1,395 @@
+//! Automatic addresses in the daemon: this host's address space (`ipam::space`) persisted in
+//! the data directory before anything uses it, its ring gossiped and merged with the peers',
+//! requests for space answered, and addresses handed to `attach` and `run`.
+//!
+//! An address stays allocated while an endpoint here holds it (attached, or dormant: a
+//! stopped Docker container that gets it back on restart) or an attach is under way with it;
+//! every other allocation is released, so detach, `docker rm` and a crash mid-attach never
+//! leak one.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fs,
+    io::{ErrorKind, Write as _},
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use super::{
+    agent::{Agent, Inner},
+    config::IpamConfig,
+};
+use crate::{
+    ipam::{
+        request::AddressRequest,
+        ring::{MergeError, Ring},
+        space::{Allocated, Init, Space},
+    },
+    mesh::gossip::PeerView,
+    net::{addressing::Cidr, policy::Subnet},
+};
+
+/// How long an allocation waits for another host to give space before it gives up.
+const SPACE_WAIT: Duration = Duration::from_secs(5);
+
+pub struct Ipam {
+    pub space: Space,
+    file: PathBuf,
+    /// Addresses handed to attaches that have not finished: not released by the sweep.
+    in_flight: BTreeSet<Ipv4Addr>,
+    /// Requests for space already answered: peer, subnet, request id.
+    answered: BTreeSet<(String, Subnet, String)>,
+    /// Peers whose ring could not be taken in, and why (two meshes that claimed apart).
+    pub refused: BTreeMap<String, String>,
+    /// The ring as last published.
+    published: Option<String>,
+}
+
+impl Ipam {
+    /// This host's space from `file`, or a new one. The range must be the one the file was
+    /// made with, and the file this peer's.
+    pub fn load(file: &Path, me: &str, config: &IpamConfig, with_peers: bool) -> Result<Self> {
+        let space = match fs::read_to_string(file) {
+            Ok(text) => {
+                let mut space: Space = serde_json::from_str(&text).with_context(|| {
+                    format!("reading the address allocations {}", file.display())
+                })?;
+                if space.range != config.range {
+                    bail!(
+                        "this host allocated from {} before, not --ipalloc-range {}: launch \
+                         with --ipalloc-range {}, or `weave-agent reset` to start afresh \
+                         (forgetting its allocations)",
+                        space.range,
+                        config.range,
+                        space.range
+                    );
+                }
+                if space.me != me {
+                    bail!(
+                        "{} belongs to peer {}, and this host is {me} (its underlay MAC \
+                         changed?): `weave-agent reset` to start afresh",
+                        file.display(),
+                        space.me
+                    );
+                }
+                if let Some(subnet) = config.default_subnet {
+                    if !space.range.contains(&subnet) {
+                        bail!(
+                            "--ipalloc-default-subnet {subnet} is not inside --ipalloc-range {}",
+                            space.range
+                        );
+                    }
+                    space.default_subnet = subnet;
+                }
+                space
+            }
+            Err(err) if err.kind() == ErrorKind::NotFound => {
+                let init = config.init.unwrap_or(if with_peers {
+                    Init::Observer
+                } else {
+                    Init::Seed
+                });
+                let default = config.default_subnet.unwrap_or(config.range);
+                Space::new(me, init, config.range, default)?
+            }
+            Err(err) => {
+                return Err(err).with_context(|| format!("reading {}", file.display()));
+            }
+        };
+        Ok(Self {
+            space,
+            file: file.to_owned(),
+            in_flight: BTreeSet::new(),
+            answered: BTreeSet::new(),
+            refused: BTreeMap::new(),
+            published: None,
+        })
+    }
+
+    /// Writes the space atomically (temp file + rename), so a crash leaves the old or the new.
+    pub fn save(&self) -> Result<()> {
+        let dir = self
+            .file
+            .parent()
+            .context("the allocations file has no directory")?;
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let tmp = self.file.with_extension("json.tmp");
+        let text = serde_json::to_string(&self.space)?;
+        let mut out =
+            fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+        out.write_all(text.as_bytes())?;
+        out.sync_all()?;
+        fs::rename(&tmp, &self.file).with_context(|| format!("replacing {}", self.file.display()))
+    }
+
+    /// The ring to publish, if it changed since it was last published.
+    fn ring_to_publish(&mut self) -> Option<String> {
+        if !self.space.ring.is_claimed() {
+            return None;
+        }
+        let json = serde_json::to_string(&self.space.ring).ok()?;
+        if self.published.as_ref() == Some(&json) {
+            return None;
+        }
+        self.published = Some(json.clone());
+        Some(json)
+    }
+
+    /// Releases every allocation no endpoint here holds and no attach is using.
+    fn sweep(&mut self, held: &BTreeSet<Ipv4Addr>) -> bool {
+        let before = self.space.allocated.len();
+        let in_flight = &self.in_flight;
+        self.space
+            .allocated
+            .retain(|ip, _| held.contains(ip) || in_flight.contains(ip));
+        self.space.allocated.len() != before
+    }
+}
+
+/// The addresses endpoints here hold (attached, dormant, being attached).
+fn held_here(inner: &Inner) -> BTreeSet<Ipv4Addr> {
+    inner
+        .state
+        .endpoints
+        .iter()
+        .chain(&inner.state.dormant)
+        .map(|e| e.cidr.ip)
+        .chain(inner.pending.iter().map(|p| p.cidr.ip))
+        .collect()
+}
+
+/// Every address any endpoint in the mesh holds, as the last sync saw it, and this host's.
+fn taken(inner: &Inner) -> BTreeSet<u32> {
+    inner
+        .peers
+        .iter()
+        .flat_map(|p| p.endpoints.iter().map(|e| u32::from(e.cidr.ip)))
+        .chain(held_here(inner).into_iter().map(u32::from))
+        .collect()
+}
+
+fn nonce() -> u64 {
+    let mut bytes = [0u8; 8];
+    // A nonce only tells two claims apart; a failed draw falls back to the clock.
+    if getrandom::fill(&mut bytes).is_err() {
+        return crate::net::clock::unix_millis();
+    }
+    u64::from_le_bytes(bytes)
+}
+
+/// One sync round: the peers' rings taken in, their requests for space answered, stale
+/// allocations released, the result saved and published. True if the space changed.
+pub async fn sync(agent: &Agent, inner: &mut Inner, peers: &[PeerView]) -> Result<bool> {
+    let mut changed = false;
+    for peer in peers.iter().filter(|p| p.alive) {
+        let Some(json) = &peer.ring else { continue };
+        let ring: Ring = match serde_json::from_str(json) {
+            Ok(ring) => ring,
+            Err(err) => {
+                tracing::debug!(peer = %peer.name, "an unreadable address ring: {err}");
+                continue;
+            }
+        };
+        match inner.ipam.space.merge(&ring) {
+            Ok(merged) => {
+                changed |= merged.changed;
+                if !merged.conflicts.is_empty() {
+                    tracing::error!(
+                        peer = %peer.name,
+                        tokens = ?merged.conflicts,
+                        "two writes of the address ring disagree: a host lost its allocations, \
+                         or `rmpeer` removed a live host"
+                    );
+                }
+                inner.ipam.refused.remove(&peer.name);
+            }
+            Err(err) => {
+                let message = refusal(&peer.nickname, &err);
+                if inner
+                    .ipam
+                    .refused
+                    .insert(peer.name.clone(), message.clone())
+                    .is_none()
+                {
+                    tracing::error!("{message}");
+                }
+            }
+        }
+    }
+    let taken = taken(inner);
+    for peer in peers
+        .iter()
+        .filter(|p| p.alive && !inner.ipam.refused.contains_key(&p.name))
+    {
+        for (subnet, request) in &peer.wants {
+            let key = (peer.name.clone(), *subnet, request.clone());
+            if inner.ipam.answered.contains(&key) {
+                continue;
+            }
+            inner.ipam.answered.insert(key);
+            if let Some((lo, hi)) = inner.ipam.space.give(&peer.name, subnet, &taken, nonce()) {
+                tracing::info!(
+                    peer = %peer.nickname,
+                    %subnet,
+                    from = %Ipv4Addr::from(lo),
+                    addresses = hi - u64::from(lo),
+                    "gave address space"
+                );
+                changed = true;
+            }
+        }
+    }
+    changed |= inner.ipam.sweep(&held_here(inner));
+    if changed {
+        inner.ipam.save()?;
+        agent.ipam_changed.notify_waiters();
+    }
+    if let Some(json) = inner.ipam.ring_to_publish() {
+        agent.gossip.publish_ring(&json).await;
+    }
+    Ok(changed)
+}
+
+fn refusal(nickname: &str, err: &MergeError) -> String {
+    match err {
+        MergeError::OriginDiffers { ours, theirs } => format!(
+            "peer {nickname} belongs to a mesh that claimed the address range apart from this \
+             one (its ring began at {}, ours at {}): both hand out the same addresses, so \
+             addresses are not shared with it. Reset the agents of one side (`weave-agent \
+             reset`) and attach their containers again, or give the two meshes different \
+             --ipalloc-range",
+            theirs.peer, ours.peer
+        ),
+        MergeError::RangeDiffers { theirs, .. } => format!(
+            "peer {nickname} allocates from another range ({}..{}): every host of a mesh \
+             needs the same --ipalloc-range",
+            Ipv4Addr::from(theirs.0),
+            Ipv4Addr::from(u32::try_from(theirs.1 - 1).unwrap_or(u32::MAX))
+        ),
+    }
+}
+
+/// The address an attach or run asked for: the CIDR given, or one allocated for `holder`.
+/// The second value is true if it was allocated here; the caller calls [`finished`] when
+/// the attach is over, so a failed one frees it.
+pub async fn address_for(
+    agent: &Agent,
+    request: &AddressRequest,
+    holder: &str,
+) -> Result<(Cidr, bool)> {
+    let subnet = {
+        let inner = agent.inner.lock().await;
+        let space = &inner.ipam.space;
+        request.subnet_in(&space.range, &space.default_subnet)?
+    };
+    let Some(subnet) = subnet else {
+        let AddressRequest::Explicit(cidr) = request else {
+            unreachable!("only an explicit address has no subnet");
+        };
+        let mut inner = agent.inner.lock().await;
+        inner.ipam.space.mark_used(cidr.ip, holder);
+        inner.ipam.in_flight.insert(cidr.ip);
+        inner.ipam.save()?;
+        return Ok((*cidr, false));
+    };
+    let deadline = Instant::now() + SPACE_WAIT;
+    let mut asked: Option<Vec<String>> = None;
+    loop {
+        let changed = agent.ipam_changed.notified();
+        let outcome = {
+            let mut guard = agent.inner.lock().await;
+            let inner = &mut *guard;
+            let held = held_here(inner);
+            inner.ipam.sweep(&held);
+            let taken = taken(inner);
+            let outcome = inner
+                .ipam
+                .space
+                .allocate(holder, &subnet, &taken, nonce())?;
+            if let Allocated::Address(cidr) = &outcome {
+                inner.ipam.in_flight.insert(cidr.ip);
+            }
+            inner.ipam.save()?;
+            if let Some(json) = inner.ipam.ring_to_publish() {
+                agent.gossip.publish_ring(&json).await;
+            }
+            outcome
+        };
+        match outcome {
+            Allocated::Address(cidr) => {
+                if asked.is_some() {
+                    agent.gossip.withdraw_want(&subnet).await;
+                }
+                tracing::info!(%cidr, %holder, "allocated");
+                return Ok((cidr, true));
+            }
+            Allocated::AskPeers(owners) => {
+                // A new request id each round: what was given may have gone to another attach.
+                agent
+                    .gossip
+                    .publish_want(&subnet, &format!("{:016x}", nonce()))
+                    .await;
+                asked = Some(owners);
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || tokio::time::timeout(left, changed).await.is_err() {
+            agent.gossip.withdraw_want(&subnet).await;
+            let owners = asked.unwrap_or_default();
+            if owners.is_empty() {
+                bail!(
+                    "no address in {subnet}: no host has claimed the range yet and none gave \
+                     space within {}s. The first host of a mesh claims it (launched without \
+                     peers, or with --ipalloc-init seed); is it reachable?",
+                    SPACE_WAIT.as_secs()
+                );
+            }
+            bail!(
+                "no free address in {subnet} on this host, and the hosts that own the rest of \
+                 it ({}) gave none within {}s: it may be full",
+                owners.join(", "),
+                SPACE_WAIT.as_secs()
+            );
+        }
+    }
+}
+
+/// The attach with `ip` is over: a failed one's allocation is released by the next sweep,
+/// a finished one's is held by its endpoint.
+pub async fn finished(agent: &Agent, ip: Ipv4Addr) {
+    let mut guard = agent.inner.lock().await;
+    let inner = &mut *guard;
+    inner.ipam.in_flight.remove(&ip);
+    let held = held_here(inner);
+    if inner.ipam.sweep(&held)
+        && let Err(err) = inner.ipam.save()
+    {
+        tracing::warn!("saving the address allocations: {err:#}");
+    }
+}
+
+/// What `status` shows of the address space.
+pub fn info(ipam: &Ipam) -> crate::control::api::IpamInfo {
+    let space = &ipam.space;
+    crate::control::api::IpamInfo {
+        range: space.range.to_string(),
+        default_subnet: space.default_subnet.to_string(),
+        init: match space.init {
+            Init::Seed => "seed",
+            Init::Observer => "observer",
+        }
+        .to_owned(),
+        claimed: space.ring.is_claimed(),
+        owned: space
+            .ring
+            .ranges_of(&space.me)
+            .iter()
+            .map(|(lo, hi)| hi - u64::from(*lo))
+            .sum(),
+        allocated: space.allocated.len(),
+        refused: ipam.refused.values().cloned().collect(),
+    }
+}
