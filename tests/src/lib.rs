@@ -490,6 +490,15 @@ impl Host {
             .cloned())
     }
 
+    /// This host's peer name (its underlay MAC), from `status`.
+    pub fn agent_name(&self) -> Result<String> {
+        let status = self.status()?;
+        Ok(status["peer_name"]
+            .as_str()
+            .context("status has no peer_name")?
+            .to_owned())
+    }
+
     /// Pid of this host's agent, from `status`.
     pub fn agent_pid(&self) -> Result<u32> {
         let status = self.status()?;

@@ -5,7 +5,7 @@
 use std::{collections::BTreeSet, net::Ipv4Addr, time::Duration};
 
 use anyhow::{Context as _, Result, ensure};
-use weave_tests::{Container, Host, Segment, require_root, unique_name, wait_until};
+use weave_tests::{Container, Host, Segment, require_root, run_ok, unique_name, wait_until};
 
 /// The CIDRs `ps --json` lists on `host`.
 fn listed(host: &Host) -> Result<Vec<String>> {
@@ -187,6 +187,143 @@ fn meshes_that_claimed_the_range_apart_refuse_each_others_rings() -> Result<()> 
             }))
         })
         .with_context(|| format!("{} never reported the other mesh", host.name))?;
+    }
+    Ok(())
+}
+
+/// Attaches `count` new containers without an address on `host`, all at once.
+fn attach_many(host: &Host, prefix: &str, count: usize) -> Result<Vec<Container>> {
+    let made: Vec<Container> = (0..count)
+        .map(|i| Container::new(&format!("{prefix}{i}"), host))
+        .collect::<Result<_>>()?;
+    std::thread::scope(|scope| {
+        let runs: Vec<_> = made
+            .iter()
+            .map(|c| scope.spawn(move || host.agent_ok(&["attach", &c.spec()])))
+            .collect();
+        runs.into_iter()
+            .try_for_each(|run| run.join().expect("attach thread").map(drop))
+    })?;
+    Ok(made)
+}
+
+fn ipam_status(host: &Host) -> Result<serde_json::Value> {
+    Ok(host.status()?["ipam"].clone())
+}
+
+#[test]
+fn rmpeer_on_two_hosts_at_once_gives_each_range_one_owner() -> Result<()> {
+    require_root();
+    let prefix = unique_name("i");
+    let seg = Segment::mesh(&prefix, 3)?;
+    let [a, b, c] = [&seg.hosts[0], &seg.hosts[1], &seg.hosts[2]];
+    let _on_a = attach_many(a, &format!("{prefix}a"), 3)?;
+    let _on_b = attach_many(b, &format!("{prefix}b"), 3)?;
+    let _on_c = attach_many(c, &format!("{prefix}c"), 3)?;
+    ensure!(
+        ipam_status(b)?["owned"].as_u64() > Some(0),
+        "B owns no addresses to reclaim"
+    );
+    // B is gone for good.
+    let b_name = b.agent_name()?;
+    let pid = b.agent_pid()?;
+    run_ok("kill", ["-9", &pid.to_string()])?;
+    b.ip(["link", "set", "eth0", "down"])?;
+    for host in [a, c] {
+        wait_until(Duration::from_secs(10), "B declared dead", || {
+            Ok(host.agent_ok(&["peers"])?.contains("192.168.56.102 dead"))
+        })?;
+    }
+    // The alive check refuses a live peer: C is alive.
+    let out = a.agent(&["rmpeer", &c.name])?;
+    ensure!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("is alive"),
+        "rmpeer of a live peer: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (on_a, on_c) = std::thread::scope(|scope| {
+        let on_a = scope.spawn(|| a.agent_ok(&["rmpeer", &b.name]));
+        let on_c = scope.spawn(|| c.agent_ok(&["rmpeer", &b.name]));
+        (on_a.join().expect("thread"), on_c.join().expect("thread"))
+    });
+    on_a?;
+    on_c?;
+    // Once the rings agree, A and C own the whole range between them, and no write clashed.
+    let range = 1u64 << 20;
+    wait_until(
+        Duration::from_secs(10),
+        "the range owned by A and C alone",
+        || {
+            let (sa, sc) = (ipam_status(a)?, ipam_status(c)?);
+            Ok(sa["owned"].as_u64().unwrap_or(0) + sc["owned"].as_u64().unwrap_or(0) == range)
+        },
+    )?;
+    for host in [a, c] {
+        let status = ipam_status(host)?;
+        ensure!(
+            status["conflicting_writes"] == 0 && status["removed"][0] == b_name,
+            "{}: {status}",
+            host.name
+        );
+    }
+    // New addresses on both survivors never clash.
+    let _more_a = attach_many(a, &format!("{prefix}x"), 4)?;
+    let _more_c = attach_many(c, &format!("{prefix}y"), 4)?;
+    let mut all = BTreeSet::new();
+    for host in [a, c] {
+        for cidr in listed(host)? {
+            ensure!(all.insert(cidr.clone()), "{cidr} handed out twice");
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn a_killed_agent_hands_out_nothing_twice_and_leaks_nothing() -> Result<()> {
+    require_root();
+    let prefix = unique_name("i");
+    let seg = Segment::mesh(&prefix, 2)?;
+    let [a, b] = [&seg.hosts[0], &seg.hosts[1]];
+    let _on_a = attach_many(a, &format!("{prefix}a"), 2)?;
+    // Attaches under way on B when its agent dies.
+    let doomed: Vec<Container> = (0..8)
+        .map(|i| Container::new(&format!("{prefix}d{i}"), b))
+        .collect::<Result<_>>()?;
+    std::thread::scope(|scope| -> Result<()> {
+        let runs: Vec<_> = doomed
+            .iter()
+            .map(|c| scope.spawn(move || b.agent(&["attach", &c.spec()])))
+            .collect();
+        wait_until(Duration::from_secs(10), "some attaches done", || {
+            Ok(!listed(b)?.is_empty())
+        })?;
+        let pid = b.agent_pid()?;
+        run_ok("kill", ["-9", &pid.to_string()])?;
+        for run in runs {
+            // Some finished, some were cut off: either is fine here.
+            let _ = run.join().expect("attach thread");
+        }
+        Ok(())
+    })?;
+    b.agent_ok(&["join", "192.168.56.101"])?;
+    // What the restarted agent holds is what its containers hold.
+    wait_until(Duration::from_secs(10), "allocations matching ps", || {
+        let allocated = ipam_status(b)?["allocated"].as_u64();
+        Ok(allocated == Some(listed(b)?.len() as u64))
+    })?;
+    let _more = attach_many(b, &format!("{prefix}m"), 4)?;
+    let mut all = BTreeSet::new();
+    for host in [a, b] {
+        for cidr in listed(host)? {
+            ensure!(all.insert(cidr.clone()), "{cidr} handed out twice");
+        }
+        let allocated = ipam_status(host)?["allocated"].as_u64();
+        ensure!(
+            allocated == Some(listed(host)?.len() as u64),
+            "{}: allocations {allocated:?} against ps {:?}",
+            host.name,
+            listed(host)?
+        );
     }
     Ok(())
 }

@@ -211,6 +211,21 @@ pub enum Command {
         out: OutputArgs,
     },
 
+    /// Hand the address ranges of a host that is gone for good to the others.
+    ///
+    /// Each of its ranges goes to the owner of the range before it (the same host whichever
+    /// host runs rmpeer, so running it on two at once is safe). Only for a host whose agent
+    /// is dead and will not come back with its old allocations: its containers' addresses
+    /// are handed out again.
+    #[command(
+        after_help = "Example:\n  weave-agent rmpeer hostc   (a nickname or peer name, as `peers` lists it)"
+    )]
+    Rmpeer {
+        /// The peer's nickname or name (its underlay MAC).
+        #[arg(value_name = "PEER")]
+        peer: String,
+    },
+
     /// Stop the agent; the pinned data path keeps forwarding. Returns once it has exited.
     Stop,
 

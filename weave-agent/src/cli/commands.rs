@@ -327,3 +327,16 @@ pub fn hide(loc: &Location, cidr: Option<String>, out: OutputArgs) -> Result<()>
     }
     Ok(())
 }
+
+pub fn rmpeer(loc: &Location, peer: String) -> Result<()> {
+    let Response::PeerRemoved {
+        name,
+        nickname,
+        taken_over,
+    } = api::call_agent(&loc.socket(), &Request::RmPeer { peer })?
+    else {
+        return Err(unexpected("rmpeer"));
+    };
+    println!("removed peer {nickname} ({name}); {taken_over} of its addresses are this host's now");
+    Ok(())
+}

@@ -66,5 +66,6 @@ pub fn run(cli: Cli) -> Result<()> {
             out,
         } => commands::expose(&loc, &cidr, routes, masquerade, out),
         Command::Hide { cidr, out } => commands::hide(&loc, cidr, out),
+        Command::Rmpeer { peer } => commands::rmpeer(&loc, peer),
     }
 }

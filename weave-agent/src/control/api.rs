@@ -77,6 +77,10 @@ pub enum Request {
     Hide {
         cidr: Option<String>,
     },
+    /// `peer` (a name or nickname) is gone for good: its address ranges go to its heirs.
+    RmPeer {
+        peer: String,
+    },
 }
 
 impl Request {
@@ -97,6 +101,7 @@ impl Request {
             Self::PolicyList => "policy list",
             Self::Expose { .. } => "expose",
             Self::Hide { .. } => "hide",
+            Self::RmPeer { .. } => "rmpeer",
         }
     }
 
@@ -163,6 +168,14 @@ pub enum Response {
     },
     Hidden {
         endpoints: Vec<EndpointInfo>,
+    },
+    PeerRemoved {
+        /// The peer's name and nickname.
+        name: String,
+        nickname: String,
+        /// Addresses of the removed peer's ranges this host now owns (its heirs on other
+        /// hosts take the rest as gossip reaches them).
+        taken_over: u64,
     },
     Error {
         message: String,
@@ -347,6 +360,13 @@ pub struct IpamInfo {
     pub allocated: usize,
     /// Peers whose ring could not be taken in, with why.
     pub refused: Vec<String>,
+    /// Writes of the ring that disagreed at one version: a host that lost its allocations,
+    /// or `rmpeer` of a live host. Zero in a healthy mesh.
+    #[serde(default)]
+    pub conflicting_writes: u64,
+    /// Peers removed with `rmpeer`.
+    #[serde(default)]
+    pub removed: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

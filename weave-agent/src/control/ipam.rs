@@ -46,6 +46,8 @@ pub struct Ipam {
     pub refused: BTreeMap<String, String>,
     /// The ring as last published.
     published: Option<String>,
+    /// Disagreeing writes of one version seen in merges (see `api::IpamInfo`).
+    conflicting_writes: u64,
 }
 
 impl Ipam {
@@ -106,6 +108,7 @@ impl Ipam {
             answered: BTreeSet::new(),
             refused: BTreeMap::new(),
             published: None,
+            conflicting_writes: 0,
         })
     }
 
@@ -197,6 +200,7 @@ pub async fn sync(agent: &Agent, inner: &mut Inner, peers: &[PeerView]) -> Resul
             Ok(merged) => {
                 changed |= merged.changed;
                 if !merged.conflicts.is_empty() {
+                    inner.ipam.conflicting_writes += merged.conflicts.len() as u64;
                     tracing::error!(
                         peer = %peer.name,
                         tokens = ?merged.conflicts,
@@ -391,5 +395,51 @@ pub fn info(ipam: &Ipam) -> crate::control::api::IpamInfo {
             .sum(),
         allocated: space.allocated.len(),
         refused: ipam.refused.values().cloned().collect(),
+        conflicting_writes: ipam.conflicting_writes,
+        removed: space.ring.tombstones.iter().cloned().collect(),
     }
+}
+
+/// `rmpeer PEER`: a host gone for good gives up its address ranges. Refused for a peer that is
+/// alive (its containers still hold its addresses) or that owns nothing.
+pub async fn remove_peer(agent: &Agent, peer: &str) -> Result<crate::control::api::Response> {
+    let peers = agent.gossip.peers().await;
+    let mut guard = agent.inner.lock().await;
+    let inner = &mut *guard;
+    let known = peers.iter().find(|p| p.name == peer || p.nickname == peer);
+    let name = known.map_or(peer, |p| p.name.as_str()).to_owned();
+    let nickname = known.map_or(peer, |p| p.nickname.as_str()).to_owned();
+    if name == inner.ipam.space.me {
+        bail!("{peer} is this host: run rmpeer on another host, once this one is gone for good");
+    }
+    if known.is_some_and(|p| p.alive) {
+        bail!(
+            "peer {nickname} ({name}) is alive: rmpeer is for a host that is gone for good,              whose containers hold no address any more; stop or reset its agent first"
+        );
+    }
+    let owned = |space: &Space, who: &str| -> u64 {
+        space
+            .ring
+            .ranges_of(who)
+            .iter()
+            .map(|(lo, hi)| hi - u64::from(*lo))
+            .sum()
+    };
+    if owned(&inner.ipam.space, &name) == 0 && !inner.ipam.space.ring.tombstones.contains(&name) {
+        bail!("{peer} owns no addresses in this host's view of the range: nothing to remove");
+    }
+    let before = owned(&inner.ipam.space, &inner.ipam.space.me.clone());
+    inner.ipam.space.remove_peer(&name)?;
+    inner.ipam.save()?;
+    let after = owned(&inner.ipam.space, &inner.ipam.space.me.clone());
+    if let Some(json) = inner.ipam.ring_to_publish() {
+        agent.gossip.publish_ring(&json).await;
+    }
+    agent.ipam_changed.notify_waiters();
+    tracing::info!(peer = %name, taken_over = after - before, "removed peer");
+    Ok(crate::control::api::Response::PeerRemoved {
+        name,
+        nickname,
+        taken_over: after - before,
+    })
 }

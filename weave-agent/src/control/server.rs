@@ -11,7 +11,7 @@ use tokio::{
 use super::{
     agent::Agent,
     api::{self, Request, Response},
-    endpoints, expose, peers, rule_set, rules, status,
+    endpoints, expose, ipam, peers, rule_set, rules, status,
 };
 
 /// Binds the control socket, root-only. The state-directory lock proves no live daemon owns an
@@ -116,5 +116,6 @@ async fn respond(agent: &Agent, request: Request) -> Result<Response> {
         Request::Hide { cidr } => Response::Hidden {
             endpoints: expose::hide(agent, cidr.as_deref()).await?,
         },
+        Request::RmPeer { peer } => ipam::remove_peer(agent, &peer).await?,
     })
 }
