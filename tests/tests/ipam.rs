@@ -33,7 +33,7 @@ fn attach_without_an_address_hands_out_distinct_addresses_on_every_host() -> Res
     require_root();
     let prefix = unique_name("i");
     let seg = Segment::mesh(&prefix, 3)?;
-    const PER_HOST: usize = 10;
+    const PER_HOST: usize = 30;
     // Every host's attaches at once: the observers ask the seed for space meanwhile.
     let containers: Vec<Vec<Container>> = std::thread::scope(|scope| {
         let jobs: Vec<_> = seg
@@ -323,6 +323,95 @@ fn a_killed_agent_hands_out_nothing_twice_and_leaks_nothing() -> Result<()> {
             "{}: allocations {allocated:?} against ps {:?}",
             host.name,
             listed(host)?
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn a_full_subnet_is_refused_and_nothing_is_left_half_made() -> Result<()> {
+    require_root();
+    let prefix = unique_name("i");
+    let seg = Segment::new(&prefix, 1)?;
+    let a = &seg.hosts[0];
+    a.agent_ok(&["launch", "--ipalloc-range", "10.32.9.0/28"])?;
+    // 14 host addresses: the exposed one and 13 containers fill it.
+    let out = a.agent_ok(&["expose", "net:default"])?;
+    ensure!(
+        out.contains("10.32.9.1/28 exposed"),
+        "expose net:default: {out}"
+    );
+    let _full = attach_many(a, &format!("{prefix}f"), 13)?;
+    let links_before = a.ip(["-o", "link", "show"])?.lines().count();
+    let last = Container::new(&format!("{prefix}x"), a)?;
+    let out = a.agent(&["attach", &last.spec()])?;
+    let message = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success() && message.contains("no free address in 10.32.9.0/28"),
+        "attach into a full /28: {message}"
+    );
+    ensure!(
+        a.ip(["-o", "link", "show"])?.lines().count() == links_before,
+        "the refused attach left a link"
+    );
+    ensure!(
+        !last.ip(["-o", "link", "show"])?.contains("ethwe"),
+        "the refused attach left an ethwe"
+    );
+    ensure!(
+        ipam_status(a)?["allocated"] == 14,
+        "allocations: {}",
+        ipam_status(a)?
+    );
+    Ok(())
+}
+
+#[test]
+fn both_sides_of_a_partition_allocate_and_the_healed_mesh_has_no_duplicate() -> Result<()> {
+    require_root();
+    let prefix = unique_name("i");
+    let seg = Segment::mesh(&prefix, 3)?;
+    let [a, b, c] = [&seg.hosts[0], &seg.hosts[1], &seg.hosts[2]];
+    // Each host gets space first; then A is cut off from B and C.
+    let mut first = Vec::new();
+    for (host, tag) in [(a, "a"), (b, "b"), (c, "c")] {
+        first.extend(attach_many(host, &format!("{prefix}{tag}0"), 1)?);
+    }
+    seg.cut(1, 2)?;
+    seg.cut(1, 3)?;
+    for host in [b, c] {
+        wait_until(Duration::from_secs(10), "A declared dead", || {
+            Ok(host.agent_ok(&["peers"])?.contains("192.168.56.101 dead"))
+        })?;
+    }
+    let _on_a = attach_many(a, &format!("{prefix}pa"), 25)?;
+    let _on_b = attach_many(b, &format!("{prefix}pb"), 25)?;
+    let _on_c = attach_many(c, &format!("{prefix}pc"), 25)?;
+    seg.lift_cut()?;
+    for host in [a, b, c] {
+        wait_until(Duration::from_secs(15), "the mesh healed", || {
+            Ok(!host.agent_ok(&["peers"])?.contains(" dead"))
+        })?;
+    }
+    let mut all = BTreeSet::new();
+    for host in [a, b, c] {
+        for cidr in listed(host)? {
+            ensure!(all.insert(cidr.clone()), "{cidr} handed out twice");
+        }
+    }
+    ensure!(all.len() == 78, "{} addresses listed", all.len());
+    for host in [a, b, c] {
+        wait_until(Duration::from_secs(10), "every endpoint learned", || {
+            Ok(host.endpoint_counts()?.1 == 52)
+        })?;
+        let status = host.status()?;
+        ensure!(
+            status["conflicts"] == serde_json::json!([])
+                && status["ipam"]["conflicting_writes"] == 0,
+            "{}: conflicts {} ipam {}",
+            host.name,
+            status["conflicts"],
+            status["ipam"]
         );
     }
     Ok(())

@@ -185,10 +185,11 @@ pub enum Command {
                       weave-agent expose 10.40.3.1/24 --masquerade\n  \
                       weave-agent hide 10.40.1.1/24")]
     Expose {
-        /// The host's address on the overlay with its subnet, e.g. 10.40.1.1/24; free in the
-        /// whole mesh. One per subnet on each host.
-        #[arg(value_name = "CIDR")]
-        cidr: String,
+        /// The host's address on the overlay with its subnet, e.g. 10.40.1.1/24, free in the
+        /// whole mesh; or net:CIDR / net:default (left out: net:default) for one allocated
+        /// from --ipalloc-range. One per subnet on each host.
+        #[arg(value_name = "ADDRESS")]
+        cidr: Option<String>,
         /// Networks the subnet's containers reach through this address (default: the
         /// host's directly connected IPv4 networks, looked up again at each start).
         #[arg(long, value_name = "CIDR[,CIDR...]", value_delimiter = ',')]

@@ -15,10 +15,7 @@ use crate::{
     host::{netns, run_spec::RunSpec},
     ipam::request::AddressRequest,
     mesh::peer_addr::PeerSpec,
-    net::{
-        addressing::Cidr,
-        policy::{Action, Subnet},
-    },
+    net::policy::{Action, Subnet},
 };
 
 pub fn policy(loc: &Location, command: PolicyCommand) -> Result<()> {
@@ -272,13 +269,13 @@ fn exposure_text(x: &ExposeInfo) -> String {
 
 pub fn expose(
     loc: &Location,
-    cidr: &str,
+    address: Option<&str>,
     routes: Option<Vec<String>>,
     masquerade: bool,
     out: OutputArgs,
 ) -> Result<()> {
     // Refuse bad input before anything is sent.
-    let parsed: Cidr = cidr.parse()?;
+    let parsed: AddressRequest = address.unwrap_or("net:default").parse()?;
     for route in routes.iter().flatten() {
         route
             .parse::<Subnet>()

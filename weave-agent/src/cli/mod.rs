@@ -64,7 +64,7 @@ pub fn run(cli: Cli) -> Result<()> {
             routes,
             masquerade,
             out,
-        } => commands::expose(&loc, &cidr, routes, masquerade, out),
+        } => commands::expose(&loc, cidr.as_deref(), routes, masquerade, out),
         Command::Hide { cidr, out } => commands::hide(&loc, cidr, out),
         Command::Rmpeer { peer } => commands::rmpeer(&loc, peer),
     }

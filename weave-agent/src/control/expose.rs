@@ -12,6 +12,7 @@ use super::{
     agent::{Agent, Inner},
     api,
     endpoints::check_free,
+    ipam,
     state::LocalEndpoint,
     status::endpoint_info,
     sync,
@@ -19,6 +20,7 @@ use super::{
 };
 use crate::{
     host::{exposed, netlink},
+    ipam::request::AddressRequest,
     net::{
         addressing::Cidr,
         exposure::{self, Exposure},
@@ -31,15 +33,16 @@ use crate::{
 /// its super-packets must keep the kernel's receive path (see `ENDPOINT_FORWARDS`).
 const HOST_FORWARDS: &str = "the host routes for its exposed address";
 
-/// `expose CIDR`: gives this host the address on the overlay. Returns the endpoint and
-/// whether IPv4 forwarding had to be turned on.
+/// `expose ADDRESS`: gives this host an address on the overlay, the one given or one
+/// allocated (`net:CIDR`, `net:default`). Returns the endpoint and whether IPv4 forwarding
+/// had to be turned on.
 pub async fn expose(
     agent: &Agent,
-    cidr: &str,
+    address: &str,
     routes: Option<&[String]>,
     masquerade: bool,
 ) -> Result<(api::EndpointInfo, bool)> {
-    let cidr: Cidr = cidr.parse()?;
+    let request: AddressRequest = address.parse()?;
     let given: Option<Vec<Subnet>> = routes
         .map(|list| {
             list.iter()
@@ -47,6 +50,19 @@ pub async fn expose(
                 .collect::<Result<_>>()
         })
         .transpose()?;
+    let (cidr, _) = ipam::address_for(agent, &request, EXPOSED_LABEL).await?;
+    let exposed = expose_at(agent, cidr, given, routes.is_some(), masquerade).await;
+    ipam::finished(agent, cidr.ip).await;
+    exposed
+}
+
+async fn expose_at(
+    agent: &Agent,
+    cidr: Cidr,
+    given: Option<Vec<Subnet>>,
+    routes_given: bool,
+    masquerade: bool,
+) -> Result<(api::EndpointInfo, bool)> {
     check_free(agent, cidr.ip).await?;
     let mut guard = agent.inner.lock().await;
     let inner = &mut *guard;
@@ -79,7 +95,7 @@ pub async fn expose(
             Some(routes) => routes,
             None => connected(inner, cidr).await?,
         },
-        routes_given: routes.is_some(),
+        routes_given,
         masquerade,
     };
     let ep = LocalEndpoint {
