@@ -83,6 +83,8 @@ pub enum Part {
     Overlay,
     /// 8 hosts x 50 endpoints: convergence, memory, idle CPU.
     Scale,
+    /// Attach to reachable only, with an explicit and with an automatic address.
+    Attach,
 }
 
 pub fn run(only: Option<Part>, reference: Option<std::path::PathBuf>) -> Result<()> {
@@ -122,6 +124,34 @@ pub fn run(only: Option<Part>, reference: Option<std::path::PathBuf>) -> Result<
             "wrote {} in {:.0}s",
             path.display(),
             started.elapsed().as_secs_f64()
+        );
+        return Ok(());
+    }
+
+    if only == Some(Part::Attach) {
+        let weave = WeaveBed::new(&[], None)?;
+        let step = progress::step(format!(
+            "bench: attach with and without an address -> reachable ({REACHABLE_SAMPLES} samples each)"
+        ));
+        let (explicit, automatic) = attach_with_and_without_address(&weave)?;
+        step.finish();
+        let report = json!({
+            "attach_explicit_from_start_ms": explicit,
+            "attach_automatic_from_start_ms": automatic,
+            "attach_explicit_from_start_ms_p50": median(&explicit),
+            "attach_automatic_from_start_ms_p50": median(&automatic),
+            "attach_automatic_minus_explicit_ms": median(&automatic) - median(&explicit),
+            "machine": machine(),
+        });
+        let path = target_dir().join("bench").join("attach.json");
+        std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
+        println!(
+            "from attach's start to reachable: explicit address {:.1} ms, automatic {:.1} ms \
+             (difference {:+.1} ms; goal <= 5); wrote {}",
+            median(&explicit),
+            median(&automatic),
+            median(&automatic) - median(&explicit),
+            path.display()
         );
         return Ok(());
     }
@@ -228,6 +258,11 @@ pub fn run(only: Option<Part>, reference: Option<std::path::PathBuf>) -> Result<
     ));
     let reach = attach_to_reachable(&weave)?;
     step.finish();
+    let step = progress::step(format!(
+        "bench: attach with and without an address -> reachable ({REACHABLE_SAMPLES} samples each)"
+    ));
+    let (explicit, automatic) = attach_with_and_without_address(&weave)?;
+    step.finish();
     let super_packets = weave.super_packets();
     let relayed = weave_relayed.relay_counters();
     let sealed = weave_encrypted.seal_counters();
@@ -284,6 +319,10 @@ pub fn run(only: Option<Part>, reference: Option<std::path::PathBuf>) -> Result<
             "attach_to_reachable_ms_p50": median(&reach),
             "attach_to_reachable_ms_max": reach.iter().copied().fold(0.0, f64::max),
             "learn_1000_endpoints_ms": learn_ms,
+            // From the command's start: IPAM's goal is automatic at most 5 ms above explicit.
+            "attach_explicit_from_start_ms_p50": median(&explicit),
+            "attach_automatic_from_start_ms_p50": median(&automatic),
+            "attach_automatic_minus_explicit_ms": median(&automatic) - median(&explicit),
         },
         "scale": scale,
         "weave_receiver_super_packets": super_packets,
@@ -302,6 +341,13 @@ pub fn run(only: Option<Part>, reference: Option<std::path::PathBuf>) -> Result<
         "attach -> reachable: median {:.0} ms over {REACHABLE_SAMPLES} samples; \
          learning {LEARN_ENDPOINTS} remote endpoints: {learn_ms:.0} ms",
         median(&reach)
+    );
+    println!(
+        "from attach's start to reachable: explicit address {:.1} ms, automatic {:.1} ms \
+         (difference {:+.1} ms; goal <= 5)",
+        median(&explicit),
+        median(&automatic),
+        median(&automatic) - median(&explicit)
     );
     println!(
         "wrote {} in {:.0}s",
@@ -882,6 +928,83 @@ fn attach_to_reachable(bed: &WeaveBed) -> Result<Vec<f64>> {
         bed.server_host().agent_ok(&["detach", &ctr.spec()])?;
     }
     Ok(samples)
+}
+
+/// Milliseconds from the start of `attach` on host A to the first answer a container on host B
+/// gets from the new address, per sample for an explicit address and for one `attach` picks
+/// itself (IPAM), interleaved. Timed from the command's start, not its return, since the
+/// allocation happens inside it. Returns (explicit, automatic).
+fn attach_with_and_without_address(bed: &WeaveBed) -> Result<(Vec<f64>, Vec<f64>)> {
+    let exe = xtask_exe()?;
+    let (server_host, client_host) = (bed.server_host(), &bed.seg.hosts[1]);
+    // A client in the allocation range's default subnet, which the automatic addresses are in.
+    let client = Container::new(&unique_name("bwa"), client_host)?;
+    client_host.attach("10.47.255.200/12", &client)?;
+    output_in(
+        &client.name,
+        "sysctl",
+        &[
+            "-q",
+            "-w",
+            "net.ipv4.neigh.ethwe.retrans_time_ms=10",
+            "net.ipv4.neigh.ethwe.mcast_solicit=100",
+        ],
+    )?;
+    // The lowest free address, which every automatic attach gets again once detached.
+    let warm = Container::new(&unique_name("bwa"), server_host)?;
+    let out = server_host.agent_ok(&["attach", &warm.spec()])?;
+    let auto_ip = out
+        .split_whitespace()
+        .find_map(|w| w.strip_suffix("/12"))
+        .with_context(|| format!("attach printed no address of the range: {out}"))?
+        .to_owned();
+    server_host.agent_ok(&["detach", &warm.spec()])?;
+    let mut explicit = Vec::new();
+    let mut automatic = Vec::new();
+    for _ in 0..REACHABLE_SAMPLES {
+        for auto in [false, true] {
+            let ctr = Container::new(&unique_name("bwa"), server_host)?;
+            let (mut echo, mut lines) = spawn_in(&ctr.name, &exe, &["udp-echo", "7001"])?;
+            wait_for_line(&mut lines, "ready")?;
+            // One address each way, reused every sample, and the client's neighbour cache
+            // emptied first: neither way starts from an entry the other lacks.
+            let ip = if auto {
+                auto_ip.clone()
+            } else {
+                "10.47.255.100".to_owned()
+            };
+            output_in(&client.name, "ip", &["neigh", "flush", "dev", "ethwe"])?;
+            let target = format!("{ip}:7001");
+            let (mut probe, mut answers) = spawn_in(&client.name, &exe, &["probe", &target])?;
+            wait_for_line(&mut answers, "probing")?;
+            let started = now_micros()?;
+            let out = if auto {
+                server_host.agent_ok(&["attach", &ctr.spec()])?
+            } else {
+                server_host.agent_ok(&["attach", &format!("{ip}/12"), &ctr.spec()])?
+            };
+            ensure!(
+                out.contains(&format!("{ip}/12")),
+                "attach gave {out}, not {ip}"
+            );
+            let reply: u128 = answers
+                .next()
+                .context("the probe ended without an answer")??
+                .trim()
+                .parse()?;
+            probe.wait()?;
+            let ms = (reply.saturating_sub(started)) as f64 / 1e3;
+            if auto {
+                automatic.push(ms);
+            } else {
+                explicit.push(ms);
+            }
+            let _ = echo.kill();
+            let _ = echo.wait();
+            server_host.agent_ok(&["detach", &ctr.spec()])?;
+        }
+    }
+    Ok((explicit, automatic))
 }
 
 /// Milliseconds until an agent's map holds the endpoints a bench peer publishes over gossip.
