@@ -10,7 +10,8 @@
 //! - `datapath`: the eBPF object: loading, pinning, maps
 //! - `host`: the machine around the agent: netlink, routes, namespaces, Docker
 //! - `net`: pure types: addresses, names, isolation rules
-//! - `ipam`: automatic addresses: the ownership ring and the allocator (pure so far)
+//! - `ipam`: automatic addresses, the pure part: the ownership ring and the allocator (the
+//!   daemon's side is `control::ipam`)
 
 pub mod cli;
 pub mod control;

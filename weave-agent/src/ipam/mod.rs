@@ -1,4 +1,5 @@
-//! Automatic addresses (IPAM), the pure part so far: who owns which part of the allocation
+//! Automatic addresses (IPAM), the pure part (the daemon persists, gossips and serves it in
+//! `control::ipam`): who owns which part of the allocation
 //! range (`ring`, a CRDT that gossip carries), which address to hand out and what to give a
 //! peer that asks for space (`allocator`), one peer's space and its decisions (`space`), and
 //! what a command asks for (`request`: a CIDR, `net:CIDR`, `net:default`). A randomized
