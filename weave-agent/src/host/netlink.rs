@@ -55,12 +55,7 @@ pub async fn links(handle: &Handle) -> Result<Vec<Link>> {
     }
     let mut addrs = handle.address().get().execute();
     while let Some(msg) = addrs.try_next().await.context("listing addresses")? {
-        let v4 = msg.attributes.iter().find_map(|attr| match attr {
-            AddressAttribute::Local(IpAddr::V4(ip)) | AddressAttribute::Address(IpAddr::V4(ip)) => {
-                Some(*ip)
-            }
-            _ => None,
-        });
+        let v4 = ipv4_of(&msg);
         if let (Some(ip), Some(link)) = (v4, links.iter_mut().find(|l| l.index == msg.header.index))
             && link.ipv4.is_none()
         {
@@ -80,12 +75,7 @@ pub async fn ipv4_addresses(handle: &Handle) -> Result<Vec<HostAddress>> {
     let mut out = Vec::new();
     let mut addrs = handle.address().get().execute();
     while let Some(msg) = addrs.try_next().await.context("listing addresses")? {
-        let v4 = msg.attributes.iter().find_map(|attr| match attr {
-            AddressAttribute::Local(IpAddr::V4(ip)) | AddressAttribute::Address(IpAddr::V4(ip)) => {
-                Some(*ip)
-            }
-            _ => None,
-        });
+        let v4 = ipv4_of(&msg);
         let iface = names.iter().find(|(i, _)| *i == msg.header.index);
         if let (Some(ip), Some((_, iface))) = (v4, iface) {
             out.push(HostAddress {
@@ -96,6 +86,16 @@ pub async fn ipv4_addresses(handle: &Handle) -> Result<Vec<HostAddress>> {
         }
     }
     Ok(out)
+}
+
+/// The IPv4 address an address message carries, if it is one.
+fn ipv4_of(msg: &rtnetlink::packet_route::address::AddressMessage) -> Option<Ipv4Addr> {
+    msg.attributes.iter().find_map(|attr| match attr {
+        AddressAttribute::Local(IpAddr::V4(ip)) | AddressAttribute::Address(IpAddr::V4(ip)) => {
+            Some(*ip)
+        }
+        _ => None,
+    })
 }
 
 fn kind_name(kind: &InfoKind) -> String {

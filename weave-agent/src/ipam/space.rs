@@ -97,12 +97,7 @@ impl Space {
         if !self.ring.is_claimed() && self.init == Init::Seed {
             self.ring.claim(&self.me, nonce);
         }
-        let used: BTreeSet<u32> = self
-            .allocated
-            .keys()
-            .map(|ip| u32::from(*ip))
-            .chain(taken.iter().copied())
-            .collect();
+        let used = self.used(taken);
         if let Some(ip) = next_free(&self.ring, &self.me, subnet, &used) {
             self.allocated.insert(ip, holder.to_owned());
             return Ok(Allocated::Address(Cidr {
@@ -119,6 +114,15 @@ impl Space {
             );
         }
         Ok(Allocated::AskPeers(others))
+    }
+
+    /// What may not be handed out: the addresses allocated here and those `taken` elsewhere.
+    fn used(&self, taken: &BTreeSet<u32>) -> BTreeSet<u32> {
+        self.allocated
+            .keys()
+            .map(|ip| u32::from(*ip))
+            .chain(taken.iter().copied())
+            .collect()
     }
 
     /// The peers other than this one that own part of `subnet`, none of them tombstoned.
@@ -185,12 +189,7 @@ impl Space {
         if !self.ring.is_claimed() && self.init == Init::Seed {
             self.ring.claim(&self.me, nonce);
         }
-        let used: BTreeSet<u32> = self
-            .allocated
-            .keys()
-            .map(|ip| u32::from(*ip))
-            .chain(taken.iter().copied())
-            .collect();
+        let used = self.used(taken);
         let (lo, hi) = donation(&self.ring, &self.me, subnet, &used)?;
         let free = hi - u64::from(lo);
         self.ring
