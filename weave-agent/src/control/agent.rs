@@ -54,6 +54,8 @@ pub struct Agent {
     pub trusted: Vec<Subnet>,
     /// Wakes allocations waiting for space when the address space changed.
     pub ipam_changed: tokio::sync::Notify,
+    /// Attaches under way (`endpoints::attach_endpoint`), so a burst syncs once at its end.
+    pub attaches: std::sync::atomic::AtomicUsize,
 }
 
 pub struct Inner {

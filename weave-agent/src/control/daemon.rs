@@ -283,6 +283,7 @@ async fn start_gossip(
         crypto: crypto.map(std::sync::Mutex::new),
         trusted: config.trusted_subnets.clone(),
         ipam_changed: tokio::sync::Notify::new(),
+        attaches: Default::default(),
     }))
 }
 
