@@ -33,7 +33,7 @@ fn attach_without_an_address_hands_out_distinct_addresses_on_every_host() -> Res
     require_root();
     let prefix = unique_name("i");
     let seg = Segment::mesh(&prefix, 3)?;
-    const PER_HOST: usize = 30;
+    const PER_HOST: usize = 100;
     // Every host's attaches at once: the observers ask the seed for space meanwhile.
     let containers: Vec<Vec<Container>> = std::thread::scope(|scope| {
         let jobs: Vec<_> = seg
