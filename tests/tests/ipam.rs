@@ -416,3 +416,50 @@ fn both_sides_of_a_partition_allocate_and_the_healed_mesh_has_no_duplicate() -> 
     }
     Ok(())
 }
+
+#[test]
+fn the_address_space_survives_a_reboot() -> Result<()> {
+    require_root();
+    let prefix = unique_name("i");
+    let seg = Segment::mesh(&prefix, 2)?;
+    let [a, b] = [&seg.hosts[0], &seg.hosts[1]];
+    let on_a = attach_many(a, &format!("{prefix}a"), 2)?;
+    let on_b = attach_many(b, &format!("{prefix}b"), 2)?;
+    let owned = |host: &Host| -> Result<u64> {
+        ipam_status(host)?["owned"]
+            .as_u64()
+            .context("no ipam.owned in status")
+    };
+    let (a_owned, b_owned) = (owned(a)?, owned(b)?);
+    ensure!(b_owned > 0, "B got no space");
+    // Both reboot, one after the other: /run and the containers go, /var/lib stays.
+    drop((on_a, on_b));
+    seg.reboot(0)?;
+    a.agent_ok(&["launch"])?;
+    seg.reboot(1)?;
+    b.agent_ok(&["join", "192.168.56.101"])?;
+    for (host, before) in [(a, a_owned), (b, b_owned)] {
+        ensure!(
+            owned(host)? == before,
+            "{} owns {} after the reboot, {before} before",
+            host.name,
+            owned(host)?
+        );
+        // What the containers held went with them.
+        wait_until(Duration::from_secs(10), "allocations released", || {
+            Ok(ipam_status(host)?["allocated"] == 0)
+        })?;
+    }
+    // The seed came back with its ring, not a new claim: the two still agree.
+    let _again = attach_many(b, &format!("{prefix}c"), 2)?;
+    for host in [a, b] {
+        let status = ipam_status(host)?;
+        ensure!(
+            status["refused"] == serde_json::json!([]) && status["conflicting_writes"] == 0,
+            "{}: {status}",
+            host.name
+        );
+    }
+    ensure!(owned(b)? == b_owned, "B needed new space after its reboot");
+    Ok(())
+}
