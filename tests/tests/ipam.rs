@@ -317,12 +317,35 @@ fn a_killed_agent_hands_out_nothing_twice_and_leaks_nothing() -> Result<()> {
         for cidr in listed(host)? {
             ensure!(all.insert(cidr.clone()), "{cidr} handed out twice");
         }
-        let allocated = ipam_status(host)?["allocated"].as_u64();
+        // `ipam` lists exactly the addresses `ps` shows, and the ring covers the range once.
+        let ipam: serde_json::Value = serde_json::from_str(&host.agent_ok(&["ipam", "--json"])?)?;
+        let mut allocated: Vec<String> = ipam["allocations"]
+            .as_array()
+            .context("ipam --json has no allocations")?
+            .iter()
+            .filter_map(|a| a["address"].as_str().map(str::to_owned))
+            .collect();
+        let mut held: Vec<String> = listed(host)?
+            .iter()
+            .map(|c| ip_of(c).map(|ip| ip.to_string()))
+            .collect::<Result<_>>()?;
+        allocated.sort();
+        held.sort();
         ensure!(
-            allocated == Some(listed(host)?.len() as u64),
-            "{}: allocations {allocated:?} against ps {:?}",
-            host.name,
-            listed(host)?
+            allocated == held,
+            "{}: ipam {allocated:?}, ps {held:?}",
+            host.name
+        );
+        let covered: u64 = ipam["ranges"]
+            .as_array()
+            .context("ipam --json has no ranges")?
+            .iter()
+            .filter_map(|r| r["addresses"].as_u64())
+            .sum();
+        ensure!(
+            covered == 1 << 20,
+            "{}: the ring covers {covered}",
+            host.name
         );
     }
     Ok(())

@@ -212,6 +212,10 @@ pub enum Command {
         out: OutputArgs,
     },
 
+    /// The address space: the range, who owns which part of it, and what this host handed
+    /// out to which container.
+    Ipam(OutputArgs),
+
     /// Hand the address ranges of a host that is gone for good to the others.
     ///
     /// Each of its ranges goes to the owner of the range before it (the same host whichever

@@ -337,3 +337,43 @@ pub fn rmpeer(loc: &Location, peer: String) -> Result<()> {
     println!("removed peer {nickname} ({name}); {taken_over} of its addresses are this host's now");
     Ok(())
 }
+
+pub fn ipam(loc: &Location, out: OutputArgs) -> Result<()> {
+    let Response::Ipam {
+        info,
+        ranges,
+        allocations,
+    } = api::call_agent(&loc.socket(), &Request::Ipam)?
+    else {
+        return Err(unexpected("ipam"));
+    };
+    if out.json {
+        let value = serde_json::json!({
+            "info": info, "ranges": ranges, "allocations": allocations,
+        });
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(());
+    }
+    println!(
+        "range {} (default subnet {}), this host {}: owns {} addresses, {} allocated",
+        info.range, info.default_subnet, info.init, info.owned, info.allocated
+    );
+    if !info.claimed {
+        println!("no host has claimed the range yet");
+    }
+    for message in &info.refused {
+        println!("refused: {message}");
+    }
+    for r in &ranges {
+        let who = if r.nickname.is_empty() {
+            r.owner.clone()
+        } else {
+            format!("{} {}", r.owner, r.nickname)
+        };
+        println!("{}-{} {} {who}", r.first, r.last, r.addresses);
+    }
+    for a in &allocations {
+        println!("{} {}", a.address, a.holder);
+    }
+    Ok(())
+}

@@ -67,5 +67,6 @@ pub fn run(cli: Cli) -> Result<()> {
         } => commands::expose(&loc, cidr.as_deref(), routes, masquerade, out),
         Command::Hide { cidr, out } => commands::hide(&loc, cidr, out),
         Command::Rmpeer { peer } => commands::rmpeer(&loc, peer),
+        Command::Ipam(out) => commands::ipam(&loc, out),
     }
 }

@@ -81,6 +81,8 @@ pub enum Request {
     RmPeer {
         peer: String,
     },
+    /// The address space: who owns which range, and what this host handed out.
+    Ipam,
 }
 
 impl Request {
@@ -102,6 +104,7 @@ impl Request {
             Self::Expose { .. } => "expose",
             Self::Hide { .. } => "hide",
             Self::RmPeer { .. } => "rmpeer",
+            Self::Ipam => "ipam",
         }
     }
 
@@ -168,6 +171,13 @@ pub enum Response {
     },
     Hidden {
         endpoints: Vec<EndpointInfo>,
+    },
+    Ipam {
+        info: IpamInfo,
+        /// Every range of the ring, in order, as this host sees it.
+        ranges: Vec<RangeInfo>,
+        /// What this host handed out, to whom.
+        allocations: Vec<AllocationInfo>,
     },
     PeerRemoved {
         /// The peer's name and nickname.
@@ -344,6 +354,25 @@ pub struct Status {
     /// Automatic addresses.
     #[serde(default)]
     pub ipam: IpamInfo,
+}
+
+/// One range of the address ring.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RangeInfo {
+    /// First and last address.
+    pub first: String,
+    pub last: String,
+    pub addresses: u64,
+    /// The owner's peer name, and its nickname where this host knows it.
+    pub owner: String,
+    pub nickname: String,
+}
+
+/// One address this host handed out.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AllocationInfo {
+    pub address: String,
+    pub holder: String,
 }
 
 /// Automatic addresses, as `status` shows them.

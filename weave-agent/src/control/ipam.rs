@@ -443,3 +443,46 @@ pub async fn remove_peer(agent: &Agent, peer: &str) -> Result<crate::control::ap
         taken_over: after - before,
     })
 }
+
+/// `ipam`: the ring as this host sees it, and its own allocations.
+pub fn listing(inner: &Inner) -> crate::control::api::Response {
+    let space = &inner.ipam.space;
+    let nickname = |name: &str| -> String {
+        if name == space.me {
+            return "(this host)".to_owned();
+        }
+        inner
+            .peers
+            .iter()
+            .find(|p| p.name == name)
+            .map_or_else(String::new, |p| p.nickname.clone())
+    };
+    let ranges = space
+        .ring
+        .entries
+        .iter()
+        .map(|(token, entry)| {
+            let (_, end) = space.ring.span(*token);
+            crate::control::api::RangeInfo {
+                first: Ipv4Addr::from(*token).to_string(),
+                last: Ipv4Addr::from(u32::try_from(end - 1).unwrap_or(u32::MAX)).to_string(),
+                addresses: end - u64::from(*token),
+                owner: entry.owner.clone(),
+                nickname: nickname(&entry.owner),
+            }
+        })
+        .collect();
+    let allocations = space
+        .allocated
+        .iter()
+        .map(|(ip, holder)| crate::control::api::AllocationInfo {
+            address: ip.to_string(),
+            holder: holder.clone(),
+        })
+        .collect();
+    crate::control::api::Response::Ipam {
+        info: info(&inner.ipam),
+        ranges,
+        allocations,
+    }
+}

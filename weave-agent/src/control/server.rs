@@ -117,5 +117,6 @@ async fn respond(agent: &Agent, request: Request) -> Result<Response> {
             endpoints: expose::hide(agent, cidr.as_deref()).await?,
         },
         Request::RmPeer { peer } => ipam::remove_peer(agent, &peer).await?,
+        Request::Ipam => ipam::listing(&*agent.inner.lock().await),
     })
 }

@@ -155,8 +155,8 @@ impl Ring {
         Ok(merged)
     }
 
-    /// The range `[token, end)` each entry covers.
-    fn span(&self, token: u32) -> (u32, u64) {
+    /// The range `[token, end)` the entry at `token` covers.
+    pub fn span(&self, token: u32) -> (u32, u64) {
         let end = self
             .entries
             .range(token.saturating_add(1)..)
