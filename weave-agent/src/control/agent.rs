@@ -89,7 +89,7 @@ pub struct Inner {
     /// Live peers whose frames may cross in clear, as the last sync decided.
     pub plain: BTreeSet<Ipv4Addr>,
     /// Automatic addresses: this host's space and what it answered.
-    pub ipam: super::ipam::Ipam,
+    pub ipam: super::ipam::store::Ipam,
 }
 
 /// Whom this host hears directly: the heard map as last read.

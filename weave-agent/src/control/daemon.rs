@@ -24,7 +24,7 @@ use super::{
     api,
     config::{DaemonConfig, Encapsulation},
     docker_events, endpoints, expose, forwarding_watch,
-    ipam::Ipam,
+    ipam::store::Ipam,
     links,
     location::Location,
     log_file, metrics, peers, ready, server, state, status, sync,

@@ -7,150 +7,31 @@
 //! every other allocation is released, so detach, `docker rm` and a crash mid-attach never
 //! leak one.
 
+pub mod store;
+
 use std::{
-    collections::{BTreeMap, BTreeSet},
-    fs,
-    io::{ErrorKind, Write as _},
+    collections::BTreeSet,
     net::Ipv4Addr,
-    path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Result, bail};
 
-use super::{
-    agent::{Agent, Inner},
-    config::IpamConfig,
-};
+pub use store::info;
+
+use super::agent::{Agent, Inner};
 use crate::{
     ipam::{
         request::AddressRequest,
         ring::{MergeError, Ring},
-        space::{Allocated, Init, Space},
+        space::{Allocated, Space},
     },
     mesh::gossip::PeerView,
-    net::{addressing::Cidr, policy::Subnet},
+    net::addressing::Cidr,
 };
 
 /// How long an allocation waits for another host to give space before it gives up.
 const SPACE_WAIT: Duration = Duration::from_secs(5);
-
-pub struct Ipam {
-    pub space: Space,
-    file: PathBuf,
-    /// Addresses handed to attaches that have not finished: not released by the sweep.
-    in_flight: BTreeSet<Ipv4Addr>,
-    /// Requests for space already answered: peer, subnet, request id.
-    answered: BTreeSet<(String, Subnet, String)>,
-    /// Peers whose ring could not be taken in, and why (two meshes that claimed apart).
-    pub refused: BTreeMap<String, String>,
-    /// The ring as last published.
-    published: Option<String>,
-    /// Disagreeing writes of one version seen in merges (see `api::IpamInfo`).
-    conflicting_writes: u64,
-}
-
-impl Ipam {
-    /// This host's space from `file`, or a new one. The range must be the one the file was
-    /// made with, and the file this peer's.
-    pub fn load(file: &Path, me: &str, config: &IpamConfig, with_peers: bool) -> Result<Self> {
-        let space = match fs::read_to_string(file) {
-            Ok(text) => {
-                let mut space: Space = serde_json::from_str(&text).with_context(|| {
-                    format!("reading the address allocations {}", file.display())
-                })?;
-                if space.range != config.range {
-                    bail!(
-                        "this host allocated from {} before, not --ipalloc-range {}: launch \
-                         with --ipalloc-range {}, or `weave-agent reset` to start afresh \
-                         (forgetting its allocations)",
-                        space.range,
-                        config.range,
-                        space.range
-                    );
-                }
-                if space.me != me {
-                    bail!(
-                        "{} belongs to peer {}, and this host is {me} (its underlay MAC \
-                         changed?): `weave-agent reset` to start afresh",
-                        file.display(),
-                        space.me
-                    );
-                }
-                if let Some(subnet) = config.default_subnet {
-                    if !space.range.contains(&subnet) {
-                        bail!(
-                            "--ipalloc-default-subnet {subnet} is not inside --ipalloc-range {}",
-                            space.range
-                        );
-                    }
-                    space.default_subnet = subnet;
-                }
-                space
-            }
-            Err(err) if err.kind() == ErrorKind::NotFound => {
-                let init = config.init.unwrap_or(if with_peers {
-                    Init::Observer
-                } else {
-                    Init::Seed
-                });
-                let default = config.default_subnet.unwrap_or(config.range);
-                Space::new(me, init, config.range, default)?
-            }
-            Err(err) => {
-                return Err(err).with_context(|| format!("reading {}", file.display()));
-            }
-        };
-        Ok(Self {
-            space,
-            file: file.to_owned(),
-            in_flight: BTreeSet::new(),
-            answered: BTreeSet::new(),
-            refused: BTreeMap::new(),
-            published: None,
-            conflicting_writes: 0,
-        })
-    }
-
-    /// Writes the space atomically (temp file + rename), so a crash leaves the old or the new.
-    pub fn save(&self) -> Result<()> {
-        let dir = self
-            .file
-            .parent()
-            .context("the allocations file has no directory")?;
-        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let tmp = self.file.with_extension("json.tmp");
-        let text = serde_json::to_string(&self.space)?;
-        let mut out =
-            fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
-        out.write_all(text.as_bytes())?;
-        out.sync_all()?;
-        fs::rename(&tmp, &self.file).with_context(|| format!("replacing {}", self.file.display()))
-    }
-
-    /// The ring to publish, if it changed since it was last published.
-    fn ring_to_publish(&mut self) -> Option<String> {
-        if !self.space.ring.is_claimed() {
-            return None;
-        }
-        let json = serde_json::to_string(&self.space.ring).ok()?;
-        if self.published.as_ref() == Some(&json) {
-            return None;
-        }
-        self.published = Some(json.clone());
-        Some(json)
-    }
-
-    /// Releases every allocation no endpoint here holds and no attach is using.
-    fn sweep(&mut self, held: &BTreeSet<Ipv4Addr>) -> bool {
-        let before = self.space.allocated.len();
-        let in_flight = &self.in_flight;
-        self.space
-            .allocated
-            .retain(|ip, _| held.contains(ip) || in_flight.contains(ip));
-        self.space.allocated.len() != before
-    }
-}
 
 /// The addresses endpoints here hold (attached, dormant, being attached).
 fn held_here(inner: &Inner) -> BTreeSet<Ipv4Addr> {
@@ -372,31 +253,6 @@ pub async fn finished(agent: &Agent, ip: Ipv4Addr) {
         && let Err(err) = inner.ipam.save()
     {
         tracing::warn!("saving the address allocations: {err:#}");
-    }
-}
-
-/// What `status` shows of the address space.
-pub fn info(ipam: &Ipam) -> crate::control::api::IpamInfo {
-    let space = &ipam.space;
-    crate::control::api::IpamInfo {
-        range: space.range.to_string(),
-        default_subnet: space.default_subnet.to_string(),
-        init: match space.init {
-            Init::Seed => "seed",
-            Init::Observer => "observer",
-        }
-        .to_owned(),
-        claimed: space.ring.is_claimed(),
-        owned: space
-            .ring
-            .ranges_of(&space.me)
-            .iter()
-            .map(|(lo, hi)| hi - u64::from(*lo))
-            .sum(),
-        allocated: space.allocated.len(),
-        refused: ipam.refused.values().cloned().collect(),
-        conflicting_writes: ipam.conflicting_writes,
-        removed: space.ring.tombstones.iter().cloned().collect(),
     }
 }
 
