@@ -1,5 +1,6 @@
-//! Control-socket protocol between the CLI and the daemon: one JSON request line, one JSON
-//! response line per connection, over a root-only unix socket.
+//! Control-socket protocol between the CLI and the daemon: one JSON request line, then a
+//! `working` line every [`WORKING_EVERY`] while the daemon is at it and one JSON response
+//! line, per connection, over a root-only unix socket.
 
 use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
@@ -12,11 +13,18 @@ use crate::{
 };
 
 /// How long the CLI waits for a request that does not involve Docker (the daemon answers
-/// those in milliseconds; seconds mean it is stuck).
-const QUICK_REPLY: Duration = Duration::from_secs(15);
+/// those in milliseconds; seconds mean it is stuck), and for any line from the daemon: it
+/// says it is working far more often.
+pub const QUICK_REPLY: Duration = Duration::from_secs(15);
 /// What the CLI waits on top of the daemon's own worst case, for scheduling and the work
 /// around the Docker calls (creating `ethwe`, map writes).
 const REPLY_MARGIN: Duration = Duration::from_secs(30);
+/// How often the daemon tells a waiting CLI that it is still at its request.
+pub const WORKING_EVERY: Duration = Duration::from_secs(2);
+/// How long a request may wait behind others while the daemon keeps saying it is working:
+/// a burst of attaches queues on the kernel's rtnetlink lock, which every veth made on the
+/// machine takes (300 concurrent attaches on three agents of a 2-core machine took 12 s).
+const QUEUE_ALLOWANCE: Duration = Duration::from_secs(120);
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -128,6 +136,11 @@ impl Request {
             calls => DOCKER_CALL_TIMEOUT * calls + REPLY_MARGIN,
         }
     }
+
+    /// How long the CLI waits in all while the daemon keeps saying it is working.
+    pub fn working_limit(&self) -> Duration {
+        self.reply_timeout() + QUEUE_ALLOWANCE
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -190,6 +203,8 @@ pub enum Response {
     Error {
         message: String,
     },
+    /// Not an answer: the daemon is still at the request (see [`WORKING_EVERY`]).
+    Working,
 }
 
 /// An endpoint attached on this host, as `ps` shows it.

@@ -1,16 +1,16 @@
 //! The CLI's side of the control socket: send one request, wait for its answer as long as
-//! the daemon may take, and say plainly what went wrong.
+//! the daemon may take and keeps saying it is working, and say plainly what went wrong.
 
 use std::{
     io::{BufRead as _, BufReader, ErrorKind, Write as _},
     os::unix::net::UnixStream,
     path::Path,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, anyhow, bail};
 
-use super::api::{Request, Response};
+use super::api::{QUICK_REPLY, Request, Response};
 
 /// Why a request could not reach a daemon.
 #[derive(Debug)]
@@ -70,31 +70,59 @@ pub fn unexpected(op: &str) -> anyhow::Error {
 }
 
 fn exchange(stream: UnixStream, request: &Request) -> Result<Response> {
-    exchange_within(stream, request, request.reply_timeout())
+    exchange_within(stream, request, QUICK_REPLY, request.working_limit())
 }
 
-fn exchange_within(mut stream: UnixStream, request: &Request, wait: Duration) -> Result<Response> {
-    stream.set_read_timeout(Some(wait))?;
+/// Sends `request` and reads lines until the answer: each within `silence`, all within
+/// `limit`.
+fn exchange_within(
+    mut stream: UnixStream,
+    request: &Request,
+    silence: Duration,
+    limit: Duration,
+) -> Result<Response> {
     let mut line = serde_json::to_string(request)?;
     line.push('\n');
     stream
         .write_all(line.as_bytes())
         .context("sending the request to the agent")?;
-    let mut reply = String::new();
-    match BufReader::new(stream).read_line(&mut reply) {
-        Ok(_) => {}
-        Err(err) if matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => bail!(
-            "the agent did not answer {} within {} s; it may still complete it: check with \
-             `weave-agent ps` (and `docker ps` for a container), and see the agent's log",
-            request.name(),
-            wait.as_secs()
-        ),
-        Err(err) => return Err(err).context("waiting for the agent's reply"),
+    const CHECK: &str = "it may still complete it: check with `weave-agent ps` (and `docker \
+                         ps` for a container), and see the agent's log";
+    let started = Instant::now();
+    let mut lines = BufReader::new(stream.try_clone()?);
+    loop {
+        let left = limit.saturating_sub(started.elapsed());
+        if left.is_zero() {
+            bail!(
+                "the agent has been at {} for {} s without finishing; {CHECK}",
+                request.name(),
+                limit.as_secs()
+            );
+        }
+        stream.set_read_timeout(Some(silence.min(left)))?;
+        let mut reply = String::new();
+        match lines.read_line(&mut reply) {
+            Ok(_) => {}
+            Err(err) if matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                if started.elapsed() >= limit {
+                    continue;
+                }
+                bail!(
+                    "the agent did not answer {} within {} s; {CHECK}",
+                    request.name(),
+                    silence.as_secs()
+                )
+            }
+            Err(err) => return Err(err).context("waiting for the agent's reply"),
+        }
+        if reply.is_empty() {
+            bail!("the agent closed the connection without answering; see its log");
+        }
+        match serde_json::from_str(&reply).map_err(|_| unexpected(request.name()))? {
+            Response::Working => continue,
+            response => return Ok(response),
+        }
     }
-    if reply.is_empty() {
-        bail!("the agent closed the connection without answering; see its log");
-    }
-    serde_json::from_str(&reply).map_err(|_| unexpected(request.name()))
 }
 
 #[cfg(test)]
@@ -138,7 +166,8 @@ mod tests {
     #[test]
     fn a_reply_that_does_not_come_says_the_request_may_have_completed() {
         let (client, _daemon) = UnixStream::pair().unwrap();
-        let err = exchange_within(client, &Request::Ps, Duration::from_millis(50))
+        let wait = Duration::from_millis(50);
+        let err = exchange_within(client, &Request::Ps, wait, wait * 10)
             .unwrap_err()
             .to_string();
         assert!(
@@ -153,10 +182,50 @@ mod tests {
         daemon
             .write_all(b"{\"result\":\"from_the_future\"}\n")
             .unwrap();
-        let err = exchange_within(client, &Request::Ps, Duration::from_secs(5))
+        let wait = Duration::from_secs(5);
+        let err = exchange_within(client, &Request::Ps, wait, wait)
             .unwrap_err()
             .to_string();
         assert!(err.contains("another version"), "{err}");
+    }
+
+    /// A daemon that keeps saying it is working is waited for past the silence limit, and
+    /// its answer is the one returned; one that works past the limit is given up on.
+    #[test]
+    fn working_lines_keep_the_cli_waiting_up_to_the_limit() {
+        let silence = Duration::from_millis(200);
+        let (client, mut daemon) = UnixStream::pair().unwrap();
+        let talker = std::thread::spawn(move || {
+            for _ in 0..5 {
+                std::thread::sleep(silence / 2);
+                daemon.write_all(b"{\"result\":\"working\"}\n").unwrap();
+            }
+            daemon
+                .write_all(b"{\"result\":\"endpoints\",\"endpoints\":[]}\n")
+                .unwrap();
+        });
+        let response = exchange_within(client, &Request::Ps, silence, silence * 20).unwrap();
+        assert!(
+            matches!(&response, Response::Endpoints { endpoints } if endpoints.is_empty()),
+            "{response:?}"
+        );
+        talker.join().unwrap();
+
+        let (client, mut daemon) = UnixStream::pair().unwrap();
+        let talker = std::thread::spawn(move || {
+            // Working for longer than the limit: the CLI gives up, the writes may then fail.
+            for _ in 0..10 {
+                std::thread::sleep(silence / 2);
+                if daemon.write_all(b"{\"result\":\"working\"}\n").is_err() {
+                    break;
+                }
+            }
+        });
+        let err = exchange_within(client, &Request::Ps, silence, silence * 2)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("without finishing"), "{err}");
+        talker.join().unwrap();
     }
 
     #[test]

@@ -38,7 +38,7 @@ pub async fn handle_connection(agent: &Agent, stream: UnixStream) -> Result<()> 
         .read_until(b'\n', &mut line)
         .await?;
     let response = match api::parse_request(&line) {
-        Ok(request) => respond(agent, request)
+        Ok(request) => working_meanwhile(&mut write, respond(agent, request))
             .await
             .unwrap_or_else(|err| Response::Error {
                 message: format!("{err:#}"),
@@ -55,6 +55,31 @@ pub async fn handle_connection(agent: &Agent, stream: UnixStream) -> Result<()> 
         let _ = agent.shutdown.send(true);
     }
     Ok(())
+}
+
+/// Awaits `work`, telling the client every [`api::WORKING_EVERY`] that it is still under way,
+/// so a request queued behind many others is not given up on as if the daemon had hung. A
+/// client that went away does not stop the work: it finishes, whoever is listening.
+async fn working_meanwhile<W, T>(write: &mut W, work: impl Future<Output = T>) -> T
+where
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    let mut line = serde_json::to_string(&Response::Working).expect("a unit variant");
+    line.push('\n');
+    let mut tick = tokio::time::interval_at(
+        tokio::time::Instant::now() + api::WORKING_EVERY,
+        api::WORKING_EVERY,
+    );
+    let mut listening = true;
+    tokio::pin!(work);
+    loop {
+        tokio::select! {
+            done = &mut work => return done,
+            _ = tick.tick(), if listening => {
+                listening = write.write_all(line.as_bytes()).await.is_ok();
+            }
+        }
+    }
 }
 
 async fn respond(agent: &Agent, request: Request) -> Result<Response> {
@@ -119,4 +144,31 @@ async fn respond(agent: &Agent, request: Request) -> Result<Response> {
         Request::RmPeer { peer } => ipam::remove_peer(agent, &peer).await?,
         Request::Ipam => ipam::listing(&*agent.inner.lock().await),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncReadExt as _;
+
+    use super::*;
+
+    /// Work that takes five ticks is accompanied by a working line per tick, then returns
+    /// its own result; no line is written for work that finishes within the first tick.
+    #[tokio::test(start_paused = true)]
+    async fn long_work_is_accompanied_by_working_lines() {
+        let (mut client, mut daemon) = tokio::io::duplex(4096);
+        let five_ticks = tokio::time::sleep(api::WORKING_EVERY * 5 + api::WORKING_EVERY / 2);
+        let done = working_meanwhile(&mut daemon, async {
+            five_ticks.await;
+            7
+        })
+        .await;
+        assert_eq!(done, 7);
+        let quick = working_meanwhile(&mut daemon, async { 8 }).await;
+        assert_eq!(quick, 8);
+        drop(daemon);
+        let mut heard = String::new();
+        client.read_to_string(&mut heard).await.unwrap();
+        assert_eq!(heard, "{\"result\":\"working\"}\n".repeat(5));
+    }
 }
