@@ -17,6 +17,7 @@ pub mod cli;
 pub mod control;
 pub mod crypto;
 pub mod datapath;
+pub mod dns;
 pub mod host;
 pub mod ipam;
 pub mod mesh;
