@@ -317,8 +317,14 @@ impl Drop for Host {
         let _ = std::fs::remove_dir_all(self.pin_dir());
         let _ = std::fs::remove_dir_all(self.state_dir());
         let _ = std::fs::remove_dir_all(self.data_dir());
+        let _ = std::fs::remove_dir_all(etc_netns(&self.name));
         let _ = run("ip", ["netns", "del", &self.name]);
     }
+}
+
+/// Where `ip netns exec NAME` finds the files it binds over /etc (resolv.conf).
+pub fn etc_netns(name: &str) -> PathBuf {
+    Path::new("/etc/netns").join(name)
 }
 
 /// A container: a network namespace of its own that the agent gives an `ethwe`.
@@ -384,6 +390,7 @@ impl Container {
 
 impl Drop for Container {
     fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(etc_netns(&self.name));
         let _ = run("ip", ["netns", "del", &self.name]);
     }
 }

@@ -48,6 +48,12 @@ pub const ENDPOINT_FORWARDS: u8 = 2;
 /// namespace, where `bpf_redirect_peer` refuses).
 pub const ENDPOINT_EXPOSED: u8 = 4;
 
+/// The endpoint is a service of this host's agent (its DNS server), on a host-side interface
+/// like an exposed address and delivered the same way. Every local endpoint may talk to it
+/// whatever its subnet, no remote one may, and it is never gossiped: each host has its own
+/// at the same address.
+pub const ENDPOINT_SERVICE: u8 = 8;
+
 /// A container address on the overlay: where it lives and which subnet it belongs to.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -56,7 +62,8 @@ pub struct Endpoint {
     pub mac: [u8; 6],
     pub prefix_len: u8,
     /// [`ENDPOINT_LOCAL`] (and maybe [`ENDPOINT_FORWARDS`]), or 0 (remote); and
-    /// [`ENDPOINT_EXPOSED`] for an exposed host address, local or remote.
+    /// [`ENDPOINT_EXPOSED`] for an exposed host address, local or remote;
+    /// [`ENDPOINT_SERVICE`] for the agent's own service address.
     pub flags: u8,
     /// Local: ifindex of the host-side veth. Remote: 0.
     pub ifindex: u32,
@@ -82,9 +89,19 @@ impl Endpoint {
         self.flags & ENDPOINT_EXPOSED != 0
     }
 
+    /// See [`ENDPOINT_SERVICE`].
+    pub const fn service(&self) -> bool {
+        self.flags & ENDPOINT_SERVICE != 0
+    }
+
     /// Both endpoints are in the same subnet, so traffic between them is allowed.
     pub const fn same_subnet(&self, other: &Self) -> bool {
         self.subnet == other.subnet && self.prefix_len == other.prefix_len
+    }
+
+    /// One is the agent's service and the other a local endpoint (see [`ENDPOINT_SERVICE`]).
+    pub const fn local_service_pair(&self, other: &Self) -> bool {
+        (self.service() && other.is_local()) || (other.service() && self.is_local())
     }
 }
 

@@ -53,7 +53,7 @@ pub(crate) fn deliver_local(
 pub(crate) fn hand_to(dst: &Endpoint) -> Result<(), CounterId> {
     // SAFETY: redirect helpers with no flags have no preconditions.
     let done = unsafe {
-        if dst.exposed() {
+        if dst.exposed() || dst.service() {
             bpf_redirect(dst.ifindex, 0)
         } else {
             bpf_redirect_peer(dst.ifindex, 0)

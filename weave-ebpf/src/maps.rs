@@ -137,9 +137,12 @@ pub(crate) fn config() -> Config {
     WEAVE_CONFIG.get(0).copied().unwrap_or_default()
 }
 
-/// `src` may send to `dst`: same subnet, or an isolation rule allows the pair.
+/// `src` may send to `dst`: same subnet, a local endpoint and the agent's service, or an
+/// isolation rule allows the pair.
 #[inline(always)]
 pub(crate) fn may_talk(src: &Endpoint, dst: &Endpoint) -> bool {
     // SAFETY: only presence is checked.
-    src.same_subnet(dst) || unsafe { WEAVE_POLICY.get(&SubnetPair::between(src, dst)).is_some() }
+    src.same_subnet(dst)
+        || src.local_service_pair(dst)
+        || unsafe { WEAVE_POLICY.get(&SubnetPair::between(src, dst)).is_some() }
 }

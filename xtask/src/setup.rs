@@ -27,6 +27,9 @@ const RUNTIME_PACKAGES: &[&str] = &[
     "python3",
     // tcpdump: the encryption tests capture what crosses the switch, as an eavesdropper would.
     "tcpdump",
+    // dnsmasq: the upstream resolver the DNS tests forward to, run inside a namespace (the
+    // package's own service is never started by the tests).
+    "dnsmasq-base",
 ];
 /// What building bpf-linker against LLVM 22 needs (the nightly's LLVM is 22).
 const LINKER_BUILD_PACKAGES: &[&str] = &[

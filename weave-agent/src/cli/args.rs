@@ -123,6 +123,14 @@ pub enum Command {
         /// MTU of `ethwe` (default: underlay MTU - 50).
         #[arg(long)]
         mtu: Option<u32>,
+        /// The container's name in DNS: NAME.weave.local on every host (a Docker container
+        /// has its Docker name without this).
+        #[arg(long, value_name = "NAME")]
+        dns_name: Option<String>,
+        /// For netns:NAME: write /etc/netns/NAME/resolv.conf (what `ip netns exec NAME` shows
+        /// as /etc/resolv.conf) naming the agent's DNS server and domain.
+        #[arg(long)]
+        resolv_conf: bool,
     },
 
     /// Remove a container's `ethwe` and withdraw its address from the mesh.
@@ -230,6 +238,25 @@ pub enum Command {
         #[arg(value_name = "PEER")]
         peer: String,
     },
+
+    /// List the names the DNS server answers (NAME.weave.local and its addresses), from
+    /// every host.
+    Dns(OutputArgs),
+
+    /// Give addresses a name in DNS, for anything that is not a container attached here (a
+    /// service outside the overlay, an alias). As Weave's: `-h` is the name; `--help` helps.
+    #[command(
+        disable_help_flag = true,
+        after_help = "Example:\n  weave-agent dns-add 10.32.0.7 10.32.0.8 -h db   (db.weave.local, both addresses)"
+    )]
+    DnsAdd(DnsNameArgs),
+
+    /// Take back a name that `dns-add` gave.
+    #[command(
+        disable_help_flag = true,
+        after_help = "Example:\n  weave-agent dns-remove 10.32.0.8 -h db"
+    )]
+    DnsRemove(DnsNameArgs),
 
     /// Stop the agent; the pinned data path keeps forwarding. Returns once it has exited.
     Stop,
@@ -348,6 +375,21 @@ pub struct LaunchArgs {
     /// without peers, observer with. Two meshes whose seeds both claimed refuse to merge.
     #[arg(long, value_enum, value_name = "MODE")]
     pub ipalloc_init: Option<IpallocInit>,
+
+    /// Run no DNS server: containers get no names, `run` leaves Docker's resolvers alone.
+    #[arg(long, conflicts_with_all = ["dns_domain", "dns_upstream"])]
+    pub no_dns: bool,
+
+    /// The domain containers' names are in. Every host of a mesh should use the same.
+    /// Default: weave.local, as Weave Net's.
+    #[arg(long, value_name = "DOMAIN")]
+    pub dns_domain: Option<String>,
+
+    /// Where names outside the domain are asked, e.g. `10.0.0.2,10.0.0.3:5353`. Default: the
+    /// resolvers of this network namespace's /etc/resolv.conf (for `ip netns exec HOST`,
+    /// /etc/netns/HOST/resolv.conf), read at launch.
+    #[arg(long, value_name = "ADDR[,ADDR...]")]
+    pub dns_upstream: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -361,6 +403,20 @@ pub enum Encap {
     Vxlan,
     #[default]
     Ebpf,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct DnsNameArgs {
+    /// The addresses.
+    #[arg(value_name = "IP", required = true)]
+    pub ips: Vec<std::net::Ipv4Addr>,
+    /// The name: `db` or `db.weave.local`.
+    #[arg(short = 'h', long = "hostname", value_name = "NAME", required = true)]
+    pub name: String,
+    #[arg(long, action = clap::ArgAction::Help)]
+    help: Option<bool>,
+    #[command(flatten)]
+    pub out: OutputArgs,
 }
 
 #[derive(Debug, Args, Clone, Copy, Default)]

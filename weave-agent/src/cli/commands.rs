@@ -1,5 +1,7 @@
 //! What each subcommand does on the CLI side: send a request, print the answer.
 
+use std::path::Path;
+
 use anyhow::{Context as _, Result, bail};
 
 use super::{
@@ -97,24 +99,77 @@ pub fn attach(
     address: Option<&str>,
     container_arg: &str,
     mtu: Option<u32>,
+    dns: &AttachDns,
 ) -> Result<()> {
     // Refuse bad input before anything is changed anywhere.
     let parsed: AddressRequest = address.unwrap_or("net:default").parse()?;
     let netns = netns::netns_path(container_arg)?;
+    let resolv_conf = match (&dns.resolv_conf, container_arg.strip_prefix("netns:")) {
+        (false, _) => None,
+        (true, Some(name)) => Some(Path::new("/etc/netns").join(name).join("resolv.conf")),
+        (true, None) => bail!(
+            "--resolv-conf writes /etc/netns/NAME/resolv.conf, which only netns:NAME containers \
+             read (`ip netns exec`); `weave-agent run` gives Docker containers the server itself"
+        ),
+    };
     let request = Request::Attach {
         cidr: parsed.to_string(),
         container: container_arg.to_owned(),
         netns,
         mtu,
+        dns_name: dns.dns_name.clone(),
     };
     let Response::Attached { endpoint } = api::call_agent(&loc.socket(), &request)? else {
         return Err(unexpected("attach"));
     };
     println!(
-        "{} {} {} (ethwe, MTU {})",
-        endpoint.container, endpoint.mac, endpoint.cidr, endpoint.mtu
+        "{} {} {} (ethwe, MTU {}){}",
+        endpoint.container,
+        endpoint.mac,
+        endpoint.cidr,
+        endpoint.mtu,
+        endpoint
+            .dns_name
+            .as_deref()
+            .map(|n| format!(" {n}"))
+            .unwrap_or_default()
+    );
+    if let Some(path) = resolv_conf {
+        write_resolv_conf(loc, &path)?;
+    }
+    Ok(())
+}
+
+/// Names the agent's DNS server and domain in `path` (a netns container's resolv.conf).
+fn write_resolv_conf(loc: &Location, path: &Path) -> Result<()> {
+    let Response::Status(status) = api::call_agent(&loc.socket(), &Request::Status)? else {
+        return Err(unexpected("status"));
+    };
+    let Some(address) = status.dns.address else {
+        bail!("the agent serves no names (launched with --no-dns): no resolv.conf written");
+    };
+    let dir = path
+        .parent()
+        .context("a resolv.conf path has a directory")?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let text = format!(
+        "# written by weave-agent attach --resolv-conf\nnameserver {address}\nsearch {}\n",
+        status.dns.domain
+    );
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+    println!(
+        "{} names {address} (search {})",
+        path.display(),
+        status.dns.domain
     );
     Ok(())
+}
+
+/// What `attach` is told about names.
+#[derive(Debug, Clone, Default)]
+pub struct AttachDns {
+    pub dns_name: Option<String>,
+    pub resolv_conf: bool,
 }
 
 pub fn detach(loc: &Location, container_arg: &str) -> Result<()> {
@@ -335,6 +390,21 @@ pub fn rmpeer(loc: &Location, peer: String) -> Result<()> {
         return Err(unexpected("rmpeer"));
     };
     println!("removed peer {nickname} ({name}); {taken_over} of its addresses are this host's now");
+    Ok(())
+}
+
+/// `dns`, `dns-add`, `dns-remove`: sends `request`, lists the names the server answers.
+pub fn dns(loc: &Location, request: &Request, out: OutputArgs) -> Result<()> {
+    let Response::DnsRecords { records } = api::call_agent(&loc.socket(), request)? else {
+        return Err(unexpected(request.name()));
+    };
+    if out.json {
+        println!("{}", serde_json::to_string_pretty(&records)?);
+        return Ok(());
+    }
+    for r in &records {
+        println!("{:<40} {}", r.name, r.ip);
+    }
     Ok(())
 }
 

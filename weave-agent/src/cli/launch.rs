@@ -19,7 +19,7 @@ use crate::{
     control::{
         api::{Request, Response},
         client::{self as api, Unreachable, unexpected},
-        config::{DEFAULT_RANGE, DaemonConfig, Encapsulation, IpamConfig},
+        config::{DEFAULT_RANGE, DaemonConfig, DnsConfig, Encapsulation, IpamConfig},
         location::Location,
         ready::READY_FD_ENV,
     },
@@ -37,7 +37,25 @@ const READY_FD: i32 = 3;
 /// What the daemon is started with, from the flags (the password file read here, so a
 /// missing file is reported before anything starts).
 pub fn daemon_config(args: &LaunchArgs) -> Result<DaemonConfig> {
+    let dns = if args.no_dns {
+        None
+    } else {
+        Some(DnsConfig {
+            domain: crate::dns::zone::parse_domain(
+                args.dns_domain
+                    .as_deref()
+                    .unwrap_or(crate::dns::zone::DEFAULT_DOMAIN),
+            )
+            .context("--dns-domain takes a domain, e.g. weave.local")?,
+            upstreams: args
+                .dns_upstream
+                .as_deref()
+                .map(crate::dns::upstream::parse_list)
+                .transpose()?,
+        })
+    };
     Ok(DaemonConfig {
+        dns,
         peers: args.peers.clone(),
         iface: args.iface.clone(),
         nickname: args.name.clone(),

@@ -42,13 +42,22 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Forget { peers } => commands::configure_peers(&loc, &Request::Forget { peers }),
         Command::Run { args, mtu } => commands::run_container(&loc, &args, mtu),
-        Command::Attach { args, mtu } => {
+        Command::Attach {
+            args,
+            mtu,
+            dns_name,
+            resolv_conf,
+        } => {
             let (address, container) = match args.as_slice() {
                 [address, container] => (Some(address.as_str()), container.as_str()),
                 [container] => (None, container.as_str()),
                 _ => unreachable!("clap takes one or two"),
             };
-            commands::attach(&loc, address, container, mtu)
+            let dns = commands::AttachDns {
+                dns_name,
+                resolv_conf,
+            };
+            commands::attach(&loc, address, container, mtu, &dns)
         }
         Command::Detach { container } => commands::detach(&loc, &container),
         Command::Ps(out) => commands::ps(&loc, out),
@@ -68,5 +77,24 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Hide { cidr, out } => commands::hide(&loc, cidr, out),
         Command::Rmpeer { peer } => commands::rmpeer(&loc, peer),
         Command::Ipam(out) => commands::ipam(&loc, out),
+        Command::Dns(out) => commands::dns(&loc, &Request::Dns, out),
+        Command::DnsAdd(args) => commands::dns(
+            &loc,
+            &Request::DnsChange {
+                ips: args.ips,
+                name: args.name,
+                add: true,
+            },
+            args.out,
+        ),
+        Command::DnsRemove(args) => commands::dns(
+            &loc,
+            &Request::DnsChange {
+                ips: args.ips,
+                name: args.name,
+                add: false,
+            },
+            args.out,
+        ),
     }
 }

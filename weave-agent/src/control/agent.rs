@@ -56,6 +56,8 @@ pub struct Agent {
     pub ipam_changed: tokio::sync::Notify,
     /// Attaches under way (`endpoints::attach_endpoint`), so a burst syncs once at its end.
     pub attaches: std::sync::atomic::AtomicUsize,
+    /// The DNS server for this host's containers; None with `--no-dns`.
+    pub dns: Option<Arc<crate::dns::server::Service>>,
 }
 
 pub struct Inner {

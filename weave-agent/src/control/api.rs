@@ -38,6 +38,9 @@ pub enum Request {
         container: String,
         netns: Option<PathBuf>,
         mtu: Option<u32>,
+        /// The container's DNS name; None: its Docker name, or none.
+        #[serde(default)]
+        dns_name: Option<String>,
     },
     /// Create and start a Docker container, then attach `cidr` to it.
     Run {
@@ -91,6 +94,14 @@ pub enum Request {
     },
     /// The address space: who owns which range, and what this host handed out.
     Ipam,
+    /// Give `name` to `ips` (`dns-add`), or take it back (`dns-remove`).
+    DnsChange {
+        ips: Vec<std::net::Ipv4Addr>,
+        name: String,
+        add: bool,
+    },
+    /// Every name the DNS server answers.
+    Dns,
 }
 
 impl Request {
@@ -113,6 +124,9 @@ impl Request {
             Self::Hide { .. } => "hide",
             Self::RmPeer { .. } => "rmpeer",
             Self::Ipam => "ipam",
+            Self::DnsChange { add: true, .. } => "dns-add",
+            Self::DnsChange { add: false, .. } => "dns-remove",
+            Self::Dns => "dns",
         }
     }
 
@@ -205,6 +219,30 @@ pub enum Response {
     },
     /// Not an answer: the daemon is still at the request (see [`WORKING_EVERY`]).
     Working,
+    DnsRecords {
+        records: Vec<DnsRecord>,
+    },
+}
+
+/// A name the DNS server answers, and one of its addresses.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DnsRecord {
+    pub name: String,
+    pub ip: std::net::Ipv4Addr,
+}
+
+/// The DNS server, as `status` shows it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DnsInfo {
+    pub enabled: bool,
+    pub address: Option<std::net::Ipv4Addr>,
+    pub domain: String,
+    pub upstreams: Vec<String>,
+    pub records: usize,
+    pub answered: u64,
+    pub forwarded: u64,
+    pub upstream_failed: u64,
+    pub malformed: u64,
 }
 
 /// An endpoint attached on this host, as `ps` shows it.
@@ -222,6 +260,9 @@ pub struct EndpointInfo {
     /// Set for an exposed host address (`expose`; its container is `weave:expose`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expose: Option<ExposeInfo>,
+    /// The container's DNS name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_name: Option<String>,
 }
 
 /// How an exposed address serves what is outside the overlay.
@@ -369,6 +410,8 @@ pub struct Status {
     /// Automatic addresses.
     #[serde(default)]
     pub ipam: IpamInfo,
+    #[serde(default)]
+    pub dns: DnsInfo,
 }
 
 /// One range of the address ring.

@@ -144,6 +144,7 @@ mod tests {
             container: "web".into(),
             netns: None,
             mtu: None,
+            dns_name: None,
         };
         for request in [run, attach, Request::Status] {
             assert!(

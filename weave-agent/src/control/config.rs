@@ -32,6 +32,27 @@ pub struct DaemonConfig {
     /// there crosses in clear if the peer trusts this host too.
     pub trusted_subnets: Vec<crate::net::policy::Subnet>,
     pub ipam: IpamConfig,
+    /// The DNS server; None with `--no-dns`.
+    pub dns: Option<DnsConfig>,
+}
+
+/// The DNS server for this host's containers.
+#[derive(Debug, Clone)]
+pub struct DnsConfig {
+    /// Normalized, e.g. `weave.local`.
+    pub domain: String,
+    /// Where names outside the domain go; None: the resolvers of this namespace's
+    /// resolv.conf.
+    pub upstreams: Option<Vec<SocketAddr>>,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        Self {
+            domain: crate::dns::zone::DEFAULT_DOMAIN.to_owned(),
+            upstreams: None,
+        }
+    }
 }
 
 /// Automatic addresses: the range, the default subnet, and whether this host may claim the

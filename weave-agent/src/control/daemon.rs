@@ -23,7 +23,7 @@ use super::{
     agent::{Agent, Inner},
     api,
     config::{DaemonConfig, Encapsulation},
-    docker_events, endpoints, expose, forwarding_watch,
+    dns, docker_events, endpoints, expose, forwarding_watch,
     ipam::store::Ipam,
     links,
     location::Location,
@@ -32,6 +32,7 @@ use super::{
 use crate::{
     crypto::{self, engine::Engine, handshake::Identity, table::Table, tap::Tap, trust},
     datapath::{Datapath, bpffs},
+    dns::server as dns_server,
     host::{
         netlink, routes,
         underlay::{self, Link},
@@ -82,6 +83,14 @@ fn run_locked(config: &DaemonConfig, loc: &Location, ready: &mut Option<File>) -
     }
     // Before anything else is logged: a daemon that runs for months must not fill the disk.
     log_file::bound(&loc.log_file())?;
+    // The resolv.conf `ip netns exec` shows this namespace's processes: gone from view once
+    // the daemon is in the host's mount namespace.
+    let mut config = config.clone();
+    if let Some(dns) = &mut config.dns {
+        dns.upstreams
+            .get_or_insert_with(crate::dns::upstream::from_host);
+    }
+    let config = &config;
     // Still single-threaded: the only time entering another mount namespace is allowed.
     bpffs::enter_host_mount_namespace()?;
 
@@ -90,8 +99,8 @@ fn run_locked(config: &DaemonConfig, loc: &Location, ready: &mut Option<File>) -
         .build()
         .context("starting the async runtime")?;
     let result = runtime.block_on(async {
-        let (agent, listener) = start(config, loc).await?;
-        serve(agent, listener, config, ready).await
+        let (agent, listener, dns_sockets) = start(config, loc).await?;
+        serve(agent, listener, dns_sockets, config, ready).await
     });
     drop(lock);
     result
@@ -99,7 +108,10 @@ fn run_locked(config: &DaemonConfig, loc: &Location, ready: &mut Option<File>) -
 
 /// Everything up to a bound control socket: the data path attached, endpoints adopted,
 /// gossip started with them.
-async fn start(config: &DaemonConfig, loc: &Location) -> Result<(Arc<Agent>, UnixListener)> {
+async fn start(
+    config: &DaemonConfig,
+    loc: &Location,
+) -> Result<(Arc<Agent>, UnixListener, Option<dns_server::Sockets>)> {
     let handle = netlink::connect()?;
     let links = netlink::links(&handle).await?;
     let default_oif = routes::default_route_oif(&handle).await?;
@@ -151,9 +163,26 @@ async fn start(config: &DaemonConfig, loc: &Location) -> Result<(Arc<Agent>, Uni
     expose::restore(&mut inner).await?;
     endpoints::adopt_endpoints(&mut inner).await?;
     state::save(&loc.state_dir, &inner.state)?;
-    let agent = start_gossip(config, loc, &underlay, address, peer_name, inner, crypto).await?;
+    let (service, sockets) = match &config.dns {
+        Some(dns_config) => {
+            let (service, sockets) = dns::prepare(&mut inner, dns_config).await?;
+            (Some(service), Some(sockets))
+        }
+        None => (None, None),
+    };
+    let agent = start_gossip(
+        config,
+        loc,
+        &underlay,
+        address,
+        peer_name,
+        inner,
+        (crypto, service),
+    )
+    .await?;
+    dns::refresh(&agent, &*agent.inner.lock().await);
     let listener = server::bind_socket(&loc.socket())?;
-    Ok((agent, listener))
+    Ok((agent, listener, sockets))
 }
 
 async fn load_datapath(
@@ -223,7 +252,7 @@ async fn start_gossip(
     address: (Ipv4Addr, u8),
     peer_name: String,
     mut inner: Inner,
-    crypto: Option<Engine>,
+    (crypto, dns): (Option<Engine>, Option<Arc<dns_server::Service>>),
 ) -> Result<Arc<Agent>> {
     let ip = address.0;
     let nickname = config.nickname.clone().unwrap_or_else(|| loc.netns.clone());
@@ -243,6 +272,11 @@ async fn start_gossip(
                 .rules
                 .iter()
                 .map(|r| (r.gossip_key(), r.gossip_value())),
+        )
+        .chain(
+            named_addresses(&inner.state)
+                .into_iter()
+                .map(|ip| crate::mesh::keys::names_key_value(ip, &inner.state.names_of(ip))),
         )
         .chain([(LINKS_KEY.to_owned(), encode_links(&inner.links.heard))])
         .chain(crypto.iter().flat_map(|engine| {
@@ -284,7 +318,19 @@ async fn start_gossip(
         trusted: config.trusted_subnets.clone(),
         ipam_changed: tokio::sync::Notify::new(),
         attaches: Default::default(),
+        dns,
     }))
+}
+
+/// Addresses this host gives DNS names to.
+fn named_addresses(state: &state::State) -> std::collections::BTreeSet<Ipv4Addr> {
+    state
+        .endpoints
+        .iter()
+        .filter(|e| e.dns_name.is_some())
+        .map(|e| e.cidr.ip)
+        .chain(state.dns_records.keys().copied())
+        .collect()
 }
 
 /// The parts of `status` that stay as they are while the agent runs.
@@ -327,6 +373,7 @@ fn base_status(
         auth_failure_sources: BTreeMap::new(),
         counters: Default::default(),
         ipam: Default::default(),
+        dns: Default::default(),
     }
 }
 
@@ -335,6 +382,7 @@ fn base_status(
 async fn serve(
     agent: Arc<Agent>,
     listener: UnixListener,
+    dns_sockets: Option<dns_server::Sockets>,
     config: &DaemonConfig,
     ready: &mut Option<File>,
 ) -> Result<()> {
@@ -347,6 +395,14 @@ async fn serve(
         tokio::spawn(peers::resolve_loop(Arc::clone(&agent))),
         tokio::spawn(links::link_loop(Arc::clone(&agent), hellos)),
     ];
+    let dns_task = match (&agent.dns, dns_sockets) {
+        (Some(service), Some(sockets)) => Some(tokio::spawn(dns_server::serve(
+            Arc::clone(service),
+            sockets,
+            agent.shutdown.subscribe(),
+        ))),
+        _ => None,
+    };
     tracing::info!(
         netns = %agent.loc.netns,
         underlay = %agent.base.underlay.name,
@@ -358,7 +414,7 @@ async fn serve(
     }
     accept_until_stopped(&agent, listener).await?;
     let _ = agent.shutdown.send(true);
-    for task in tasks {
+    for task in tasks.into_iter().chain(dns_task) {
         let _ = task.await;
     }
     if let Some(metrics) = metrics {

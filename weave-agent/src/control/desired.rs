@@ -85,6 +85,7 @@ pub(super) mod tests {
             exposed_routes: BTreeMap::new(),
             ring: None,
             wants: BTreeMap::new(),
+            names: BTreeMap::new(),
             name: name.to_owned(),
             nickname: name.to_owned(),
             address: SocketAddr::from((ip, GOSSIP_PORT)),

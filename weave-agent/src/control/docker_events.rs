@@ -130,6 +130,7 @@ async fn container_started(agent: &Agent, engine: &bollard::Docker, id: &str) {
             label: ep.container.clone(),
             netns: container.netns(),
             docker_id: Some(container.id),
+            dns_name: ep.dns_name.clone(),
         };
         attach_endpoint(agent, ep.cidr, &target, Some(ep.mtu)).await
     }

@@ -12,7 +12,7 @@ use anyhow::{Context as _, Result, bail};
 
 use super::{
     agent::{Agent, Inner, Pending},
-    api, forwarding_watch, ipam,
+    api, dns, forwarding_watch, ipam,
     location::same_namespace,
     state::LocalEndpoint,
     status::endpoint_info,
@@ -31,6 +31,8 @@ pub struct Target {
     pub label: String,
     pub netns: PathBuf,
     pub docker_id: Option<String>,
+    /// The full DNS name it gets, if any.
+    pub dns_name: Option<String>,
 }
 
 /// Refuses an address already used here or anywhere in the mesh, naming where.
@@ -71,16 +73,24 @@ pub async fn attach(
     container: &str,
     netns: Option<PathBuf>,
     mtu: Option<u32>,
+    dns_name: Option<String>,
 ) -> Result<api::EndpointInfo> {
     let request: AddressRequest = cidr.parse()?;
-    let target = match netns {
+    let mut target = match netns {
         Some(netns) => Target {
             label: container.to_owned(),
             netns,
             docker_id: None,
+            dns_name: None,
         },
-        None => docker_target(container).await?,
+        None => docker_target(agent, container).await?,
     };
+    if let Some(name) = dns_name {
+        if agent.dns.is_none() {
+            bail!("--dns-name needs the DNS server, and this agent was launched with --no-dns");
+        }
+        target.dns_name = dns::name_for(agent, &name)?;
+    }
     let holder = target.docker_id.as_deref().unwrap_or(&target.label);
     let (cidr, _) = ipam::address_for(agent, &request, holder).await?;
     let attached = attach_endpoint(agent, cidr, &target, mtu).await;
@@ -88,7 +98,7 @@ pub async fn attach(
     attached
 }
 
-async fn docker_target(container: &str) -> Result<Target> {
+async fn docker_target(agent: &Agent, container: &str) -> Result<Target> {
     let engine = docker::connect().await?;
     let found = docker::inspect(&engine, container)
         .await?
@@ -104,8 +114,22 @@ async fn docker_target(container: &str) -> Result<Target> {
     Ok(Target {
         label: container.to_owned(),
         netns: found.netns(),
+        dns_name: docker_dns_name(agent, &found.name),
         docker_id: Some(found.id),
     })
+}
+
+/// A Docker container's name as a DNS name, if it makes one (Docker allows `_` and `.`,
+/// which DNS labels do not): such containers simply get none.
+fn docker_dns_name(agent: &Agent, docker_name: &str) -> Option<String> {
+    let name = docker_name.trim_start_matches('/');
+    match dns::name_for(agent, name) {
+        Ok(full) => full,
+        Err(err) => {
+            tracing::info!("container {name} gets no DNS name: {err:#}");
+            None
+        }
+    }
 }
 
 /// `run`: creates and starts the container through Docker, attaches it, and removes it again
@@ -119,6 +143,15 @@ pub async fn run_container(
     let request: AddressRequest = cidr.parse()?;
     let engine = docker::connect().await?;
     let holder = format!("run:{}", spec.name.as_deref().unwrap_or("unnamed"));
+    // The agent's DNS server, unless the user chose resolvers; its domain is searched first.
+    let mut spec = spec.clone();
+    if let Some(service) = &agent.dns {
+        if spec.dns.is_empty() {
+            spec.dns.push(service.address.to_string());
+        }
+        spec.dns_search.insert(0, service.domain.clone());
+    }
+    let spec = &spec;
     let (cidr, _) = ipam::address_for(agent, &request, &holder).await?;
     let ran = run_with(agent, &engine, cidr, spec, mtu).await;
     ipam::finished(agent, cidr.ip).await;
@@ -147,6 +180,7 @@ async fn run_with(
                 .unwrap_or_else(|| docker::short_id(&id).to_owned()),
             netns: container.netns(),
             docker_id: Some(id.clone()),
+            dns_name: docker_dns_name(agent, &container.name),
         };
         attach_endpoint(agent, cidr, &target, mtu).await
     }
@@ -182,7 +216,8 @@ pub async fn attach_endpoint(
     }
     let (handle, mtu) = reserve(agent, cidr, target, mtu).await?;
     let host = cidr.host_veth();
-    let made = match make_ethwe(&handle, cidr, &target.netns, mtu).await {
+    let service = agent.dns.as_ref().map(|s| s.address);
+    let made = match make_ethwe(&handle, cidr, &target.netns, mtu, service).await {
         Ok(index) => {
             // Before the map entry exists: a router container's super-packets must never
             // take the eBPF way, not even for the first moments.
@@ -263,13 +298,19 @@ async fn reserve(
 
 /// The veth pair, its far end configured as `ethwe` inside the container. Returns the host
 /// end's index.
-async fn make_ethwe(handle: &rtnetlink::Handle, cidr: Cidr, netns: &Path, mtu: u32) -> Result<u32> {
+async fn make_ethwe(
+    handle: &rtnetlink::Handle,
+    cidr: Cidr,
+    netns: &Path,
+    mtu: u32,
+    service: Option<Ipv4Addr>,
+) -> Result<u32> {
     let (host, temp) = (cidr.host_veth(), cidr.peer_temp_name());
     // A leftover of a crash mid-attach would make the create fail.
     netlink::delete_link(handle, &host).await?;
     let index = netlink::create_veth(handle, &host, &temp, mtu).await?;
     netns::move_into(handle, &temp, netns).await?;
-    netns::configure_ethwe(netns, temp, cidr, mtu).await?;
+    netns::configure_ethwe(netns, temp, cidr, mtu, service).await?;
     Ok(index)
 }
 
@@ -293,6 +334,7 @@ async fn record(
         docker_id: target.docker_id.clone(),
         forwards,
         expose: None,
+        dns_name: target.dns_name.clone(),
     };
     let host = &ep.host_veth;
     let wired: Result<()> = async {
@@ -314,6 +356,11 @@ async fn record(
     inner.state.dormant.retain(|d| d.cidr != cidr);
     inner.state.endpoints.push(ep.clone());
     agent.save(inner)?;
+    agent
+        .gossip
+        .publish_names(cidr.ip, &inner.state.names_of(cidr.ip))
+        .await;
+    dns::refresh(agent, inner);
     Ok(ep)
 }
 

@@ -107,6 +107,7 @@ async fn expose_at(
         docker_id: None,
         forwards: vec![HOST_FORWARDS.to_owned()],
         expose: Some(exposure),
+        dns_name: None,
     };
     let turned_on = match wire(inner, &ep).await {
         Ok(turned_on) => turned_on,

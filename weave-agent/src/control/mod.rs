@@ -7,6 +7,7 @@ pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod desired;
+pub mod dns;
 pub mod docker_events;
 pub mod endpoints;
 pub mod expose;

@@ -11,7 +11,7 @@ use tokio::{
 use super::{
     agent::Agent,
     api::{self, Request, Response},
-    endpoints, expose, ipam, peers, rule_set, rules, status,
+    dns, endpoints, expose, ipam, peers, rule_set, rules, status,
 };
 
 /// Binds the control socket, root-only. The state-directory lock proves no live daemon owns an
@@ -93,8 +93,9 @@ async fn respond(agent: &Agent, request: Request) -> Result<Response> {
             container,
             netns,
             mtu,
+            dns_name,
         } => Response::Attached {
-            endpoint: endpoints::attach(agent, &cidr, &container, netns, mtu).await?,
+            endpoint: endpoints::attach(agent, &cidr, &container, netns, mtu, dns_name).await?,
         },
         Request::Run { cidr, spec, mtu } => Response::Ran {
             id: endpoints::run_container(agent, &cidr, &spec, mtu).await?,
@@ -143,6 +144,12 @@ async fn respond(agent: &Agent, request: Request) -> Result<Response> {
         },
         Request::RmPeer { peer } => ipam::remove_peer(agent, &peer).await?,
         Request::Ipam => ipam::listing(&*agent.inner.lock().await),
+        Request::DnsChange { ips, name, add } => Response::DnsRecords {
+            records: dns::change(agent, &ips, &name, add).await?,
+        },
+        Request::Dns => Response::DnsRecords {
+            records: dns::listing(agent),
+        },
     })
 }
 

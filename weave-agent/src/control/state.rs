@@ -3,8 +3,10 @@
 //! Written atomically (temp file + rename), so a crash never leaves half a file.
 
 use std::{
+    collections::{BTreeMap, BTreeSet},
     fs,
     io::{ErrorKind, Write as _},
+    net::Ipv4Addr,
     path::{Path, PathBuf},
 };
 
@@ -33,6 +35,9 @@ pub struct State {
     /// so rules survive even when every agent restarts.
     #[serde(default)]
     pub rules: Vec<Rule>,
+    /// Names given with `dns-add`, by address (full names).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub dns_records: BTreeMap<Ipv4Addr, BTreeSet<String>>,
 }
 
 /// An endpoint attached on this host.
@@ -56,6 +61,23 @@ pub struct LocalEndpoint {
     /// Set when this is the host's own address on the overlay (`expose`), not a container's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expose: Option<Exposure>,
+    /// The container's full DNS name (its Docker name, or `--dns-name`), if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_name: Option<String>,
+}
+
+impl State {
+    /// The names this host publishes for `ip`: its container's, and those of `dns-add`.
+    pub fn names_of(&self, ip: Ipv4Addr) -> Vec<String> {
+        let mut names: BTreeSet<String> = self.dns_records.get(&ip).cloned().unwrap_or_default();
+        names.extend(
+            self.endpoints
+                .iter()
+                .filter(|e| e.cidr.ip == ip)
+                .filter_map(|e| e.dns_name.clone()),
+        );
+        names.into_iter().collect()
+    }
 }
 
 impl LocalEndpoint {
@@ -121,8 +143,13 @@ mod tests {
                 docker_id: None,
                 forwards: vec!["IPv4 forwarding on ethwe".into()],
                 expose: None,
+                dns_name: Some("c1.weave.local".into()),
             }],
             dormant: Vec::new(),
+            dns_records: BTreeMap::from([(
+                "192.0.2.80".parse().unwrap(),
+                BTreeSet::from(["printer.weave.local".to_owned()]),
+            )]),
             rules: vec![
                 Rule::new(
                     "192.168.1.0/24".parse().unwrap(),

@@ -35,6 +35,7 @@ pub async fn status(agent: &Agent) -> Result<api::Status> {
     status.connections = connections(agent, &inner);
     status.conflicts = inner.conflicts.clone();
     status.ipam = super::ipam::info(&inner.ipam);
+    status.dns = dns_info(agent);
     drop(inner);
     let failures = agent
         .auth_failures
@@ -90,6 +91,7 @@ pub fn endpoint_info(ep: &LocalEndpoint) -> api::EndpointInfo {
             routes: x.routes.iter().map(ToString::to_string).collect(),
             masquerade: x.masquerade,
         }),
+        dns_name: ep.dns_name.clone(),
     }
 }
 
@@ -287,4 +289,23 @@ pub fn connections(agent: &Agent, inner: &Inner) -> Vec<api::ConnectionInfo> {
         });
     }
     out
+}
+
+fn dns_info(agent: &Agent) -> api::DnsInfo {
+    use std::sync::atomic::Ordering::Relaxed;
+    let Some(service) = &agent.dns else {
+        return api::DnsInfo::default();
+    };
+    let c = &service.counters;
+    api::DnsInfo {
+        enabled: true,
+        address: Some(service.address),
+        domain: service.domain.clone(),
+        upstreams: service.upstreams.iter().map(ToString::to_string).collect(),
+        records: service.zone().len(),
+        answered: c.answered.load(Relaxed),
+        forwarded: c.forwarded.load(Relaxed),
+        upstream_failed: c.upstream_failed.load(Relaxed),
+        malformed: c.malformed.load(Relaxed),
+    }
 }

@@ -69,6 +69,7 @@ pub async fn sync_once(agent: &Agent) -> Result<()> {
         }
         peers::contact_configured(agent, inner, &peers);
         inner.peers = peers;
+        super::dns::refresh(agent, inner);
         (maps, rules::route_work(inner), wanted_mtu_routes(inner))
     };
     rules::sync_routes(agent, routes).await;

@@ -18,6 +18,10 @@ pub async fn remove_endpoint(inner: &mut Inner, gossip: &Gossip, ep: &LocalEndpo
     // it.
     netlink::delete_link(&inner.netlink, &ep.host_veth).await?;
     inner.state.endpoints.retain(|e| e.cidr.ip != ep.cidr.ip);
+    // What `dns-add` gave the address stays; the container's own name goes with it.
+    gossip
+        .publish_names(ep.cidr.ip, &inner.state.names_of(ep.cidr.ip))
+        .await;
     Ok(())
 }
 

@@ -35,8 +35,10 @@ pub enum Reply {
     Ignore,
 }
 
-/// Answers `packet`; `turn` rotates the order of several addresses of one name.
-pub fn answer(zone: &Zone, packet: &[u8], turn: usize) -> Reply {
+/// Answers `packet`; `turn` is asked for the next turn each time several addresses of a name
+/// are answered, and rotates their order (only then: a resolver's AAAA query between two A
+/// queries must not take a turn, or the A answers of one client would never rotate).
+pub fn answer(zone: &Zone, packet: &[u8], turn: &mut impl FnMut() -> usize) -> Reply {
     let request = match Message::from_vec(packet) {
         Ok(request) => request,
         Err(_) => return malformed(packet),
@@ -62,7 +64,11 @@ pub fn answer(zone: &Zone, packet: &[u8], turn: usize) -> Reply {
         }
         let mut response = response_to(&request, ResponseCode::NoError);
         if matches!(qtype, RecordType::A | RecordType::ANY) {
-            let start = turn % found.len();
+            let start = if found.len() > 1 {
+                turn() % found.len()
+            } else {
+                0
+            };
             for ip in found[start..].iter().chain(&found[..start]) {
                 response.add_answer(Record::from_rdata(
                     query.name().clone(),
@@ -74,30 +80,30 @@ pub fn answer(zone: &Zone, packet: &[u8], turn: usize) -> Reply {
         // Other types of a name that exists: no data, which is not NXDOMAIN.
         return encode(response, &request);
     }
-    if let Some(ip) = reverse_of(query.name()) {
-        if zone.answers_reverse(ip) {
-            if class != DNSClass::IN {
-                return error(&request, ResponseCode::Refused);
-            }
-            let names = zone.names(ip);
-            if names.is_empty() {
-                return error(&request, ResponseCode::NXDomain);
-            }
-            let mut response = response_to(&request, ResponseCode::NoError);
-            if matches!(qtype, RecordType::PTR | RecordType::ANY) {
-                for name in names {
-                    let Ok(target) = Name::from_ascii(format!("{name}.")) else {
-                        continue;
-                    };
-                    response.add_answer(Record::from_rdata(
-                        query.name().clone(),
-                        TTL,
-                        RData::PTR(PTR(target)),
-                    ));
-                }
-            }
-            return encode(response, &request);
+    if let Some(ip) = reverse_of(query.name())
+        && zone.answers_reverse(ip)
+    {
+        if class != DNSClass::IN {
+            return error(&request, ResponseCode::Refused);
         }
+        let names = zone.names(ip);
+        if names.is_empty() {
+            return error(&request, ResponseCode::NXDomain);
+        }
+        let mut response = response_to(&request, ResponseCode::NoError);
+        if matches!(qtype, RecordType::PTR | RecordType::ANY) {
+            for name in names {
+                let Ok(target) = Name::from_ascii(format!("{name}.")) else {
+                    continue;
+                };
+                response.add_answer(Record::from_rdata(
+                    query.name().clone(),
+                    TTL,
+                    RData::PTR(PTR(target)),
+                ));
+            }
+        }
+        return encode(response, &request);
     }
     Reply::Forward(Box::new(request))
 }
@@ -214,24 +220,54 @@ mod tests {
     #[test]
     fn a_name_in_the_zone_is_answered_with_every_address_rotating() {
         let zone = zone();
-        let first = answered(answer(&zone, &query("DB.weave.local.", RecordType::A), 0));
+        let first = answered(answer(
+            &zone,
+            &query("DB.weave.local.", RecordType::A),
+            &mut || 0,
+        ));
         assert_eq!(first.metadata.id, 4321);
         assert_eq!(first.metadata.response_code, ResponseCode::NoError);
         assert!(first.metadata.authoritative && first.metadata.recursion_desired);
-        let second = answered(answer(&zone, &query("db.weave.local.", RecordType::A), 1));
+        let second = answered(answer(
+            &zone,
+            &query("db.weave.local.", RecordType::A),
+            &mut || 1,
+        ));
         let (a, b): (Ipv4Addr, Ipv4Addr) =
             ("10.32.0.1".parse().unwrap(), "10.32.0.2".parse().unwrap());
         assert_eq!(addresses(&first), [a, b]);
         assert_eq!(addresses(&second), [b, a]);
         assert!(first.answers.iter().all(|r| r.ttl == TTL));
+        // Only answers with several addresses take a turn.
+        let mut turns = 0;
+        let mut count = || {
+            turns += 1;
+            turns
+        };
+        answer(
+            &zone,
+            &query("db.weave.local.", RecordType::AAAA),
+            &mut count,
+        );
+        answer(&zone, &query("web.weave.local.", RecordType::A), &mut count);
+        answer(&zone, &query("db.weave.local.", RecordType::A), &mut count);
+        assert_eq!(turns, 1);
     }
 
     #[test]
     fn unknown_names_in_the_zone_are_nxdomain_and_other_types_no_data() {
         let zone = zone();
-        let missing = answered(answer(&zone, &query("gone.weave.local.", RecordType::A), 0));
+        let missing = answered(answer(
+            &zone,
+            &query("gone.weave.local.", RecordType::A),
+            &mut || 0,
+        ));
         assert_eq!(missing.metadata.response_code, ResponseCode::NXDomain);
-        let aaaa = answered(answer(&zone, &query("web.weave.local.", RecordType::AAAA), 0));
+        let aaaa = answered(answer(
+            &zone,
+            &query("web.weave.local.", RecordType::AAAA),
+            &mut || 0,
+        ));
         assert_eq!(aaaa.metadata.response_code, ResponseCode::NoError);
         assert!(aaaa.answers.is_empty());
     }
@@ -242,7 +278,7 @@ mod tests {
         let ptr = answered(answer(
             &zone,
             &query("3.0.32.10.in-addr.arpa.", RecordType::PTR),
-            0,
+            &mut || 0,
         ));
         let names: Vec<String> = ptr
             .answers
@@ -256,15 +292,19 @@ mod tests {
         let free = answered(answer(
             &zone,
             &query("9.0.32.10.in-addr.arpa.", RecordType::PTR),
-            0,
+            &mut || 0,
         ));
         assert_eq!(free.metadata.response_code, ResponseCode::NXDomain);
         assert!(matches!(
-            answer(&zone, &query("1.1.168.192.in-addr.arpa.", RecordType::PTR), 0),
+            answer(
+                &zone,
+                &query("1.1.168.192.in-addr.arpa.", RecordType::PTR),
+                &mut || 0
+            ),
             Reply::Forward(_)
         ));
         assert!(matches!(
-            answer(&zone, &query("example.com.", RecordType::A), 0),
+            answer(&zone, &query("example.com.", RecordType::A), &mut || 0),
             Reply::Forward(_)
         ));
     }
@@ -272,26 +312,29 @@ mod tests {
     #[test]
     fn garbage_gets_formerr_if_it_looks_like_a_query_and_responses_get_nothing() {
         let zone = zone();
-        assert_eq!(answer(&zone, &[], 0), Reply::Ignore);
-        assert_eq!(answer(&zone, &[1, 2, 3], 0), Reply::Ignore);
+        assert_eq!(answer(&zone, &[], &mut || 0), Reply::Ignore);
+        assert_eq!(answer(&zone, &[1, 2, 3], &mut || 0), Reply::Ignore);
         let mut junk = vec![0xab, 0xcd, 0x01, 0x00, 0, 9, 0, 0, 0, 0, 0, 0];
         junk.extend([0xff; 20]);
-        let formerr = answered(answer(&zone, &junk, 0));
+        let formerr = answered(answer(&zone, &junk, &mut || 0));
         assert_eq!(formerr.metadata.id, 0xabcd);
         assert_eq!(formerr.metadata.response_code, ResponseCode::FormErr);
         // The same bytes with QR set: a "response", never answered.
         junk[2] |= 0x80;
-        assert_eq!(answer(&zone, &junk, 0), Reply::Ignore);
+        assert_eq!(answer(&zone, &junk, &mut || 0), Reply::Ignore);
         let mut response = Message::from_vec(&query("web.weave.local.", RecordType::A)).unwrap();
         response.metadata.message_type = MessageType::Response;
-        assert_eq!(answer(&zone, &response.to_vec().unwrap(), 0), Reply::Ignore);
+        assert_eq!(
+            answer(&zone, &response.to_vec().unwrap(), &mut || 0),
+            Reply::Ignore
+        );
     }
 
     #[test]
     fn a_name_with_more_addresses_than_fit_is_answered_with_those_that_fit() {
         let many = (0..200u32).map(|i| (Ipv4Addr::from(0x0a20_0000 + i), "big.weave.local".into()));
         let zone = Zone::new("weave.local", many, Vec::new());
-        let reply = answer(&zone, &query("big.weave.local.", RecordType::A), 0);
+        let reply = answer(&zone, &query("big.weave.local.", RecordType::A), &mut || 0);
         let Reply::Answer(bytes) = reply else {
             panic!("no answer")
         };

@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use hickory_proto::op::{Message, MessageType, Query, ResponseCode};
+use hickory_proto::op::{Message, MessageType, ResponseCode};
 
 /// How long one upstream has to answer before the next is asked.
 pub const UPSTREAM_TIMEOUT: Duration = Duration::from_millis(1500);
@@ -169,13 +169,16 @@ fn servfail(query: &Message) -> Vec<u8> {
     );
     response.metadata.recursion_desired = query.metadata.recursion_desired;
     response.metadata.recursion_available = true;
-    response.add_queries(query.queries.iter().cloned().collect::<Vec<Query>>());
+    response.add_queries(query.queries.to_vec());
     response.to_vec().unwrap_or_default()
 }
 
 #[cfg(test)]
 mod tests {
-    use hickory_proto::rr::{Name, RecordType};
+    use hickory_proto::{
+        op::Query,
+        rr::{Name, RecordType},
+    };
 
     use super::*;
 
@@ -226,7 +229,11 @@ mod tests {
 
     #[test]
     fn a_silent_upstream_hands_over_to_the_next_then_the_client_gets_servfail() {
-        let (a, b, client) = (addr("10.0.0.1:53"), addr("10.0.0.2:53"), addr("10.32.0.5:1"));
+        let (a, b, client) = (
+            addr("10.0.0.1:53"),
+            addr("10.0.0.2:53"),
+            addr("10.32.0.5:1"),
+        );
         let mut fwd = Forwarder::new(vec![a, b], counting_ids());
         let now = Instant::now();
         fwd.start(query(9), client, now);
@@ -264,7 +271,10 @@ mod tests {
         let refused = fwd.start(query(1), client, now);
         assert_eq!(refused.to, client);
         assert_eq!(
-            Message::from_vec(&refused.bytes).unwrap().metadata.response_code,
+            Message::from_vec(&refused.bytes)
+                .unwrap()
+                .metadata
+                .response_code,
             ResponseCode::ServFail
         );
     }

@@ -120,8 +120,8 @@ pub async fn serve(service: Arc<Service>, sockets: Sockets, mut stop: watch::Rec
             got = socket.recv_from(&mut query) => {
                 let Ok((len, client)) = got else { continue };
                 let zone = service.zone();
-                let turn = service.turn.fetch_add(1, Ordering::Relaxed);
-                match answer(&zone, &query[..len], turn) {
+                let mut turn = || service.turn.fetch_add(1, Ordering::Relaxed);
+                match answer(&zone, &query[..len], &mut turn) {
                     Reply::Answer(bytes) => {
                         service.counters.answered.fetch_add(1, Ordering::Relaxed);
                         let _ = socket.send_to(&bytes, client).await;

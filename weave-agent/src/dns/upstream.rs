@@ -34,7 +34,9 @@ pub fn parse_list(list: &str) -> Result<Vec<SocketAddr>> {
             s.parse::<SocketAddr>()
                 .or_else(|_| s.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
                 .with_context(|| {
-                    format!("{s:?} is not a resolver address: expected IP or IP:PORT, e.g. 10.0.0.2")
+                    format!(
+                        "{s:?} is not a resolver address: expected IP or IP:PORT, e.g. 10.0.0.2"
+                    )
                 })
         })
         .collect()

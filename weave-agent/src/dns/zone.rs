@@ -23,7 +23,9 @@ pub fn normalize(name: &str) -> String {
 fn check_label(label: &str, whole: &str) -> Result<()> {
     let ok = !label.is_empty()
         && label.len() <= 63
-        && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        && label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
         && !label.starts_with('-')
         && !label.ends_with('-');
     if !ok {
@@ -156,8 +158,14 @@ mod tests {
     #[test]
     fn plain_names_join_the_domain_and_foreign_ones_are_refused() {
         assert_eq!(qualify("web", "weave.local").unwrap(), "web.weave.local");
-        assert_eq!(qualify("Web.Weave.Local.", "weave.local").unwrap(), "web.weave.local");
-        assert_eq!(qualify("a.web.weave.local", "weave.local").unwrap(), "a.web.weave.local");
+        assert_eq!(
+            qualify("Web.Weave.Local.", "weave.local").unwrap(),
+            "web.weave.local"
+        );
+        assert_eq!(
+            qualify("a.web.weave.local", "weave.local").unwrap(),
+            "a.web.weave.local"
+        );
         assert!(qualify("web.example.com", "weave.local").is_err());
         assert!(qualify("we_b", "weave.local").is_err());
         assert!(qualify("-web", "weave.local").is_err());

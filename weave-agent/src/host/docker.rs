@@ -31,6 +31,8 @@ pub const CIDR_LABEL: &str = "weave-agent.cidr";
 #[derive(Debug, Clone)]
 pub struct Container {
     pub id: String,
+    /// As Docker shows it, with its leading `/`.
+    pub name: String,
     /// Main process, 0 when not running.
     pub pid: u32,
 }
@@ -74,6 +76,7 @@ pub async fn inspect(docker: &Docker, name_or_id: &str) -> Result<Option<Contain
             };
             Ok(Some(Container {
                 id: info.id.unwrap_or_default(),
+                name: info.name.unwrap_or_default(),
                 pid,
             }))
         }
@@ -142,6 +145,8 @@ fn create_body(spec: &RunSpec, peer: &str, cidr: &str) -> Result<ContainerCreate
             network_mode: spec.network.clone(),
             restart_policy: restart,
             cap_add: (!spec.cap_add.is_empty()).then(|| spec.cap_add.clone()),
+            dns: (!spec.dns.is_empty()).then(|| spec.dns.clone()),
+            dns_search: (!spec.dns_search.is_empty()).then(|| spec.dns_search.clone()),
             privileged: Some(spec.privileged),
             auto_remove: Some(spec.auto_remove),
             init: spec.init.then_some(true),

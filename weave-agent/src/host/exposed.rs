@@ -16,22 +16,41 @@ use crate::net::addressing::Cidr;
 /// peer, where the programs sit. Returns the peer's index. Idempotent, so a restarted agent
 /// can call it on what the last one made.
 pub async fn make_interface(handle: &rtnetlink::Handle, cidr: Cidr, mtu: u32) -> Result<u32> {
-    let (iface, veth) = (cidr.exposed_iface(), cidr.exposed_veth());
-    let existing = netlink::link_index(handle, &veth).await?;
+    make_pair(
+        handle,
+        cidr,
+        &cidr.exposed_iface(),
+        &cidr.exposed_veth(),
+        mtu,
+    )
+    .await
+}
+
+/// Makes (or keeps) a veth pair whose end `iface` holds `cidr` in the host's namespace with
+/// the address-derived MAC, its peer `veth` being where the programs sit; returns the peer's
+/// index. An exposed address's interface, or the one of the agent's DNS server.
+pub async fn make_pair(
+    handle: &rtnetlink::Handle,
+    cidr: Cidr,
+    iface: &str,
+    veth: &str,
+    mtu: u32,
+) -> Result<u32> {
+    let existing = netlink::link_index(handle, veth).await?;
     let index = match existing {
         Some(index) => index,
         None => {
             // Half a pair (a crash mid-expose) would make the create fail.
-            netlink::delete_link(handle, &iface).await?;
-            netlink::create_veth(handle, &veth, &iface, mtu).await?
+            netlink::delete_link(handle, iface).await?;
+            netlink::create_veth(handle, veth, iface, mtu).await?
         }
     };
-    let holder = netlink::link_index(handle, &iface)
+    let holder = netlink::link_index(handle, iface)
         .await?
         .with_context(|| format!("{iface}, the peer of {veth}, is missing"))?;
     if existing.is_none() {
         // While it is still down: a MAC is set on a link that is not running.
-        netlink::configure_link(handle, holder, &iface, &cidr.mac(), mtu).await?;
+        netlink::configure_link(handle, holder, iface, &cidr.mac(), mtu).await?;
     }
     netlink::replace_address(handle, holder, cidr.ip, cidr.prefix).await?;
     netlink::set_up(handle, holder).await?;

@@ -100,7 +100,15 @@ where
 
 /// Inside the container: renames the veth end `temp` to `ethwe`, gives it the address-derived
 /// MAC, the MTU and the address (which adds only the subnet route), and brings it up.
-pub async fn configure_ethwe(netns: &Path, temp: String, cidr: Cidr, mtu: u32) -> Result<()> {
+///
+/// With `service`, also the route to the agent's DNS server at that address.
+pub async fn configure_ethwe(
+    netns: &Path,
+    temp: String,
+    cidr: Cidr,
+    mtu: u32,
+    service: Option<std::net::Ipv4Addr>,
+) -> Result<()> {
     in_netns(netns, move |handle| async move {
         if netlink::link_index(&handle, ETHWE).await?.is_some() {
             bail!("the container already has an {ETHWE} interface; detach it first");
@@ -113,6 +121,9 @@ pub async fn configure_ethwe(netns: &Path, temp: String, cidr: Cidr, mtu: u32) -
         // IPv6 on ethwe would only produce router solicitations the data path drops.
         let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{ETHWE}/disable_ipv6"), "1");
         netlink::set_up(&handle, index).await?;
+        if let Some(ip) = service {
+            routes::add_service_route(&handle, ip, index).await?;
+        }
         Ok(())
     })
     .await

@@ -130,6 +130,28 @@ fn route_message(
     }
 }
 
+/// Protocol number of the route to the agent's DNS server in a container: not the agent's
+/// usual one, so syncing a container's routes to the rules never removes it.
+const SERVICE_ROUTE_PROTOCOL: RouteProtocol = RouteProtocol::Other(53);
+
+/// In a container: the route to the agent's service address `ip` out of `oif` (`ethwe`), on
+/// link, so the container program answers its ARP and hands its frames to the agent.
+pub async fn add_service_route(handle: &Handle, ip: Ipv4Addr, oif: u32) -> Result<()> {
+    let route = RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(ip, 32)
+        .output_interface(oif)
+        .protocol(SERVICE_ROUTE_PROTOCOL)
+        .scope(RouteScope::Link)
+        .build();
+    handle
+        .route()
+        .add(route)
+        .replace()
+        .execute()
+        .await
+        .with_context(|| format!("adding the route to the DNS server {ip}"))
+}
+
 /// Adds (or keeps) `route` through `oif`.
 pub async fn add_route(
     handle: &Handle,

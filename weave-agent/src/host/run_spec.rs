@@ -27,6 +27,10 @@ pub struct RunSpec {
     pub privileged: bool,
     pub auto_remove: bool,
     pub init: bool,
+    /// --dns: the container's resolvers (the agent's DNS server when none is given).
+    pub dns: Vec<String>,
+    /// --dns-search: its search domains (the agent adds the overlay's domain).
+    pub dns_search: Vec<String>,
 }
 
 /// Options that take a value, with every name `docker run` knows them by.
@@ -42,6 +46,8 @@ const VALUED: &[&[&str]] = &[
     &["-u", "--user"],
     &["--restart"],
     &["--cap-add"],
+    &["--dns"],
+    &["--dns-search"],
 ];
 
 impl RunSpec {
@@ -124,6 +130,8 @@ impl RunSpec {
             "-u" => self.user = Some(value),
             "--restart" => self.restart = Some(value),
             "--cap-add" => self.cap_add.push(value),
+            "--dns" => self.dns.push(value),
+            "--dns-search" => self.dns_search.push(value),
             _ => unreachable!("every VALUED option is handled"),
         }
     }

@@ -20,8 +20,8 @@ use serde::{Deserialize, Serialize};
 
 use super::keys::{
     IPAM_RING_KEY, NICKNAME_KEY, PublishedEndpoint, endpoint_key, endpoint_key_value,
-    published_endpoints, published_rules, published_via, published_wants, via_key, via_key_value,
-    want_key,
+    names_key_value, published_endpoints, published_names, published_rules, published_via,
+    published_wants, via_key, via_key_value, want_key,
 };
 use super::topology::links::LINKS_KEY;
 use crate::crypto::trust::{SEAL_KEY, TRUSTED_KEY};
@@ -78,6 +78,9 @@ pub struct PeerView {
     /// Subnets the peer asks for space in, each with the id of its request.
     #[serde(default)]
     pub wants: BTreeMap<Subnet, String>,
+    /// The DNS names the peer gives to addresses (full names).
+    #[serde(default)]
+    pub names: BTreeMap<Ipv4Addr, Vec<String>>,
 }
 
 impl Gossip {
@@ -169,6 +172,20 @@ impl Gossip {
     }
 
     /// Withdraws what [`Gossip::publish_via`] said of `ip`.
+    /// Publishes the DNS names of `ip`, or withdraws them when there are none.
+    pub async fn publish_names(&self, ip: Ipv4Addr, names: &[String]) {
+        let (key, value) = names_key_value(ip, names);
+        self.handle
+            .with_chitchat(|c| {
+                if names.is_empty() {
+                    c.self_node_state().delete(&key);
+                } else {
+                    c.self_node_state().set(&key, &value);
+                }
+            })
+            .await;
+    }
+
     pub async fn withdraw_via(&self, ip: Ipv4Addr) {
         let key = via_key(ip);
         self.handle
@@ -264,6 +281,7 @@ impl Gossip {
                 exposed_routes: published_via(state),
                 ring: state.get(IPAM_RING_KEY).map(str::to_owned),
                 wants: published_wants(state),
+                names: published_names(state),
             };
             // A restarted peer's new generation takes over once it is alive; until then the
             // old one, if still alive, speaks for it, so its endpoints never lapse.

@@ -5,7 +5,8 @@
 //! `via:<ip>` per exposed address, whose value lists the networks (comma-separated CIDRs, maybe
 //! none) the exposed subnet's containers reach through it; `ipam:ring`, its view of who owns
 //! which addresses (`crate::ipam::ring`, as JSON), and one `ipam:want:<subnet>` while it needs
-//! space there, whose value changes with each new request.
+//! space there, whose value changes with each new request; one `dns:<ip>` per address this
+//! host gives names to, whose value is the full names, space-separated.
 
 use std::{collections::BTreeMap, net::Ipv4Addr};
 
@@ -23,6 +24,28 @@ pub(super) const NICKNAME_KEY: &str = "nickname";
 pub(super) const VIA_PREFIX: &str = "via:";
 pub(super) const IPAM_RING_KEY: &str = "ipam:ring";
 pub(super) const IPAM_WANT_PREFIX: &str = "ipam:want:";
+pub(super) const DNS_PREFIX: &str = "dns:";
+
+/// The gossip key and value naming `ip` (the names already full and checked).
+pub fn names_key_value(ip: Ipv4Addr, names: &[String]) -> (String, String) {
+    (names_key(ip), names.join(" "))
+}
+
+pub fn names_key(ip: Ipv4Addr) -> String {
+    format!("{DNS_PREFIX}{ip}")
+}
+
+/// The names a peer gives to addresses; malformed entries are skipped.
+pub(super) fn published_names(state: &NodeState) -> BTreeMap<Ipv4Addr, Vec<String>> {
+    state
+        .key_values()
+        .filter_map(|(key, value)| {
+            let ip = key.strip_prefix(DNS_PREFIX)?.parse().ok()?;
+            let names: Vec<String> = value.split_whitespace().map(str::to_owned).collect();
+            (!names.is_empty()).then_some((ip, names))
+        })
+        .collect()
+}
 
 /// The key under which a peer asks for space in `subnet`.
 pub fn want_key(subnet: &Subnet) -> String {

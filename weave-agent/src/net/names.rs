@@ -19,11 +19,18 @@ pub const EXPOSED_IFACE_PREFIX: &str = "wexp";
 /// Prefix of its veth peer, the end the programs sit on (as a container veth's host end).
 pub const EXPOSED_VETH_PREFIX: &str = "vethwx";
 
+/// The interface holding the agent's DNS server address in the host's namespace, and its
+/// veth peer, where the programs sit.
+pub const DNS_IFACE: &str = "weavedns";
+pub const DNS_VETH: &str = "vethwdns";
+
 /// An interface of the overlay's own, which is never an underlay and which `reset` removes
 /// (the host ends of container veths, and `ethwe` should one be seen in this namespace).
 pub fn is_overlay_veth(name: &str) -> bool {
     name.starts_with(HOST_VETH_PREFIX)
         || name.starts_with(EXPOSED_VETH_PREFIX)
         || name.starts_with(EXPOSED_IFACE_PREFIX)
+        || name == DNS_IFACE
+        || name == DNS_VETH
         || name == CONTAINER_IFACE
 }
