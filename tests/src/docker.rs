@@ -7,12 +7,13 @@ use anyhow::{Context as _, Result, bail, ensure};
 
 use crate::{run, run_ok};
 
-/// Image built locally from Debian's busybox-static.
-pub const IMAGE: &str = "weave-test-busybox:latest";
+/// Image built locally from Debian's busybox-static. Its tag changes with what it holds: an
+/// image that exists is never rebuilt.
+pub const IMAGE: &str = "weave-test-busybox:2";
 const BUSYBOX: &str = "/bin/busybox";
 /// Applets the tests use inside containers.
 const APPLETS: &[&str] = &[
-    "sh", "ping", "ip", "ifconfig", "sleep", "cat", "nc", "hostname",
+    "sh", "ping", "ip", "ifconfig", "sleep", "cat", "nc", "hostname", "nslookup",
 ];
 
 /// True if a Docker engine answers.

@@ -24,7 +24,11 @@ pub async fn status(agent: &Agent) -> Result<api::Status> {
     status.counters = counters(&inner.datapath)?;
     let entries = inner.datapath.endpoints()?;
     status.endpoints = api::EndpointCounts {
-        local: entries.iter().filter(|(_, e)| e.is_local()).count(),
+        // The agent's DNS service is no endpoint of anyone's.
+        local: entries
+            .iter()
+            .filter(|(_, e)| e.is_local() && !e.service())
+            .count(),
         remote: entries.iter().filter(|(_, e)| !e.is_local()).count(),
         forwarding: entries
             .iter()
