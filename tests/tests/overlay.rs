@@ -55,7 +55,8 @@ fn walkthrough_pings_both_ways_isolates_other_subnet_and_counts_it() -> Result<(
     assert_eq!(peers[0]["state"], "alive", "{peers}");
     assert!(peers[0]["name"].as_str().is_some_and(|n| !n.is_empty()));
 
-    // ethwe: the address, MTU underlay - 50, the address-derived MAC, only the subnet route.
+    // ethwe: the address, MTU underlay - 50, the address-derived MAC, the subnet route and
+    // the one to the agent's DNS server: nothing that could take other traffic.
     let addr = w.c1.ip(["-o", "addr", "show", "dev", "ethwe"])?;
     assert!(addr.contains("192.168.1.10/24"), "{addr}");
     let link = w.c1.ip(["link", "show", "dev", "ethwe"])?;
@@ -65,8 +66,11 @@ fn walkthrough_pings_both_ways_isolates_other_subnet_and_counts_it() -> Result<(
     );
     let routes = w.c1.ip(["route", "show"])?;
     assert_eq!(
-        routes.trim(),
-        "192.168.1.0/24 dev ethwe proto kernel scope link src 192.168.1.10"
+        routes.lines().map(str::trim).collect::<Vec<_>>(),
+        [
+            "169.254.53.53 dev ethwe proto 53 scope link",
+            "192.168.1.0/24 dev ethwe proto kernel scope link src 192.168.1.10"
+        ]
     );
 
     // No bridge and no learning VXLAN device on the hosts: only a collect_md one.

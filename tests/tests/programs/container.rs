@@ -339,3 +339,81 @@ pub(super) fn check_drops(host: &Programs, cases: Vec<(&str, Vec<u8>, u32, Count
         .collect();
     all_cases(failures);
 }
+
+/// The DNS server's address is reachable from every local endpoint whatever its subnet, and
+/// answers every one of them, with no rule; it is no way between subnets, and no remote
+/// endpoint reaches it (decap.rs) nor does it reach one.
+#[test]
+fn the_agents_service_talks_with_every_local_endpoint_and_no_remote_one() {
+    let mut host = host(&[CONTAINER_TC], config()).unwrap();
+    host.add_endpoint(SERVICE, service()).unwrap();
+    let from = |src: [u8; 4], dst: [u8; 4]| {
+        ethernet(
+            STALE_MAC,
+            mac(src),
+            ETHERTYPE_IPV4,
+            &Ip::udp(src, dst).bytes(),
+        )
+    };
+    let mut failures = Vec::new();
+    for (case, frame, veth, code, counters, delivered_to) in [
+        (
+            "C1 to the service",
+            from(C1, SERVICE),
+            C1_VETH,
+            TC_ACT_REDIRECT,
+            &[ContainerRx, LocalDelivered][..],
+            Some(SERVICE),
+        ),
+        (
+            "D1, another subnet, to the service",
+            from(D1, SERVICE),
+            D1_VETH,
+            TC_ACT_REDIRECT,
+            &[ContainerRx, LocalDelivered][..],
+            Some(SERVICE),
+        ),
+        (
+            "the service to C1",
+            from(SERVICE, C1),
+            SERVICE_VETH,
+            TC_ACT_REDIRECT,
+            &[ContainerRx, LocalDelivered][..],
+            Some(C1),
+        ),
+        (
+            "the service to D1",
+            from(SERVICE, D1),
+            SERVICE_VETH,
+            TC_ACT_REDIRECT,
+            &[ContainerRx, LocalDelivered][..],
+            Some(D1),
+        ),
+        (
+            "the service to remote C2",
+            from(SERVICE, C2),
+            SERVICE_VETH,
+            TC_ACT_SHOT,
+            &[ContainerRx, DropIsolated][..],
+            None,
+        ),
+        (
+            "C1 to D1 still isolated",
+            from(C1, D1),
+            C1_VETH,
+            TC_ACT_SHOT,
+            &[ContainerRx, DropIsolated][..],
+            None,
+        ),
+    ] {
+        let out = run(&host, &frame, on_veth(veth));
+        if let Some(m) = out.mismatch(code, counters, frame.len(), false) {
+            failures.push(format!("{case}: {m}"));
+        } else if let Some(dst) = delivered_to
+            && out.frame != to(mac(dst), &frame)
+        {
+            failures.push(format!("{case}: not rewritten to its MAC"));
+        }
+    }
+    all_cases(failures);
+}

@@ -168,6 +168,22 @@ fn every_drop_reason_of_decapsulation() {
     check_overlay_drops(&host, cases);
 }
 
+/// The agent's DNS server answers its own host's containers only: a peer's container cannot
+/// use (or flood) it through the overlay.
+#[test]
+fn a_remote_endpoint_cannot_reach_the_agents_service() {
+    let mut host = underlay(config());
+    host.add_endpoint(SERVICE, service()).unwrap();
+    check_overlay_drops(
+        &host,
+        vec![(
+            "C2 to H1's DNS server",
+            from_h2(&inner(&Ip::udp(C2, SERVICE))),
+            DropIsolated,
+        )],
+    );
+}
+
 /// Defect: an inner source no endpoint has (often one attached on the peer a moment ago, which
 /// gossip has not brought here yet) counted as drop_overlay_spoofed, like a forged one.
 #[test]

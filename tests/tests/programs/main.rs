@@ -16,7 +16,7 @@ mod underlay;
 use anyhow::Result;
 use weave_common::{
     OVERLAY_VNI,
-    endpoint::{Config, ENCAP_EBPF, ENDPOINT_LOCAL, Endpoint, ipv4_key},
+    endpoint::{Config, ENCAP_EBPF, ENDPOINT_LOCAL, ENDPOINT_SERVICE, Endpoint, ipv4_key},
 };
 use weave_tests::programs::{Programs, require_root};
 
@@ -33,6 +33,9 @@ const C3: [u8; 4] = [192, 168, 1, 30];
 const C4: [u8; 4] = [192, 168, 1, 40];
 const D1: [u8; 4] = [192, 168, 2, 10];
 const D2: [u8; 4] = [192, 168, 2, 20];
+/// The agent's DNS server (`ENDPOINT_SERVICE`) on this host, behind its own veth.
+const SERVICE: [u8; 4] = [169, 254, 53, 53];
+const SERVICE_VETH: u32 = 31;
 /// No endpoint has it.
 const NOBODY: [u8; 4] = [192, 168, 1, 99];
 
@@ -76,6 +79,16 @@ fn remote(ip: [u8; 4], peer: [u8; 4]) -> Endpoint {
         ifindex: 0,
         peer: ipv4_key(peer),
         subnet: ipv4_key(subnet_of(ip)),
+    }
+}
+
+/// H1's DNS server as the agent enters it: a local /32 of its own, flagged a service.
+fn service() -> Endpoint {
+    Endpoint {
+        prefix_len: 32,
+        flags: ENDPOINT_LOCAL | ENDPOINT_SERVICE,
+        subnet: ipv4_key(SERVICE),
+        ..local(SERVICE, SERVICE_VETH)
     }
 }
 
