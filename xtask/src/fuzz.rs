@@ -18,6 +18,7 @@ pub const TARGETS: &[&str] = &[
     "control_request",
     "references",
     "sealed_datagram",
+    "dns_query",
 ];
 
 /// libFuzzer limits: a leak of memory or one huge allocation is a finding, not a slow run.
