@@ -261,7 +261,7 @@ async fn start_gossip(
         .state
         .endpoints
         .iter()
-        .map(|e| crate::mesh::keys::endpoint_key_value(&e.cidr, &e.container))
+        .map(|e| crate::mesh::keys::endpoint_key_value(&e.cidr, &e.mac(), &e.container))
         .chain(inner.state.endpoints.iter().filter_map(|e| {
             let routes = &e.expose.as_ref()?.routes;
             Some(crate::mesh::keys::via_key_value(e.cidr.ip, routes))
@@ -396,11 +396,11 @@ async fn serve(
         tokio::spawn(links::link_loop(Arc::clone(&agent), hellos)),
     ];
     let dns_task = match (&agent.dns, dns_sockets) {
-        (Some(service), Some(sockets)) => Some(tokio::spawn(dns_server::serve(
+        (Some(service), Some(sockets)) => Some(dns_server::spawn(
             Arc::clone(service),
             sockets,
             agent.shutdown.subscribe(),
-        ))),
+        )?),
         _ => None,
     };
     tracing::info!(
@@ -414,8 +414,11 @@ async fn serve(
     }
     accept_until_stopped(&agent, listener).await?;
     let _ = agent.shutdown.send(true);
-    for task in tasks.into_iter().chain(dns_task) {
+    for task in tasks {
         let _ = task.await;
+    }
+    if let Some(thread) = dns_task {
+        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
     }
     if let Some(metrics) = metrics {
         let _ = metrics.await;

@@ -8,7 +8,9 @@
 //! agent's service, which every local endpoint may talk to and no remote one).
 
 pub mod answer;
+pub mod batch;
 pub mod forward;
+pub mod packet_cache;
 pub mod server;
 pub mod upstream;
 pub mod zone;

@@ -4,6 +4,7 @@
 
 use std::{
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    os::fd::AsRawFd as _,
     sync::{
         Arc, RwLock,
         atomic::{AtomicU64, AtomicUsize, Ordering},
@@ -13,11 +14,13 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::{net::UdpSocket, sync::watch};
+use tokio::{io::Interest, net::UdpSocket, sync::watch};
 
 use super::{
     answer::{Reply, answer},
-    forward::{Datagram, Forwarder},
+    batch::{BATCH, Batch},
+    forward::Forwarder,
+    packet_cache::PacketCache,
     zone::Zone,
 };
 
@@ -76,8 +79,8 @@ impl Service {
 /// only (so nothing outside this host's containers can query it), and an ephemeral one for
 /// the upstreams.
 pub struct Sockets {
-    service: UdpSocket,
-    upstream: UdpSocket,
+    service: std::net::UdpSocket,
+    upstream: std::net::UdpSocket,
 }
 
 impl Sockets {
@@ -95,45 +98,72 @@ impl Sockets {
                  without names"
             )
         })?;
-        let service = UdpSocket::from_std(socket.into())?;
+        let service = socket.into();
         let upstream = std::net::UdpSocket::bind("0.0.0.0:0")
             .context("opening the socket for upstream resolvers")?;
         upstream.set_nonblocking(true)?;
-        Ok(Self {
-            service,
-            upstream: UdpSocket::from_std(upstream)?,
-        })
+        Ok(Self { service, upstream })
     }
 }
 
-/// Serves until `stop` turns true.
-pub async fn serve(service: Arc<Service>, sockets: Sockets, mut stop: watch::Receiver<bool>) {
+/// Runs the server on a thread of its own, with a runtime of its own, until `stop` turns true:
+/// a burst of queries then never waits behind the daemon's work, and the daemon's never behind
+/// it, on a machine with a core to spare.
+pub fn spawn(
+    service: Arc<Service>,
+    sockets: Sockets,
+    stop: watch::Receiver<bool>,
+) -> Result<std::thread::JoinHandle<()>> {
     let Sockets {
         service: socket,
         upstream,
     } = sockets;
+    std::thread::Builder::new()
+        .name("dns".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(err) => {
+                    tracing::error!("the DNS server's runtime: {err}; containers get no names");
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                // Registered with this thread's runtime, not the daemon's.
+                match (UdpSocket::from_std(socket), UdpSocket::from_std(upstream)) {
+                    (Ok(socket), Ok(upstream)) => serve(service, socket, upstream, stop).await,
+                    (Err(err), _) | (_, Err(err)) => {
+                        tracing::error!("the DNS server's sockets: {err}; containers get no names")
+                    }
+                }
+            });
+        })
+        .context("starting the DNS server's thread")
+}
+
+/// Batches read per wake-up before the other branches get a turn: a flood from one container
+/// must not starve the upstream answers and their timeouts.
+const BATCHES_PER_WAKE: usize = 4;
+
+async fn serve(
+    service: Arc<Service>,
+    socket: UdpSocket,
+    upstream: UdpSocket,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut forwarder = Forwarder::new(service.upstreams.clone(), Box::new(rand_id));
-    let (mut query, mut reply) = (vec![0u8; MAX_DATAGRAM], vec![0u8; MAX_DATAGRAM]);
+    let mut cache = PacketCache::default();
+    let mut batch = Batch::new(MAX_DATAGRAM);
+    let mut reply = vec![0u8; MAX_DATAGRAM];
     loop {
         let due = forwarder.next_deadline();
         tokio::select! {
-            got = socket.recv_from(&mut query) => {
-                let Ok((len, client)) = got else { continue };
-                let zone = service.zone();
-                let mut turn = || service.turn.fetch_add(1, Ordering::Relaxed);
-                match answer(&zone, &query[..len], &mut turn) {
-                    Reply::Answer(bytes) => {
-                        service.counters.answered.fetch_add(1, Ordering::Relaxed);
-                        let _ = socket.send_to(&bytes, client).await;
-                    }
-                    Reply::Forward(message) => {
-                        service.counters.forwarded.fetch_add(1, Ordering::Relaxed);
-                        let send = forwarder.start(*message, client, Instant::now());
-                        deliver(&socket, &upstream, send, client).await;
-                    }
-                    Reply::Ignore => {
-                        service.counters.malformed.fetch_add(1, Ordering::Relaxed);
-                    }
+            ready = socket.readable() => {
+                if ready.is_ok() {
+                    take_queries(&service, (&socket, &upstream), &mut forwarder, &mut cache, &mut batch);
                 }
             }
             got = upstream.recv_from(&mut reply) => {
@@ -164,13 +194,80 @@ pub async fn serve(service: Arc<Service>, sockets: Sockets, mut stop: watch::Rec
     }
 }
 
-/// Sends what the forwarder made of a query from `client`: to an upstream, or (SERVFAIL)
-/// back to the client.
-async fn deliver(socket: &UdpSocket, upstream: &UdpSocket, send: Datagram, client: SocketAddr) {
-    if send.to == client {
-        let _ = socket.send_to(&send.bytes, client).await;
-    } else {
-        let _ = upstream.send_to(&send.bytes, send.to).await;
+/// Everything queued (a few batches at most), answered in batches: one system call to read
+/// them, one to send the answers.
+fn take_queries(
+    service: &Service,
+    (socket, upstream): (&UdpSocket, &UdpSocket),
+    forwarder: &mut Forwarder,
+    cache: &mut PacketCache,
+    batch: &mut Batch,
+) {
+    let fd = socket.as_raw_fd();
+    for _ in 0..BATCHES_PER_WAKE {
+        // try_io: an empty queue clears the readiness, so the next wake-up is a real one.
+        match socket.try_io(Interest::READABLE, || batch.receive(fd)) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        for i in 0..batch.received() {
+            let (packet, client) = batch.datagram(i);
+            if let Some(bytes) = take_query(service, upstream, forwarder, cache, packet, client) {
+                batch.queue(bytes, client);
+            }
+        }
+        if let Err(err) = socket.try_io(Interest::WRITABLE, || batch.flush(fd)) {
+            tracing::debug!("sending DNS answers: {err}");
+        }
+        if batch.received() < BATCH {
+            return;
+        }
+    }
+}
+
+/// The answer to one datagram from `client`, if it gets one now; a query for another domain
+/// goes upstream instead (its answer comes later).
+fn take_query(
+    service: &Service,
+    upstream: &UdpSocket,
+    forwarder: &mut Forwarder,
+    cache: &mut PacketCache,
+    packet: &[u8],
+    client: SocketAddrV4,
+) -> Option<Vec<u8>> {
+    let zone = service.zone();
+    if let Some(bytes) = cache.get(&zone, packet) {
+        service.counters.answered.fetch_add(1, Ordering::Relaxed);
+        return Some(bytes);
+    }
+    // An answer that took a turn (several addresses, rotated) differs next time: not kept.
+    let mut rotated = false;
+    let mut turn = || {
+        rotated = true;
+        service.turn.fetch_add(1, Ordering::Relaxed)
+    };
+    match answer(&zone, packet, &mut turn) {
+        Reply::Answer(bytes) => {
+            service.counters.answered.fetch_add(1, Ordering::Relaxed);
+            if !rotated {
+                cache.put(&zone, packet, &bytes);
+            }
+            Some(bytes)
+        }
+        Reply::Forward(message) => {
+            service.counters.forwarded.fetch_add(1, Ordering::Relaxed);
+            let send = forwarder.start(*message, SocketAddr::V4(client), Instant::now());
+            if send.to == SocketAddr::V4(client) {
+                return Some(send.bytes);
+            }
+            // Without waiting: a full send buffer drops it, and the timeout answers SERVFAIL.
+            let _ = upstream.try_send_to(&send.bytes, send.to);
+            None
+        }
+        Reply::Ignore => {
+            service.counters.malformed.fetch_add(1, Ordering::Relaxed);
+            None
+        }
     }
 }
 
