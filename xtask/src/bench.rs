@@ -17,6 +17,8 @@ use weave_tests::{Container, Host, Segment, spawn_in, unique_name, wait_for_line
 
 use crate::{agent_path, build_agent, ebpf, progress, setup, target_dir, wireguard::BoringtunBed};
 
+mod dns;
+
 const ROUNDS: usize = 5;
 const TCP_SECONDS: &str = "4";
 const UDP_SECONDS: &str = "3";
@@ -85,6 +87,9 @@ pub enum Part {
     Scale,
     /// Attach to reachable only, with an explicit and with an automatic address.
     Attach,
+    /// The DNS server against dnsmasq, and names appearing and going on another host
+    /// (writes target/bench/dns.json).
+    Dns,
 }
 
 pub fn run(only: Option<Part>, reference: Option<std::path::PathBuf>) -> Result<()> {
@@ -125,6 +130,14 @@ pub fn run(only: Option<Part>, reference: Option<std::path::PathBuf>) -> Result<
             path.display(),
             started.elapsed().as_secs_f64()
         );
+        return Ok(());
+    }
+
+    if only == Some(Part::Dns) {
+        let report = json!({"dns": dns::run()?, "machine": machine()});
+        let path = target_dir().join("bench").join("dns.json");
+        std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
+        println!("wrote {}", path.display());
         return Ok(());
     }
 
@@ -275,6 +288,7 @@ pub fn run(only: Option<Part>, reference: Option<std::path::PathBuf>) -> Result<
     ));
     let learn_ms = learn_endpoints(&agent)?;
     step.finish();
+    let dns = dns::run()?;
     let scale = match only {
         None => scale_step()?,
         _ => Value::Null,
@@ -324,6 +338,7 @@ pub fn run(only: Option<Part>, reference: Option<std::path::PathBuf>) -> Result<
             "attach_automatic_from_start_ms_p50": median(&automatic),
             "attach_automatic_minus_explicit_ms": median(&automatic) - median(&explicit),
         },
+        "dns": dns,
         "scale": scale,
         "weave_receiver_super_packets": super_packets,
         "weave_relayed_counters": relayed,

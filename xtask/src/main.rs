@@ -2,6 +2,7 @@
 
 mod bench;
 mod demo;
+mod dnsprobe;
 mod dockerd;
 mod ebpf;
 mod fuzz;
@@ -50,8 +51,8 @@ enum Task {
     },
     /// The walkthrough on namespace hosts scvmu01/scvmu02, printed as a user would type it.
     Demo,
-    /// Overlay vs bare underlay vs kernel VXLAN + bridge, control-plane timings and an 8 x 50
-    /// scale run; writes target/bench/overlay.json.
+    /// Overlay vs bare underlay vs kernel VXLAN + bridge, control-plane timings, the DNS
+    /// server against dnsmasq and an 8 x 50 scale run; writes target/bench/overlay.json.
     Bench {
         /// Run one part only (scale alone writes target/bench/scale.json).
         #[arg(long, value_enum)]
@@ -73,6 +74,21 @@ enum Task {
     UdpEcho { port: u16 },
     #[command(hide = true)]
     Probe { addr: std::net::SocketAddr },
+    #[command(hide = true)]
+    DnsLoad {
+        server: std::net::SocketAddr,
+        name: String,
+        expect: std::net::Ipv4Addr,
+        count: usize,
+        window: usize,
+    },
+    #[command(hide = true)]
+    DnsWait {
+        server: std::net::SocketAddr,
+        name: String,
+        #[arg(value_parser = ["present", "absent"])]
+        way: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -89,6 +105,19 @@ fn main() -> ExitCode {
         Task::RrClient { addr, count } => netprobe::rr_client(addr, count),
         Task::UdpEcho { port } => netprobe::udp_echo(port),
         Task::Probe { addr } => netprobe::probe(addr, std::time::Duration::from_secs(10)),
+        Task::DnsLoad {
+            server,
+            name,
+            expect,
+            count,
+            window,
+        } => dnsprobe::load(server, &name, expect, count, window),
+        Task::DnsWait { server, name, way } => dnsprobe::wait(
+            server,
+            &name,
+            way == "present",
+            std::time::Duration::from_secs(10),
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
