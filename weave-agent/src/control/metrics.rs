@@ -52,6 +52,8 @@ pub fn render(status: &api::Status, gossip: &GossipTraffic) -> Result<String> {
     register_datapath(&mut registry, status);
     register_gossip(&mut registry, status, gossip);
     register_sessions(&mut registry, status);
+    register_ipam(&mut registry, status);
+    register_dns(&mut registry, status);
     let mut text = String::new();
     encode(&mut text, &registry).context("encoding metrics")?;
     Ok(text)
@@ -81,6 +83,58 @@ fn register_mesh(registry: &mut Registry, status: &api::Status) {
         "Addresses claimed by more than one host",
         conflicts,
     );
+}
+
+fn register_ipam(registry: &mut Registry, status: &api::Status) {
+    let addresses = gauge_family(
+        registry,
+        "ipam_addresses",
+        "Addresses of the allocation range this host owns, and those it handed out",
+    );
+    addresses
+        .get_or_create(&label("state", "owned"))
+        .set(status.ipam.owned as i64);
+    addresses
+        .get_or_create(&label("state", "allocated"))
+        .set(status.ipam.allocated as i64);
+    for (name, value, help) in [
+        (
+            "ipam_refused_peers",
+            status.ipam.refused.len() as i64,
+            "Peers whose address ring was refused (claimed apart)",
+        ),
+        (
+            "ipam_conflicting_writes",
+            status.ipam.conflicting_writes as i64,
+            "Ring writes that disagreed at one version (zero in a healthy mesh)",
+        ),
+    ] {
+        let gauge = Gauge::<i64>::default();
+        gauge.set(value);
+        registry.register(name, help, gauge);
+    }
+}
+
+fn register_dns(registry: &mut Registry, status: &api::Status) {
+    if !status.dns.enabled {
+        return;
+    }
+    let records = Gauge::<i64>::default();
+    records.set(status.dns.records as i64);
+    registry.register("dns_records", "Names the DNS server answers", records);
+    let queries = counter_family(
+        registry,
+        "dns_queries",
+        "Queries the DNS server took, by outcome",
+    );
+    for (outcome, n) in [
+        ("answered", status.dns.answered),
+        ("forwarded", status.dns.forwarded),
+        ("upstream_failed", status.dns.upstream_failed),
+        ("malformed", status.dns.malformed),
+    ] {
+        queries.get_or_create(&label("outcome", outcome)).inc_by(n);
+    }
 }
 
 fn register_datapath(registry: &mut Registry, status: &api::Status) {
@@ -321,7 +375,13 @@ mod tests {
             "counters": {
                 "remote_sent": {"packets": 10, "bytes": 1000},
                 "drop_isolated": {"packets": 4, "bytes": 400}
-            }
+            },
+            "ipam": {"range": "10.32.0.0/12", "default_subnet": "10.32.0.0/12", "init": "seed",
+                     "claimed": true, "owned": 1048576, "allocated": 7, "refused": ["q: apart"],
+                     "conflicting_writes": 0, "removed": []},
+            "dns": {"enabled": true, "address": "169.254.53.53", "domain": "weave.local",
+                    "upstreams": [], "records": 4, "answered": 30, "forwarded": 2,
+                    "upstream_failed": 1, "malformed": 5}
         }))
         .unwrap();
         let gossip = GossipTraffic::default();
@@ -342,6 +402,13 @@ mod tests {
             "weave_sealed_handshakes_total{peer=\"10.0.0.2\"} 2",
             "weave_sealed_no_session_drops_total{peer=\"10.0.0.2\"} 1",
             "weave_sealed_session_age_seconds{peer=\"10.0.0.2\"} 12",
+            "weave_ipam_addresses{state=\"owned\"} 1048576",
+            "weave_ipam_addresses{state=\"allocated\"} 7",
+            "weave_ipam_refused_peers 1",
+            "weave_ipam_conflicting_writes 0",
+            "weave_dns_records 4",
+            "weave_dns_queries_total{outcome=\"answered\"} 30",
+            "weave_dns_queries_total{outcome=\"malformed\"} 5",
         ] {
             assert!(text.contains(line), "{line:?} missing from:\n{text}");
         }
