@@ -107,8 +107,15 @@ fn containers_find_each_other_by_name_across_hosts_and_names_go_with_them() -> R
             .any(|r| r["name"] == "web.weave.local" && r["ip"] == web_ip.to_string()),
         "{listed}"
     );
-    // Detach: gone on both hosts.
+    // Detach: gone on both hosts, and the resolv.conf attach wrote goes with the container.
+    let resolv_conf = etc_netns(&web.name).join("resolv.conf");
+    ensure!(resolv_conf.exists(), "attach --resolv-conf wrote no file");
     b.agent_ok(&["detach", &web.spec()])?;
+    ensure!(
+        !resolv_conf.exists(),
+        "{} outlived the detach",
+        resolv_conf.display()
+    );
     wait_until(SETTLE, "web.weave.local is gone on host A", || {
         Ok(lookup(&client, "web.weave.local")?.is_none())
     })?;

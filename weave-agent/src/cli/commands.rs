@@ -96,48 +96,77 @@ pub fn configure_peers(loc: &Location, request: &Request) -> Result<()> {
 
 pub fn attach(
     loc: &Location,
-    address: Option<&str>,
+    addresses: &[String],
     container_arg: &str,
     mtu: Option<u32>,
     dns: &AttachDns,
 ) -> Result<()> {
     // Refuse bad input before anything is changed anywhere.
-    let parsed: AddressRequest = address.unwrap_or("net:default").parse()?;
+    let parsed = AddressRequest::parse_list(&addresses.join(","))?;
     let netns = netns::netns_path(container_arg)?;
     let resolv_conf = match (&dns.resolv_conf, container_arg.strip_prefix("netns:")) {
         (false, _) => None,
-        (true, Some(name)) => Some(Path::new("/etc/netns").join(name).join("resolv.conf")),
+        (true, Some(name)) => Some(netns_resolv_conf(name)),
         (true, None) => bail!(
             "--resolv-conf writes /etc/netns/NAME/resolv.conf, which only netns:NAME containers \
              read (`ip netns exec`); `weave-agent run` gives Docker containers the server itself"
         ),
     };
     let request = Request::Attach {
-        cidr: parsed.to_string(),
+        cidr: parsed
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(","),
         container: container_arg.to_owned(),
         netns,
         mtu,
         dns_name: dns.dns_name.clone(),
     };
-    let Response::Attached { endpoint } = api::call_agent(&loc.socket(), &request)? else {
+    let Response::Attached { endpoints } = api::call_agent(&loc.socket(), &request)? else {
         return Err(unexpected("attach"));
     };
-    println!(
-        "{} {} {} (ethwe, MTU {}){}",
-        endpoint.container,
-        endpoint.mac,
-        endpoint.cidr,
-        endpoint.mtu,
-        endpoint
-            .dns_name
-            .as_deref()
-            .map(|n| format!(" {n}"))
-            .unwrap_or_default()
-    );
+    for endpoint in endpoints {
+        println!(
+            "{} {} {} (ethwe, MTU {}){}",
+            endpoint.container,
+            endpoint.mac,
+            endpoint.cidr,
+            endpoint.mtu,
+            endpoint
+                .dns_name
+                .as_deref()
+                .map(|n| format!(" {n}"))
+                .unwrap_or_default()
+        );
+    }
     if let Some(path) = resolv_conf {
         write_resolv_conf(loc, &path)?;
     }
     Ok(())
+}
+
+/// The first line of a resolv.conf that `attach --resolv-conf` wrote: `detach` removes only
+/// such a file, never one the user wrote.
+const RESOLV_CONF_MARK: &str = "# written by weave-agent attach --resolv-conf";
+
+/// A netns container's resolv.conf, as `ip netns exec NAME` shows it.
+fn netns_resolv_conf(name: &str) -> std::path::PathBuf {
+    Path::new("/etc/netns").join(name).join("resolv.conf")
+}
+
+/// Removes what `attach --resolv-conf netns:NAME` wrote, once the container has no address
+/// left: its directory too if nothing else is in it.
+fn remove_resolv_conf(name: &str) {
+    let path = netns_resolv_conf(name);
+    let ours = std::fs::read_to_string(&path).is_ok_and(|t| t.starts_with(RESOLV_CONF_MARK));
+    if ours && std::fs::remove_file(&path).is_ok() {
+        if let Some(dir) = path.parent() {
+            // Fails, as it should, while the user keeps other files there.
+            let _ = std::fs::remove_dir(dir);
+        }
+        println!("{} removed", path.display());
+    }
 }
 
 /// Names the agent's DNS server and domain in `path` (a netns container's resolv.conf).
@@ -153,7 +182,7 @@ fn write_resolv_conf(loc: &Location, path: &Path) -> Result<()> {
         .context("a resolv.conf path has a directory")?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let text = format!(
-        "# written by weave-agent attach --resolv-conf\nnameserver {address}\nsearch {}\n",
+        "{RESOLV_CONF_MARK}\nnameserver {address}\nsearch {}\n",
         status.dns.domain
     );
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
@@ -172,16 +201,20 @@ pub struct AttachDns {
     pub resolv_conf: bool,
 }
 
-pub fn detach(loc: &Location, container_arg: &str) -> Result<()> {
+pub fn detach(loc: &Location, container_arg: &str, address: Option<&str>) -> Result<()> {
     let request = Request::Detach {
         container: container_arg.to_owned(),
         netns: netns::netns_path(container_arg).ok().flatten(),
+        address: address.map(str::to_owned),
     };
     let Response::Detached { endpoints } = api::call_agent(&loc.socket(), &request)? else {
         return Err(unexpected("detach"));
     };
     for ep in endpoints {
         println!("{} {} {} detached", ep.container, ep.mac, ep.cidr);
+    }
+    if let (None, Some(name)) = (address, container_arg.strip_prefix("netns:")) {
+        remove_resolv_conf(name);
     }
     Ok(())
 }
