@@ -101,6 +101,65 @@ fn attach_detach_and_ps_by_docker_name() -> Result<()> {
     Ok(())
 }
 
+/// The addresses on `ethwe` in Docker container `ctr`, with its MAC, as `ip addr` shows them.
+fn ethwe_of(ctr: &str) -> Result<String> {
+    docker_ok(&["exec", ctr, "ip", "addr", "show", "ethwe"])
+}
+
+#[test]
+fn a_docker_container_with_two_addresses_gets_both_back_after_a_restart() -> Result<()> {
+    require_root();
+    docker::require()?;
+    let (a, _b) = two_hosts(&unique_name("a"), &unique_name("b"))?;
+    a.agent_ok(&["launch"])?;
+    let ctr = Named::new(format!("{}-two", a.name));
+    docker_ok(&["run", "-d", "--name", &ctr.0, "-it", docker::IMAGE, "sh"])?;
+    a.agent_ok(&["attach", "192.168.1.32/24", &ctr.0])?;
+    a.agent_ok(&["attach", "192.168.7.32/24", &ctr.0])?;
+    // Both on one ethwe, both listed with the MAC of the first.
+    let ps = a.agent_ok(&["ps"])?;
+    for cidr in ["192.168.1.32/24", "192.168.7.32/24"] {
+        assert!(
+            ps.contains(&format!("{} 02:57:c0:a8:01:20 {cidr}", ctr.0)),
+            "{ps}"
+        );
+    }
+    let both = |text: &str| {
+        text.contains("inet 192.168.1.32/24")
+            && text.contains("inet 192.168.7.32/24")
+            && text.contains("02:57:c0:a8:01:20")
+    };
+    let addr = ethwe_of(&ctr.0)?;
+    assert!(both(&addr), "{addr}");
+
+    // docker restart: both come back, the MAC still the first's.
+    docker_ok(&["restart", "-t", "1", &ctr.0])?;
+    wait_until(
+        Duration::from_secs(10),
+        "both addresses restored after docker restart",
+        || {
+            let out = docker(&["exec", &ctr.0, "ip", "addr", "show", "ethwe"])?;
+            Ok(both(&String::from_utf8_lossy(&out.stdout)))
+        },
+    )?;
+
+    // One address goes, the other stays on ethwe.
+    a.agent_ok(&["detach", "192.168.7.32", &ctr.0])?;
+    let addr = ethwe_of(&ctr.0)?;
+    assert!(
+        addr.contains("inet 192.168.1.32/24") && !addr.contains("192.168.7.32"),
+        "{addr}"
+    );
+    let ps = a.agent_ok(&["ps"])?;
+    assert!(
+        ps.contains("192.168.1.32/24") && !ps.contains("192.168.7.32"),
+        "{ps}"
+    );
+    a.agent_ok(&["detach", &ctr.0])?;
+    assert!(!a.agent_ok(&["ps"])?.contains(&ctr.0));
+    Ok(())
+}
+
 #[test]
 fn run_that_cannot_attach_removes_the_container_again() -> Result<()> {
     require_root();

@@ -486,3 +486,104 @@ fn the_address_space_survives_a_reboot() -> Result<()> {
     ensure!(owned(b)? == b_owned, "B needed new space after its reboot");
     Ok(())
 }
+
+/// The addresses `ethwe` holds in `c`.
+fn ethwe_addresses(c: &Container) -> Result<BTreeSet<String>> {
+    let text = c.ip(["-4", "-o", "addr", "show", "dev", "ethwe"])?;
+    Ok(text
+        .lines()
+        .filter_map(|l| {
+            let mut words = l.split_whitespace().skip_while(|w| *w != "inet");
+            words.nth(1).map(str::to_owned)
+        })
+        .collect())
+}
+
+/// A container given addresses in two subnets (one `attach`), and a third from the range (a
+/// second `attach`), reaches the containers of both subnets and stays isolated from neither's
+/// neighbours; its MAC stays its first address's; after an agent restart all still work;
+/// detaching one address leaves the others working, detaching the container takes the rest.
+#[test]
+fn a_container_with_addresses_in_two_subnets_reaches_both_and_keeps_one_when_the_other_goes()
+-> Result<()> {
+    require_root();
+    let prefix = unique_name("m");
+    let seg = Segment::mesh(&prefix, 2)?;
+    let (a, b) = (&seg.hosts[0], &seg.hosts[1]);
+    let one = b.container(&format!("{prefix}o"), "10.40.1.20/24")?;
+    let two = b.container(&format!("{prefix}t"), "10.40.2.20/24")?;
+    let multi = Container::new(&format!("{prefix}m"), a)?;
+    let out = a.agent_ok(&["attach", "10.40.1.10/24", "10.40.2.10/24", &multi.spec()])?;
+    ensure!(out.lines().count() == 2, "attach printed {out}");
+    // A second attach to a container that has addresses gives it one more.
+    let out = a.agent_ok(&["attach", "net:default", &multi.spec()])?;
+    let third = out
+        .split_whitespace()
+        .find(|w| w.ends_with("/12"))
+        .with_context(|| format!("no address of the range in {out}"))?
+        .to_owned();
+    let all: BTreeSet<String> = ["10.40.1.10/24", "10.40.2.10/24", &third]
+        .map(str::to_owned)
+        .into();
+    ensure!(
+        listed(a)?.into_iter().collect::<BTreeSet<_>>() == all,
+        "ps lists {:?}",
+        listed(a)?
+    );
+    assert_eq!(ethwe_addresses(&multi)?, all);
+    let mac = "02:57:0a:28:01:0a";
+    let link = multi.ip(["link", "show", "dev", "ethwe"])?;
+    ensure!(link.contains(mac), "not the first address's MAC: {link}");
+
+    let reaches_both = || -> Result<bool> {
+        Ok(multi.ping("10.40.1.20", 1)?
+            && multi.ping("10.40.2.20", 1)?
+            && one.ping("10.40.1.10", 1)?
+            && two.ping("10.40.2.10", 1)?)
+    };
+    wait_until(
+        Duration::from_secs(10),
+        "both subnets reaching the container",
+        reaches_both,
+    )?;
+    // Isolation holds per address: 10.40.1.20, routed at the other subnet, is dropped.
+    one.ip(["route", "add", "10.40.2.0/24", "dev", "ethwe"])?;
+    ensure!(
+        !one.ping("10.40.2.10", 1)?,
+        "10.40.1.20 reached the container's address in 10.40.2.0/24"
+    );
+
+    // A restarted agent adopts all three on the one veth.
+    a.agent_ok(&["stop"])?;
+    a.agent_ok(&["launch"])?;
+    ensure!(reaches_both()?, "not every address works after a restart");
+    ensure!(listed(a)?.len() == 3, "ps lists {:?}", listed(a)?);
+
+    // One address goes: the others keep working, on the same ethwe.
+    a.agent_ok(&["detach", "10.40.2.10", &multi.spec()])?;
+    let left: BTreeSet<String> = ["10.40.1.10/24", &third].map(str::to_owned).into();
+    assert_eq!(ethwe_addresses(&multi)?, left);
+    ensure!(
+        multi.ip(["link", "show", "dev", "ethwe"])?.contains(mac),
+        "ethwe changed"
+    );
+    ensure!(
+        multi.ping("10.40.1.20", 1)?,
+        "the address kept stopped working"
+    );
+    wait_until(Duration::from_secs(10), "B forgetting 10.40.2.10", || {
+        Ok(b.endpoint_counts()?.1 == 2)
+    })?;
+    ensure!(
+        !two.ping("10.40.2.10", 1)?,
+        "the detached address still answers"
+    );
+    // The rest goes with the container.
+    a.agent_ok(&["detach", &multi.spec()])?;
+    ensure!(listed(a)?.is_empty(), "ps lists {:?}", listed(a)?);
+    ensure!(
+        multi.ip(["link", "show", "dev", "ethwe"]).is_err(),
+        "ethwe is still there"
+    );
+    Ok(())
+}

@@ -108,17 +108,20 @@ pub enum Command {
         args: Vec<String>,
     },
 
-    /// Give a running container an `ethwe` interface with an address on the overlay.
+    /// Give a running container an `ethwe` interface with an address on the overlay, or one
+    /// more address on the `ethwe` it has.
     ///
     /// ADDRESS is a CIDR (ip:CIDR too), net:CIDR (a free address of that subnet of
     /// --ipalloc-range) or net:default; left out, a free address of the default subnet.
+    /// Several (as separate arguments or comma-joined) give the container all of them; its
+    /// MAC stays derived from its first address.
     #[command(
-        after_help = "CONTAINER is a Docker name or id, pid:PID, netns:NAME (/run/netns/NAME) or a netns path.\n\nExamples:\n  weave-agent attach 192.168.1.10/24 netns:ctr1\n  weave-agent attach netns:ctr2                   (an address of 10.32.0.0/12)\n  weave-agent attach net:10.32.5.0/24 netns:ctr3"
+        after_help = "CONTAINER is a Docker name or id, pid:PID, netns:NAME (/run/netns/NAME) or a netns path.\n\nExamples:\n  weave-agent attach 192.168.1.10/24 netns:ctr1\n  weave-agent attach netns:ctr2                   (an address of 10.32.0.0/12)\n  weave-agent attach net:10.32.5.0/24 netns:ctr3\n  weave-agent attach net:default net:10.32.5.0/24 netns:ctr4   (two addresses)"
     )]
     Attach {
-        /// [ADDRESS] CONTAINER: the container is a Docker name/id, pid:PID, netns:NAME or a
-        /// netns path.
-        #[arg(value_name = "[ADDRESS] CONTAINER", num_args = 1..=2, required = true)]
+        /// [ADDRESS...] CONTAINER: the container is a Docker name/id, pid:PID, netns:NAME or
+        /// a netns path.
+        #[arg(value_name = "[ADDRESS...] CONTAINER", num_args = 1.., required = true)]
         args: Vec<String>,
         /// MTU of `ethwe` (default: underlay MTU - 50).
         #[arg(long)]
@@ -133,11 +136,16 @@ pub enum Command {
         resolv_conf: bool,
     },
 
-    /// Remove a container's `ethwe` and withdraw its address from the mesh.
+    /// Remove a container's `ethwe` and withdraw its addresses from the mesh; with ADDRESS,
+    /// only that one (its other addresses keep working).
+    #[command(
+        after_help = "Examples:\n  weave-agent detach netns:ctr1\n  weave-agent detach 10.32.5.7 netns:ctr4   (one address of several)"
+    )]
     Detach {
-        /// Docker name/id, pid:PID, netns:NAME or a netns path.
-        #[arg(value_name = "CONTAINER")]
-        container: String,
+        /// [ADDRESS] CONTAINER: an IP or CIDR the container holds, then the container (Docker
+        /// name/id, pid:PID, netns:NAME or a netns path).
+        #[arg(value_name = "[ADDRESS] CONTAINER", num_args = 1..=2, required = true)]
+        args: Vec<String>,
     },
 
     /// List the containers attached on this host (container, MAC, CIDR), and the exposed

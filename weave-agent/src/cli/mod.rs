@@ -48,18 +48,21 @@ pub fn run(cli: Cli) -> Result<()> {
             dns_name,
             resolv_conf,
         } => {
-            let (address, container) = match args.as_slice() {
-                [address, container] => (Some(address.as_str()), container.as_str()),
-                [container] => (None, container.as_str()),
-                _ => unreachable!("clap takes one or two"),
-            };
+            let (container, addresses) = args.split_last().expect("clap takes at least one");
             let dns = commands::AttachDns {
                 dns_name,
                 resolv_conf,
             };
-            commands::attach(&loc, address, container, mtu, &dns)
+            commands::attach(&loc, addresses, container, mtu, &dns)
         }
-        Command::Detach { container } => commands::detach(&loc, &container),
+        Command::Detach { args } => {
+            let (container, address) = match args.as_slice() {
+                [address, container] => (container.as_str(), Some(address.as_str())),
+                [container] => (container.as_str(), None),
+                _ => unreachable!("clap takes one or two"),
+            };
+            commands::detach(&loc, container, address)
+        }
         Command::Ps(out) => commands::ps(&loc, out),
         Command::BenchPeer {
             address,

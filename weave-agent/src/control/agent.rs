@@ -73,9 +73,9 @@ pub struct Inner {
     pub written: Written,
     pub started: Instant,
     pub last_contact: BTreeMap<SocketAddr, Instant>,
-    /// Routes the rules and exposed addresses put in each local endpoint's container, as
-    /// last made.
-    pub routes: BTreeMap<Ipv4Addr, BTreeSet<ContainerRoute>>,
+    /// Routes the rules and exposed addresses put in each local endpoint's container, by its
+    /// host veth (a container's addresses share one), as last made.
+    pub routes: BTreeMap<String, BTreeSet<ContainerRoute>>,
     /// Attaches under way outside the lock: their addresses and containers are taken.
     pub pending: Vec<Pending>,
     /// The links every peer publishes, as last synced.

@@ -32,7 +32,9 @@ pub enum Request {
     Status,
     Shutdown,
     /// Attach `cidr` to the container whose network namespace file is `netns`, or, without
-    /// one, to the Docker container named `container`.
+    /// one, to the Docker container named `container`. `cidr` may hold several address
+    /// requests, comma-separated: each is attached in turn, the first making `ethwe` unless
+    /// the container has one already.
     Attach {
         cidr: String,
         container: String,
@@ -52,6 +54,9 @@ pub enum Request {
     Detach {
         container: String,
         netns: Option<PathBuf>,
+        /// Only this address (IP or CIDR); None: all of the container's.
+        #[serde(default)]
+        address: Option<String>,
     },
     Ps,
     Peers,
@@ -164,8 +169,9 @@ pub enum Response {
     ShuttingDown {
         pid: u32,
     },
+    /// One per address attached, in the order asked.
     Attached {
-        endpoint: EndpointInfo,
+        endpoints: Vec<EndpointInfo>,
     },
     /// Full id of the container `run` created.
     Ran {

@@ -108,19 +108,24 @@ async fn container_died(agent: &Agent, id: &str, destroyed: bool) {
     }
 }
 
+/// Gives a container that started again every address it had, its first one first (which
+/// makes `ethwe`, with the MAC derived from it).
 async fn container_started(agent: &Agent, engine: &bollard::Docker, id: &str) {
-    let dormant = {
+    let mut dormant: Vec<LocalEndpoint> = {
         let mut inner = agent.inner.lock().await;
-        let found = inner
-            .state
-            .dormant
-            .iter()
-            .position(|d| d.docker_id.as_deref() == Some(id));
-        found.map(|i| inner.state.dormant.remove(i))
+        let (theirs, others) = std::mem::take(&mut inner.state.dormant)
+            .into_iter()
+            .partition(|d| d.docker_id.as_deref() == Some(id));
+        inner.state.dormant = others;
+        theirs
     };
-    let Some(ep) = dormant else {
-        return;
-    };
+    dormant.sort_by_key(|ep| ep.mac_from.is_some());
+    for ep in dormant {
+        restore(agent, engine, id, ep).await;
+    }
+}
+
+async fn restore(agent: &Agent, engine: &bollard::Docker, id: &str, ep: LocalEndpoint) {
     let result = async {
         let container = docker::inspect(engine, id)
             .await?

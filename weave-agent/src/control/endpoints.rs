@@ -66,16 +66,18 @@ fn check_free_here(inner: &Inner, ip: Ipv4Addr) -> Result<()> {
     Ok(())
 }
 
-/// `attach`: to a namespace, or (without one) to a running Docker container by name or id.
+/// `attach`: to a namespace, or (without one) to a running Docker container by name or id,
+/// one address after the other (a container that has an address already gets one more). If
+/// one fails, those this attach added are taken back: nothing half made.
 pub async fn attach(
     agent: &Agent,
-    cidr: &str,
+    addresses: &str,
     container: &str,
     netns: Option<PathBuf>,
     mtu: Option<u32>,
     dns_name: Option<String>,
-) -> Result<api::EndpointInfo> {
-    let request: AddressRequest = cidr.parse()?;
+) -> Result<Vec<api::EndpointInfo>> {
+    let requests = AddressRequest::parse_list(addresses)?;
     let mut target = match netns {
         Some(netns) => Target {
             label: container.to_owned(),
@@ -91,11 +93,51 @@ pub async fn attach(
         }
         target.dns_name = dns::name_for(agent, &name)?;
     }
-    let holder = target.docker_id.as_deref().unwrap_or(&target.label);
-    let (cidr, _) = ipam::address_for(agent, &request, holder).await?;
-    let attached = attach_endpoint(agent, cidr, &target, mtu).await;
-    ipam::finished(agent, cidr.ip).await;
-    attached
+    let holder = target
+        .docker_id
+        .clone()
+        .unwrap_or_else(|| target.label.clone());
+    let mut done = Vec::new();
+    for request in &requests {
+        let attached = async {
+            let (cidr, _) = ipam::address_for(agent, request, &holder).await?;
+            let attached = attach_endpoint(agent, cidr, &target, mtu).await;
+            ipam::finished(agent, cidr.ip).await;
+            attached
+        }
+        .await;
+        match attached {
+            Ok(info) => done.push(info),
+            Err(err) => {
+                take_back(agent, &done).await;
+                return Err(err);
+            }
+        }
+    }
+    Ok(done)
+}
+
+/// Withdraws the endpoints an attach that failed half-way had made.
+async fn take_back(agent: &Agent, made: &[api::EndpointInfo]) {
+    let mut inner = agent.inner.lock().await;
+    let inner = &mut *inner;
+    for info in made {
+        let Some(ep) = inner
+            .state
+            .endpoints
+            .iter()
+            .find(|e| e.cidr.to_string() == info.cidr)
+            .cloned()
+        else {
+            continue;
+        };
+        if let Err(err) = remove_endpoint(inner, &agent.gossip, &ep).await {
+            tracing::warn!(cidr = %ep.cidr, "taking back an address of a failed attach: {err:#}");
+        }
+    }
+    if let Err(err) = agent.save(inner) {
+        tracing::warn!("{err:#}");
+    }
 }
 
 async fn docker_target(agent: &Agent, container: &str) -> Result<Target> {
@@ -214,21 +256,38 @@ pub async fn attach_endpoint(
             target.label
         );
     }
-    let (handle, mtu) = reserve(agent, cidr, target, mtu).await?;
-    let host = cidr.host_veth();
-    let service = agent.dns.as_ref().map(|s| s.address);
-    let made = match make_ethwe(&handle, cidr, &target.netns, mtu, service).await {
-        Ok(index) => {
-            // Before the map entry exists: a router container's super-packets must never
-            // take the eBPF way, not even for the first moments.
-            let forwards = forwarding_watch::look(&target.netns, cidr.ip).await;
-            record(agent, cidr, target, mtu, index, forwards).await
+    let (handle, mtu, first) = reserve(agent, cidr, target, mtu).await?;
+    let made = match &first {
+        None => {
+            let service = agent.dns.as_ref().map(|s| s.address);
+            match make_ethwe(&handle, cidr, &target.netns, mtu, service).await {
+                Ok(index) => {
+                    // Before the map entry exists: a router container's super-packets must
+                    // never take the eBPF way, not even for the first moments.
+                    let forwards = forwarding_watch::look(&target.netns, cidr.ip).await;
+                    let wire = Wire {
+                        index,
+                        host_veth: cidr.host_veth(),
+                        mac_from: None,
+                        forwards,
+                    };
+                    record(agent, cidr, target, mtu, wire).await
+                }
+                Err(err) => Err(err),
+            }
         }
-        Err(err) => Err(err),
+        Some(first) => add_to(agent, &handle, cidr, target, first).await,
     };
     if made.is_err() {
-        // Leave nothing half-made behind.
-        let _ = netlink::delete_link(&handle, &host).await;
+        // Leave nothing half-made behind: the veth this attach made, or the address it added.
+        match &first {
+            None => {
+                let _ = netlink::delete_link(&handle, &cidr.host_veth()).await;
+            }
+            Some(_) => {
+                let _ = netns::remove_ethwe_address(&target.netns, cidr).await;
+            }
+        }
         agent.inner.lock().await.pending.retain(|p| p.cidr != cidr);
     }
     let ep = made?;
@@ -257,13 +316,15 @@ fn decrement_on_drop(count: &AtomicUsize) -> impl Drop + '_ {
     Decrement(count)
 }
 
-/// Takes the address and the container for this attach, or says who has them.
+/// Takes the address and the container for this attach, or says who has them. Returns the
+/// container's first endpoint here when it has one already: the new address joins its
+/// `ethwe`.
 async fn reserve(
     agent: &Agent,
     cidr: Cidr,
     target: &Target,
     mtu: Option<u32>,
-) -> Result<(rtnetlink::Handle, u32)> {
+) -> Result<(rtnetlink::Handle, u32, Option<LocalEndpoint>)> {
     let mut inner = agent.inner.lock().await;
     // Again under the lock: an attach of the same address that passed check_free at the same
     // time may have got in first.
@@ -272,14 +333,21 @@ async fn reserve(
     let same = |ns: &Path, container: &str, docker_id: &Option<String>| {
         ns == netns || container == label || (docker_id.is_some() && *docker_id == target.docker_id)
     };
-    if let Some(ep) = inner
+    let first = inner
         .state
         .endpoints
         .iter()
-        .find(|e| same(&e.netns, &e.container, &e.docker_id))
-    {
-        bail!("{label} already has {} on ethwe; detach it first", ep.cidr);
-    }
+        .filter(|e| e.expose.is_none() && same(&e.netns, &e.container, &e.docker_id))
+        .find(|e| e.mac_from.is_none())
+        .or_else(|| {
+            // Its first address detached: any other still names the veth and the MAC.
+            inner
+                .state
+                .endpoints
+                .iter()
+                .find(|e| e.expose.is_none() && same(&e.netns, &e.container, &e.docker_id))
+        })
+        .cloned();
     if let Some(p) = inner
         .pending
         .iter()
@@ -293,7 +361,44 @@ async fn reserve(
         container: label.to_owned(),
         docker_id: target.docker_id.clone(),
     });
-    Ok((inner.netlink.clone(), mtu.unwrap_or(inner.mtu)))
+    let mtu = first.as_ref().map_or(mtu.unwrap_or(inner.mtu), |f| f.mtu);
+    Ok((inner.netlink.clone(), mtu, first))
+}
+
+/// One more address on the `ethwe` of the container whose endpoint `first` is: same veth,
+/// same MAC, same forwarding.
+async fn add_to(
+    agent: &Agent,
+    handle: &rtnetlink::Handle,
+    cidr: Cidr,
+    target: &Target,
+    first: &LocalEndpoint,
+) -> Result<LocalEndpoint> {
+    let index = netlink::link_index(handle, &first.host_veth)
+        .await?
+        .with_context(|| {
+            format!(
+                "{} has lost its veth {}; detach it and attach again",
+                target.label, first.host_veth
+            )
+        })?;
+    netns::add_ethwe_address(&target.netns, cidr).await?;
+    let wire = Wire {
+        index,
+        host_veth: first.host_veth.clone(),
+        mac_from: Some(first.mac_from.unwrap_or(first.cidr.ip)),
+        forwards: first.forwards.clone(),
+    };
+    record(agent, cidr, target, first.mtu, wire).await
+}
+
+/// Where an endpoint's frames come and go: the host end of its veth, the address its MAC is
+/// derived from when not its own, and whether it forwards.
+struct Wire {
+    index: u32,
+    host_veth: String,
+    mac_from: Option<Ipv4Addr>,
+    forwards: Vec<String>,
 }
 
 /// The veth pair, its far end configured as `ethwe` inside the container. Returns the host
@@ -320,22 +425,28 @@ async fn record(
     cidr: Cidr,
     target: &Target,
     mtu: u32,
-    index: u32,
-    forwards: Vec<String>,
+    wire: Wire,
 ) -> Result<LocalEndpoint> {
     let mut inner = agent.inner.lock().await;
     let inner = &mut *inner;
+    let index = wire.index;
     let ep = LocalEndpoint {
         cidr,
         container: target.label.clone(),
         netns: target.netns.clone(),
-        host_veth: cidr.host_veth(),
+        host_veth: wire.host_veth,
         mtu,
         docker_id: target.docker_id.clone(),
-        forwards,
+        forwards: wire.forwards,
         expose: None,
         dns_name: target.dns_name.clone(),
+        mac_from: wire.mac_from,
     };
+    let first_of_veth = !inner
+        .state
+        .endpoints
+        .iter()
+        .any(|e| e.host_veth == ep.host_veth);
     let host = &ep.host_veth;
     let wired: Result<()> = async {
         inner.datapath.set_endpoint(cidr.ip, ep.map_entry(index))?;
@@ -345,13 +456,15 @@ async fn record(
     .await;
     if let Err(err) = wired {
         let _ = inner.datapath.remove_endpoint(cidr.ip);
-        let _ = inner.datapath.detach_container(host);
+        if first_of_veth {
+            let _ = inner.datapath.detach_container(host);
+        }
         return Err(err);
     }
     // The map entry is local now, whatever a peer said of the address before.
     inner.written.remote.remove(&cidr.ip);
     inner.written.adopted.remove(&cidr.ip);
-    agent.gossip.publish(&cidr, &target.label).await;
+    agent.gossip.publish(&cidr, &ep.mac(), &target.label).await;
     inner.pending.retain(|p| p.cidr != cidr);
     inner.state.dormant.retain(|d| d.cidr != cidr);
     inner.state.endpoints.push(ep.clone());
@@ -364,11 +477,21 @@ async fn record(
     Ok(ep)
 }
 
+/// `detach`: every address of the container, or only `address` (an IP or its CIDR).
 pub async fn detach(
     agent: &Agent,
     container: &str,
     netns: Option<&Path>,
+    address: Option<&str>,
 ) -> Result<Vec<api::EndpointInfo>> {
+    let only: Option<Ipv4Addr> = address
+        .map(|a| {
+            let ip = a.split('/').next().unwrap_or(a).trim();
+            let ip = ip.strip_prefix("ip:").unwrap_or(ip);
+            ip.parse()
+                .with_context(|| format!("{a:?} is no address (give 10.32.0.7 or 10.32.0.7/12)"))
+        })
+        .transpose()?;
     // A Docker name resolves to the id the endpoint recorded.
     let docker_id = match netns {
         Some(_) => None,
@@ -383,9 +506,10 @@ pub async fn detach(
     };
     // An exposed address is no container's: `hide` takes it back.
     let matches = |e: &LocalEndpoint| {
-        e.expose.is_none() && e.container == container
+        (e.expose.is_none() && e.container == container
             || netns.is_some_and(|n| n == e.netns)
-            || (e.docker_id.is_some() && e.docker_id == docker_id)
+            || (e.docker_id.is_some() && e.docker_id == docker_id))
+            && only.is_none_or(|ip| e.cidr.ip == ip)
     };
     let mut inner = agent.inner.lock().await;
     let inner = &mut *inner;
@@ -399,7 +523,12 @@ pub async fn detach(
     let dormant = inner.state.dormant.len();
     inner.state.dormant.retain(|e| !matches(e));
     if matching.is_empty() && inner.state.dormant.len() == dormant {
-        bail!("{container} has no endpoint on this host (`weave-agent ps` lists them)");
+        match only {
+            Some(ip) => {
+                bail!("{container} has no address {ip} on this host (`weave-agent ps` lists them)")
+            }
+            None => bail!("{container} has no endpoint on this host (`weave-agent ps` lists them)"),
+        }
     }
     for ep in &matching {
         remove_endpoint(inner, &agent.gossip, ep).await?;

@@ -108,6 +108,7 @@ async fn expose_at(
         forwards: vec![HOST_FORWARDS.to_owned()],
         expose: Some(exposure),
         dns_name: None,
+        mac_from: None,
     };
     let turned_on = match wire(inner, &ep).await {
         Ok(turned_on) => turned_on,
@@ -182,7 +183,10 @@ fn apply_nat(inner: &Inner) -> Result<()> {
 }
 
 async fn publish(agent: &Agent, ep: &LocalEndpoint) {
-    agent.gossip.publish(&ep.cidr, EXPOSED_LABEL).await;
+    agent
+        .gossip
+        .publish(&ep.cidr, &ep.mac(), EXPOSED_LABEL)
+        .await;
     if let Some(x) = &ep.expose {
         agent.gossip.publish_via(ep.cidr.ip, &x.routes).await;
     }

@@ -2,13 +2,14 @@
 //! routes inside the containers they concern. (Rules made here: `rule_set`; the policy map
 //! itself comes from the reconcile plan.)
 
-use std::{collections::BTreeSet, net::Ipv4Addr, path::PathBuf};
+use std::{collections::BTreeSet, path::PathBuf};
 
 use anyhow::Result;
 
 use super::{
     agent::{Agent, Inner},
     api,
+    state::LocalEndpoint,
 };
 use crate::{
     host::{netns, routes::RouteHolder},
@@ -59,10 +60,10 @@ pub async fn adopt_rules(agent: &Agent, inner: &mut Inner, peers: &[PeerView]) -
     agent.save(inner)
 }
 
-/// Routes one endpoint needs changed: its address, namespace and interface, and the routes it
-/// should have.
+/// Routes one holder needs changed: its veth (a container's addresses share one), namespace
+/// and interface, and the routes it should have.
 pub struct RouteWork {
-    ip: Ipv4Addr,
+    veth: String,
     netns: PathBuf,
     holder: RouteHolder,
     wanted: BTreeSet<ContainerRoute>,
@@ -71,38 +72,66 @@ pub struct RouteWork {
 /// The endpoints whose routes differ from what the rules and the exposed addresses of the
 /// mesh want. An exposed address gets the on-link routes of its rules on its interface in the
 /// host, so the host answers what a rule lets in; never a route through an exposed address.
+/// A container with several addresses gets the routes of all its subnets on its one `ethwe`,
+/// one route per network (its first address's, where two subnets route a network apart).
 pub fn route_work(inner: &mut Inner) -> Vec<RouteWork> {
-    let endpoints: BTreeSet<Ipv4Addr> = inner.state.endpoints.iter().map(|e| e.cidr.ip).collect();
-    inner.routes.retain(|ip, _| endpoints.contains(ip));
-    let exposures = exposures(inner);
-    inner
+    let veths: BTreeSet<&str> = inner
         .state
         .endpoints
         .iter()
-        .filter_map(|ep| {
-            let subnet = ep.cidr.subnet();
-            let on_link = policy::routes_for(&inner.state.rules, &subnet);
-            let (holder, wanted) = if ep.expose.is_some() {
-                let wanted = on_link.into_iter().map(ContainerRoute::on_link).collect();
-                (RouteHolder::exposed(ep.cidr.exposed_iface()), wanted)
-            } else {
-                let wanted = exposure::container_routes(
-                    &subnet,
-                    &on_link,
-                    exposures
-                        .iter()
-                        .map(|(cidr, routes)| (*cidr, routes.as_slice())),
-                );
-                (RouteHolder::container(), wanted)
-            };
-            (inner.routes.get(&ep.cidr.ip) != Some(&wanted)).then(|| RouteWork {
-                ip: ep.cidr.ip,
+        .map(|e| e.host_veth.as_str())
+        .collect();
+    inner.routes.retain(|veth, _| veths.contains(veth.as_str()));
+    let exposures = exposures(inner);
+    let mut work: Vec<RouteWork> = Vec::new();
+    let mut endpoints: Vec<&LocalEndpoint> = inner.state.endpoints.iter().collect();
+    // First addresses first: theirs win a network two subnets route apart.
+    endpoints.sort_by_key(|e| e.mac_from.is_some());
+    for ep in endpoints {
+        let subnet = ep.cidr.subnet();
+        let on_link = policy::routes_for(&inner.state.rules, &subnet);
+        let (holder, wanted): (RouteHolder, BTreeSet<ContainerRoute>) = if ep.expose.is_some() {
+            let wanted = on_link.into_iter().map(ContainerRoute::on_link).collect();
+            (RouteHolder::exposed(ep.cidr.exposed_iface()), wanted)
+        } else {
+            let wanted = exposure::container_routes(
+                &subnet,
+                &on_link,
+                exposures
+                    .iter()
+                    .map(|(cidr, routes)| (*cidr, routes.as_slice())),
+            );
+            (RouteHolder::container(), wanted)
+        };
+        match work.iter_mut().find(|w| w.veth == ep.host_veth) {
+            Some(job) => {
+                for route in wanted {
+                    if !job.wanted.iter().any(|r| r.to == route.to) {
+                        job.wanted.insert(route);
+                    }
+                }
+            }
+            None => work.push(RouteWork {
+                veth: ep.host_veth.clone(),
                 netns: ep.netns.clone(),
                 holder,
                 wanted,
-            })
-        })
-        .collect()
+            }),
+        }
+    }
+    // The kernel's own route to each subnet the holder has an address in stays the only one.
+    for job in &mut work {
+        let own: Vec<Subnet> = inner
+            .state
+            .endpoints
+            .iter()
+            .filter(|e| e.host_veth == job.veth)
+            .map(|e| e.cidr.subnet())
+            .collect();
+        job.wanted.retain(|r| !own.contains(&r.to));
+    }
+    work.retain(|job| inner.routes.get(&job.veth) != Some(&job.wanted));
+    work
 }
 
 /// Every exposed address in the mesh (here and on live peers) with the networks it routes.
@@ -130,14 +159,19 @@ pub async fn sync_routes(agent: &Agent, work: Vec<RouteWork>) {
         match netns::sync_routes(&job.netns, job.holder, job.wanted.clone()).await {
             Ok(()) => {
                 let mut inner = agent.inner.lock().await;
-                // Only while the endpoint is still there: a detach meanwhile took its routes.
-                if inner.state.endpoints.iter().any(|e| e.cidr.ip == job.ip) {
-                    inner.routes.insert(job.ip, job.wanted);
+                // Only while the holder is still there: a detach meanwhile took its routes.
+                if inner
+                    .state
+                    .endpoints
+                    .iter()
+                    .any(|e| e.host_veth == job.veth)
+                {
+                    inner.routes.insert(job.veth, job.wanted);
                 }
             }
             // Tried again next round; the container may be going away.
             Err(err) => {
-                tracing::warn!(ip = %job.ip, "routes for isolation rules and exposed addresses: {err:#}")
+                tracing::warn!(veth = %job.veth, "routes for isolation rules and exposed addresses: {err:#}")
             }
         }
     }

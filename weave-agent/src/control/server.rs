@@ -95,13 +95,18 @@ async fn respond(agent: &Agent, request: Request) -> Result<Response> {
             mtu,
             dns_name,
         } => Response::Attached {
-            endpoint: endpoints::attach(agent, &cidr, &container, netns, mtu, dns_name).await?,
+            endpoints: endpoints::attach(agent, &cidr, &container, netns, mtu, dns_name).await?,
         },
         Request::Run { cidr, spec, mtu } => Response::Ran {
             id: endpoints::run_container(agent, &cidr, &spec, mtu).await?,
         },
-        Request::Detach { container, netns } => Response::Detached {
-            endpoints: endpoints::detach(agent, &container, netns.as_deref()).await?,
+        Request::Detach {
+            container,
+            netns,
+            address,
+        } => Response::Detached {
+            endpoints: endpoints::detach(agent, &container, netns.as_deref(), address.as_deref())
+                .await?,
         },
         Request::Ps => Response::Endpoints {
             endpoints: status::endpoint_infos(&*agent.inner.lock().await),

@@ -13,7 +13,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use serde::{Deserialize, Serialize};
 
-use weave_common::endpoint::{ENDPOINT_EXPOSED, ENDPOINT_FORWARDS, Endpoint};
+use weave_common::endpoint::{ENDPOINT_EXPOSED, ENDPOINT_FORWARDS, Endpoint, endpoint_mac};
 
 use crate::net::{addressing::Cidr, exposure::Exposure, policy::Rule};
 
@@ -64,6 +64,10 @@ pub struct LocalEndpoint {
     /// The container's full DNS name (its Docker name, or `--dns-name`), if it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns_name: Option<String>,
+    /// For a container's second and later addresses: the first one, which its `ethwe` MAC
+    /// (and so this address's map entry and gossip) is derived from. They share its veth.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac_from: Option<Ipv4Addr>,
 }
 
 impl State {
@@ -82,8 +86,14 @@ impl State {
 
 impl LocalEndpoint {
     /// The map entry for this endpoint behind host veth `ifindex`.
+    /// The MAC of the container's `ethwe`, which every address of it answers with.
+    pub fn mac(&self) -> [u8; 6] {
+        endpoint_mac(self.mac_from.unwrap_or(self.cidr.ip).octets())
+    }
+
     pub fn map_entry(&self, ifindex: u32) -> Endpoint {
         let mut entry = self.cidr.local_endpoint(ifindex);
+        entry.mac = self.mac();
         if !self.forwards.is_empty() {
             entry.flags |= ENDPOINT_FORWARDS;
         }
@@ -144,6 +154,7 @@ mod tests {
                 forwards: vec!["IPv4 forwarding on ethwe".into()],
                 expose: None,
                 dns_name: Some("c1.weave.local".into()),
+                mac_from: None,
             }],
             dormant: Vec::new(),
             dns_records: BTreeMap::from([(

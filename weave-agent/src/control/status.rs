@@ -85,7 +85,7 @@ pub fn programs(datapath: &Datapath) -> Vec<api::Program> {
 pub fn endpoint_info(ep: &LocalEndpoint) -> api::EndpointInfo {
     api::EndpointInfo {
         container: ep.container.clone(),
-        mac: format_mac(&ep.cidr.mac()),
+        mac: format_mac(&ep.mac()),
         cidr: ep.cidr.to_string(),
         host_veth: ep.host_veth.clone(),
         mtu: ep.mtu,

@@ -4,19 +4,35 @@
 use anyhow::Result;
 
 use super::{agent::Inner, state::LocalEndpoint};
-use crate::{host::netlink, mesh::gossip::Gossip};
+use crate::{
+    host::{netlink, netns},
+    mesh::gossip::Gossip,
+};
 
-/// Withdraws a local endpoint everywhere: gossip, map, TC link, veth, state.
+/// Withdraws a local endpoint everywhere: gossip, map, TC link, veth, state. Of a container
+/// with other addresses here, only this address goes: off its `ethwe`, the veth stays.
 pub async fn remove_endpoint(inner: &mut Inner, gossip: &Gossip, ep: &LocalEndpoint) -> Result<()> {
     gossip.withdraw(ep.cidr.ip).await;
     if ep.expose.is_some() {
         gossip.withdraw_via(ep.cidr.ip).await;
     }
     inner.datapath.remove_endpoint(ep.cidr.ip)?;
-    inner.datapath.detach_container(&ep.host_veth)?;
-    // Deleting the host end deletes `ethwe` in the container (or the exposed interface) with
-    // it.
-    netlink::delete_link(&inner.netlink, &ep.host_veth).await?;
+    let shared = inner
+        .state
+        .endpoints
+        .iter()
+        .any(|e| e.host_veth == ep.host_veth && e.cidr.ip != ep.cidr.ip);
+    if shared {
+        // A container that is gone took the address with it.
+        if let Err(err) = netns::remove_ethwe_address(&ep.netns, ep.cidr).await {
+            tracing::debug!(cidr = %ep.cidr, "taking the address off ethwe: {err:#}");
+        }
+    } else {
+        inner.datapath.detach_container(&ep.host_veth)?;
+        // Deleting the host end deletes `ethwe` in the container (or the exposed interface)
+        // with it.
+        netlink::delete_link(&inner.netlink, &ep.host_veth).await?;
+    }
     inner.state.endpoints.retain(|e| e.cidr.ip != ep.cidr.ip);
     // What `dns-add` gave the address stays; the container's own name goes with it.
     gossip

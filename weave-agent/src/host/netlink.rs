@@ -174,6 +174,26 @@ pub async fn add_address(handle: &Handle, index: u32, ip: Ipv4Addr, prefix: u8) 
         .with_context(|| format!("adding {ip}/{prefix}"))
 }
 
+/// Removes `ip` from link `index`; nothing to do if the link does not hold it.
+pub async fn remove_address(handle: &Handle, index: u32, ip: Ipv4Addr) -> Result<()> {
+    let mut stream = handle
+        .address()
+        .get()
+        .set_link_index_filter(index)
+        .execute();
+    while let Some(msg) = stream.try_next().await.context("listing addresses")? {
+        if ipv4_of(&msg) == Some(ip) {
+            return handle
+                .address()
+                .del(msg)
+                .execute()
+                .await
+                .with_context(|| format!("removing {ip}"));
+        }
+    }
+    Ok(())
+}
+
 /// Adds `ip/prefix` to link `index`, or keeps it if it is there already.
 pub async fn replace_address(handle: &Handle, index: u32, ip: Ipv4Addr, prefix: u8) -> Result<()> {
     handle

@@ -129,6 +129,29 @@ pub async fn configure_ethwe(
     .await
 }
 
+/// Gives the container's `ethwe` one more address (a second subnet, say).
+pub async fn add_ethwe_address(netns: &Path, cidr: Cidr) -> Result<()> {
+    in_netns(netns, move |handle| async move {
+        let index = netlink::link_index(&handle, ETHWE)
+            .await?
+            .with_context(|| format!("the container has no {ETHWE} interface"))?;
+        netlink::add_address(&handle, index, cidr.ip, cidr.prefix).await
+    })
+    .await
+}
+
+/// Takes one address off the container's `ethwe`, leaving the others (and the kernel's
+/// subnet route goes with it).
+pub async fn remove_ethwe_address(netns: &Path, cidr: Cidr) -> Result<()> {
+    in_netns(netns, move |handle| async move {
+        match netlink::link_index(&handle, ETHWE).await? {
+            Some(index) => netlink::remove_address(&handle, index, cidr.ip).await,
+            None => Ok(()),
+        }
+    })
+    .await
+}
+
 /// Moves the container end of a new veth into the namespace (by fd, valid for any netns file).
 pub async fn move_into(handle: &rtnetlink::Handle, link: &str, netns: &Path) -> Result<()> {
     let ns = File::open(netns).with_context(|| format!("opening {}", netns.display()))?;

@@ -18,6 +18,24 @@ pub enum AddressRequest {
     Default,
 }
 
+impl AddressRequest {
+    /// The requests of an `attach`, comma-separated (`net:default,10.40.1.10/24`); none at
+    /// all is the default subnet.
+    pub fn parse_list(text: &str) -> Result<Vec<Self>> {
+        let requests: Vec<Self> = text
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .map(str::parse)
+            .collect::<Result<_>>()?;
+        Ok(if requests.is_empty() {
+            vec![Self::Default]
+        } else {
+            requests
+        })
+    }
+}
+
 impl FromStr for AddressRequest {
     type Err = anyhow::Error;
 
@@ -75,6 +93,23 @@ mod tests {
 
     fn parsed(text: &str) -> AddressRequest {
         text.parse().unwrap()
+    }
+
+    #[test]
+    fn several_requests_come_comma_joined_and_none_is_the_default() {
+        let list = AddressRequest::parse_list("net:default, 10.40.1.10/24,,").unwrap();
+        assert_eq!(
+            list,
+            [
+                AddressRequest::Default,
+                AddressRequest::Explicit("10.40.1.10/24".parse().unwrap())
+            ]
+        );
+        assert_eq!(
+            AddressRequest::parse_list("").unwrap(),
+            [AddressRequest::Default]
+        );
+        assert!(AddressRequest::parse_list("net:default,bogus").is_err());
     }
 
     #[test]

@@ -32,7 +32,7 @@ pub fn bench_peer(address: Ipv4Addr, seed: &str, count: u16) -> Result<()> {
         for i in 0..count {
             let [hi, lo] = (i + 1).to_be_bytes();
             let cidr: Cidr = format!("10.200.{hi}.{lo}/16").parse()?;
-            gossip.publish(&cidr, "bench").await;
+            gossip.publish(&cidr, &cidr.mac(), "bench").await;
         }
         println!("publishing {count} endpoints",);
         loop {

@@ -141,8 +141,8 @@ impl Gossip {
         self.handle.gossip(addr)
     }
 
-    pub async fn publish(&self, cidr: &Cidr, container: &str) {
-        let (key, value) = endpoint_key_value(cidr, container);
+    pub async fn publish(&self, cidr: &Cidr, mac: &[u8; 6], container: &str) {
+        let (key, value) = endpoint_key_value(cidr, mac, container);
         self.handle
             .with_chitchat(|c| c.self_node_state().set(&key, &value))
             .await;

@@ -72,9 +72,11 @@ pub struct PublishedEndpoint {
 }
 
 /// The gossip key and value announcing a local endpoint.
-pub fn endpoint_key_value(cidr: &Cidr, container: &str) -> (String, String) {
+/// `mac`: the MAC of the holder's interface (derived from its first address: a container's
+/// later addresses share it).
+pub fn endpoint_key_value(cidr: &Cidr, mac: &[u8; 6], container: &str) -> (String, String) {
     let key = endpoint_key(cidr.ip);
-    let value = format!("{} {} {container}", cidr.prefix, format_mac(&cidr.mac()));
+    let value = format!("{} {} {container}", cidr.prefix, format_mac(mac));
     (key, value)
 }
 
@@ -186,10 +188,12 @@ mod tests {
     #[test]
     fn a_published_endpoint_reads_back_as_itself() {
         let cidr: Cidr = "10.32.0.7/12".parse().unwrap();
-        let (key, value) = endpoint_key_value(&cidr, "web 1");
+        // A second address of a container: the MAC of its first.
+        let first: Cidr = "10.32.0.3/12".parse().unwrap();
+        let (key, value) = endpoint_key_value(&cidr, &first.mac(), "web 1");
         let ip = key.strip_prefix(ENDPOINT_PREFIX).unwrap();
         let ep = parse_endpoint(ip, &value).unwrap();
         assert_eq!((ep.cidr, ep.container.as_str()), (cidr, "web 1"));
-        assert_eq!(parse_mac(&ep.mac), Some(cidr.mac()));
+        assert_eq!(parse_mac(&ep.mac), Some(first.mac()));
     }
 }
