@@ -81,7 +81,8 @@ struct Path {
 /// Parts of the benchmark `--only` can pick.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Part {
-    /// Throughput and latency of the three paths, and the control-plane timings.
+    /// Throughput and latency of the paths, the control-plane timings and the DNS part
+    /// (everything but scale).
     Overlay,
     /// 8 hosts x 50 endpoints: convergence, memory, idle CPU.
     Scale,
