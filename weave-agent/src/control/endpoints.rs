@@ -338,15 +338,8 @@ async fn reserve(
         .endpoints
         .iter()
         .filter(|e| e.expose.is_none() && same(&e.netns, &e.container, &e.docker_id))
-        .find(|e| e.mac_from.is_none())
-        .or_else(|| {
-            // Its first address detached: any other still names the veth and the MAC.
-            inner
-                .state
-                .endpoints
-                .iter()
-                .find(|e| e.expose.is_none() && same(&e.netns, &e.container, &e.docker_id))
-        })
+        // Its first address, or (that one detached) any other: each names the veth and MAC.
+        .min_by_key(|e| e.mac_from.is_some())
         .cloned();
     if let Some(p) = inner
         .pending

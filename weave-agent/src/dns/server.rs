@@ -210,9 +210,12 @@ fn take_queries(
             Ok(0) | Err(_) => return,
             Ok(_) => {}
         }
+        // One look at the zone per batch, not per query.
+        let zone = service.zone();
         for i in 0..batch.received() {
             let (packet, client) = batch.datagram(i);
-            if let Some(bytes) = take_query(service, upstream, forwarder, cache, packet, client) {
+            let query = (packet, client);
+            if let Some(bytes) = take_query(service, &zone, upstream, forwarder, cache, query) {
                 batch.queue(bytes, client);
             }
         }
@@ -229,14 +232,13 @@ fn take_queries(
 /// goes upstream instead (its answer comes later).
 fn take_query(
     service: &Service,
+    zone: &Arc<Zone>,
     upstream: &UdpSocket,
     forwarder: &mut Forwarder,
     cache: &mut PacketCache,
-    packet: &[u8],
-    client: SocketAddrV4,
+    (packet, client): (&[u8], SocketAddrV4),
 ) -> Option<Vec<u8>> {
-    let zone = service.zone();
-    if let Some(bytes) = cache.get(&zone, packet) {
+    if let Some(bytes) = cache.get(zone, packet) {
         service.counters.answered.fetch_add(1, Ordering::Relaxed);
         return Some(bytes);
     }
@@ -246,11 +248,11 @@ fn take_query(
         rotated = true;
         service.turn.fetch_add(1, Ordering::Relaxed)
     };
-    match answer(&zone, packet, &mut turn) {
+    match answer(zone, packet, &mut turn) {
         Reply::Answer(bytes) => {
             service.counters.answered.fetch_add(1, Ordering::Relaxed);
             if !rotated {
-                cache.put(&zone, packet, &bytes);
+                cache.put(zone, packet, &bytes);
             }
             Some(bytes)
         }
