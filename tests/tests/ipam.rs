@@ -89,6 +89,29 @@ fn attach_without_an_address_hands_out_distinct_addresses_on_every_host() -> Res
     for host in &seg.hosts {
         host.wait_for_remote((2 * PER_HOST) as u64)?;
     }
+    // Every host sees the whole mesh's use of the default subnet, and each owner's share.
+    for host in &seg.hosts {
+        let ipam: serde_json::Value = serde_json::from_str(&host.agent_ok(&["ipam", "--json"])?)?;
+        let default = &ipam["info"]["subnets"][0];
+        let addresses = (1u64 << 20) - 2;
+        ensure!(
+            default["subnet"] == "10.32.0.0/12"
+                && default["addresses"] == addresses
+                && default["used"] == (3 * PER_HOST) as u64
+                && default["free"] == addresses - (3 * PER_HOST) as u64,
+            "{}: {default}",
+            host.name
+        );
+        let owners = default["owners"].as_array().context("no owners")?;
+        let owned: u64 = owners.iter().filter_map(|o| o["owned"].as_u64()).sum();
+        ensure!(
+            owners.len() == 3
+                && owned == addresses
+                && owners.iter().all(|o| o["used"] == PER_HOST as u64),
+            "{}: each host allocates from what it owns: {owners:?}",
+            host.name
+        );
+    }
     let from = &containers[2][PER_HOST - 1];
     for target in [&containers[0][0], &containers[1][0]] {
         let ip = target.ip(["-4", "-o", "addr", "show", "dev", "ethwe"])?;
@@ -175,7 +198,24 @@ fn meshes_that_claimed_the_range_apart_refuse_each_others_rings() -> Result<()> 
     let cb = Container::new(&format!("{prefix}cb"), b)?;
     a.agent_ok(&["attach", &ca.spec()])?;
     b.agent_ok(&["attach", &cb.spec()])?;
-    b.agent_ok(&["connect", "192.168.56.101"])?;
+    // Both handed out the range's first address: reaching each other's would be a conflict.
+    ensure!(
+        listed(a)? == listed(b)?,
+        "the two seeds allocated {:?} and {:?}",
+        listed(a)?,
+        listed(b)?
+    );
+    // `join` of a running agent waits for the peer's answer and refuses it.
+    let out = b.agent(&["join", "192.168.56.101"])?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success() && stderr.contains("claimed the address range apart"),
+        "join of a mesh seeded apart: {out:?}"
+    );
+    ensure!(
+        stderr.contains("weave-agent reset"),
+        "the refusal says what to do: {stderr}"
+    );
     for host in [a, b] {
         wait_until(Duration::from_secs(10), "the refusal in status", || {
             let refused = &host.status()?["ipam"]["refused"];
@@ -187,6 +227,13 @@ fn meshes_that_claimed_the_range_apart_refuse_each_others_rings() -> Result<()> 
             }))
         })
         .with_context(|| format!("{} never reported the other mesh", host.name))?;
+        // The refused peer's containers are not reached, so its duplicate is no conflict.
+        let conflicts = &host.status()?["conflicts"];
+        ensure!(
+            conflicts == &serde_json::json!([]),
+            "{} reaches the refused mesh's addresses: {conflicts}",
+            host.name
+        );
     }
     Ok(())
 }

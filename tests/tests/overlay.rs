@@ -105,7 +105,10 @@ fn three_hosts_reach_each_other() -> Result<()> {
     let peers = h3.agent_ok(&["peers"])?;
     assert!(peers.contains("192.168.56.199 connecting"), "{peers}");
     let joined = h3.agent_ok(&["join", "192.168.56.102"])?;
-    assert!(joined.contains("192.168.56.102:6783"), "{joined}");
+    assert!(
+        joined.contains("joined the mesh through 192.168.56.102:6783"),
+        "{joined}"
+    );
     let cs = seg.attach_one_each(&prefix, |i| format!("10.32.0.{}/16", i + 1))?;
     for (i, c) in cs.iter().enumerate() {
         for j in 0..3 {

@@ -67,8 +67,18 @@ pub fn join(
             peer: addr.to_owned(),
         },
     ) {
-        Ok(Response::Joined { address }) => {
-            println!("joining the mesh through {address}");
+        Ok(Response::Joined {
+            address,
+            answered: true,
+        }) => {
+            println!("joined the mesh through {address}");
+            Ok(())
+        }
+        Ok(Response::Joined { address, .. }) => {
+            println!(
+                "contacting {address}: no answer yet; the agent keeps trying every second \
+                 (`weave-agent peers` shows when it is live)"
+            );
             Ok(())
         }
         Ok(Response::Error { message }) => bail!("the agent refused: {message}"),
@@ -467,6 +477,21 @@ pub fn ipam(loc: &Location, out: OutputArgs) -> Result<()> {
     for message in &info.refused {
         println!("refused: {message}");
     }
+    for s in &info.subnets {
+        println!(
+            "subnet {}: {} addresses, {} used, {} free",
+            s.subnet, s.addresses, s.used, s.free
+        );
+        for share in &s.owners {
+            let who = if share.nickname.is_empty() {
+                share.owner.clone()
+            } else {
+                format!("{} {}", share.owner, share.nickname)
+            };
+            println!("  {who} owns {}, {} used", share.owned, share.used);
+        }
+    }
+    println!("ranges:");
     for r in &ranges {
         let who = if r.nickname.is_empty() {
             r.owner.clone()
@@ -474,6 +499,9 @@ pub fn ipam(loc: &Location, out: OutputArgs) -> Result<()> {
             format!("{} {}", r.owner, r.nickname)
         };
         println!("{}-{} {} {who}", r.first, r.last, r.addresses);
+    }
+    if !allocations.is_empty() {
+        println!("handed out here:");
     }
     for a in &allocations {
         println!("{} {}", a.address, a.holder);

@@ -52,6 +52,8 @@ pub struct Agent {
     pub crypto: Option<std::sync::Mutex<Engine>>,
     /// Underlay networks this host trusts (`--trusted-subnets`).
     pub trusted: Vec<Subnet>,
+    /// Wakes those waiting for a sync round to end (a `join` waiting for the peer's verdict).
+    pub synced: tokio::sync::Notify,
     /// Wakes allocations waiting for space when the address space changed.
     pub ipam_changed: tokio::sync::Notify,
     /// Attaches under way (`endpoints::attach_endpoint`), so a burst syncs once at its end.

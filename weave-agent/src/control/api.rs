@@ -188,6 +188,10 @@ pub enum Response {
     },
     Joined {
         address: String,
+        /// The peer answered within the join's wait and its address ring was taken in; false
+        /// if it has not answered yet (the agent keeps contacting it).
+        #[serde(default)]
+        answered: bool,
     },
     /// The configured peers after `connect` or `forget`, as typed.
     ConfiguredPeers {
@@ -432,6 +436,27 @@ pub struct RangeInfo {
     pub nickname: String,
 }
 
+/// One subnet's addresses across the mesh.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SubnetUsageInfo {
+    pub subnet: String,
+    /// Addresses a container may get there, how many any endpoint holds, how many are free.
+    pub addresses: u64,
+    pub used: u64,
+    pub free: u64,
+    /// Each owner's part of the subnet (what nobody claimed yet is in none).
+    pub owners: Vec<ShareInfo>,
+}
+
+/// One owner's part of a subnet.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ShareInfo {
+    pub owner: String,
+    pub nickname: String,
+    pub owned: u64,
+    pub used: u64,
+}
+
 /// One address this host handed out.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct AllocationInfo {
@@ -460,6 +485,10 @@ pub struct IpamInfo {
     /// Peers removed with `rmpeer`.
     #[serde(default)]
     pub removed: Vec<String>,
+    /// How full each subnet in use is across the mesh: the default subnet first, then every
+    /// other subnet of the range an endpoint anywhere has an address in.
+    #[serde(default)]
+    pub subnets: Vec<SubnetUsageInfo>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

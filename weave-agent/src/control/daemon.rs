@@ -316,6 +316,7 @@ async fn start_gossip(
         shutdown,
         crypto: crypto.map(std::sync::Mutex::new),
         trusted: config.trusted_subnets.clone(),
+        synced: tokio::sync::Notify::new(),
         ipam_changed: tokio::sync::Notify::new(),
         attaches: Default::default(),
         dns,

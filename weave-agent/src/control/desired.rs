@@ -24,8 +24,14 @@ pub struct Desired {
 
 /// Remote endpoints and peers from the live peers' published state. An address also used here
 /// stays local; one claimed by two peers goes to the peer with the smaller name, and both
-/// cases are reported as conflicts.
-pub fn desired(peers: &[PeerView], local: &BTreeSet<Ipv4Addr>) -> Desired {
+/// cases are reported as conflicts. The endpoints of a `refused` peer (one of a mesh that
+/// claimed the address range apart, so it hands out the very addresses this mesh does) are
+/// left out: it stays a peer of the underlay, but none of its addresses is reached.
+pub fn desired(
+    peers: &[PeerView],
+    local: &BTreeSet<Ipv4Addr>,
+    refused: &BTreeSet<String>,
+) -> Desired {
     let mut out = Desired::default();
     let mut owner: BTreeMap<Ipv4Addr, &str> = BTreeMap::new();
     for peer in peers.iter().filter(|p| p.alive) {
@@ -33,6 +39,9 @@ pub fn desired(peers: &[PeerView], local: &BTreeSet<Ipv4Addr>) -> Desired {
             continue;
         };
         out.peers.insert(underlay);
+        if refused.contains(&peer.name) {
+            continue;
+        }
         for ep in &peer.endpoints {
             let ip = ep.cidr.ip;
             let Some(mac) = parse_mac(&ep.mac) else {
@@ -113,7 +122,7 @@ pub(super) mod tests {
             peer("b", [10, 0, 0, 2], true, &["192.168.1.20/24"]),
             peer("c", [10, 0, 0, 3], false, &["192.168.1.30/24"]),
         ];
-        let d = desired(&peers, &BTreeSet::new());
+        let d = desired(&peers, &BTreeSet::new(), &BTreeSet::new());
         assert_eq!(d.peers, BTreeSet::from([Ipv4Addr::new(10, 0, 0, 2)]));
         assert_eq!(
             d.endpoints.len(),
@@ -138,12 +147,35 @@ pub(super) mod tests {
             ),
         ];
         let local = BTreeSet::from([Ipv4Addr::new(192, 168, 1, 10)]);
-        let d = desired(&peers, &local);
+        let d = desired(&peers, &local, &BTreeSet::new());
         assert_eq!(
             d.endpoints[&Ipv4Addr::new(192, 168, 1, 20)].peer,
             weave_common::endpoint::ipv4_key([10, 0, 0, 2])
         );
         assert!(!d.endpoints.contains_key(&Ipv4Addr::new(192, 168, 1, 10)));
         assert_eq!(d.conflicts.len(), 2, "{:?}", d.conflicts);
+    }
+
+    #[test]
+    fn a_refused_peers_addresses_are_not_reached() {
+        let peers = [
+            peer("apart", [10, 0, 0, 2], true, &["10.32.0.1/12"]),
+            peer("ours", [10, 0, 0, 3], true, &["10.32.0.2/12"]),
+        ];
+        let d = desired(
+            &peers,
+            &BTreeSet::new(),
+            &BTreeSet::from(["apart".to_owned()]),
+        );
+        assert_eq!(
+            d.endpoints.keys().copied().collect::<Vec<_>>(),
+            [Ipv4Addr::new(10, 32, 0, 2)]
+        );
+        assert_eq!(
+            d.peers.len(),
+            2,
+            "a refused peer is still a peer of the underlay"
+        );
+        assert!(d.conflicts.is_empty(), "{:?}", d.conflicts);
     }
 }

@@ -97,6 +97,21 @@ fn register_ipam(registry: &mut Registry, status: &api::Status) {
     addresses
         .get_or_create(&label("state", "allocated"))
         .set(status.ipam.allocated as i64);
+    let subnets = gauge_family(
+        registry,
+        "ipam_subnet_addresses",
+        "Addresses of each subnet in use, used and free across the mesh",
+    );
+    for s in &status.ipam.subnets {
+        for (state, value) in [("used", s.used), ("free", s.free)] {
+            subnets
+                .get_or_create(&vec![
+                    ("subnet".to_owned(), s.subnet.clone()),
+                    ("state".to_owned(), state.to_owned()),
+                ])
+                .set(value as i64);
+        }
+    }
     for (name, value, help) in [
         (
             "ipam_refused_peers",
@@ -378,7 +393,9 @@ mod tests {
             },
             "ipam": {"range": "10.32.0.0/12", "default_subnet": "10.32.0.0/12", "init": "seed",
                      "claimed": true, "owned": 1048576, "allocated": 7, "refused": ["q: apart"],
-                     "conflicting_writes": 0, "removed": []},
+                     "conflicting_writes": 0, "removed": [],
+                     "subnets": [{"subnet": "10.32.0.0/12", "addresses": 1048574, "used": 7,
+                                  "free": 1048567, "owners": []}]},
             "dns": {"enabled": true, "address": "169.254.53.53", "domain": "weave.local",
                     "upstreams": [], "records": 4, "answered": 30, "forwarded": 2,
                     "upstream_failed": 1, "malformed": 5}
@@ -404,6 +421,8 @@ mod tests {
             "weave_sealed_session_age_seconds{peer=\"10.0.0.2\"} 12",
             "weave_ipam_addresses{state=\"owned\"} 1048576",
             "weave_ipam_addresses{state=\"allocated\"} 7",
+            "weave_ipam_subnet_addresses{subnet=\"10.32.0.0/12\",state=\"used\"} 7",
+            "weave_ipam_subnet_addresses{subnet=\"10.32.0.0/12\",state=\"free\"} 1048567",
             "weave_ipam_refused_peers 1",
             "weave_ipam_conflicting_writes 0",
             "weave_dns_records 4",

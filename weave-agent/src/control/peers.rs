@@ -21,15 +21,72 @@ const RETRY_INTERVAL: Duration = Duration::from_secs(1);
 /// How often host names among the configured peers are resolved again.
 const RESOLVE_INTERVAL: Duration = Duration::from_secs(10);
 
-/// `join ADDR`: remembers the peer and contacts it now (once resolved, for a host name).
-pub async fn join(agent: &Agent, peer: &str) -> Result<String> {
+/// `join ADDR`: remembers the peer, contacts it now (once resolved, for a host name) and
+/// waits up to [`JOIN_VERDICT_WAIT`] for its answer. A peer of a mesh that claimed the
+/// address range apart is refused: forgotten again, and the error says what to do. Returns
+/// the address contacted and whether the peer answered.
+pub async fn join(agent: &Agent, peer: &str) -> Result<(String, bool)> {
     PeerSpec::parse(peer, agent.peer_book.default_port())?;
-    let mut inner = agent.inner.lock().await;
-    if !inner.state.peers.iter().any(|p| p == peer) {
-        inner.state.peers.push(peer.to_owned());
-        agent.save(&inner)?;
+    let (address, newly_configured) = {
+        let mut inner = agent.inner.lock().await;
+        let newly_configured = !inner.state.peers.iter().any(|p| p == peer);
+        if newly_configured {
+            inner.state.peers.push(peer.to_owned());
+            agent.save(&inner)?;
+        }
+        (contact_now(agent, &mut inner, peer)?, newly_configured)
+    };
+    let Ok(addr) = address.parse::<SocketAddr>() else {
+        // Still resolving: no address to wait for.
+        return Ok((address, false));
+    };
+    match verdict(agent, addr).await {
+        Verdict::Accepted => Ok((address, true)),
+        Verdict::NoAnswer => Ok((address, false)),
+        Verdict::Refused(message) => {
+            if newly_configured {
+                let mut inner = agent.inner.lock().await;
+                inner.state.peers.retain(|p| p != peer);
+                agent.save(&inner)?;
+            }
+            bail!("{message}; {peer} is not kept among the configured peers")
+        }
     }
-    contact_now(agent, &mut inner, peer)
+}
+
+/// How long `join` waits for the peer to answer: a few gossip rounds.
+const JOIN_VERDICT_WAIT: Duration = Duration::from_secs(5);
+
+enum Verdict {
+    Accepted,
+    Refused(String),
+    NoAnswer,
+}
+
+/// What the sync rounds make of the peer at `addr`: live with its ring taken in, refused, or
+/// not heard within [`JOIN_VERDICT_WAIT`].
+async fn verdict(agent: &Agent, addr: SocketAddr) -> Verdict {
+    let deadline = tokio::time::Instant::now() + JOIN_VERDICT_WAIT;
+    loop {
+        // Registered before the look, so a round ending in between still wakes us.
+        let synced = agent.synced.notified();
+        tokio::pin!(synced);
+        synced.as_mut().enable();
+        {
+            let inner = agent.inner.lock().await;
+            // A round takes in the rings of the peers it saw live, so a live peer here has
+            // had its verdict.
+            if let Some(peer) = inner.peers.iter().find(|p| p.alive && p.address == addr) {
+                return match inner.ipam.refused.get(&peer.name) {
+                    Some(message) => Verdict::Refused(message.clone()),
+                    None => Verdict::Accepted,
+                };
+            }
+        }
+        if tokio::time::timeout_at(deadline, synced).await.is_err() {
+            return Verdict::NoAnswer;
+        }
+    }
 }
 
 /// `connect [--replace] PEER...`: adds the peers to the configured ones (or makes them the

@@ -61,6 +61,8 @@ pub struct View<'a> {
     /// Peers whose frames may cross in clear (`crypto::trust`); the others are sealed where
     /// the mesh has a password.
     pub plain: &'a BTreeSet<Ipv4Addr>,
+    /// Peers whose address ring was refused (`control::ipam`): their endpoints are not reached.
+    pub refused: &'a BTreeSet<String>,
 }
 
 /// One change to the maps.
@@ -89,7 +91,7 @@ pub struct Plan {
 /// The operations that make the maps match `view`, given what they hold (`written`) and how
 /// long ago this agent started.
 pub fn plan(view: &View<'_>, written: &Written, since_start: Duration) -> Plan {
-    let desired = desired(view.peers, view.local);
+    let desired = desired(view.peers, view.local, view.refused);
     let in_grace = since_start < ADOPTION_GRACE;
     let mut ops = Vec::new();
     for ip in written.remote.keys().filter(|ip| view.local.contains(ip)) {
@@ -246,11 +248,13 @@ mod tests {
             rules: &[],
             routes: &NO_ROUTES,
             plain: &NO_PLAIN,
+            refused: &NO_REFUSED,
         }
     }
 
     static NO_ROUTES: BTreeMap<Ipv4Addr, Path> = BTreeMap::new();
     static NO_PLAIN: BTreeSet<Ipv4Addr> = BTreeSet::new();
+    static NO_REFUSED: BTreeSet<String> = BTreeSet::new();
     static NO_EXPOSED: BTreeMap<Subnet, Ipv4Addr> = BTreeMap::new();
 
     fn apply(written: &mut Written, plan: &Plan) {
@@ -365,6 +369,7 @@ mod tests {
         let seen = plan(
             &View {
                 plain: &trusted,
+                refused: &NO_REFUSED,
                 ..view(&[], &local, &subnets)
             },
             &written,
@@ -475,6 +480,7 @@ mod tests {
             rules: &rules,
             routes: &NO_ROUTES,
             plain: &NO_PLAIN,
+            refused: &NO_REFUSED,
         };
         let (mut maps, mut written) = (FullPolicyMap::default(), Written::default());
         let first = plan(&view, &written, LATER);

@@ -114,9 +114,10 @@ async fn respond(agent: &Agent, request: Request) -> Result<Response> {
         Request::Peers => Response::Peers {
             peers: status::peer_infos(agent, &*agent.inner.lock().await),
         },
-        Request::Join { peer } => Response::Joined {
-            address: peers::join(agent, &peer).await?,
-        },
+        Request::Join { peer } => {
+            let (address, answered) = peers::join(agent, &peer).await?;
+            Response::Joined { address, answered }
+        }
         Request::Connect {
             peers: list,
             replace,

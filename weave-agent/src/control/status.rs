@@ -39,6 +39,7 @@ pub async fn status(agent: &Agent) -> Result<api::Status> {
     status.connections = connections(agent, &inner);
     status.conflicts = inner.conflicts.clone();
     status.ipam = super::ipam::info(&inner.ipam);
+    status.ipam.subnets = super::ipam::subnet_usage(&inner);
     status.dns = dns_info(agent);
     drop(inner);
     let failures = agent

@@ -62,14 +62,17 @@ pub async fn sync_once(agent: &Agent) -> Result<()> {
         rules::adopt_rules(agent, inner, &peers).await?;
         update_routes(agent, inner, &peers);
         update_sealing(agent, inner, &peers);
-        let maps = apply_plan(inner, &peers);
+        // The address space first: a peer whose ring it refuses this round is left out of
+        // the plan at once.
         inner.peers.clone_from(&peers);
         if let Err(err) = super::ipam::sync(agent, inner, &peers).await {
             tracing::warn!("syncing the address space: {err:#}");
         }
+        let maps = apply_plan(inner, &peers);
         peers::contact_configured(agent, inner, &peers);
         inner.peers = peers;
         super::dns::refresh(agent, inner);
+        agent.synced.notify_waiters();
         (maps, rules::route_work(inner), wanted_mtu_routes(inner))
     };
     rules::sync_routes(agent, routes).await;
@@ -252,6 +255,7 @@ fn apply_plan(inner: &mut Inner, peers: &[PeerView]) -> Result<()> {
         .filter(|e| e.expose.is_some())
         .map(|e| (e.cidr.subnet(), e.cidr.ip))
         .collect();
+    let refused = inner.ipam.refused.keys().cloned().collect();
     let view = View {
         peers,
         local: &local,
@@ -260,6 +264,7 @@ fn apply_plan(inner: &mut Inner, peers: &[PeerView]) -> Result<()> {
         rules: &inner.state.rules,
         routes: &inner.next_hops,
         plain: &inner.plain,
+        refused: &refused,
     };
     let plan = reconcile::plan(&view, &inner.written, inner.started.elapsed());
     let applied = reconcile::apply_ops(&mut inner.datapath, &mut inner.written, &plan.ops);

@@ -26,7 +26,8 @@ pub fn hosts(subnet: &Subnet) -> (u32, u64) {
     }
 }
 
-fn intersect(a: (u32, u64), b: (u32, u64)) -> Option<(u32, u64)> {
+/// The addresses two spans share, if any.
+pub fn intersect(a: (u32, u64), b: (u32, u64)) -> Option<(u32, u64)> {
     let lo = a.0.max(b.0);
     let hi = a.1.min(b.1);
     (u64::from(lo) < hi).then_some((lo, hi))

@@ -1,8 +1,9 @@
 //! Automatic addresses (IPAM), the pure part (the daemon persists, gossips and serves it in
 //! `control::ipam`): who owns which part of the allocation
 //! range (`ring`, a CRDT that gossip carries), which address to hand out and what to give a
-//! peer that asks for space (`allocator`), one peer's space and its decisions (`space`), and
-//! what a command asks for (`request`: a CIDR, `net:CIDR`, `net:default`). A randomized
+//! peer that asks for space (`allocator`), one peer's space and its decisions (`space`),
+//! what a command asks for (`request`: a CIDR, `net:CIDR`, `net:default`), and how full a
+//! subnet is across the mesh (`usage`). A randomized
 //! simulation (`simulation`, tests only) checks that no address is ever owned or allocated
 //! twice.
 //!
@@ -17,3 +18,4 @@ pub mod ring;
 #[cfg(test)]
 mod simulation;
 pub mod space;
+pub mod usage;

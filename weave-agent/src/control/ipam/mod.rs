@@ -27,7 +27,7 @@ use crate::{
         space::{Allocated, Space},
     },
     mesh::gossip::PeerView,
-    net::addressing::Cidr,
+    net::{addressing::Cidr, policy::Subnet},
 };
 
 /// How long an allocation waits for another host to give space before it gives up. 5 s was
@@ -147,7 +147,7 @@ fn refusal(nickname: &str, err: &MergeError) -> String {
         MergeError::OriginDiffers { ours, theirs } => format!(
             "peer {nickname} belongs to a mesh that claimed the address range apart from this \
              one (its ring began at {}, ours at {}): both hand out the same addresses, so \
-             addresses are not shared with it. Reset the agents of one side (`weave-agent \
+             this host neither shares addresses with it nor reaches its containers. Reset the agents of one side (`weave-agent \
              reset`) and attach their containers again, or give the two meshes different \
              --ipalloc-range",
             theirs.peer, ours.peer
@@ -340,9 +340,77 @@ pub fn listing(inner: &Inner) -> crate::control::api::Response {
             holder: holder.clone(),
         })
         .collect();
+    let mut info = info(&inner.ipam);
+    info.subnets = subnet_usage(inner);
     crate::control::api::Response::Ipam {
-        info: info(&inner.ipam),
+        info,
         ranges,
         allocations,
     }
+}
+
+/// How full each subnet in use is across the mesh, as `ipam` and `status` show it.
+pub fn subnet_usage(inner: &Inner) -> Vec<crate::control::api::SubnetUsageInfo> {
+    let space = &inner.ipam.space;
+    let nickname = |name: &str| -> String {
+        if name == space.me {
+            return "(this host)".to_owned();
+        }
+        inner
+            .peers
+            .iter()
+            .find(|p| p.name == name)
+            .map_or_else(String::new, |p| p.nickname.clone())
+    };
+    let in_use = in_use(inner);
+    subnets_in_use(inner)
+        .iter()
+        .map(|subnet| {
+            let u = crate::ipam::usage::usage(&space.ring, subnet, &in_use);
+            crate::control::api::SubnetUsageInfo {
+                subnet: subnet.to_string(),
+                addresses: u.addresses,
+                used: u.used,
+                free: u.free,
+                owners: u
+                    .shares
+                    .into_iter()
+                    .map(|share| crate::control::api::ShareInfo {
+                        nickname: nickname(&share.owner),
+                        owner: share.owner,
+                        owned: share.owned,
+                        used: share.used,
+                    })
+                    .collect(),
+            }
+        })
+        .collect()
+}
+
+/// Every address in use anywhere: held by an endpoint in the mesh, or handed out here (an
+/// attach under way, a stopped container's).
+fn in_use(inner: &Inner) -> BTreeSet<u32> {
+    let mut all = taken(inner);
+    all.extend(inner.ipam.space.allocated.keys().map(|ip| u32::from(*ip)));
+    all
+}
+
+/// The default subnet, then every other subnet inside the range that an endpoint anywhere in
+/// the mesh (or here, stopped or being attached) has an address in.
+fn subnets_in_use(inner: &Inner) -> Vec<Subnet> {
+    let space = &inner.ipam.space;
+    let mut others: BTreeSet<Subnet> = inner
+        .peers
+        .iter()
+        .flat_map(|p| p.endpoints.iter().map(|e| e.cidr))
+        .chain(inner.state.endpoints.iter().map(|e| e.cidr))
+        .chain(inner.state.dormant.iter().map(|e| e.cidr))
+        .chain(inner.pending.iter().map(|p| p.cidr))
+        .map(|cidr| cidr.subnet())
+        .filter(|subnet| space.range.contains(subnet))
+        .collect();
+    others.remove(&space.default_subnet);
+    std::iter::once(space.default_subnet)
+        .chain(others)
+        .collect()
 }

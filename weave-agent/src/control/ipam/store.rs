@@ -157,5 +157,7 @@ pub fn info(ipam: &Ipam) -> api::IpamInfo {
         refused: ipam.refused.values().cloned().collect(),
         conflicting_writes: ipam.conflicting_writes,
         removed: space.ring.tombstones.iter().cloned().collect(),
+        // Needs the mesh's endpoints: `control::ipam::subnet_usage` fills it in.
+        subnets: Vec::new(),
     }
 }
