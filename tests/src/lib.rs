@@ -15,6 +15,7 @@ use std::{
 };
 
 pub mod capture;
+pub mod cni;
 pub mod crafted;
 pub mod docker;
 pub mod frames;

@@ -12,6 +12,7 @@
 //! - `net`: pure types: addresses, names, isolation rules
 //! - `ipam`: automatic addresses, the pure part: the ownership ring and the allocator (the
 //!   daemon's side is `control::ipam`)
+//! - `plugins`: the CNI plugin a container runtime runs (the daemon's side is `control::cni`)
 
 pub mod cli;
 pub mod control;
@@ -22,3 +23,4 @@ pub mod host;
 pub mod ipam;
 pub mod mesh;
 pub mod net;
+pub mod plugins;

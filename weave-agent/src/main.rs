@@ -6,6 +6,10 @@ use clap::Parser as _;
 use weave_agent::cli;
 
 fn main() -> ExitCode {
+    // A container runtime runs the binary as its CNI plugin: the spec, not clap, reads it.
+    if weave_agent::plugins::cni::invoked() {
+        return weave_agent::plugins::cni::run();
+    }
     let cli = cli::Cli::parse();
     init_tracing(cli.verbose);
     match cli::run(cli) {

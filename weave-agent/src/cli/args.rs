@@ -266,6 +266,23 @@ pub enum Command {
     )]
     DnsRemove(DnsNameArgs),
 
+    /// The CNI plugin for container runtimes (Podman, Kubernetes): put it in place, or take
+    /// it away.
+    ///
+    /// The plugin is this binary, run by the runtime as type "weave-agent"; it asks the
+    /// agent of the namespace it runs in, which attaches the container as `attach` does
+    /// (address from the IPAM, listed by `ps` as cni:CONTAINER-ID). The configuration list
+    /// chains the reference portmap plugin (from containernetworking-plugins) for host ports.
+    #[command(
+        subcommand,
+        after_help = "Examples:
+  weave-agent cni install
+  weave-agent cni install --subnet 10.32.1.0/24 --network weave1
+  podman run --network weave IMAGE   (with network_backend = \"cni\" in containers.conf)
+  weave-agent cni uninstall"
+    )]
+    Cni(CniCommand),
+
     /// Stop the agent; the pinned data path keeps forwarding. Returns once it has exited.
     Stop,
 
@@ -286,6 +303,33 @@ pub enum Command {
         #[arg(long, default_value_t = 1000)]
         endpoints: u16,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CniCommand {
+    /// Copy this binary in as the plugin and write the network configuration list.
+    Install(CniInstallArgs),
+    /// Remove the configuration list and the plugin that `install` wrote.
+    Uninstall(CniInstallArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CniInstallArgs {
+    /// Where runtimes read network configurations.
+    #[arg(long, value_name = "DIR", default_value = "/etc/cni/net.d")]
+    pub conf_dir: std::path::PathBuf,
+    /// Where runtimes find plugins (Podman also looks in /usr/lib/cni, Kubernetes only here).
+    #[arg(long, value_name = "DIR", default_value = "/opt/cni/bin")]
+    pub bin_dir: std::path::PathBuf,
+    /// The network's name, as `podman run --network NAME` gives it.
+    #[arg(long, value_name = "NAME", default_value = "weave")]
+    pub network: String,
+    /// Allocate in this subnet of --ipalloc-range instead of the default subnet.
+    #[arg(long, value_name = "CIDR")]
+    pub subnet: Option<String>,
+    /// Leave the portmap plugin out of the chain (no host ports).
+    #[arg(long)]
+    pub no_portmap: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -508,3 +508,46 @@ pub fn ipam(loc: &Location, out: OutputArgs) -> Result<()> {
     }
     Ok(())
 }
+
+/// `cni install` and `cni uninstall`.
+pub fn cni(command: crate::cli::args::CniCommand) -> Result<()> {
+    use crate::{cli::args::CniCommand, plugins::cni::install};
+    let to_install = |a: crate::cli::args::CniInstallArgs| install::Install {
+        conf_dir: a.conf_dir,
+        bin_dir: a.bin_dir,
+        network: a.network,
+        subnet: a.subnet,
+        portmap: !a.no_portmap,
+    };
+    match command {
+        CniCommand::Install(args) => {
+            if let Some(subnet) = &args.subnet {
+                AddressRequest::parse_list(&format!("net:{subnet}"))
+                    .with_context(|| format!("--subnet {subnet}"))?;
+            }
+            let it = to_install(args);
+            let (plugin, list) = install::install(&it)?;
+            println!("plugin {}", plugin.display());
+            println!(
+                "network {} in {}{}",
+                it.network,
+                list.display(),
+                if it.portmap {
+                    ", chained with portmap"
+                } else {
+                    ""
+                }
+            );
+        }
+        CniCommand::Uninstall(args) => {
+            let removed = install::uninstall(&to_install(args))?;
+            if removed.is_empty() {
+                println!("nothing to remove");
+            }
+            for path in removed {
+                println!("removed {}", path.display());
+            }
+        }
+    }
+    Ok(())
+}

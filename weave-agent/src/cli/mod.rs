@@ -80,6 +80,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Hide { cidr, out } => commands::hide(&loc, cidr, out),
         Command::Rmpeer { peer } => commands::rmpeer(&loc, peer),
         Command::Ipam(out) => commands::ipam(&loc, out),
+        Command::Cni(command) => commands::cni(command),
         Command::Dns(out) => commands::dns(&loc, &Request::Dns, out),
         Command::DnsAdd(args) => commands::dns(
             &loc,

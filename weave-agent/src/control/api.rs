@@ -59,6 +59,33 @@ pub enum Request {
         address: Option<String>,
     },
     Ps,
+    /// A CNI runtime's ADD, through the plugin: `addresses` (comma-joined requests as for
+    /// `attach`; empty: the default subnet) on the interface `iface` of the container the
+    /// runtime calls `container_id`, in `netns`. An ADD of an attachment that exists answers
+    /// what it holds.
+    CniAdd {
+        container_id: String,
+        netns: PathBuf,
+        iface: String,
+        addresses: String,
+        dns_name: Option<String>,
+        mtu: Option<u32>,
+    },
+    /// DEL: the attachment's endpoints go; none is no error.
+    CniDel {
+        container_id: String,
+        iface: String,
+    },
+    /// CHECK: the attachment is as ADD made it, or an error says what differs.
+    CniCheck {
+        container_id: String,
+        netns: PathBuf,
+        iface: String,
+    },
+    /// GC: every CNI attachment but `keep` goes.
+    CniGc {
+        keep: Vec<CniAttachment>,
+    },
     Peers,
     /// Connect to another peer (IP, IP:PORT, HOST) and keep retrying until it answers.
     Join {
@@ -119,6 +146,10 @@ impl Request {
             Self::Run { .. } => "run",
             Self::Detach { .. } => "detach",
             Self::Ps => "ps",
+            Self::CniAdd { .. } => "CNI ADD",
+            Self::CniDel { .. } => "CNI DEL",
+            Self::CniCheck { .. } => "CNI CHECK",
+            Self::CniGc { .. } => "CNI GC",
             Self::Peers => "peers",
             Self::Join { .. } => "join",
             Self::Connect { .. } => "connect",
@@ -173,6 +204,13 @@ pub enum Response {
     Attached {
         endpoints: Vec<EndpointInfo>,
     },
+    /// A CNI ADD's attachment, and the name server its container should use.
+    CniAdded {
+        endpoints: Vec<EndpointInfo>,
+        dns: Option<CniDns>,
+    },
+    /// A CNI CHECK found the attachment as ADD made it.
+    CniChecked,
     /// Full id of the container `run` created.
     Ran {
         id: String,
@@ -434,6 +472,20 @@ pub struct RangeInfo {
     /// The owner's peer name, and its nickname where this host knows it.
     pub owner: String,
     pub nickname: String,
+}
+
+/// One attachment a CNI runtime still has (GC keeps these).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CniAttachment {
+    pub container_id: String,
+    pub iface: String,
+}
+
+/// The agent's name server, for a CNI result's `dns`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CniDns {
+    pub nameserver: std::net::Ipv4Addr,
+    pub domain: String,
 }
 
 /// One subnet's addresses across the mesh.

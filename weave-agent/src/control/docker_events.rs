@@ -136,6 +136,7 @@ async fn restore(agent: &Agent, engine: &bollard::Docker, id: &str, ep: LocalEnd
             netns: container.netns(),
             docker_id: Some(container.id),
             dns_name: ep.dns_name.clone(),
+            iface: ep.iface.clone(),
         };
         attach_endpoint(agent, ep.cidr, &target, Some(ep.mtu)).await
     }

@@ -22,7 +22,7 @@ use super::{
 use crate::{
     host::{docker, netlink, netns, run_spec::RunSpec},
     ipam::request::AddressRequest,
-    net::addressing::Cidr,
+    net::{addressing::Cidr, names::CONTAINER_IFACE},
 };
 
 /// The container an endpoint is attached to.
@@ -33,6 +33,8 @@ pub struct Target {
     pub docker_id: Option<String>,
     /// The full DNS name it gets, if any.
     pub dns_name: Option<String>,
+    /// The interface it gets: `ethwe`, or what a CNI runtime asked for.
+    pub iface: String,
 }
 
 /// Refuses an address already used here or anywhere in the mesh, naming where.
@@ -84,6 +86,7 @@ pub async fn attach(
             netns,
             docker_id: None,
             dns_name: None,
+            iface: CONTAINER_IFACE.to_owned(),
         },
         None => docker_target(agent, container).await?,
     };
@@ -93,15 +96,26 @@ pub async fn attach(
         }
         target.dns_name = dns::name_for(agent, &name)?;
     }
+    attach_target(agent, &requests, &target, mtu).await
+}
+
+/// The addresses `requests` ask for, one after the other, attached to `target`; those added
+/// are taken back if one fails.
+pub async fn attach_target(
+    agent: &Agent,
+    requests: &[AddressRequest],
+    target: &Target,
+    mtu: Option<u32>,
+) -> Result<Vec<api::EndpointInfo>> {
     let holder = target
         .docker_id
         .clone()
         .unwrap_or_else(|| target.label.clone());
     let mut done = Vec::new();
-    for request in &requests {
+    for request in requests {
         let attached = async {
             let (cidr, _) = ipam::address_for(agent, request, &holder).await?;
-            let attached = attach_endpoint(agent, cidr, &target, mtu).await;
+            let attached = attach_endpoint(agent, cidr, target, mtu).await;
             ipam::finished(agent, cidr.ip).await;
             attached
         }
@@ -158,6 +172,7 @@ async fn docker_target(agent: &Agent, container: &str) -> Result<Target> {
         netns: found.netns(),
         dns_name: docker_dns_name(agent, &found.name),
         docker_id: Some(found.id),
+        iface: CONTAINER_IFACE.to_owned(),
     })
 }
 
@@ -223,6 +238,7 @@ async fn run_with(
             netns: container.netns(),
             docker_id: Some(id.clone()),
             dns_name: docker_dns_name(agent, &container.name),
+            iface: CONTAINER_IFACE.to_owned(),
         };
         attach_endpoint(agent, cidr, &target, mtu).await
     }
@@ -260,11 +276,12 @@ pub async fn attach_endpoint(
     let made = match &first {
         None => {
             let service = agent.dns.as_ref().map(|s| s.address);
-            match make_ethwe(&handle, cidr, &target.netns, mtu, service).await {
+            match make_ethwe(&handle, cidr, target, mtu, service).await {
                 Ok(index) => {
                     // Before the map entry exists: a router container's super-packets must
                     // never take the eBPF way, not even for the first moments.
-                    let forwards = forwarding_watch::look(&target.netns, cidr.ip).await;
+                    let forwards =
+                        forwarding_watch::look(&target.netns, &target.iface, cidr.ip).await;
                     let wire = Wire {
                         index,
                         host_veth: cidr.host_veth(),
@@ -285,7 +302,8 @@ pub async fn attach_endpoint(
                 let _ = netlink::delete_link(&handle, &cidr.host_veth()).await;
             }
             Some(_) => {
-                let _ = netns::remove_ethwe_address(&target.netns, cidr).await;
+                let _ =
+                    netns::remove_ethwe_address(&target.netns, target.iface.clone(), cidr).await;
             }
         }
         agent.inner.lock().await.pending.retain(|p| p.cidr != cidr);
@@ -375,7 +393,7 @@ async fn add_to(
                 target.label, first.host_veth
             )
         })?;
-    netns::add_ethwe_address(&target.netns, cidr).await?;
+    netns::add_ethwe_address(&target.netns, first.iface.clone(), cidr).await?;
     let wire = Wire {
         index,
         host_veth: first.host_veth.clone(),
@@ -399,16 +417,17 @@ struct Wire {
 async fn make_ethwe(
     handle: &rtnetlink::Handle,
     cidr: Cidr,
-    netns: &Path,
+    target: &Target,
     mtu: u32,
     service: Option<Ipv4Addr>,
 ) -> Result<u32> {
+    let netns = target.netns.as_path();
     let (host, temp) = (cidr.host_veth(), cidr.peer_temp_name());
     // A leftover of a crash mid-attach would make the create fail.
     netlink::delete_link(handle, &host).await?;
     let index = netlink::create_veth(handle, &host, &temp, mtu).await?;
     netns::move_into(handle, &temp, netns).await?;
-    netns::configure_ethwe(netns, temp, cidr, mtu, service).await?;
+    netns::configure_ethwe(netns, temp, target.iface.clone(), cidr, mtu, service).await?;
     Ok(index)
 }
 
@@ -434,6 +453,7 @@ async fn record(
         expose: None,
         dns_name: target.dns_name.clone(),
         mac_from: wire.mac_from,
+        iface: target.iface.clone(),
     };
     let first_of_veth = !inner
         .state
@@ -504,6 +524,24 @@ pub async fn detach(
             || (e.docker_id.is_some() && e.docker_id == docker_id))
             && only.is_none_or(|ip| e.cidr.ip == ip)
     };
+    let (detached, any) = detach_matching(agent, matches).await?;
+    if !any {
+        match only {
+            Some(ip) => {
+                bail!("{container} has no address {ip} on this host (`weave-agent ps` lists them)")
+            }
+            None => bail!("{container} has no endpoint on this host (`weave-agent ps` lists them)"),
+        }
+    }
+    Ok(detached)
+}
+
+/// Detaches every endpoint `matches` picks and forgets the dormant ones it picks. Returns
+/// those detached, and whether it picked anything at all.
+pub async fn detach_matching(
+    agent: &Agent,
+    matches: impl Fn(&LocalEndpoint) -> bool,
+) -> Result<(Vec<api::EndpointInfo>, bool)> {
     let mut inner = agent.inner.lock().await;
     let inner = &mut *inner;
     let matching: Vec<LocalEndpoint> = inner
@@ -515,20 +553,17 @@ pub async fn detach(
         .collect();
     let dormant = inner.state.dormant.len();
     inner.state.dormant.retain(|e| !matches(e));
-    if matching.is_empty() && inner.state.dormant.len() == dormant {
-        match only {
-            Some(ip) => {
-                bail!("{container} has no address {ip} on this host (`weave-agent ps` lists them)")
-            }
-            None => bail!("{container} has no endpoint on this host (`weave-agent ps` lists them)"),
-        }
-    }
+    let any = !matching.is_empty() || inner.state.dormant.len() != dormant;
     for ep in &matching {
         remove_endpoint(inner, &agent.gossip, ep).await?;
         tracing::info!(cidr = %ep.cidr, container = %ep.container, "detached");
     }
-    agent.save(inner)?;
-    Ok(matching.iter().map(endpoint_info).collect())
+    if any {
+        agent.save(inner)?;
+        ipam::release_unheld(inner)?;
+        agent.ipam_changed.notify_waiters();
+    }
+    Ok((matching.iter().map(endpoint_info).collect(), any))
 }
 
 /// Takes over the endpoints the previous agent attached: those whose veth still exists keep

@@ -109,6 +109,7 @@ async fn expose_at(
         expose: Some(exposure),
         dns_name: None,
         mac_from: None,
+        iface: cidr.exposed_iface(),
     };
     let turned_on = match wire(inner, &ep).await {
         Ok(turned_on) => turned_on,

@@ -31,13 +31,14 @@ struct Watched {
     ip: Ipv4Addr,
     host_veth: String,
     netns: PathBuf,
+    iface: String,
 }
 
 /// Why the container in `netns`, whose `ethwe` holds `address`, may send a received packet on.
 /// A container that cannot be looked at is taken to forward: the kernel's way is right for
 /// every container, eBPF's only for those that do not forward.
-pub async fn look(netns: &Path, address: Ipv4Addr) -> Vec<String> {
-    match forwarding::probe(netns, address).await {
+pub async fn look(netns: &Path, iface: &str, address: Ipv4Addr) -> Vec<String> {
+    match forwarding::probe(netns, iface.to_owned(), address).await {
         Ok(facts) => facts.reasons(),
         Err(err) => vec![format!("not known ({err:#}), so taken to forward")],
     }
@@ -65,6 +66,7 @@ pub async fn watch_loop(agent: Arc<Agent>) {
                     ip: e.cidr.ip,
                     host_veth: e.host_veth.clone(),
                     netns: e.netns.clone(),
+                    iface: e.iface.clone(),
                 })
                 .collect()
         };
@@ -98,7 +100,7 @@ async fn watch(agent: Arc<Agent>, w: Watched) {
     };
     loop {
         let reasons = match changes {
-            Some(_) => look(&w.netns, w.ip).await,
+            Some(_) => look(&w.netns, &w.iface, w.ip).await,
             None => vec!["not watched, so taken to forward".to_owned()],
         };
         if let Err(err) = mark(&agent, &w, reasons).await {

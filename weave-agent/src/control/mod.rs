@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod api;
 pub mod client;
+pub mod cni;
 pub mod config;
 pub mod daemon;
 pub mod desired;

@@ -101,7 +101,7 @@ pub fn route_work(inner: &mut Inner) -> Vec<RouteWork> {
                     .iter()
                     .map(|(cidr, routes)| (*cidr, routes.as_slice())),
             );
-            (RouteHolder::container(), wanted)
+            (RouteHolder::container(&ep.iface), wanted)
         };
         match work.iter_mut().find(|w| w.veth == ep.host_veth) {
             Some(job) => {

@@ -11,7 +11,7 @@ use tokio::{
 use super::{
     agent::Agent,
     api::{self, Request, Response},
-    dns, endpoints, expose, ipam, peers, rule_set, rules, status,
+    cni, dns, endpoints, expose, ipam, peers, rule_set, rules, status,
 };
 
 /// Binds the control socket, root-only. The state-directory lock proves no live daemon owns an
@@ -107,6 +107,38 @@ async fn respond(agent: &Agent, request: Request) -> Result<Response> {
         } => Response::Detached {
             endpoints: endpoints::detach(agent, &container, netns.as_deref(), address.as_deref())
                 .await?,
+        },
+        Request::CniAdd {
+            container_id,
+            netns,
+            iface,
+            addresses,
+            dns_name,
+            mtu,
+        } => {
+            let attachment = cni::Attachment::new(&container_id, &iface)?;
+            let endpoints = cni::add(agent, &attachment, netns, &addresses, dns_name, mtu).await?;
+            Response::CniAdded {
+                endpoints,
+                dns: cni::dns(agent),
+            }
+        }
+        Request::CniDel {
+            container_id,
+            iface,
+        } => Response::Detached {
+            endpoints: cni::del(agent, &cni::Attachment::new(&container_id, &iface)?).await?,
+        },
+        Request::CniCheck {
+            container_id,
+            netns,
+            iface,
+        } => {
+            cni::check(agent, &cni::Attachment::new(&container_id, &iface)?, &netns).await?;
+            Response::CniChecked
+        }
+        Request::CniGc { keep } => Response::Detached {
+            endpoints: cni::gc(agent, &keep).await?,
         },
         Request::Ps => Response::Endpoints {
             endpoints: status::endpoint_infos(&*agent.inner.lock().await),

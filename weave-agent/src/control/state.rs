@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use weave_common::endpoint::{ENDPOINT_EXPOSED, ENDPOINT_FORWARDS, Endpoint, endpoint_mac};
 
-use crate::net::{addressing::Cidr, exposure::Exposure, policy::Rule};
+use crate::net::{addressing::Cidr, exposure::Exposure, names::CONTAINER_IFACE, policy::Rule};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct State {
@@ -68,6 +68,20 @@ pub struct LocalEndpoint {
     /// (and so this address's map entry and gossip) is derived from. They share its veth.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mac_from: Option<Ipv4Addr>,
+    /// The container's interface: `ethwe`, or the name a CNI runtime asked for (`eth0`).
+    #[serde(
+        default = "container_iface",
+        skip_serializing_if = "is_container_iface"
+    )]
+    pub iface: String,
+}
+
+fn container_iface() -> String {
+    CONTAINER_IFACE.to_owned()
+}
+
+fn is_container_iface(name: &String) -> bool {
+    name == CONTAINER_IFACE
 }
 
 impl State {
@@ -155,6 +169,7 @@ mod tests {
                 expose: None,
                 dns_name: Some("c1.weave.local".into()),
                 mac_from: None,
+                iface: "eth0".into(),
             }],
             dormant: Vec::new(),
             dns_records: BTreeMap::from([(

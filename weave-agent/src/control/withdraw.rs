@@ -24,7 +24,7 @@ pub async fn remove_endpoint(inner: &mut Inner, gossip: &Gossip, ep: &LocalEndpo
         .any(|e| e.host_veth == ep.host_veth && e.cidr.ip != ep.cidr.ip);
     if shared {
         // A container that is gone took the address with it.
-        if let Err(err) = netns::remove_ethwe_address(&ep.netns, ep.cidr).await {
+        if let Err(err) = netns::remove_ethwe_address(&ep.netns, ep.iface.clone(), ep.cidr).await {
             tracing::debug!(cidr = %ep.cidr, "taking the address off ethwe: {err:#}");
         }
     } else {

@@ -42,11 +42,12 @@ use rtnetlink::{
 use tokio::io::{Interest, unix::AsyncFd};
 
 use super::netns::{in_netns, on_thread_in};
-use crate::net::names::CONTAINER_IFACE as ETHWE;
 
 /// What a probe of the container's namespace found on and around `ethwe`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Facts {
+    /// The container's interface on the overlay (`ethwe`, or a CNI runtime's name).
+    pub iface: String,
     /// `net.ipv4.conf.ethwe.forwarding` is 1.
     pub ip_forwarding: bool,
     /// What may send a packet for the container's own address elsewhere once forwarding is
@@ -69,41 +70,45 @@ impl Facts {
         let mut out = Vec::new();
         if self.ip_forwarding && !self.redirectors.is_empty() {
             out.push(format!(
-                "IPv4 forwarding on {ETHWE}, and {}",
+                "IPv4 forwarding on {}, and {}",
+                self.iface,
                 self.redirectors.join(", ")
             ));
         }
         if let Some(master) = &self.master {
-            out.push(format!("{ETHWE} is enslaved to {master}"));
+            out.push(format!("{} is enslaved to {master}", self.iface));
         }
         for upper in &self.uppers {
-            out.push(format!("{upper} is stacked on {ETHWE}"));
+            out.push(format!("{upper} is stacked on {}", self.iface));
         }
         if self.xdp {
-            out.push(format!("an XDP program on {ETHWE}"));
+            out.push(format!("an XDP program on {}", self.iface));
         }
         if let Some(kind) = &self.ingress_qdisc {
-            out.push(format!("a {kind} qdisc on {ETHWE} (tc may redirect)"));
+            out.push(format!(
+                "a {kind} qdisc on {} (tc may redirect)",
+                self.iface
+            ));
         }
         if self.tcx_programs > 0 {
-            out.push(format!("TCX programs on {ETHWE}'s ingress"));
+            out.push(format!("TCX programs on {}'s ingress", self.iface));
         }
         out
     }
 }
 
 /// Looks at `ethwe`, which should hold `address`, in the network namespace `netns`.
-pub async fn probe(netns: &Path, address: Ipv4Addr) -> Result<Facts> {
+pub async fn probe(netns: &Path, iface: String, address: Ipv4Addr) -> Result<Facts> {
     in_netns(netns, move |handle| async move {
-        probe_here(&handle, address).await
+        probe_here(&handle, iface, address).await
     })
     .await
 }
 
 /// [`probe`], from inside the namespace.
-async fn probe_here(handle: &Handle, address: Ipv4Addr) -> Result<Facts> {
+async fn probe_here(handle: &Handle, iface: String, address: Ipv4Addr) -> Result<Facts> {
     let mut facts = Facts {
-        ip_forwarding: read_flag(&format!("/proc/sys/net/ipv4/conf/{ETHWE}/forwarding"))?,
+        ip_forwarding: read_flag(&format!("/proc/sys/net/ipv4/conf/{iface}/forwarding"))?,
         ..Facts::default()
     };
     let links: Vec<LinkMessage> = handle
@@ -115,19 +120,20 @@ async fn probe_here(handle: &Handle, address: Ipv4Addr) -> Result<Facts> {
         .context("listing links")?;
     let ethwe = links
         .iter()
-        .find(|m| link_name(m).as_deref() == Some(ETHWE))
-        .with_context(|| format!("the container has no {ETHWE} interface"))?;
+        .find(|m| link_name(m).as_deref() == Some(iface.as_str()))
+        .with_context(|| format!("the container has no interface {iface}"))?;
     let index = ethwe.header.index;
     look_at_ethwe(&mut facts, ethwe, &links);
     facts.ingress_qdisc = ingress_qdisc(handle, index).await?;
-    facts.tcx_programs = match SchedClassifier::query_tcx(ETHWE, TcAttachType::Ingress) {
+    facts.tcx_programs = match SchedClassifier::query_tcx(&iface, TcAttachType::Ingress) {
         Ok((_, programs)) => programs.len(),
         // No TCX in the kernel, or none on the device: nothing attached that way.
         Err(_) => 0,
     };
     if facts.ip_forwarding {
-        facts.redirectors = redirectors(handle, index, address).await?;
+        facts.redirectors = redirectors(handle, index, &iface, address).await?;
     }
+    facts.iface = iface;
     Ok(facts)
 }
 
@@ -202,7 +208,12 @@ async fn ingress_qdisc(handle: &Handle, index: u32) -> Result<Option<String>> {
 const DEFAULT_RULES: [(u32, u32); 3] = [(0, 255), (32766, 254), (32767, 253)];
 
 /// What may send a packet for `address` on `ethwe` (link `index`) elsewhere.
-async fn redirectors(handle: &Handle, index: u32, address: Ipv4Addr) -> Result<Vec<String>> {
+async fn redirectors(
+    handle: &Handle,
+    index: u32,
+    iface: &str,
+    address: Ipv4Addr,
+) -> Result<Vec<String>> {
     let mut out = Vec::new();
     let tables = nftables_tables().unwrap_or(0);
     if tables > 0 {
@@ -257,7 +268,7 @@ async fn redirectors(handle: &Handle, index: u32, address: Ipv4Addr) -> Result<V
                 .any(|a| matches!(a, AddressAttribute::Local(ip) if *ip == address));
     }
     if !held {
-        out.push(format!("{address} is not on {ETHWE}"));
+        out.push(format!("{address} is not on {iface}"));
     }
     Ok(out)
 }

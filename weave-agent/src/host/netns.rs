@@ -14,7 +14,7 @@ use super::{
     netlink,
     routes::{self, RouteHolder},
 };
-use crate::net::{addressing::Cidr, exposure::ContainerRoute, names::CONTAINER_IFACE as ETHWE};
+use crate::net::{addressing::Cidr, exposure::ContainerRoute};
 
 /// The network namespace file a CONTAINER argument stands for; None for anything else, which
 /// is taken for a Docker container name or id.
@@ -98,28 +98,30 @@ where
         .context("the container namespace thread died")?
 }
 
-/// Inside the container: renames the veth end `temp` to `ethwe`, gives it the address-derived
-/// MAC, the MTU and the address (which adds only the subnet route), and brings it up.
+/// Inside the container: renames the veth end `temp` to `iface` (`ethwe`, or the name a CNI
+/// runtime asked for), gives it the address-derived MAC, the MTU and the address (which adds
+/// only the subnet route), and brings it up.
 ///
 /// With `service`, also the route to the agent's DNS server at that address.
 pub async fn configure_ethwe(
     netns: &Path,
     temp: String,
+    iface: String,
     cidr: Cidr,
     mtu: u32,
     service: Option<std::net::Ipv4Addr>,
 ) -> Result<()> {
     in_netns(netns, move |handle| async move {
-        if netlink::link_index(&handle, ETHWE).await?.is_some() {
-            bail!("the container already has an {ETHWE} interface; detach it first");
+        if netlink::link_index(&handle, &iface).await?.is_some() {
+            bail!("the container already has an interface {iface}; detach it first");
         }
         let index = netlink::link_index(&handle, &temp)
             .await?
             .with_context(|| format!("{temp} did not arrive in the container"))?;
-        netlink::configure_link(&handle, index, ETHWE, &cidr.mac(), mtu).await?;
+        netlink::configure_link(&handle, index, &iface, &cidr.mac(), mtu).await?;
         netlink::add_address(&handle, index, cidr.ip, cidr.prefix).await?;
         // IPv6 on ethwe would only produce router solicitations the data path drops.
-        let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{ETHWE}/disable_ipv6"), "1");
+        let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{iface}/disable_ipv6"), "1");
         netlink::set_up(&handle, index).await?;
         if let Some(ip) = service {
             routes::add_service_route(&handle, ip, index).await?;
@@ -129,12 +131,12 @@ pub async fn configure_ethwe(
     .await
 }
 
-/// Gives the container's `ethwe` one more address (a second subnet, say).
-pub async fn add_ethwe_address(netns: &Path, cidr: Cidr) -> Result<()> {
+/// Gives the container's `ethwe` (`iface`) one more address (a second subnet, say).
+pub async fn add_ethwe_address(netns: &Path, iface: String, cidr: Cidr) -> Result<()> {
     in_netns(netns, move |handle| async move {
-        let index = netlink::link_index(&handle, ETHWE)
+        let index = netlink::link_index(&handle, &iface)
             .await?
-            .with_context(|| format!("the container has no {ETHWE} interface"))?;
+            .with_context(|| format!("the container has no interface {iface}"))?;
         netlink::add_address(&handle, index, cidr.ip, cidr.prefix).await
     })
     .await
@@ -142,9 +144,9 @@ pub async fn add_ethwe_address(netns: &Path, cidr: Cidr) -> Result<()> {
 
 /// Takes one address off the container's `ethwe`, leaving the others (and the kernel's
 /// subnet route goes with it).
-pub async fn remove_ethwe_address(netns: &Path, cidr: Cidr) -> Result<()> {
+pub async fn remove_ethwe_address(netns: &Path, iface: String, cidr: Cidr) -> Result<()> {
     in_netns(netns, move |handle| async move {
-        match netlink::link_index(&handle, ETHWE).await? {
+        match netlink::link_index(&handle, &iface).await? {
             Some(index) => netlink::remove_address(&handle, index, cidr.ip).await,
             None => Ok(()),
         }
@@ -183,6 +185,40 @@ pub async fn sync_routes(
             routes::add_route(&handle, new, index, &holder).await?;
         }
         Ok(())
+    })
+    .await
+}
+
+/// What a container's interface holds, as `CHECK` compares it with the record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InterfaceSeen {
+    pub mac: Option<[u8; 6]>,
+    pub addresses: BTreeSet<Cidr>,
+}
+
+/// The interface `iface` in `netns` (None if it has none) and its IPv4 addresses.
+pub async fn interface_seen(netns: &Path, iface: String) -> Result<Option<InterfaceSeen>> {
+    in_netns(netns, move |handle| async move {
+        let Some(link) = netlink::links(&handle)
+            .await?
+            .into_iter()
+            .find(|l| l.name == iface)
+        else {
+            return Ok(None);
+        };
+        let addresses = netlink::ipv4_addresses(&handle)
+            .await?
+            .into_iter()
+            .filter(|a| a.iface == iface)
+            .map(|a| Cidr {
+                ip: a.ip,
+                prefix: a.prefix,
+            })
+            .collect();
+        Ok(Some(InterfaceSeen {
+            mac: link.mac,
+            addresses,
+        }))
     })
     .await
 }

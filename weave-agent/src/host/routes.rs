@@ -48,11 +48,11 @@ pub struct RouteHolder {
 }
 
 impl RouteHolder {
-    /// A container's `ethwe`: its on-link routes are the kernel's default metric, as they
-    /// always were.
-    pub fn container() -> Self {
+    /// A container's `ethwe` (or the interface a CNI runtime named): its on-link routes are
+    /// the kernel's default metric, as they always were.
+    pub fn container(iface: &str) -> Self {
         Self {
-            iface: crate::net::names::CONTAINER_IFACE.to_owned(),
+            iface: iface.to_owned(),
             on_link_metric: 0,
         }
     }

@@ -59,6 +59,16 @@ fn taken(inner: &Inner) -> BTreeSet<u32> {
         .collect()
 }
 
+/// Releases the allocations no endpoint here holds any more, at once (a detach, a CNI DEL),
+/// so `ipam` shows them free and they may be handed out again before the next sync round.
+pub fn release_unheld(inner: &mut Inner) -> Result<()> {
+    let held = held_here(inner);
+    if inner.ipam.sweep(&held) {
+        inner.ipam.save()?;
+    }
+    Ok(())
+}
+
 fn nonce() -> u64 {
     let mut bytes = [0u8; 8];
     // A nonce only tells two claims apart; a failed draw falls back to the clock.
