@@ -61,13 +61,23 @@ pub fn ensure_image_named(name: &str) -> Result<()> {
     built
 }
 
-fn tar_into_docker(root: &Path, name: &str) -> Result<()> {
+/// A root file system of Debian's busybox-static and its applet links, in `root`.
+pub fn busybox_root(root: &Path) -> Result<()> {
+    ensure!(
+        Path::new(BUSYBOX).is_file(),
+        "{BUSYBOX} missing: install busybox-static (`cargo xtask setup`)"
+    );
     let bin = root.join("bin");
     std::fs::create_dir_all(&bin).with_context(|| format!("creating {}", bin.display()))?;
     std::fs::copy(BUSYBOX, bin.join("busybox"))?;
     for applet in APPLETS {
         std::os::unix::fs::symlink("busybox", bin.join(applet))?;
     }
+    Ok(())
+}
+
+fn tar_into_docker(root: &Path, name: &str) -> Result<()> {
+    busybox_root(root)?;
     let root_str = root.to_str().context("temp dir is not UTF-8")?;
     let out = run(
         "sh",

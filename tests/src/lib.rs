@@ -19,6 +19,7 @@ pub mod cni;
 pub mod crafted;
 pub mod docker;
 pub mod frames;
+pub mod podman;
 pub mod programs;
 pub mod walkthrough;
 

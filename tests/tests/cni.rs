@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 use weave_tests::{
     Container, Host, Segment,
     cni::{Invocation, invoke, validate_error, validate_result},
+    podman::{IMAGE, Podman},
     require_root, unique_name, wait_until,
 };
 
@@ -211,5 +212,228 @@ fn the_spec_operations_on_its_example_configurations() -> Result<()> {
         listed.contains(&"cni:kept".to_owned()) && !listed.contains(&"cni:stale".to_owned()),
         "after GC: {listed:?}"
     );
+    Ok(())
+}
+
+/// The plugin's configuration as a runtime hands it over: the list's first plugin, with the
+/// list's name and version.
+fn plugin_conf(podman: &Podman) -> Result<Value> {
+    let list: Value = serde_json::from_str(&std::fs::read_to_string(
+        podman.conf_dir().join("10-weave.conflist"),
+    )?)?;
+    let mut conf = list["plugins"][0].clone();
+    conf["name"] = list["name"].clone();
+    conf["cniVersion"] = list["cniVersion"].clone();
+    Ok(conf)
+}
+
+#[test]
+fn podman_containers_on_two_hosts_reach_each_other() -> Result<()> {
+    require_root();
+    let prefix = unique_name("n");
+    let podman = Podman::new(&prefix)?;
+    let seg = Segment::mesh(&prefix, 2)?;
+    let [a, b] = [&seg.hosts[0], &seg.hosts[1]];
+    let (conf_dir, bin_dir) = (podman.conf_dir(), podman.bin_dir());
+    let install = [
+        "cni",
+        "install",
+        "--conf-dir",
+        conf_dir.to_str().context("utf-8")?,
+        "--bin-dir",
+        bin_dir.to_str().context("utf-8")?,
+    ];
+    a.agent_ok(&install)?;
+    let names = [format!("{prefix}pa"), format!("{prefix}pb")];
+    let mut ips = Vec::new();
+    for (host, name) in [(a, &names[0]), (b, &names[1])] {
+        podman.ok(
+            host,
+            &[
+                "run",
+                "-d",
+                "--name",
+                name,
+                "--network",
+                "weave",
+                IMAGE,
+                "sleep",
+                "600",
+            ],
+        )?;
+        let ip = podman.inspect(host, name, "{{.NetworkSettings.Networks.weave.IPAddress}}")?;
+        let octets = ip.parse::<std::net::Ipv4Addr>()?.octets();
+        ensure!(
+            octets[0] == 10 && (32..48).contains(&octets[1]),
+            "{name} got {ip:?}, outside 10.32.0.0/12"
+        );
+        ips.push(ip);
+    }
+    ensure!(ips[0] != ips[1], "both got {}", ips[0]);
+    for (host, name, other) in [(a, &names[0], &ips[1]), (b, &names[1], &ips[0])] {
+        host.wait_for_remote(1)?;
+        let ping = podman.run(host, &["exec", name, "ping", "-c", "2", "-W", "1", other])?;
+        ensure!(
+            ping.status.success(),
+            "{name} cannot reach {other}: {}",
+            String::from_utf8_lossy(&ping.stdout)
+        );
+    }
+
+    // CHECK, as a runtime would send it for B's container: healthy, then without eth0.
+    let conf = plugin_conf(&podman)?;
+    let id = podman.inspect(b, &names[1], "{{.Id}}")?;
+    let netns = podman.inspect(b, &names[1], "{{.NetworkSettings.SandboxKey}}")?;
+    let check = Invocation {
+        command: "CHECK",
+        container_id: &id,
+        netns: &netns,
+        ifname: "eth0",
+        args: "",
+    };
+    let healthy = invoke(b, &check, &conf)?;
+    ensure!(
+        healthy.ok,
+        "CHECK of a healthy container: {}",
+        healthy.stdout
+    );
+    weave_tests::run_ok(
+        "nsenter",
+        [
+            format!("--net={netns}"),
+            "ip".into(),
+            "link".into(),
+            "del".into(),
+            "eth0".into(),
+        ],
+    )?;
+    let broken = invoke(b, &check, &conf)?;
+    ensure!(!broken.ok, "CHECK passed with eth0 deleted");
+    validate_error("1.0.0", &broken.json()?, 101)?;
+
+    // `podman rm` runs DEL: A's address is free again at once.
+    podman.ok(a, &["rm", "--force", "--time", "0", &names[0]])?;
+    ensure!(
+        !allocated(a)?.contains(&ips[0]),
+        "{} still allocated after podman rm",
+        ips[0]
+    );
+    ensure!(
+        !containers_listed(a)?.iter().any(|c| c.starts_with("cni:")),
+        "ps still lists a CNI container on {}",
+        a.name
+    );
+    podman.ok(b, &["rm", "--force", "--time", "0", &names[1]])?;
+    ensure!(
+        containers_listed(b)?.is_empty(),
+        "ps on {} after podman rm",
+        b.name
+    );
+    Ok(())
+}
+
+/// The files under `dir`, recursively, with their sizes left out (state files are rewritten).
+fn files_under(dir: &std::path::Path) -> Result<BTreeSet<String>> {
+    let mut out = BTreeSet::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries {
+            let path = entry?.path();
+            if path.is_dir() {
+                stack.push(path.clone());
+            }
+            out.insert(path.display().to_string());
+        }
+    }
+    Ok(out)
+}
+
+#[test]
+fn adds_and_dels_by_the_hundred_leave_nothing_behind() -> Result<()> {
+    require_root();
+    const CYCLES: usize = 200;
+    let prefix = unique_name("n");
+    let seg = Segment::mesh(&prefix, 2)?;
+    let conf = json!({"cniVersion": "1.0.0", "name": "weave", "type": "weave-agent"});
+    let ctrs: Vec<Container> = seg
+        .hosts
+        .iter()
+        .enumerate()
+        .map(|(i, h)| Container::new(&format!("{prefix}c{i}"), h))
+        .collect::<Result<_>>()?;
+    // One cycle first: the first allocation claims address space, and ipam.json, which
+    // keeps that claim, is meant to stay.
+    for (host, ctr) in seg.hosts.iter().zip(&ctrs) {
+        let netns = format!("/run/netns/{}", ctr.name);
+        ensure!(invoke(host, &call("ADD", "warm-up", &netns), &conf)?.ok);
+        ensure!(invoke(host, &call("DEL", "warm-up", &netns), &conf)?.ok);
+    }
+    let before: Vec<(BTreeSet<String>, String)> = seg
+        .hosts
+        .iter()
+        .map(|h| -> Result<_> {
+            let mut files = files_under(&h.state_dir())?;
+            files.extend(files_under(&h.data_dir())?);
+            Ok((files, h.ip(["-o", "link", "show"])?))
+        })
+        .collect::<Result<_>>()?;
+    std::thread::scope(|scope| {
+        let jobs: Vec<_> = seg
+            .hosts
+            .iter()
+            .zip(&ctrs)
+            .map(|(host, ctr)| {
+                let conf = &conf;
+                scope.spawn(move || -> Result<()> {
+                    let netns = format!("/run/netns/{}", ctr.name);
+                    for i in 0..CYCLES {
+                        let id = format!("churn-{i}");
+                        let add = invoke(host, &call("ADD", &id, &netns), conf)?;
+                        ensure!(add.ok, "ADD {i} on {}: {}", host.name, add.stdout);
+                        let del = invoke(host, &call("DEL", &id, &netns), conf)?;
+                        ensure!(del.ok, "DEL {i} on {}: {}", host.name, del.stdout);
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        jobs.into_iter()
+            .try_for_each(|j| j.join().expect("churn thread"))
+    })?;
+    for ((host, ctr), (files, links)) in seg.hosts.iter().zip(&ctrs).zip(&before) {
+        ensure!(
+            containers_listed(host)?.is_empty(),
+            "{}: ps lists endpoints",
+            host.name
+        );
+        ensure!(
+            host.endpoint_counts()?.0 == 0,
+            "{}: local map entries left",
+            host.name
+        );
+        let ipam = &host.status()?["ipam"];
+        ensure!(ipam["allocated"] == 0, "{}: {ipam}", host.name);
+        ensure!(
+            host.ip(["-o", "link", "show"])? == *links,
+            "{}: links changed",
+            host.name
+        );
+        let mut now = files_under(&host.state_dir())?;
+        now.extend(files_under(&host.data_dir())?);
+        ensure!(
+            now == *files,
+            "{}: files {:?} became {now:?}",
+            host.name,
+            files
+        );
+        let inside = ctr.ip(["-o", "link", "show"])?;
+        ensure!(
+            inside.lines().count() == 1,
+            "left in the container: {inside}"
+        );
+    }
     Ok(())
 }

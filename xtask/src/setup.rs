@@ -30,6 +30,11 @@ const RUNTIME_PACKAGES: &[&str] = &[
     // dnsmasq: the upstream resolver the DNS tests forward to, run inside a namespace (the
     // package's own service is never started by the tests).
     "dnsmasq-base",
+    // podman with its CNI backend: the real CNI runtime the plugin's tests drive; the
+    // reference plugins (portmap, which `cni install` chains, and bridge + host-local, the
+    // bench's reference) come from containernetworking-plugins.
+    "podman",
+    "containernetworking-plugins",
 ];
 /// What building bpf-linker against LLVM 22 needs (the nightly's LLVM is 22).
 const LINKER_BUILD_PACKAGES: &[&str] = &[
