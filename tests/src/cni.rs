@@ -42,10 +42,19 @@ impl Answer {
 
 /// Runs the plugin on `host` as a runtime would.
 pub fn invoke(host: &Host, call: &Invocation<'_>, config: &Value) -> Result<Answer> {
-    let bin = agent_bin();
+    invoke_plugin(host, &agent_bin(), call, config)
+}
+
+/// Runs the plugin `bin` (this one, or a reference plugin) on `host` as a runtime would.
+pub fn invoke_plugin(
+    host: &Host,
+    bin: &std::path::Path,
+    call: &Invocation<'_>,
+    config: &Value,
+) -> Result<Answer> {
     let mut child = Command::new("ip")
         .args(["netns", "exec", &host.name])
-        .arg(&bin)
+        .arg(bin)
         .env_clear()
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
         .env("CNI_COMMAND", call.command)

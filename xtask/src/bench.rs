@@ -17,6 +17,7 @@ use weave_tests::{Container, Host, Segment, spawn_in, unique_name, wait_for_line
 
 use crate::{agent_path, build_agent, ebpf, progress, setup, target_dir, wireguard::BoringtunBed};
 
+mod cni;
 mod dns;
 
 const ROUNDS: usize = 5;
@@ -91,6 +92,9 @@ pub enum Part {
     /// The DNS server against dnsmasq, and names appearing and going on another host
     /// (writes target/bench/dns.json).
     Dns,
+    /// CNI ADD latency against the reference bridge + host-local plugins (writes
+    /// target/bench/cni.json).
+    Cni,
 }
 
 pub fn run(only: Option<Part>, reference: Option<std::path::PathBuf>) -> Result<()> {
@@ -126,6 +130,18 @@ pub fn run(only: Option<Part>, reference: Option<std::path::PathBuf>) -> Result<
         let scale = scale_step()?;
         let path = target_dir().join("bench").join("scale.json");
         std::fs::write(&path, serde_json::to_string_pretty(&scale)?)?;
+        println!(
+            "wrote {} in {:.0}s",
+            path.display(),
+            started.elapsed().as_secs_f64()
+        );
+        return Ok(());
+    }
+
+    if only == Some(Part::Cni) {
+        let report = json!({"cni": cni::run(&agent)?, "machine": machine()});
+        let path = target_dir().join("bench").join("cni.json");
+        std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
         println!(
             "wrote {} in {:.0}s",
             path.display(),
@@ -290,6 +306,7 @@ pub fn run(only: Option<Part>, reference: Option<std::path::PathBuf>) -> Result<
     let learn_ms = learn_endpoints(&agent)?;
     step.finish();
     let dns = dns::run()?;
+    let cni = cni::run(&agent)?;
     let scale = match only {
         None => scale_step()?,
         _ => Value::Null,
@@ -340,6 +357,7 @@ pub fn run(only: Option<Part>, reference: Option<std::path::PathBuf>) -> Result<
             "attach_automatic_minus_explicit_ms": median(&automatic) - median(&explicit),
         },
         "dns": dns,
+        "cni": cni,
         "scale": scale,
         "weave_receiver_super_packets": super_packets,
         "weave_relayed_counters": relayed,

@@ -425,8 +425,7 @@ async fn make_ethwe(
     let (host, temp) = (cidr.host_veth(), cidr.peer_temp_name());
     // A leftover of a crash mid-attach would make the create fail.
     netlink::delete_link(handle, &host).await?;
-    let index = netlink::create_veth(handle, &host, &temp, mtu).await?;
-    netns::move_into(handle, &temp, netns).await?;
+    let index = netns::create_veth_into(handle, &host, &temp, mtu, netns).await?;
     netns::configure_ethwe(netns, temp, target.iface.clone(), cidr, mtu, service).await?;
     Ok(index)
 }

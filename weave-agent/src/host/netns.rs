@@ -154,10 +154,17 @@ pub async fn remove_ethwe_address(netns: &Path, iface: String, cidr: Cidr) -> Re
     .await
 }
 
-/// Moves the container end of a new veth into the namespace (by fd, valid for any netns file).
-pub async fn move_into(handle: &rtnetlink::Handle, link: &str, netns: &Path) -> Result<()> {
+/// A veth pair whose container end (`peer`) is created inside the namespace (by fd, valid
+/// for any netns file). Returns the host end's index.
+pub async fn create_veth_into(
+    handle: &rtnetlink::Handle,
+    host: &str,
+    peer: &str,
+    mtu: u32,
+    netns: &Path,
+) -> Result<u32> {
     let ns = File::open(netns).with_context(|| format!("opening {}", netns.display()))?;
-    netlink::move_to_netns(handle, link, ns.as_raw_fd()).await
+    netlink::create_veth_into(handle, host, peer, mtu, ns.as_raw_fd()).await
 }
 
 /// Inside the container (or, for an exposed address, the host): makes the agent's routes

@@ -178,7 +178,11 @@ impl Gossip {
         self.handle
             .with_chitchat(|c| {
                 if names.is_empty() {
-                    c.self_node_state().delete(&key);
+                    // Most containers never had a name: deleting a key never set only makes
+                    // chitchat warn.
+                    if c.self_node_state().get(&key).is_some() {
+                        c.self_node_state().delete(&key);
+                    }
                 } else {
                     c.self_node_state().set(&key, &value);
                 }
