@@ -280,6 +280,42 @@ fn podman_containers_on_two_hosts_reach_each_other() -> Result<()> {
         );
     }
 
+    // A host port through the chained portmap plugin: B's host reaches A's container at
+    // A's underlay address. The DNAT needs A's host on the overlay, as Weave's weave-kube
+    // exposes it.
+    a.agent_ok(&["expose", "net:default"])?;
+    let web = format!("{prefix}web");
+    podman.ok(
+        a,
+        &[
+            "run",
+            "-d",
+            "--name",
+            &web,
+            "-p",
+            "18080:8080",
+            "--network",
+            "weave",
+            IMAGE,
+            "sh",
+            "-c",
+            "while true; do echo hello | nc -l -p 8080; done",
+        ],
+    )?;
+    wait_until(Duration::from_secs(10), "the host port answering", || {
+        let out = b.exec(
+            "timeout",
+            &[
+                "3",
+                "bash",
+                "-c",
+                "exec 3<>/dev/tcp/192.168.56.101/18080 && head -1 <&3",
+            ],
+        )?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim() == "hello")
+    })?;
+    podman.ok(a, &["rm", "--force", "--time", "0", &web])?;
+
     // CHECK, as a runtime would send it for B's container: healthy, then without eth0.
     let conf = plugin_conf(&podman)?;
     let id = podman.inspect(b, &names[1], "{{.Id}}")?;

@@ -538,6 +538,12 @@ pub fn cni(command: crate::cli::args::CniCommand) -> Result<()> {
                     ""
                 }
             );
+            if it.portmap {
+                println!(
+                    "host ports need this host on the overlay: `weave-agent expose net:default` \
+                     (or an address of the plugin's subnet)"
+                );
+            }
         }
         CniCommand::Uninstall(args) => {
             let removed = install::uninstall(&to_install(args))?;
