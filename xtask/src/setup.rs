@@ -32,7 +32,9 @@ const RUNTIME_PACKAGES: &[&str] = &[
     "dnsmasq-base",
     // podman with its CNI backend: the real CNI runtime the plugin's tests drive; the
     // reference plugins (portmap, which `cni install` chains, and bridge + host-local, the
-    // bench's reference) come from containernetworking-plugins.
+    // bench's reference) come from containernetworking-plugins. Podman's own dependencies
+    // (conmon, golang-github-containers-image, ...) come with it; its recommends (buildah,
+    // fuse-overlayfs, slirp4netns, uidmap) are not needed: rootful, vfs storage, CNI.
     "podman",
     "containernetworking-plugins",
 ];

@@ -317,16 +317,7 @@ pub async fn remove_peer(agent: &Agent, peer: &str) -> Result<crate::control::ap
 /// `ipam`: the ring as this host sees it, and its own allocations.
 pub fn listing(inner: &Inner) -> crate::control::api::Response {
     let space = &inner.ipam.space;
-    let nickname = |name: &str| -> String {
-        if name == space.me {
-            return "(this host)".to_owned();
-        }
-        inner
-            .peers
-            .iter()
-            .find(|p| p.name == name)
-            .map_or_else(String::new, |p| p.nickname.clone())
-    };
+    let nickname = |name: &str| nickname_of(inner, name);
     let ranges = space
         .ring
         .entries
@@ -359,19 +350,22 @@ pub fn listing(inner: &Inner) -> crate::control::api::Response {
     }
 }
 
+/// How `ipam` names a peer: "(this host)", or its nickname where this host knows it.
+fn nickname_of(inner: &Inner, name: &str) -> String {
+    if name == inner.ipam.space.me {
+        return "(this host)".to_owned();
+    }
+    inner
+        .peers
+        .iter()
+        .find(|p| p.name == name)
+        .map_or_else(String::new, |p| p.nickname.clone())
+}
+
 /// How full each subnet in use is across the mesh, as `ipam` and `status` show it.
 pub fn subnet_usage(inner: &Inner) -> Vec<crate::control::api::SubnetUsageInfo> {
     let space = &inner.ipam.space;
-    let nickname = |name: &str| -> String {
-        if name == space.me {
-            return "(this host)".to_owned();
-        }
-        inner
-            .peers
-            .iter()
-            .find(|p| p.name == name)
-            .map_or_else(String::new, |p| p.nickname.clone())
-    };
+    let nickname = |name: &str| nickname_of(inner, name);
     let in_use = in_use(inner);
     subnets_in_use(inner)
         .iter()

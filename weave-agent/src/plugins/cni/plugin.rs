@@ -70,6 +70,13 @@ fn ids(args: &Args) -> Result<(String, String), Error> {
     Ok((id.to_string(), iface.to_string()))
 }
 
+/// The container's namespace file, which ADD and CHECK carry.
+fn netns(args: &Args) -> Result<PathBuf, Error> {
+    args.netns()
+        .cloned()
+        .ok_or_else(|| Error::missing_env(&["CNI_NETNS"]))
+}
+
 fn socket_of(args: &Args) -> Result<PathBuf, Error> {
     socket(config::ask(args.config(), args.args())?.socket)
 }
@@ -78,10 +85,7 @@ impl Cni for WeavePlugin {
     fn add(&self, args: Args) -> Result<CNIResult, Error> {
         let ask = config::ask(args.config(), args.args())?;
         let (container_id, iface) = ids(&args)?;
-        let netns = args
-            .netns()
-            .ok_or_else(|| Error::missing_env(&["CNI_NETNS"]))?
-            .clone();
+        let netns = netns(&args)?;
         let request = Request::CniAdd {
             container_id,
             netns: netns.clone(),
@@ -112,10 +116,7 @@ impl Cni for WeavePlugin {
 
     fn check(&self, args: Args) -> Result<(), Error> {
         let (container_id, iface) = ids(&args)?;
-        let netns = args
-            .netns()
-            .ok_or_else(|| Error::missing_env(&["CNI_NETNS"]))?
-            .clone();
+        let netns = netns(&args)?;
         let request = Request::CniCheck {
             container_id,
             netns,
