@@ -428,6 +428,16 @@ pub struct LaunchArgs {
     #[arg(long, value_enum, value_name = "MODE")]
     pub ipalloc_init: Option<IpallocInit>,
 
+    /// The name Docker knows this agent's network and IPAM driver by (`docker network create
+    /// -d NAME`, `--ipam-driver NAME`), served on /run/docker/plugins/NAME.sock unless
+    /// another agent on this machine serves that name already.
+    #[arg(long, value_name = "NAME", default_value = "weave-agent")]
+    pub docker_plugin: String,
+
+    /// Serve no Docker network driver.
+    #[arg(long, conflicts_with = "docker_plugin")]
+    pub no_docker_plugin: bool,
+
     /// Run no DNS server: containers get no names, `run` leaves Docker's resolvers alone.
     #[arg(long, conflicts_with_all = ["dns_domain", "dns_upstream"])]
     pub no_dns: bool,

@@ -65,6 +65,7 @@ pub fn daemon_config(args: &LaunchArgs) -> Result<DaemonConfig> {
             Encap::Vxlan => Encapsulation::VxlanDevice,
         },
         metrics_addr: args.metrics_addr,
+        docker_plugin: (!args.no_docker_plugin).then(|| args.docker_plugin.clone()),
         port: args.port,
         trusted_subnets: crate::crypto::trust::parse_trusted(
             args.trusted_subnets.as_deref().unwrap_or_default(),
@@ -167,6 +168,11 @@ fn daemon_command(global: &[String], args: &LaunchArgs) -> Result<Process> {
     }
     if let Some(addr) = args.metrics_addr {
         daemon.arg("--metrics-addr").arg(addr.to_string());
+    }
+    if args.no_docker_plugin {
+        daemon.arg("--no-docker-plugin");
+    } else {
+        daemon.args(["--docker-plugin", &args.docker_plugin]);
     }
     if args.encap == Encap::Vxlan {
         daemon.args(["--encap", "vxlan"]);

@@ -94,6 +94,7 @@ pub async fn add(
         // A runtime's name that makes no DNS name (Podman allows `_`) just gets none.
         dns_name: dns_name.and_then(|name| super::dns::name_for(agent, &name).ok().flatten()),
         iface: attachment.iface.clone(),
+        left_for_docker: None,
     };
     endpoints::attach_target(agent, &requests, &target, mtu).await
 }

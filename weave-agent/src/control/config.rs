@@ -26,6 +26,8 @@ pub struct DaemonConfig {
     pub encapsulation: Encapsulation,
     /// Where metrics are served; None for the default.
     pub metrics_addr: Option<SocketAddr>,
+    /// The Docker network driver's name; None with `--no-docker-plugin`.
+    pub docker_plugin: Option<String>,
     /// UDP port of gossip; VXLAN takes the next one (`weave_common::data_port`).
     pub port: u16,
     /// Underlay networks this host trusts (`launch --trusted-subnets`): traffic with a peer

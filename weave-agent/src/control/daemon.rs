@@ -396,6 +396,10 @@ async fn serve(
         tokio::spawn(peers::resolve_loop(Arc::clone(&agent))),
         tokio::spawn(links::link_loop(Arc::clone(&agent), hellos)),
     ];
+    let docker_plugin = config
+        .docker_plugin
+        .as_deref()
+        .and_then(|name| spawn_docker_plugin(&agent, name));
     let dns_task = match (&agent.dns, dns_sockets) {
         (Some(service), Some(sockets)) => Some(dns_server::spawn(
             Arc::clone(service),
@@ -420,6 +424,9 @@ async fn serve(
     }
     if let Some(thread) = dns_task {
         let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+    }
+    if let Some(plugin) = docker_plugin {
+        let _ = plugin.await;
     }
     if let Some(metrics) = metrics {
         let _ = metrics.await;
@@ -456,6 +463,33 @@ async fn accept_until_stopped(agent: &Arc<Agent>, listener: UnixListener) -> Res
             _ = stopping.changed() => return Ok(()),
             _ = sigterm.recv() => return Ok(()),
             _ = sigint.recv() => return Ok(()),
+        }
+    }
+}
+
+/// Serves Docker's network and IPAM driver protocols, if no other agent on this machine does
+/// already (one engine, one driver; the tests' namespace hosts all share one engine).
+fn spawn_docker_plugin(agent: &Arc<Agent>, name: &str) -> Option<tokio::task::JoinHandle<()>> {
+    let path = crate::plugins::docker::socket_path(name);
+    match crate::plugins::docker::claim(&path) {
+        Ok(Some(listener)) => {
+            tracing::info!(socket = %path.display(), "serving Docker's network and IPAM driver");
+            Some(tokio::spawn(crate::plugins::docker::serve(
+                Arc::clone(agent),
+                listener,
+                path,
+            )))
+        }
+        Ok(None) => {
+            tracing::info!(
+                socket = %path.display(),
+                "another agent serves Docker's network driver on this machine"
+            );
+            None
+        }
+        Err(err) => {
+            tracing::warn!("not serving Docker's network driver: {err:#}");
+            None
         }
     }
 }

@@ -137,6 +137,7 @@ async fn restore(agent: &Agent, engine: &bollard::Docker, id: &str, ep: LocalEnd
             docker_id: Some(container.id),
             dns_name: ep.dns_name.clone(),
             iface: ep.iface.clone(),
+            left_for_docker: None,
         };
         attach_endpoint(agent, ep.cidr, &target, Some(ep.mtu)).await
     }

@@ -35,6 +35,10 @@ pub struct Target {
     pub dns_name: Option<String>,
     /// The interface it gets: `ethwe`, or what a CNI runtime asked for.
     pub iface: String,
+    /// For a Docker network driver's endpoint: the namespace (Docker's own) where the
+    /// container end of the veth waits, configured but without its address, for Docker to
+    /// move it into the sandbox at Join. None: the agent puts it into `netns` itself.
+    pub left_for_docker: Option<PathBuf>,
 }
 
 /// Refuses an address already used here or anywhere in the mesh, naming where.
@@ -87,6 +91,7 @@ pub async fn attach(
             docker_id: None,
             dns_name: None,
             iface: CONTAINER_IFACE.to_owned(),
+            left_for_docker: None,
         },
         None => docker_target(agent, container).await?,
     };
@@ -173,6 +178,7 @@ async fn docker_target(agent: &Agent, container: &str) -> Result<Target> {
         dns_name: docker_dns_name(agent, &found.name),
         docker_id: Some(found.id),
         iface: CONTAINER_IFACE.to_owned(),
+        left_for_docker: None,
     })
 }
 
@@ -239,6 +245,7 @@ async fn run_with(
             docker_id: Some(id.clone()),
             dns_name: docker_dns_name(agent, &container.name),
             iface: CONTAINER_IFACE.to_owned(),
+            left_for_docker: None,
         };
         attach_endpoint(agent, cidr, &target, mtu).await
     }
@@ -280,8 +287,14 @@ pub async fn attach_endpoint(
                 Ok(index) => {
                     // Before the map entry exists: a router container's super-packets must
                     // never take the eBPF way, not even for the first moments.
-                    let forwards =
-                        forwarding_watch::look(&target.netns, &target.iface, cidr.ip).await;
+                    let forwards = match &target.left_for_docker {
+                        None => forwarding_watch::look(&target.netns, &target.iface, cidr.ip).await,
+                        Some(_) => vec![
+                            "not in its container yet (Docker moves it in at Join), so taken \
+                             to forward"
+                                .to_owned(),
+                        ],
+                    };
                     let wire = Wire {
                         index,
                         host_veth: cidr.host_veth(),
@@ -425,6 +438,11 @@ async fn make_ethwe(
     let (host, temp) = (cidr.host_veth(), cidr.peer_temp_name());
     // A leftover of a crash mid-attach would make the create fail.
     netlink::delete_link(handle, &host).await?;
+    if let Some(waiting) = &target.left_for_docker {
+        let index = netns::create_veth_into(handle, &host, &temp, mtu, waiting).await?;
+        netns::configure_waiting_end(waiting, temp, cidr, mtu).await?;
+        return Ok(index);
+    }
     let index = netns::create_veth_into(handle, &host, &temp, mtu, netns).await?;
     netns::configure_ethwe(netns, temp, target.iface.clone(), cidr, mtu, service).await?;
     Ok(index)

@@ -60,8 +60,9 @@ pub async fn watch_loop(agent: Arc<Agent>) {
                 .state
                 .endpoints
                 .iter()
-                // The host behind an exposed address forwards by design: nothing to watch.
-                .filter(|e| e.expose.is_none())
+                // The host behind an exposed address forwards by design: nothing to watch. A
+                // Docker driver's endpoint is watched once Docker has made its namespace.
+                .filter(|e| e.expose.is_none() && e.netns.exists())
                 .map(|e| Watched {
                     ip: e.cidr.ip,
                     host_veth: e.host_veth.clone(),

@@ -9,6 +9,7 @@ pub mod config;
 pub mod daemon;
 pub mod desired;
 pub mod dns;
+pub mod docker_driver;
 pub mod docker_events;
 pub mod endpoints;
 pub mod expose;

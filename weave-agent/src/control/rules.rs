@@ -84,7 +84,14 @@ pub fn route_work(inner: &mut Inner) -> Vec<RouteWork> {
     inner.routes.retain(|veth, _| veths.contains(veth.as_str()));
     let exposures = exposures(inner);
     let mut work: Vec<RouteWork> = Vec::new();
-    let mut endpoints: Vec<&LocalEndpoint> = inner.state.endpoints.iter().collect();
+    // A Docker driver's endpoint has no namespace until Docker moves its veth in: nothing to
+    // route in yet.
+    let mut endpoints: Vec<&LocalEndpoint> = inner
+        .state
+        .endpoints
+        .iter()
+        .filter(|e| e.netns.exists())
+        .collect();
     // First addresses first: theirs win a network two subnets route apart.
     endpoints.sort_by_key(|e| e.mac_from.is_some());
     for ep in endpoints {

@@ -131,6 +131,19 @@ pub async fn configure_ethwe(
     .await
 }
 
+/// The container end of a Docker driver's veth, where it waits for Docker to move it into
+/// the sandbox: the address-derived MAC and the MTU (Docker gives it the name, the address
+/// and the routes once it is inside).
+pub async fn configure_waiting_end(netns: &Path, temp: String, cidr: Cidr, mtu: u32) -> Result<()> {
+    in_netns(netns, move |handle| async move {
+        let index = netlink::link_index(&handle, &temp)
+            .await?
+            .with_context(|| format!("{temp} did not arrive in Docker's namespace"))?;
+        netlink::configure_link(&handle, index, &temp, &cidr.mac(), mtu).await
+    })
+    .await
+}
+
 /// Gives the container's `ethwe` (`iface`) one more address (a second subnet, say).
 pub async fn add_ethwe_address(netns: &Path, iface: String, cidr: Cidr) -> Result<()> {
     in_netns(netns, move |handle| async move {

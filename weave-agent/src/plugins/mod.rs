@@ -1,4 +1,6 @@
-//! The orchestrators' ways in: the CNI plugin a runtime runs (`cni`). Each asks the local
-//! agent over its socket, and the agent does the work as for `attach` (`control::cni`).
+//! The orchestrators' ways in: the CNI plugin a runtime runs (`cni`), and the Docker network
+//! and IPAM driver the agent serves (`docker`). Each has the agent do the work as for
+//! `attach` (`control::cni`, `control::docker_driver`).
 
 pub mod cni;
+pub mod docker;
