@@ -71,7 +71,13 @@ fn docker_networks_of_the_driver_reach_containers_on_both_hosts() -> Result<()> 
     let seg = Segment::new(&prefix, 2)?;
     let [a, b] = [&seg.hosts[0], &seg.hosts[1]];
     a.agent_ok(&["launch", "--docker-plugin", &driver])?;
-    b.agent_ok(&["join", "192.168.56.101", "--no-docker-plugin"])?;
+    // One engine, one driver: B, asking for the same name, finds A serving it.
+    b.agent_ok(&["join", "192.168.56.101", "--docker-plugin", &driver])?;
+    let log = std::fs::read_to_string(b.state_dir().join("agent.log"))?;
+    ensure!(
+        log.contains("another agent serves Docker's network driver"),
+        "B claimed the driver A serves: {log}"
+    );
     let on_a = Container::new(&format!("{prefix}na"), a)?;
     let on_b = Container::new(&format!("{prefix}nb"), b)?;
     a.attach("10.50.1.10/24", &on_a)?;
