@@ -468,6 +468,17 @@ impl Host {
         Ok((get("local")?, get("remote")?))
     }
 
+    /// The addresses `ipam --json` says this host handed out.
+    pub fn allocated(&self) -> Result<std::collections::BTreeSet<String>> {
+        let ipam: serde_json::Value = serde_json::from_str(&self.agent_ok(&["ipam", "--json"])?)?;
+        Ok(ipam["allocations"]
+            .as_array()
+            .context("ipam --json has no allocations")?
+            .iter()
+            .filter_map(|a| a["address"].as_str().map(str::to_owned))
+            .collect())
+    }
+
     /// Waits until this host's maps hold `remote` remote endpoints.
     pub fn wait_for_remote(&self, remote: u64) -> Result<Duration> {
         wait_until(

@@ -44,17 +44,6 @@ fn call<'a>(command: &'a str, id: &'a str, netns: &'a str) -> Invocation<'a> {
     }
 }
 
-/// The addresses `ipam --json` says this host handed out.
-fn allocated(host: &Host) -> Result<BTreeSet<String>> {
-    let ipam: Value = serde_json::from_str(&host.agent_ok(&["ipam", "--json"])?)?;
-    Ok(ipam["allocations"]
-        .as_array()
-        .context("no allocations")?
-        .iter()
-        .filter_map(|a| a["address"].as_str().map(str::to_owned))
-        .collect())
-}
-
 fn containers_listed(host: &Host) -> Result<Vec<String>> {
     let ps: Value = serde_json::from_str(&host.agent_ok(&["ps", "--json"])?)?;
     Ok(ps
@@ -170,7 +159,7 @@ fn the_spec_operations_on_its_example_configurations() -> Result<()> {
             "ps still lists cni:{id}"
         );
         ensure!(
-            !allocated(a)?.contains(&ip),
+            !a.allocated()?.contains(&ip),
             "{ip} is still allocated after DEL"
         );
     }
@@ -350,7 +339,7 @@ fn podman_containers_on_two_hosts_reach_each_other() -> Result<()> {
     // `podman rm` runs DEL: A's address is free again at once.
     podman.ok(a, &["rm", "--force", "--time", "0", &names[0]])?;
     ensure!(
-        !allocated(a)?.contains(&ips[0]),
+        !a.allocated()?.contains(&ips[0]),
         "{} still allocated after podman rm",
         ips[0]
     );

@@ -40,16 +40,6 @@ fn driver_endpoints(host: &Host) -> Result<Vec<String>> {
         .collect())
 }
 
-fn allocated(host: &Host) -> Result<Vec<String>> {
-    let ipam: serde_json::Value = serde_json::from_str(&host.agent_ok(&["ipam", "--json"])?)?;
-    Ok(ipam["allocations"]
-        .as_array()
-        .context("no allocations")?
-        .iter()
-        .filter_map(|a| a["address"].as_str().map(str::to_owned))
-        .collect())
-}
-
 fn address_on(container: &str, network: &str) -> Result<String> {
     docker_ok(&[
         "inspect",
@@ -174,7 +164,10 @@ fn docker_networks_of_the_driver_reach_containers_on_both_hosts() -> Result<()> 
     ])?;
     let ip2 = address_on(&c2.0, &net2.0)?;
     ensure!(ip2.starts_with("10.32.2."), "c2 got {ip2:?}");
-    ensure!(allocated(a)?.contains(&ip2), "A's IPAM does not hold {ip2}");
+    ensure!(
+        a.allocated()?.contains(&ip2),
+        "A's IPAM does not hold {ip2}"
+    );
     let peer2_ip = peer2.ip(["-4", "-o", "addr", "show", "dev", "ethwe"])?;
     let peer2_ip = peer2_ip
         .split_whitespace()
@@ -186,7 +179,7 @@ fn docker_networks_of_the_driver_reach_containers_on_both_hosts() -> Result<()> 
     ensure!(pings(&c2.0, &peer2_ip)?, "c2 cannot reach {peer2_ip} on B");
     drop(c2);
     ensure!(
-        !allocated(a)?.contains(&ip2),
+        !a.allocated()?.contains(&ip2),
         "{ip2} still allocated after docker rm -f"
     );
     drop(net2);
