@@ -113,6 +113,27 @@ fn docker_networks_of_the_driver_reach_containers_on_both_hosts() -> Result<()> 
         on_b.ping(&ip1, 2)?,
         "B's container cannot reach c1 at {ip1}"
     );
+    // A second container of the network: it reaches both hosts' and the first one.
+    let c1b = Named::new(format!("{prefix}c1b"));
+    docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        &c1b.0,
+        "--network",
+        &net.0,
+        docker::IMAGE,
+        "sleep",
+        "600",
+    ])?;
+    let ip1b = address_on(&c1b.0, &net.0)?;
+    ensure!(ip1b != ip1, "both got {ip1}");
+    b.wait_for_remote(3)?;
+    for target in ["10.50.1.10", "10.50.1.20", ip1.as_str()] {
+        ensure!(pings(&c1b.0, target)?, "c1b cannot reach {target}");
+    }
+    drop(c1b);
+    b.wait_for_remote(2)?;
 
     // disconnect withdraws it everywhere; connect brings it back.
     docker_ok(&["network", "disconnect", &net.0, &c1.0])?;
