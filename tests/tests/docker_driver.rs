@@ -25,6 +25,23 @@ fn pings(container: &str, ip: &str) -> Result<bool> {
     )
 }
 
+/// A container started on Docker network `network`, removed on drop.
+fn run_on(name: &str, network: &str) -> Result<Named> {
+    let named = Named::new(name.to_owned());
+    docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        name,
+        "--network",
+        network,
+        docker::IMAGE,
+        "sleep",
+        "600",
+    ])?;
+    Ok(named)
+}
+
 fn driver_endpoints(host: &Host) -> Result<Vec<String>> {
     let ps: serde_json::Value = serde_json::from_str(&host.agent_ok(&["ps", "--json"])?)?;
     Ok(ps
@@ -84,18 +101,7 @@ fn docker_networks_of_the_driver_reach_containers_on_both_hosts() -> Result<()> 
         "10.50.1.0/24",
         &net.0,
     ])?;
-    let c1 = Named::new(format!("{prefix}c1"));
-    docker_ok(&[
-        "run",
-        "-d",
-        "--name",
-        &c1.0,
-        "--network",
-        &net.0,
-        docker::IMAGE,
-        "sleep",
-        "600",
-    ])?;
+    let c1 = run_on(&format!("{prefix}c1"), &net.0)?;
     let ip1 = address_on(&c1.0, &net.0)?;
     ensure!(ip1.starts_with("10.50.1."), "c1 got {ip1:?}");
     ensure!(
@@ -114,18 +120,7 @@ fn docker_networks_of_the_driver_reach_containers_on_both_hosts() -> Result<()> 
         "B's container cannot reach c1 at {ip1}"
     );
     // A second container of the network: it reaches both hosts' and the first one.
-    let c1b = Named::new(format!("{prefix}c1b"));
-    docker_ok(&[
-        "run",
-        "-d",
-        "--name",
-        &c1b.0,
-        "--network",
-        &net.0,
-        docker::IMAGE,
-        "sleep",
-        "600",
-    ])?;
+    let c1b = run_on(&format!("{prefix}c1b"), &net.0)?;
     let ip1b = address_on(&c1b.0, &net.0)?;
     ensure!(ip1b != ip1, "both got {ip1}");
     b.wait_for_remote(3)?;
@@ -171,18 +166,7 @@ fn docker_networks_of_the_driver_reach_containers_on_both_hosts() -> Result<()> 
     ])?;
     let peer2 = Container::new(&format!("{prefix}nb2"), b)?;
     b.agent_ok(&["attach", "net:10.32.2.0/24", &peer2.spec()])?;
-    let c2 = Named::new(format!("{prefix}c2"));
-    docker_ok(&[
-        "run",
-        "-d",
-        "--name",
-        &c2.0,
-        "--network",
-        &net2.0,
-        docker::IMAGE,
-        "sleep",
-        "600",
-    ])?;
+    let c2 = run_on(&format!("{prefix}c2"), &net2.0)?;
     let ip2 = address_on(&c2.0, &net2.0)?;
     ensure!(ip2.starts_with("10.32.2."), "c2 got {ip2:?}");
     ensure!(

@@ -29,6 +29,11 @@ pub struct Attachment {
     pub iface: String,
 }
 
+/// The label of the runtime's container `container_id`.
+fn label(container_id: &str) -> String {
+    format!("{LABEL_PREFIX}{container_id}")
+}
+
 impl Attachment {
     /// Refuses what the kernel would refuse as an interface name, and an empty id.
     pub fn new(container_id: &str, iface: &str) -> Result<Self> {
@@ -37,7 +42,7 @@ impl Attachment {
         }
         valid_iface(iface)?;
         Ok(Self {
-            label: format!("{LABEL_PREFIX}{container_id}"),
+            label: label(container_id),
             iface: iface.to_owned(),
         })
     }
@@ -110,12 +115,7 @@ pub async fn del(agent: &Agent, attachment: &Attachment) -> Result<Vec<api::Endp
 pub async fn gc(agent: &Agent, keep: &[CniAttachment]) -> Result<Vec<api::EndpointInfo>> {
     let kept: BTreeSet<(String, &str)> = keep
         .iter()
-        .map(|a| {
-            (
-                format!("{LABEL_PREFIX}{}", a.container_id),
-                a.iface.as_str(),
-            )
-        })
+        .map(|a| (label(&a.container_id), a.iface.as_str()))
         .collect();
     let (detached, _) = endpoints::detach_matching(agent, |e| {
         e.expose.is_none()

@@ -85,10 +85,7 @@ pub async fn create_endpoint(
         iface: format!("{CONTAINER_IFACE}0"),
         left_for_docker: Some(waiting),
     };
-    let (cidr, _) = ipam::address_for(agent, &AddressRequest::Explicit(cidr), &label).await?;
-    let attached = endpoints::attach_endpoint(agent, cidr, &target, None).await;
-    ipam::finished(agent, cidr.ip).await;
-    attached?;
+    endpoints::attach_target(agent, &[AddressRequest::Explicit(cidr)], &target, None).await?;
     Ok(mac)
 }
 
@@ -119,9 +116,10 @@ pub async fn delete_endpoint(agent: &Agent, endpoint_id: &str) -> Result<()> {
 }
 
 /// `RequestPool`: the subnet asked for, inside the allocation range, or the default subnet.
-/// Returns the pool (its id too) and the gateway to report, the subnet's network address:
-/// the driver gives containers no gateway, so Docker need not take one of its addresses.
-pub async fn request_pool(agent: &Agent, pool: &str, v6: bool) -> Result<(String, String)> {
+/// It is the pool's id too, and the gateway to report is its network address (the subnet
+/// written alike): the driver gives containers no gateway, so Docker need not take one of
+/// its addresses.
+pub async fn request_pool(agent: &Agent, pool: &str, v6: bool) -> Result<Subnet> {
     if v6 {
         bail!("weave-agent's IPAM serves IPv4 only");
     }
@@ -140,10 +138,7 @@ pub async fn request_pool(agent: &Agent, pool: &str, v6: bool) -> Result<(String
             space.range
         );
     }
-    Ok((
-        subnet.to_string(),
-        format!("{}/{}", subnet.network, subnet.prefix),
-    ))
+    Ok(subnet)
 }
 
 /// `RequestAddress`: `address` if Docker names one (`--ip`), else the next free one of the

@@ -11,7 +11,10 @@ mod plugin;
 
 use std::{io::Read as _, os::fd::AsRawFd as _, process::ExitCode, str::FromStr as _};
 
-use rscni_plugin::{cni::Plugin, version::SpecVersion};
+use rscni_plugin::{
+    cni::Plugin,
+    version::{PluginInfo, SpecVersion},
+};
 
 /// A runtime's invocation: `CNI_COMMAND` set and no arguments (a person typing `weave-agent`
 /// gives a subcommand).
@@ -22,10 +25,8 @@ pub fn invoked() -> bool {
 /// Runs the operation the runtime asked for. The result, or the spec's error object, is on
 /// stdout, written by `rscni-plugin`.
 pub fn run() -> ExitCode {
-    let versions: Vec<SpecVersion> = SUPPORTED
-        .iter()
-        .filter_map(|v| SpecVersion::from_str(v).ok())
-        .collect();
+    // Every version whose result layout rscni-plugin writes.
+    let versions = PluginInfo::default().supported_versions().to_vec();
     // The spec wants an error object to carry the configuration's cniVersion; rscni-plugin
     // writes its own "current" one there, so that is made the configuration's (when it is
     // one this plugin speaks) before it reads stdin again.
@@ -40,9 +41,6 @@ pub fn run() -> ExitCode {
         Err(_) => ExitCode::FAILURE,
     }
 }
-
-/// The versions this plugin speaks: every one whose result layout `rscni-plugin` writes.
-const SUPPORTED: [&str; 5] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
 
 /// Reads the whole configuration from stdin, puts it back as stdin (a pipe fed by a thread,
 /// so a configuration larger than a pipe's buffer cannot block), and returns its cniVersion.

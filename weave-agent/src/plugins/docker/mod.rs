@@ -172,8 +172,10 @@ async fn handle(agent: &Agent, path: &str, body: &[u8]) -> Result<Value> {
                 req.sub_pool.is_empty(),
                 "--ip-range is not supported by weave-agent's IPAM"
             );
-            let (pool, gateway) = docker_driver::request_pool(agent, &req.pool, req.v6).await?;
-            json!({ "PoolID": pool, "Pool": pool, "Data": { GATEWAY_REQUEST: gateway } })
+            let pool = docker_driver::request_pool(agent, &req.pool, req.v6)
+                .await?
+                .to_string();
+            json!({ "PoolID": pool, "Pool": pool, "Data": { GATEWAY_REQUEST: pool } })
         }
         "IpamDriver.ReleasePool" => json!({}),
         "IpamDriver.RequestAddress" => {
