@@ -95,6 +95,9 @@ pub enum Part {
     /// CNI ADD latency against the reference bridge + host-local plugins (writes
     /// target/bench/cni.json).
     Cni,
+    /// The encrypted path against bare, weave and boringtun only, 5 rounds (writes
+    /// target/bench/encrypted.json): the quick loop for work on the crypto path.
+    Encrypted,
 }
 
 pub fn run(only: Option<Part>, reference: Option<std::path::PathBuf>) -> Result<()> {
@@ -156,6 +159,10 @@ pub fn run(only: Option<Part>, reference: Option<std::path::PathBuf>) -> Result<
         std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
         println!("wrote {}", path.display());
         return Ok(());
+    }
+
+    if only == Some(Part::Encrypted) {
+        return encrypted_only(started);
     }
 
     if only == Some(Part::Attach) {
@@ -254,34 +261,8 @@ pub fn run(only: Option<Part>, reference: Option<std::path::PathBuf>) -> Result<
     }
     step.finish();
 
-    let mut samples = Samples::new();
-    for round in 1..=ROUNDS {
-        for &name in &measured {
-            let step = progress::step(format!("bench round {round}/{ROUNDS}: {name}"));
-            let path = &paths[name];
-            let figures = samples.entry(name).or_default();
-            let mut add = |figure, value| figures.entry(figure).or_default().push(value);
-            let busy = busy_seconds()?;
-            let gbps = iperf_tcp(path, 1, Pinning::Pinned)?;
-            let cpu = busy_seconds()? - busy;
-            add("tcp_gbps", gbps);
-            add(
-                "cpu_s_per_gb",
-                cpu / (gbps * TCP_SECONDS.parse::<f64>()? / 8.0),
-            );
-            add("tcp_unpinned_gbps", iperf_tcp(path, 1, Pinning::Unpinned)?);
-            add("tcp8_gbps", iperf_tcp(path, 8, Pinning::Pinned)?);
-            let (p50, p99) = request_response(path)?;
-            add("rr_p50_us", p50);
-            add("rr_p99_us", p99);
-            add("udp64_kpps", udp64(path)?);
-            step.finish();
-        }
-    }
-    let medians: BTreeMap<&str, BTreeMap<&str, f64>> = samples
-        .iter()
-        .map(|(path, figs)| (*path, figs.iter().map(|(f, v)| (*f, median(v))).collect()))
-        .collect();
+    let samples = measure(&paths, &measured)?;
+    let medians = medians_of(&samples);
 
     let step = progress::step(format!(
         "bench: attach -> reachable ({REACHABLE_SAMPLES} samples)"
@@ -391,6 +372,104 @@ pub fn run(only: Option<Part>, reference: Option<std::path::PathBuf>) -> Result<
     Ok(())
 }
 
+/// Every figure of every path in `measured`, [`ROUNDS`] rounds, the paths interleaved in
+/// each round so that a slow spell of the machine hits them all alike.
+fn measure(paths: &BTreeMap<&str, Path>, measured: &[&'static str]) -> Result<Samples> {
+    let mut samples = Samples::new();
+    for round in 1..=ROUNDS {
+        for &name in measured {
+            let step = progress::step(format!("bench round {round}/{ROUNDS}: {name}"));
+            let path = &paths[name];
+            let figures = samples.entry(name).or_default();
+            let mut add = |figure, value| figures.entry(figure).or_default().push(value);
+            let busy = busy_seconds()?;
+            let gbps = iperf_tcp(path, 1, Pinning::Pinned)?;
+            let cpu = busy_seconds()? - busy;
+            add("tcp_gbps", gbps);
+            add(
+                "cpu_s_per_gb",
+                cpu / (gbps * TCP_SECONDS.parse::<f64>()? / 8.0),
+            );
+            add("tcp_unpinned_gbps", iperf_tcp(path, 1, Pinning::Unpinned)?);
+            add("tcp8_gbps", iperf_tcp(path, 8, Pinning::Pinned)?);
+            let (p50, p99) = request_response(path)?;
+            add("rr_p50_us", p50);
+            add("rr_p99_us", p99);
+            add("udp64_kpps", udp64(path)?);
+            step.finish();
+        }
+    }
+    Ok(samples)
+}
+
+fn medians_of(samples: &Samples) -> BTreeMap<&'static str, BTreeMap<&'static str, f64>> {
+    samples
+        .iter()
+        .map(|(path, figs)| (*path, figs.iter().map(|(f, v)| (*f, median(v))).collect()))
+        .collect()
+}
+
+/// `--only encrypted`: the paths the encrypted path's goals are stated against, and nothing
+/// else, so that a change to the crypto path is measured in minutes.
+fn encrypted_only(started: Instant) -> Result<()> {
+    let step = progress::step("bench: building the testbeds");
+    let bare = Segment::new(&unique_name("bb"), 2)?;
+    let weave = WeaveBed::new(&[], None)?;
+    let weave_encrypted = WeaveBed::new(&["--password", "bench"], None)?;
+    let boringtun = BoringtunBed::new()?;
+    let (server, client, address) = boringtun.path();
+    let paths = BTreeMap::from([
+        (
+            "bare",
+            Path {
+                server: bare.hosts[0].name.clone(),
+                client: bare.hosts[1].name.clone(),
+                address: "192.168.56.101".into(),
+            },
+        ),
+        ("weave", weave.path()),
+        ("weave_encrypted", weave_encrypted.path()),
+        (
+            "boringtun",
+            Path {
+                server,
+                client,
+                address,
+            },
+        ),
+    ]);
+    let measured = ["bare", "weave", "weave_encrypted", "boringtun"];
+    step.finish();
+    let samples = measure(&paths, &measured)?;
+    let sealed = weave_encrypted.seal_counters();
+    let medians = medians_of(&samples);
+    let ratios = ratio_table(
+        &samples,
+        &[
+            ("weave_encrypted", "bare"),
+            ("weave_encrypted", "weave"),
+            ("weave_encrypted", "boringtun"),
+        ],
+    );
+    let report = json!({
+        "paths": medians,
+        "ratios": ratios,
+        "weave_encrypted_counters": sealed,
+        "samples": samples,
+        "rounds": ROUNDS,
+        "machine": machine(),
+    });
+    let out = target_dir().join("bench").join("encrypted.json");
+    std::fs::write(&out, serde_json::to_string_pretty(&report)?)?;
+    print_table(&measured, &medians, &ratios, &Ratios::new());
+    println!(
+        "wrote {} in {:.0}s",
+        out.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
 /// The scale run as a progress step, its figures printed against the goals.
 fn scale_step() -> Result<Value> {
     let step = progress::step(format!(
@@ -482,8 +561,10 @@ fn print_table(
         }
     };
     print_ratios(ratios);
-    println!("no overlay, for reference:");
-    print_ratios(references);
+    if !references.is_empty() {
+        println!("no overlay, for reference:");
+        print_ratios(references);
+    }
     println!();
 }
 
