@@ -57,7 +57,8 @@ pub enum CounterId {
     /// Dropped: IPv4 destination that is no endpoint (or, for a frame from another host, one
     /// on the host that sent it first, which never sends its own containers' frames away).
     DropUnknownDst = 11,
-    /// Dropped: neither ARP nor unicast IPv4 (broadcast, multicast, IPv6, other ethertypes).
+    /// Dropped: neither ARP nor IPv4 (IPv6, other ethertypes), or IPv4 to a group MAC that is
+    /// no broadcast or multicast of its sender's subnet (see `crate::flood::kind`).
     DropNotIpv4Unicast = 12,
     /// Dropped: ARP that is not an IPv4-over-Ethernet request, or a request (not a probe) for
     /// an address no endpoint holds.
@@ -162,11 +163,35 @@ pub enum CounterId {
     /// Container frames for a destination outside the overlay, sent to the exposed address
     /// their container routes them through.
     ExposedToOutside = 48,
+    /// Broadcast frames (to 255.255.255.255 or their subnet's broadcast address) that
+    /// endpoints here sent, copied to the subnet's other members.
+    BroadcastSent = 49,
+    /// Multicast frames (224.0.0.0/4) that endpoints here sent, copied to the subnet's other
+    /// members.
+    MulticastSent = 50,
+    /// Copies of broadcast frames handed to endpoints here (from this host or another).
+    BroadcastDelivered = 51,
+    /// Copies of multicast frames handed to endpoints here (from this host or another).
+    MulticastDelivered = 52,
+    /// Copies of broadcast frames sent to other hosts, one per host with members.
+    BroadcastRemoteSent = 53,
+    /// Copies of multicast frames sent to other hosts, one per host with members.
+    MulticastRemoteSent = 54,
+    /// Dropped: a broadcast or multicast frame over its endpoint's rate (`launch
+    /// --flood-rate`), which keeps one container from flooding the mesh.
+    DropRateLimited = 55,
+    /// Copies of broadcast or multicast frames not sent to a host with members because it is
+    /// reached through a relay or its traffic is sealed: those paths carry unicast only.
+    DropFloodNotDirect = 56,
+    /// Broadcast frames from other hosts, copied to the members of their subnet here.
+    BroadcastReceived = 57,
+    /// Multicast frames from other hosts, copied to the members of their subnet here.
+    MulticastReceived = 58,
 }
 
 impl CounterId {
     /// All slots, in index order.
-    pub const ALL: [Self; 49] = [
+    pub const ALL: [Self; 59] = [
         Self::UnderlayRx,
         Self::ContainerRx,
         Self::UnderlayOverlayPass,
@@ -216,6 +241,16 @@ impl CounterId {
         Self::OpenedDelivered,
         Self::ExposedFromOutside,
         Self::ExposedToOutside,
+        Self::BroadcastSent,
+        Self::MulticastSent,
+        Self::BroadcastDelivered,
+        Self::MulticastDelivered,
+        Self::BroadcastRemoteSent,
+        Self::MulticastRemoteSent,
+        Self::DropRateLimited,
+        Self::DropFloodNotDirect,
+        Self::BroadcastReceived,
+        Self::MulticastReceived,
     ];
 
     /// Slots in the counters map: room to append counters without a map of another size,
@@ -274,6 +309,16 @@ impl CounterId {
             Self::OpenedDelivered => "opened_delivered",
             Self::ExposedFromOutside => "exposed_from_outside",
             Self::ExposedToOutside => "exposed_to_outside",
+            Self::BroadcastSent => "broadcast_sent",
+            Self::MulticastSent => "multicast_sent",
+            Self::BroadcastDelivered => "broadcast_delivered",
+            Self::MulticastDelivered => "multicast_delivered",
+            Self::BroadcastRemoteSent => "broadcast_remote_sent",
+            Self::MulticastRemoteSent => "multicast_remote_sent",
+            Self::DropRateLimited => "drop_rate_limited",
+            Self::DropFloodNotDirect => "drop_flood_not_direct",
+            Self::BroadcastReceived => "broadcast_received",
+            Self::MulticastReceived => "multicast_received",
         }
     }
 
@@ -289,6 +334,18 @@ impl CounterId {
                 | Self::OverlayFragment
                 | Self::UnderlayOtherHost
                 | Self::LinkHello
+        )
+    }
+
+    /// The frame was copied to its receivers and goes no further itself: the program counts
+    /// this and drops the original.
+    pub const fn replicated(self) -> bool {
+        matches!(
+            self,
+            Self::BroadcastSent
+                | Self::MulticastSent
+                | Self::BroadcastReceived
+                | Self::MulticastReceived
         )
     }
 
@@ -366,6 +423,16 @@ mod tests {
             "opened_delivered",
             "exposed_from_outside",
             "exposed_to_outside",
+            "broadcast_sent",
+            "multicast_sent",
+            "broadcast_delivered",
+            "multicast_delivered",
+            "broadcast_remote_sent",
+            "multicast_remote_sent",
+            "drop_rate_limited",
+            "drop_flood_not_direct",
+            "broadcast_received",
+            "multicast_received",
         ];
         for (index, name) in released.iter().enumerate() {
             assert_eq!(CounterId::ALL[index].name(), *name, "slot {index}");

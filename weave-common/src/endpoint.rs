@@ -148,6 +148,9 @@ pub struct Config {
     /// UDP port of the VXLAN data plane (host byte order): what overlay packets are sent to
     /// and recognised by. Sits where padding was, so the map value keeps its size.
     pub vxlan_port: u16,
+    /// Broadcast and multicast frames per second each local endpoint may send (see
+    /// `crate::flood`); 0: no limit.
+    pub flood_pps: u32,
 }
 
 /// A [`PeerRoute`] flag: frames to and from this peer may cross in clear (both hosts trust the
@@ -242,7 +245,7 @@ unsafe impl aya::Pod for PeerRoute {}
 // SAFETY: repr(C) of integers and byte arrays, no padding (6+1+1+4+4+4), any bits valid.
 unsafe impl aya::Pod for Endpoint {}
 #[cfg(feature = "user")]
-// SAFETY: repr(C), seven u32, 6 bytes and a u16, no padding, any bits valid.
+// SAFETY: repr(C), seven u32, 6 bytes, a u16 and a u32, no padding, any bits valid.
 unsafe impl aya::Pod for Config {}
 
 #[cfg(test)]
@@ -256,7 +259,7 @@ mod tests {
 
     #[test]
     fn config_has_no_padding() {
-        assert_eq!(core::mem::size_of::<Config>(), 36);
+        assert_eq!(core::mem::size_of::<Config>(), 40);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 pub mod counters;
 pub mod endpoint;
+pub mod flood;
 pub mod policy;
 pub mod relay;
 pub mod seal;
@@ -68,4 +69,10 @@ pub mod maps {
     /// LPM trie of every overlay subnet in the mesh: (prefix length, network
     /// [`crate::endpoint::Ipv4Key`]) -> [`crate::endpoint::OverlaySubnet`].
     pub const SUBNETS: &str = "WEAVE_SUBNETS";
+    /// Who gets a copy of each subnet's broadcast and multicast frames:
+    /// [`crate::flood::FloodKey`] -> [`crate::flood::FloodSet`].
+    pub const FLOOD: &str = "WEAVE_FLOOD";
+    /// Each local endpoint's broadcast and multicast rate clock: host-side veth ifindex -> u64
+    /// (see [`crate::flood::admit_at_rate`]), written by the container program alone.
+    pub const FLOOD_RATE: &str = "WEAVE_FLOOD_RT";
 }

@@ -5,8 +5,9 @@
 //! holds, so the prober sees the conflict.
 //! IPv4 frames must come from the endpoint's own address and MAC (anti-spoofing) and go to an
 //! endpoint in the same subnet or in one an isolation rule opens to it; they are then handed
-//! straight to a local container or sent to the remote host. Everything else is dropped and
-//! counted.
+//! straight to a local container or sent to the remote host. Broadcast and multicast within
+//! the sender's subnet are copied to its members (`flood`). Everything else (IPv6, other
+//! ethertypes) is dropped and counted.
 //!
 //! An exposed host address (`expose`) is an endpoint too, behind a veth whose other end is in
 //! the host's namespace. Its frames may also come from outside every overlay subnet (a host
@@ -31,6 +32,7 @@ use crate::{
     counters::count,
     delivery::hand_to,
     encap::{Encap, encapsulate},
+    flood,
     headers::{
         ARP_REPLY, ARP_REQUEST, ArpHdr, ETH_LEN, ETH_P_ARP, ETH_P_IP, EthHdr, IPPROTO_TCP,
         IPPROTO_UDP, Ipv4Hdr, is_gso, ptr_at,
@@ -162,12 +164,15 @@ fn send_ipv4(
     let ip: *mut Ipv4Hdr = ptr_at(start, end, ETH_LEN).ok_or(CounterId::DropMalformed)?;
     // SAFETY: ptr_at checked both headers lie inside the packet; TC may write packet data.
     unsafe {
-        if (*eth).dst[0] & 1 != 0 {
-            return Err(CounterId::DropNotIpv4Unicast);
-        }
         let gso = is_gso(ctx);
         if !(*ip).is_sane(ctx.len() - ETH_LEN as u32, gso) {
             return Err(CounterId::DropMalformed);
+        }
+        // Broadcast and multicast: only from the endpoint's own address, and only within its
+        // subnet.
+        if (*eth).dst[0] & 1 != 0 {
+            let src = sender((*ip).src, &(*eth).src, ifindex)?;
+            return flood::from_endpoint(ctx, &src, &*eth, &*ip, &config());
         }
         let src = match sender((*ip).src, &(*eth).src, ifindex) {
             Ok(src) => src,

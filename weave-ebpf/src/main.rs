@@ -9,6 +9,8 @@
 //!   overlay frames itself when the agent encapsulates in eBPF, `encap` building the headers
 //!   on the sending side)
 //! - `tap_tc`: TC ingress on the agent's crypto device (frames the agent opened)
+//! - `flood`: broadcast and multicast copies to a subnet's members, shared by `container` and
+//!   `overlay`
 //! - `delivery`: the checks a frame from another host meets before it reaches a container,
 //!   shared by `overlay` and `underlay_tc`
 #![no_std]
@@ -18,6 +20,7 @@ mod container;
 mod counters;
 mod delivery;
 mod encap;
+mod flood;
 mod headers;
 mod icmp;
 mod maps;

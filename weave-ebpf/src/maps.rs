@@ -3,12 +3,13 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, lpm_trie::Key},
 };
 use weave_common::{
     endpoint::{
         Config, Endpoint, Heard, Ipv4Key, OverlaySubnet, PeerRoute, endpoint_mac_address, ipv4_key,
     },
+    flood::{FloodKey, FloodSet},
     policy::{POLICY_CAPACITY, SubnetPair},
     seal::CryptoPath,
 };
@@ -39,6 +40,15 @@ pub(crate) static WEAVE_CRYPTO: Array<CryptoPath> = Array::pinned(1, 0);
 /// Every overlay subnet in the mesh, with this host's exposed address in it.
 #[map]
 pub(crate) static WEAVE_SUBNETS: LpmTrie<Ipv4Key, OverlaySubnet> = LpmTrie::pinned(4_096, 0);
+
+/// Who gets a copy of each subnet's broadcast and multicast frames.
+#[map]
+pub(crate) static WEAVE_FLOOD: HashMap<FloodKey, FloodSet> = HashMap::pinned(4_096, 0);
+
+/// Each local endpoint's rate clock for broadcast and multicast (see
+/// `weave_common::flood::admit_at_rate`); LRU, so endpoints long gone make room.
+#[map]
+pub(crate) static WEAVE_FLOOD_RT: LruHashMap<u32, u64> = LruHashMap::pinned(65_536, 0);
 
 /// The address `ip` lies inside some overlay subnet (attached or not).
 #[inline(always)]

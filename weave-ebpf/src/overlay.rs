@@ -1,7 +1,8 @@
 //! TC ingress on the VXLAN (collect_md) device: frames other hosts sent, already decapsulated
 //! by the kernel. The tunnel's outer source must be a live peer that hosts the inner source
 //! address; the destination must be a local endpoint the source may talk to (same subnet or a
-//! pair an isolation rule opens).
+//! pair an isolation rule opens). Broadcast and multicast are copied to the members here of
+//! their sender's subnet (`flood`).
 
 use aya_ebpf::{
     bindings::bpf_tunnel_key, helpers::generated::bpf_skb_get_tunnel_key, macros::classifier,
@@ -12,6 +13,8 @@ use weave_common::counters::CounterId;
 use crate::{
     counters::count,
     delivery::deliver_local,
+    flood,
+    headers::{ETH_LEN, EthHdr, Ipv4Hdr, is_gso, ptr_at},
     maps::{config, crypto_path, is_peer, must_seal},
     verdict::tc_verdict,
 };
@@ -59,6 +62,27 @@ fn tunnel_source(ctx: &TcContext) -> Result<u32, CounterId> {
 #[inline(always)]
 fn deliver(ctx: &TcContext) -> Result<CounterId, CounterId> {
     let source = tunnel_source(ctx)?;
+    if let Some(copied) = group_frame(ctx, source) {
+        return copied;
+    }
     deliver_local(ctx, |_| Ok(source))?;
     Ok(CounterId::OverlayDelivered)
+}
+
+/// A broadcast or multicast frame from `source`, copied to the members here; None for
+/// unicast.
+#[inline(always)]
+fn group_frame(ctx: &TcContext, source: u32) -> Option<Result<CounterId, CounterId>> {
+    const HEADERS_LEN: u32 = (ETH_LEN + core::mem::size_of::<Ipv4Hdr>()) as u32;
+    if ctx.data_end() - ctx.data() < HEADERS_LEN as usize && ctx.len() >= HEADERS_LEN {
+        if ctx.pull_data(HEADERS_LEN).is_err() {
+            return Some(Err(CounterId::DropKernelRefused));
+        }
+    }
+    let (start, end) = (ctx.data(), ctx.data_end());
+    let eth = ptr_at::<EthHdr>(start, end, 0)?;
+    let ip = ptr_at::<Ipv4Hdr>(start, end, ETH_LEN)?;
+    let room = ctx.len() - ETH_LEN as u32;
+    // SAFETY: ptr_at checked both headers lie inside the packet.
+    unsafe { flood::from_peer(ctx, &*eth, &*ip, room, is_gso(ctx), source) }
 }

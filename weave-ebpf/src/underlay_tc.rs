@@ -259,6 +259,15 @@ fn overlay(ctx: &TcContext, cfg: &Config, source: u32) -> Result<Outcome, Counte
                 origin: claimed,
             });
         }
+        // Broadcast and multicast take the device, whose program copies them to the members
+        // here: they are few (rate-limited at the sender), and copies need no decapsulation
+        // of their own.
+        if (*eth).dst[0] & 1 != 0 {
+            return Ok(Outcome::ToKernel {
+                why: None,
+                origin: claimed,
+            });
+        }
         let dst = admit(&*eth, &*ip, room, gso, origin)?;
         if gso && cfg.gso_decap == 0 && dst.forwards() {
             return Ok(Outcome::ToKernel {

@@ -19,6 +19,11 @@ pub(crate) fn tc_verdict(
     len: u64,
 ) -> i32 {
     match outcome {
+        // The copies are out; the original goes no further.
+        Ok(done) if done.replicated() => {
+            count(done, len);
+            TC_ACT_SHOT as i32
+        }
         Ok(done) => {
             count(done, len);
             TC_ACT_REDIRECT as i32

@@ -104,6 +104,7 @@ fn config() -> Config {
         gso_decap: 0,
         underlay_mac: H1_MAC,
         vxlan_port: weave_common::VXLAN_PORT,
+        flood_pps: weave_common::flood::DEFAULT_FLOOD_PPS,
     }
 }
 

@@ -99,6 +99,10 @@ pub enum Command {
         /// MTU of `ethwe` (default: underlay MTU - 50). Goes before the address.
         #[arg(long)]
         mtu: Option<u32>,
+        /// Leave out the route `224.0.0.0/4 dev ethwe` the container gets otherwise, which
+        /// sends its multicast over the overlay. Goes before the address.
+        #[arg(long)]
+        no_multicast_route: bool,
         /// [ADDRESS], then `docker run` options, then IMAGE [CMD...].
         #[arg(
             value_name = "[ADDRESS] DOCKER_RUN_ARGS",
@@ -134,6 +138,10 @@ pub enum Command {
         /// as /etc/resolv.conf) naming the agent's DNS server and domain.
         #[arg(long)]
         resolv_conf: bool,
+        /// Leave out the route `224.0.0.0/4 dev ethwe` the container gets otherwise, which
+        /// sends its multicast over the overlay.
+        #[arg(long)]
+        no_multicast_route: bool,
     },
 
     /// Remove a container's `ethwe` and withdraw its addresses from the mesh; with ADDRESS,
@@ -437,6 +445,12 @@ pub struct LaunchArgs {
     /// Serve no Docker network driver.
     #[arg(long, conflicts_with = "docker_plugin")]
     pub no_docker_plugin: bool,
+
+    /// Broadcast and multicast frames per second each container may send, across the mesh
+    /// (copies to its subnet's members); what is over it is dropped and counted as
+    /// drop_rate_limited, so one container cannot flood every host. 0 removes the limit.
+    #[arg(long, value_name = "PPS", default_value_t = weave_common::flood::DEFAULT_FLOOD_PPS)]
+    pub flood_rate: u32,
 
     /// Run no DNS server: containers get no names, `run` leaves Docker's resolvers alone.
     #[arg(long, conflicts_with_all = ["dns_domain", "dns_upstream"])]

@@ -109,7 +109,7 @@ pub fn attach(
     addresses: &[String],
     container_arg: &str,
     mtu: Option<u32>,
-    dns: &AttachDns,
+    dns: &AttachOptions,
 ) -> Result<()> {
     // Refuse bad input before anything is changed anywhere.
     let parsed = AddressRequest::parse_list(&addresses.join(","))?;
@@ -132,6 +132,7 @@ pub fn attach(
         netns,
         mtu,
         dns_name: dns.dns_name.clone(),
+        no_multicast_route: dns.no_multicast_route,
     };
     let Response::Attached { endpoints } = api::call_agent(&loc.socket(), &request)? else {
         return Err(unexpected("attach"));
@@ -206,9 +207,10 @@ fn write_resolv_conf(loc: &Location, path: &Path) -> Result<()> {
 
 /// What `attach` is told about names.
 #[derive(Debug, Clone, Default)]
-pub struct AttachDns {
+pub struct AttachOptions {
     pub dns_name: Option<String>,
     pub resolv_conf: bool,
+    pub no_multicast_route: bool,
 }
 
 pub fn detach(loc: &Location, container_arg: &str, address: Option<&str>) -> Result<()> {
@@ -338,7 +340,12 @@ pub fn split_run_args(args: &[String]) -> Result<(Option<AddressRequest>, &[Stri
 }
 
 /// `run`: the full container id alone on stdout, so `id=$(weave-agent run ...)` works.
-pub fn run_container(loc: &Location, args: &[String], mtu: Option<u32>) -> Result<()> {
+pub fn run_container(
+    loc: &Location,
+    args: &[String],
+    mtu: Option<u32>,
+    no_multicast_route: bool,
+) -> Result<()> {
     // Refuse bad input before Docker creates anything.
     let (address, docker_args) = split_run_args(args)?;
     let parsed = address.unwrap_or(AddressRequest::Default);
@@ -347,6 +354,7 @@ pub fn run_container(loc: &Location, args: &[String], mtu: Option<u32>) -> Resul
         cidr: parsed.to_string(),
         spec: Box::new(spec),
         mtu,
+        no_multicast_route,
     };
     let Response::Ran { id } = api::call_agent(&loc.socket(), &request)? else {
         return Err(unexpected("run"));

@@ -66,6 +66,7 @@ pub fn daemon_config(args: &LaunchArgs) -> Result<DaemonConfig> {
         },
         metrics_addr: args.metrics_addr,
         docker_plugin: (!args.no_docker_plugin).then(|| args.docker_plugin.clone()),
+        flood_pps: args.flood_rate,
         port: args.port,
         trusted_subnets: crate::crypto::trust::parse_trusted(
             args.trusted_subnets.as_deref().unwrap_or_default(),
@@ -178,6 +179,7 @@ fn daemon_command(global: &[String], args: &LaunchArgs) -> Result<Process> {
         daemon.args(["--encap", "vxlan"]);
     }
     daemon.arg("--port").arg(args.port.to_string());
+    daemon.arg("--flood-rate").arg(args.flood_rate.to_string());
     if let Some(trusted) = &args.trusted_subnets {
         daemon.args(["--trusted-subnets", trusted]);
     }

@@ -41,17 +41,23 @@ pub fn run(cli: Cli) -> Result<()> {
             commands::configure_peers(&loc, &Request::Connect { peers, replace })
         }
         Command::Forget { peers } => commands::configure_peers(&loc, &Request::Forget { peers }),
-        Command::Run { args, mtu } => commands::run_container(&loc, &args, mtu),
+        Command::Run {
+            args,
+            mtu,
+            no_multicast_route,
+        } => commands::run_container(&loc, &args, mtu, no_multicast_route),
         Command::Attach {
             args,
             mtu,
             dns_name,
             resolv_conf,
+            no_multicast_route,
         } => {
             let (container, addresses) = args.split_last().expect("clap takes at least one");
-            let dns = commands::AttachDns {
+            let dns = commands::AttachOptions {
                 dns_name,
                 resolv_conf,
+                no_multicast_route,
             };
             commands::attach(&loc, addresses, container, mtu, &dns)
         }

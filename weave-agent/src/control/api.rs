@@ -43,12 +43,18 @@ pub enum Request {
         /// The container's DNS name; None: its Docker name, or none.
         #[serde(default)]
         dns_name: Option<String>,
+        /// Leave out the route `224.0.0.0/4 dev ethwe` (`--no-multicast-route`).
+        #[serde(default)]
+        no_multicast_route: bool,
     },
     /// Create and start a Docker container, then attach `cidr` to it.
     Run {
         cidr: String,
         spec: Box<RunSpec>,
         mtu: Option<u32>,
+        /// Leave out the route `224.0.0.0/4 dev ethwe` (`--no-multicast-route`).
+        #[serde(default)]
+        no_multicast_route: bool,
     },
     /// Detach every endpoint of `container` (as named at attach, or by its netns file).
     Detach {

@@ -138,6 +138,7 @@ mod tests {
             cidr: "10.0.0.1/24".into(),
             spec: Box::default(),
             mtu: None,
+            no_multicast_route: false,
         };
         let attach = Request::Attach {
             cidr: "10.0.0.1/24".into(),
@@ -145,6 +146,7 @@ mod tests {
             netns: None,
             mtu: None,
             dns_name: None,
+            no_multicast_route: false,
         };
         for request in [run, attach, Request::Status] {
             assert!(
@@ -157,7 +159,8 @@ mod tests {
             Request::Run {
                 cidr: String::new(),
                 spec: Box::default(),
-                mtu: None
+                mtu: None,
+                no_multicast_route: false,
             }
             .reply_timeout()
                 > DOCKER_CALL_TIMEOUT * 4

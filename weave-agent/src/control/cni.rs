@@ -100,6 +100,7 @@ pub async fn add(
         dns_name: dns_name.and_then(|name| super::dns::name_for(agent, &name).ok().flatten()),
         iface: attachment.iface.clone(),
         left_for_docker: None,
+        multicast_route: true,
     };
     endpoints::attach_target(agent, &requests, &target, mtu).await
 }
@@ -226,6 +227,7 @@ mod tests {
             dns_name: None,
             mac_from: None,
             iface: "eth0".into(),
+            no_multicast_route: false,
         }
     }
 

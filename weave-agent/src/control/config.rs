@@ -36,6 +36,9 @@ pub struct DaemonConfig {
     pub ipam: IpamConfig,
     /// The DNS server; None with `--no-dns`.
     pub dns: Option<DnsConfig>,
+    /// Broadcast and multicast frames per second each endpoint may send (`--flood-rate`);
+    /// 0: no limit.
+    pub flood_pps: u32,
 }
 
 /// The DNS server for this host's containers.

@@ -31,7 +31,7 @@ use super::{
 };
 use crate::{
     crypto::{self, engine::Engine, handshake::Identity, table::Table, tap::Tap, trust},
-    datapath::{Datapath, bpffs},
+    datapath::{Datapath, OverlaySettings, bpffs},
     dns::server as dns_server,
     host::{
         netlink, routes,
@@ -203,8 +203,11 @@ async fn load_datapath(
         vxlan_index,
         underlay,
         ip,
-        vxlan_port,
-        config.encapsulation == Encapsulation::Ebpf,
+        &OverlaySettings {
+            vxlan_port,
+            ebpf_encap: config.encapsulation == Encapsulation::Ebpf,
+            flood_pps: config.flood_pps,
+        },
     )?;
     Ok(datapath)
 }

@@ -84,6 +84,8 @@ pub async fn create_endpoint(
         dns_name: None,
         iface: format!("{CONTAINER_IFACE}0"),
         left_for_docker: Some(waiting),
+        // Docker gives the interface its routes at Join (`protocol::joined`).
+        multicast_route: false,
     };
     endpoints::attach_target(agent, &[AddressRequest::Explicit(cidr)], &target, None).await?;
     Ok(mac)

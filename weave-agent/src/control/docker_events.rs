@@ -138,6 +138,7 @@ async fn restore(agent: &Agent, engine: &bollard::Docker, id: &str, ep: LocalEnd
             dns_name: ep.dns_name.clone(),
             iface: ep.iface.clone(),
             left_for_docker: None,
+            multicast_route: !ep.no_multicast_route,
         };
         attach_endpoint(agent, ep.cidr, &target, Some(ep.mtu)).await
     }

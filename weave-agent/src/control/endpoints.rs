@@ -39,6 +39,9 @@ pub struct Target {
     /// container end of the veth waits, configured but without its address, for Docker to
     /// move it into the sandbox at Join. None: the agent puts it into `netns` itself.
     pub left_for_docker: Option<PathBuf>,
+    /// It gets the route `224.0.0.0/4` through its interface, so its multicast crosses the
+    /// overlay (as Weave gives containers).
+    pub multicast_route: bool,
 }
 
 /// Refuses an address already used here or anywhere in the mesh, naming where.
@@ -82,6 +85,7 @@ pub async fn attach(
     netns: Option<PathBuf>,
     mtu: Option<u32>,
     dns_name: Option<String>,
+    multicast_route: bool,
 ) -> Result<Vec<api::EndpointInfo>> {
     let requests = AddressRequest::parse_list(addresses)?;
     let mut target = match netns {
@@ -92,8 +96,12 @@ pub async fn attach(
             dns_name: None,
             iface: CONTAINER_IFACE.to_owned(),
             left_for_docker: None,
+            multicast_route,
         },
-        None => docker_target(agent, container).await?,
+        None => Target {
+            multicast_route,
+            ..docker_target(agent, container).await?
+        },
     };
     if let Some(name) = dns_name {
         if agent.dns.is_none() {
@@ -179,6 +187,7 @@ async fn docker_target(agent: &Agent, container: &str) -> Result<Target> {
         docker_id: Some(found.id),
         iface: CONTAINER_IFACE.to_owned(),
         left_for_docker: None,
+        multicast_route: true,
     })
 }
 
@@ -202,6 +211,7 @@ pub async fn run_container(
     cidr: &str,
     spec: &RunSpec,
     mtu: Option<u32>,
+    multicast_route: bool,
 ) -> Result<String> {
     let request: AddressRequest = cidr.parse()?;
     let engine = docker::connect().await?;
@@ -216,7 +226,7 @@ pub async fn run_container(
     }
     let spec = &spec;
     let (cidr, _) = ipam::address_for(agent, &request, &holder).await?;
-    let ran = run_with(agent, &engine, cidr, spec, mtu).await;
+    let ran = run_with(agent, &engine, cidr, spec, mtu, multicast_route).await;
     ipam::finished(agent, cidr.ip).await;
     ran
 }
@@ -227,6 +237,7 @@ async fn run_with(
     cidr: Cidr,
     spec: &RunSpec,
     mtu: Option<u32>,
+    multicast_route: bool,
 ) -> Result<String> {
     check_free(agent, cidr.ip).await?;
     let id =
@@ -246,6 +257,7 @@ async fn run_with(
             dns_name: docker_dns_name(agent, &container.name),
             iface: CONTAINER_IFACE.to_owned(),
             left_for_docker: None,
+            multicast_route,
         };
         attach_endpoint(agent, cidr, &target, mtu).await
     }
@@ -444,7 +456,17 @@ async fn make_ethwe(
         return Ok(index);
     }
     let index = netns::create_veth_into(handle, &host, &temp, mtu, netns).await?;
-    netns::configure_ethwe(netns, temp, target.iface.clone(), cidr, mtu, service).await?;
+    let multicast = target.multicast_route;
+    netns::configure_ethwe(
+        netns,
+        temp,
+        target.iface.clone(),
+        cidr,
+        mtu,
+        service,
+        multicast,
+    )
+    .await?;
     Ok(index)
 }
 
@@ -471,6 +493,7 @@ async fn record(
         dns_name: target.dns_name.clone(),
         mac_from: wire.mac_from,
         iface: target.iface.clone(),
+        no_multicast_route: !target.multicast_route,
     };
     let first_of_veth = !inner
         .state

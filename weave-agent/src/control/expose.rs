@@ -110,6 +110,8 @@ async fn expose_at(
         dns_name: None,
         mac_from: None,
         iface: cidr.exposed_iface(),
+        // The host keeps its own multicast routing.
+        no_multicast_route: false,
     };
     let turned_on = match wire(inner, &ep).await {
         Ok(turned_on) => turned_on,

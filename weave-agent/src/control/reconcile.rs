@@ -42,6 +42,17 @@ pub struct Written {
     pub policy: Option<BTreeSet<SubnetPair>>,
     /// The overlay-subnet map; None until the first sync writes it.
     pub subnets: Option<BTreeMap<Subnet, Ipv4Addr>>,
+    /// The flood map; None until the first sync writes it.
+    pub flood: Option<BTreeMap<Subnet, Members>>,
+}
+
+/// Who gets a copy of a subnet's broadcast and multicast frames (the flood map's value).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Members {
+    /// Host-side veth ifindexes of this host's endpoints in the subnet.
+    pub local: BTreeSet<u32>,
+    /// Peers that hold endpoints in it.
+    pub remote: BTreeSet<Ipv4Addr>,
 }
 
 /// What the agent knows now: the peers' published state and its own.
@@ -52,6 +63,9 @@ pub struct View<'a> {
     pub local: &'a BTreeSet<Ipv4Addr>,
     /// Subnets of the endpoints attached on this host.
     pub local_subnets: &'a BTreeSet<Subnet>,
+    /// The host-side veths (ifindexes) of this host's endpoints, by subnet: who gets copies
+    /// of the subnet's broadcast and multicast here.
+    pub local_ports: &'a BTreeMap<Subnet, BTreeSet<u32>>,
     /// This host's exposed address in each subnet it exposes.
     pub exposed_here: &'a BTreeMap<Subnet, Ipv4Addr>,
     pub rules: &'a [Rule],
@@ -79,6 +93,8 @@ pub enum MapOp {
     /// Every overlay subnet known, with this host's exposed address in it
     /// ([`Ipv4Addr::UNSPECIFIED`] where it exposes none).
     SetSubnets(BTreeMap<Subnet, Ipv4Addr>),
+    /// Every subnet with members here or on a peer, and who they are.
+    SetFlood(BTreeMap<Subnet, Members>),
 }
 
 /// The map operations for one round, and the conflicts seen in it.
@@ -165,6 +181,10 @@ pub fn plan(view: &View<'_>, written: &Written, since_start: Duration) -> Plan {
     if written.subnets.as_ref() != Some(&overlay) {
         ops.push(MapOp::SetSubnets(overlay));
     }
+    let flood = flood_members(view.local_ports, &desired.endpoints);
+    if written.flood.as_ref() != Some(&flood) {
+        ops.push(MapOp::SetFlood(flood));
+    }
     Plan {
         ops,
         conflicts: desired.conflicts,
@@ -181,6 +201,31 @@ fn subnets<'a>(
         .copied()
         .chain(remote.map(|e| Subnet::new(Ipv4Addr::from(ipv4_octets(e.subnet)), e.prefix_len)))
         .collect()
+}
+
+/// Each subnet's members: this host's veths in it, and the peers with endpoints in it. Only
+/// what gossip confirms: endpoints adopted from a previous agent get unicast through the
+/// grace, not copies.
+fn flood_members(
+    local: &BTreeMap<Subnet, BTreeSet<u32>>,
+    remote: &BTreeMap<Ipv4Addr, Endpoint>,
+) -> BTreeMap<Subnet, Members> {
+    let mut flood: BTreeMap<Subnet, Members> = local
+        .iter()
+        .map(|(subnet, ports)| {
+            let members = Members {
+                local: ports.clone(),
+                remote: BTreeSet::new(),
+            };
+            (*subnet, members)
+        })
+        .collect();
+    for ep in remote.values().filter(|ep| !ep.service()) {
+        let subnet = Subnet::new(Ipv4Addr::from(ipv4_octets(ep.subnet)), ep.prefix_len);
+        let peer = Ipv4Addr::from(ipv4_octets(ep.peer));
+        flood.entry(subnet).or_default().remote.insert(peer);
+    }
+    flood
 }
 
 /// Whatever carries out map operations: the kernel's maps, or a stand-in in tests.
@@ -224,6 +269,7 @@ impl Written {
             MapOp::SetPeers(peers) => self.peers = Some(peers.clone()),
             MapOp::SetPolicy(pairs) => self.policy = Some(pairs.clone()),
             MapOp::SetSubnets(subnets) => self.subnets = Some(subnets.clone()),
+            MapOp::SetFlood(flood) => self.flood = Some(flood.clone()),
         }
     }
 }
@@ -244,6 +290,7 @@ mod tests {
             peers,
             local,
             local_subnets: subnets,
+            local_ports: &NO_PORTS,
             exposed_here: &NO_EXPOSED,
             rules: &[],
             routes: &NO_ROUTES,
@@ -256,6 +303,7 @@ mod tests {
     static NO_PLAIN: BTreeSet<Ipv4Addr> = BTreeSet::new();
     static NO_REFUSED: BTreeSet<String> = BTreeSet::new();
     static NO_EXPOSED: BTreeMap<Subnet, Ipv4Addr> = BTreeMap::new();
+    static NO_PORTS: BTreeMap<Subnet, BTreeSet<u32>> = BTreeMap::new();
 
     fn apply(written: &mut Written, plan: &Plan) {
         for op in &plan.ops {
@@ -476,6 +524,7 @@ mod tests {
             peers: &peers,
             local: &local,
             local_subnets: &subnets,
+            local_ports: &NO_PORTS,
             exposed_here: &NO_EXPOSED,
             rules: &rules,
             routes: &NO_ROUTES,
@@ -544,6 +593,54 @@ mod tests {
         assert_eq!(
             hidden.and_then(|s| s.get(&exposed).copied()),
             Some(Ipv4Addr::UNSPECIFIED)
+        );
+    }
+
+    /// A subnet's copies go to its veths here and once to each peer with members in it,
+    /// however many it has there; the agent's DNS service gets none.
+    #[test]
+    fn each_subnet_floods_to_its_veths_here_and_each_peer_with_members_once() {
+        let shared: Subnet = "10.40.1.0/24".parse().unwrap();
+        let peers = [
+            peer("b", [10, 0, 0, 2], true, &["10.40.1.7/24", "10.40.1.8/24"]),
+            peer("c", [10, 0, 0, 3], true, &["10.40.1.9/24", "10.60.0.9/24"]),
+        ];
+        let (local, subnets) = (BTreeSet::new(), BTreeSet::from([shared]));
+        let ports = BTreeMap::from([(shared, BTreeSet::from([11, 12]))]);
+        let view = View {
+            local_ports: &ports,
+            ..view(&peers, &local, &subnets)
+        };
+        let mut written = Written::default();
+        let first = plan(&view, &written, LATER);
+        let (b, c) = (Ipv4Addr::new(10, 0, 0, 2), Ipv4Addr::new(10, 0, 0, 3));
+        let want = BTreeMap::from([
+            (
+                shared,
+                Members {
+                    local: BTreeSet::from([11, 12]),
+                    remote: BTreeSet::from([b, c]),
+                },
+            ),
+            (
+                "10.60.0.0/24".parse().unwrap(),
+                Members {
+                    local: BTreeSet::new(),
+                    remote: BTreeSet::from([c]),
+                },
+            ),
+        ]);
+        assert!(
+            first.ops.contains(&MapOp::SetFlood(want)),
+            "{:?}",
+            first.ops
+        );
+        apply(&mut written, &first);
+        let again = plan(&view, &written, LATER);
+        assert!(
+            !again.ops.iter().any(|op| matches!(op, MapOp::SetFlood(_))),
+            "rewritten with nothing changed: {:?}",
+            again.ops
         );
     }
 }

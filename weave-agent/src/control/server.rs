@@ -94,11 +94,26 @@ async fn respond(agent: &Agent, request: Request) -> Result<Response> {
             netns,
             mtu,
             dns_name,
+            no_multicast_route,
         } => Response::Attached {
-            endpoints: endpoints::attach(agent, &cidr, &container, netns, mtu, dns_name).await?,
+            endpoints: endpoints::attach(
+                agent,
+                &cidr,
+                &container,
+                netns,
+                mtu,
+                dns_name,
+                !no_multicast_route,
+            )
+            .await?,
         },
-        Request::Run { cidr, spec, mtu } => Response::Ran {
-            id: endpoints::run_container(agent, &cidr, &spec, mtu).await?,
+        Request::Run {
+            cidr,
+            spec,
+            mtu,
+            no_multicast_route,
+        } => Response::Ran {
+            id: endpoints::run_container(agent, &cidr, &spec, mtu, !no_multicast_route).await?,
         },
         Request::Detach {
             container,

@@ -74,6 +74,10 @@ pub struct LocalEndpoint {
         skip_serializing_if = "is_container_iface"
     )]
     pub iface: String,
+    /// Attached with `--no-multicast-route`: a re-attach (a Docker restart) leaves the route
+    /// out again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_multicast_route: bool,
 }
 
 fn container_iface() -> String {
@@ -170,6 +174,7 @@ mod tests {
                 dns_name: Some("c1.weave.local".into()),
                 mac_from: None,
                 iface: "eth0".into(),
+                no_multicast_route: true,
             }],
             dormant: Vec::new(),
             dns_records: BTreeMap::from([(

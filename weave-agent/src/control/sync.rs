@@ -256,10 +256,21 @@ fn apply_plan(inner: &mut Inner, peers: &[PeerView]) -> Result<()> {
         .map(|e| (e.cidr.subnet(), e.cidr.ip))
         .collect();
     let refused = inner.ipam.refused.keys().cloned().collect();
+    let mut local_ports: BTreeMap<_, BTreeSet<u32>> = BTreeMap::new();
+    for ep in &inner.state.endpoints {
+        // A veth Docker has not had made yet (its driver's endpoint before Join) has none.
+        if let Some(ifindex) = ifindex_of(&ep.host_veth) {
+            local_ports
+                .entry(ep.cidr.subnet())
+                .or_default()
+                .insert(ifindex);
+        }
+    }
     let view = View {
         peers,
         local: &local,
         local_subnets: &local_subnets,
+        local_ports: &local_ports,
         exposed_here: &exposed_here,
         rules: &inner.state.rules,
         routes: &inner.next_hops,
@@ -286,15 +297,20 @@ impl MapWriter for Datapath {
             MapOp::SetPeers(peers) => self.set_peers(peers),
             MapOp::SetPolicy(pairs) => self.set_policy(pairs),
             MapOp::SetSubnets(subnets) => self.set_subnets(subnets),
+            MapOp::SetFlood(flood) => self.set_flood(flood),
         }
     }
 }
 
 /// An interface of that name exists in the agent's namespace.
 fn link_exists(name: &str) -> bool {
-    let Ok(name) = std::ffi::CString::new(name) else {
-        return false;
-    };
+    ifindex_of(name).is_some()
+}
+
+/// The index of the interface of that name in the agent's namespace, if there is one.
+fn ifindex_of(name: &str) -> Option<u32> {
+    let name = std::ffi::CString::new(name).ok()?;
     // SAFETY: a valid NUL-terminated string; the call only reads it.
-    unsafe { libc::if_nametoindex(name.as_ptr()) != 0 }
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    (index != 0).then_some(index)
 }

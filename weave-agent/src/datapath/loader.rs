@@ -153,9 +153,13 @@ impl Datapath {
         vxlan_ifindex: u32,
         underlay: &Link,
         underlay_ip: Ipv4Addr,
-        vxlan_port: u16,
-        ebpf_encap: bool,
+        settings: &OverlaySettings,
     ) -> Result<()> {
+        let OverlaySettings {
+            vxlan_port,
+            ebpf_encap,
+            flood_pps,
+        } = *settings;
         self.attach_tc(programs::OVERLAY_TC, vxlan)?;
         self.attach_tc(programs::UNDERLAY_TC, &underlay.name)?;
         let underlay_xdp = u32::from(self.underlay_xdp == UnderlayXdp::Native);
@@ -177,6 +181,7 @@ impl Datapath {
                 gso_decap: u32::from(gso_decap),
                 underlay_mac: underlay.mac.unwrap_or_default(),
                 vxlan_port,
+                flood_pps,
             },
             0,
         )?;
@@ -185,6 +190,17 @@ impl Datapath {
         self.gso_decap = gso_decap;
         Ok(())
     }
+}
+
+/// How the overlay's frames are carried, as `launch` set it.
+#[derive(Debug, Clone, Copy)]
+pub struct OverlaySettings {
+    /// UDP port of the VXLAN data plane.
+    pub vxlan_port: u16,
+    /// Encapsulate and decapsulate in eBPF (else through the VXLAN device).
+    pub ebpf_encap: bool,
+    /// Broadcast and multicast frames per second each endpoint may send; 0: no limit.
+    pub flood_pps: u32,
 }
 
 /// Loads the XDP program and attaches it to the underlay where its driver runs XDP

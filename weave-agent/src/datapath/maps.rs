@@ -15,12 +15,13 @@ use weave_common::{
     endpoint::{
         Endpoint, Heard, Ipv4Key, OverlaySubnet, PEER_PLAIN, PeerRoute, ipv4_key, ipv4_octets,
     },
+    flood::{FLOOD_LOCAL, FLOOD_REMOTE, FloodKey, FloodSet},
     maps,
     policy::{POLICY_CAPACITY, SubnetPair},
 };
 
 use super::{CounterTotal, Datapath};
-use crate::{mesh::topology::routes::NextHop, net::policy::Subnet};
+use crate::{control::reconcile::Members, mesh::topology::routes::NextHop, net::policy::Subnet};
 
 impl Datapath {
     pub(super) fn map(&self, name: &str) -> Result<&aya::maps::Map> {
@@ -160,6 +161,45 @@ impl Datapath {
         Ok(())
     }
 
+    /// Makes the flood map hold exactly `flood`, touching only the entries that differ. A
+    /// subnet with more members than a value holds loses the excess (the programs' loops are
+    /// bounded), said once per write.
+    pub fn set_flood(&mut self, flood: &BTreeMap<Subnet, Members>) -> Result<()> {
+        let mut map: HashMap<&mut MapData, FloodKey, FloodSet> =
+            HashMap::try_from(self.map_mut(maps::FLOOD)?)?;
+        let key = |s: &Subnet| FloodKey {
+            subnet: ipv4_key(s.network.octets()),
+            prefix_len: u32::from(s.prefix),
+        };
+        let mut present = BTreeMap::new();
+        for entry in map.iter() {
+            let (k, v) = entry.context("reading the flood map")?;
+            present.insert(k, v);
+        }
+        for (subnet, members) in flood {
+            let value = flood_set(members);
+            if members.local.len() > FLOOD_LOCAL || members.remote.len() > FLOOD_REMOTE {
+                tracing::warn!(
+                    "{subnet} has {} endpoints here and {} peers with endpoints: broadcast and \
+                     multicast reach the first {FLOOD_LOCAL} and {FLOOD_REMOTE}",
+                    members.local.len(),
+                    members.remote.len()
+                );
+            }
+            if present.get(&key(subnet)) != Some(&value) {
+                map.insert(key(subnet), value, 0).with_context(|| {
+                    format!("writing {subnet} into the flood map (it holds 4,096 subnets)")
+                })?;
+            }
+        }
+        let wanted: BTreeSet<FloodKey> = flood.keys().map(key).collect();
+        for stale in present.keys().filter(|k| !wanted.contains(k)) {
+            map.remove(stale)
+                .context("removing a subnet from the flood map")?;
+        }
+        Ok(())
+    }
+
     /// The kernel's peer map: each peer's underlay address, its next hop and path MTU.
     pub fn peers(&self) -> Result<Vec<(Ipv4Addr, NextHop)>> {
         let map: HashMap<&MapData, Ipv4Key, PeerRoute> = HashMap::try_from(self.map(maps::PEERS)?)?;
@@ -223,6 +263,20 @@ where
         map.insert(*key, V::from(1), 0)?;
     }
     Ok(())
+}
+
+/// The flood map's value for `members`, cut to what it holds.
+fn flood_set(members: &Members) -> FloodSet {
+    let mut set = FloodSet::default();
+    for (slot, ifindex) in set.local.iter_mut().zip(&members.local) {
+        *slot = *ifindex;
+        set.local_count += 1;
+    }
+    for (slot, peer) in set.remote.iter_mut().zip(&members.remote) {
+        *slot = ipv4_key(peer.octets());
+        set.remote_count += 1;
+    }
+    set
 }
 
 /// What to remove from `present` and insert into it to make it `wanted`. Both are sorted sets,

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 
 use aya::Ebpf;
 
-pub use loader::remove_pins;
+pub use loader::{OverlaySettings, remove_pins};
 
 /// Whether XDP runs on the underlay; where it does not, the underlay's TC program filters.
 #[derive(Clone, Copy, PartialEq, Eq)]

@@ -102,7 +102,8 @@ where
 /// runtime asked for), gives it the address-derived MAC, the MTU and the address (which adds
 /// only the subnet route), and brings it up.
 ///
-/// With `service`, also the route to the agent's DNS server at that address.
+/// With `service`, also the route to the agent's DNS server at that address; with
+/// `multicast`, the route `224.0.0.0/4` through the interface.
 pub async fn configure_ethwe(
     netns: &Path,
     temp: String,
@@ -110,6 +111,7 @@ pub async fn configure_ethwe(
     cidr: Cidr,
     mtu: u32,
     service: Option<std::net::Ipv4Addr>,
+    multicast: bool,
 ) -> Result<()> {
     in_netns(netns, move |handle| async move {
         if netlink::link_index(&handle, &iface).await?.is_some() {
@@ -125,6 +127,9 @@ pub async fn configure_ethwe(
         netlink::set_up(&handle, index).await?;
         if let Some(ip) = service {
             routes::add_service_route(&handle, ip, index).await?;
+        }
+        if multicast {
+            routes::add_multicast_route(&handle, index).await?;
         }
         Ok(())
     })

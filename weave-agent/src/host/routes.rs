@@ -152,6 +152,25 @@ pub async fn add_service_route(handle: &Handle, ip: Ipv4Addr, oif: u32) -> Resul
         .with_context(|| format!("adding the route to the DNS server {ip}"))
 }
 
+/// Adds the route `224.0.0.0/4` through `oif`, as `ip route add 224.0.0.0/4 dev ethwe` would
+/// (`proto boot`): the container's multicast goes over the overlay. The agent's route sync
+/// lists only its own protocol's routes, so this one stays.
+pub async fn add_multicast_route(handle: &Handle, oif: u32) -> Result<()> {
+    let route = RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(Ipv4Addr::new(224, 0, 0, 0), 4)
+        .output_interface(oif)
+        .protocol(RouteProtocol::Boot)
+        .scope(RouteScope::Link)
+        .build();
+    handle
+        .route()
+        .add(route)
+        .replace()
+        .execute()
+        .await
+        .context("adding the multicast route 224.0.0.0/4")
+}
+
 /// Adds (or keeps) `route` through `oif`.
 pub async fn add_route(
     handle: &Handle,

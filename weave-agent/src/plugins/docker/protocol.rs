@@ -120,9 +120,12 @@ pub fn created_endpoint(requested_mac: &str, mac: &str) -> Value {
 /// name server, and no gateway: the overlay is the container's only network through this
 /// driver (no docker_gwbridge).
 pub fn joined(src_name: &str, dns_server: Option<std::net::Ipv4Addr>) -> Value {
+    // RouteType 1: on-link through the interface. Multicast crosses the overlay, as a
+    // container `run` or `attach` gives it.
     let routes: Vec<Value> = dns_server
         .map(|ip| serde_json::json!({ "Destination": format!("{ip}/32"), "RouteType": 1 }))
         .into_iter()
+        .chain([serde_json::json!({ "Destination": "224.0.0.0/4", "RouteType": 1 })])
         .collect();
     serde_json::json!({
         "InterfaceName": { "SrcName": src_name, "DstPrefix": DST_PREFIX },
@@ -184,6 +187,7 @@ mod tests {
         assert_eq!(j["InterfaceName"]["SrcName"], "vwd0a200102");
         assert_eq!(j["InterfaceName"]["DstPrefix"], "ethwe");
         assert_eq!(j["StaticRoutes"][0]["Destination"], "169.254.53.53/32");
+        assert_eq!(j["StaticRoutes"][1]["Destination"], "224.0.0.0/4");
         assert_eq!(j["StaticRoutes"][0]["RouteType"], 1);
         assert_eq!(activate()["Implements"][1], "IpamDriver");
     }
