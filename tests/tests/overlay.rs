@@ -55,8 +55,9 @@ fn walkthrough_pings_both_ways_isolates_other_subnet_and_counts_it() -> Result<(
     assert_eq!(peers[0]["state"], "alive", "{peers}");
     assert!(peers[0]["name"].as_str().is_some_and(|n| !n.is_empty()));
 
-    // ethwe: the address, MTU underlay - 50, the address-derived MAC, the subnet route and
-    // the one to the agent's DNS server: nothing that could take other traffic.
+    // ethwe: the address, MTU underlay - 50, the address-derived MAC, the subnet route, the
+    // one to the agent's DNS server and the multicast route: nothing that could take other
+    // traffic.
     let addr = w.c1.ip(["-o", "addr", "show", "dev", "ethwe"])?;
     assert!(addr.contains("192.168.1.10/24"), "{addr}");
     let link = w.c1.ip(["link", "show", "dev", "ethwe"])?;
@@ -69,7 +70,8 @@ fn walkthrough_pings_both_ways_isolates_other_subnet_and_counts_it() -> Result<(
         routes.lines().map(str::trim).collect::<Vec<_>>(),
         [
             "169.254.53.53 dev ethwe proto 53 scope link",
-            "192.168.1.0/24 dev ethwe proto kernel scope link src 192.168.1.10"
+            "192.168.1.0/24 dev ethwe proto kernel scope link src 192.168.1.10",
+            "224.0.0.0/4 dev ethwe scope link"
         ]
     );
 
