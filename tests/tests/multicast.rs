@@ -1,12 +1,15 @@
 //! Broadcast and multicast inside a subnet, across hosts: copied in the kernel to every
 //! member, never to another subnet, never back to the sender, and rate-limited per endpoint.
 
-use std::process::Child;
+use std::{process::Child, time::Duration};
 
 use anyhow::{Context as _, Result, ensure};
 use weave_tests::{
     Container, Segment, capture::Capture, require_root, spawn_in, unique_name, wait_for_line,
+    wait_until,
 };
+
+const PASSWORD: &str = "flood-test-password";
 
 /// Joins GROUP on the container's `ethwe` address, says `ready`, then prints every datagram
 /// it receives until none has come for 3 s or `expect` have.
@@ -100,6 +103,51 @@ fn answers_broadcasts(ctr: &Container) -> Result<()> {
     Ok(())
 }
 
+/// A broadcast ping from `from` to its subnet's broadcast address is answered by every one
+/// of `members` and by none of `outsiders`.
+fn broadcast_answered(from: &Container, members: &[&str], outsiders: &[&str]) -> Result<()> {
+    let out = from.exec("ping", &["-b", "-c", "3", "-W", "2", "10.40.1.255"])?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    for member in members {
+        ensure!(
+            text.contains(&format!("from {member}:")),
+            "{member} did not answer the broadcast ping from {}:\n{text}",
+            from.name
+        );
+    }
+    for outsider in outsiders {
+        ensure!(
+            !text.contains(outsider),
+            "{outsider}, in another subnet, answered:\n{text}"
+        );
+    }
+    Ok(())
+}
+
+/// Five datagrams `from` (address `addr`) sends to the group reach each of `members` (with
+/// their addresses), all of them.
+fn multicast_received(from: &Container, addr: &str, members: &[(&Container, &str)]) -> Result<()> {
+    let count = 5;
+    let receivers = members
+        .iter()
+        .map(|(ctr, ip)| Receiver::start(ctr, ip, count))
+        .collect::<Result<Vec<_>>>()?;
+    let sent = from.exec("python3", &["-c", SENDER, &count.to_string()])?;
+    ensure!(sent.status.success(), "the sender failed: {sent:?}");
+    for receiver in receivers {
+        let name = receiver.name.clone();
+        let got = receiver.received()?;
+        for i in 0..count {
+            ensure!(
+                got.iter()
+                    .any(|l| l.starts_with(&format!("got weave-mc-{i} from {addr}"))),
+                "{name} missed datagram {i} from {addr}: {got:?}"
+            );
+        }
+    }
+    Ok(())
+}
+
 #[test]
 fn broadcast_and_multicast_reach_the_subnet_on_every_host_and_nobody_else() -> Result<()> {
     require_root();
@@ -139,20 +187,11 @@ fn broadcast_and_multicast_reach_the_subnet_on_every_host_and_nobody_else() -> R
     }
 
     // ping -b: the subnet's two other members answer, from both other hosts.
-    let out = c1.exec("ping", &["-b", "-c", "3", "-W", "2", "10.40.1.255"])?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    for member in ["10.40.1.2", "10.40.1.3"] {
-        ensure!(
-            text.contains(&format!("from {member}:")),
-            "{member} did not answer the broadcast ping:\n{text}"
-        );
-    }
-    for outsider in ["10.40.2.1", "10.40.2.2"] {
-        ensure!(
-            !text.contains(outsider),
-            "{outsider}, in another subnet, answered:\n{text}"
-        );
-    }
+    broadcast_answered(
+        &c1,
+        &["10.40.1.2", "10.40.1.3"],
+        &["10.40.2.1", "10.40.2.2"],
+    )?;
     ensure!(h1.counter_packets("broadcast_sent")? >= 3);
     ensure!(h1.counter_packets("broadcast_remote_sent")? >= 6);
     ensure!(h2.counter_packets("broadcast_received")? >= 3);
@@ -169,10 +208,7 @@ fn broadcast_and_multicast_reach_the_subnet_on_every_host_and_nobody_else() -> R
     // Multicast: every member on every host that joined gets every datagram; the other
     // subnet's member that joined gets none, and the sender none of its own.
     let count = 5;
-    let receivers = [
-        Receiver::start(&c2, "10.40.1.2", count)?,
-        Receiver::start(&c3, "10.40.1.3", count)?,
-    ];
+    multicast_received(&c1, "10.40.1.1", &[(&c2, "10.40.1.2"), (&c3, "10.40.1.3")])?;
     let outsider = Receiver::start(&other2, "10.40.2.2", count)?;
     let own = Receiver::start(&c1, "10.40.1.1", count)?;
     // The kernel drops a frame with its own source address before a socket sees it, so
@@ -187,17 +223,6 @@ fn broadcast_and_multicast_reach_the_subnet_on_every_host_and_nobody_else() -> R
         seen == count,
         "{seen} multicast datagrams crossed the sender's ethwe for {count} sent"
     );
-    for receiver in receivers {
-        let name = receiver.name.clone();
-        let got = receiver.received()?;
-        for i in 0..count {
-            ensure!(
-                got.iter()
-                    .any(|l| l.starts_with(&format!("got weave-mc-{i} from 10.40.1.1"))),
-                "{name} missed datagram {i}: {got:?}"
-            );
-        }
-    }
     let got = outsider.received()?;
     ensure!(got.is_empty(), "another subnet's member received: {got:?}");
     let got = own.received()?;
@@ -269,5 +294,60 @@ fn a_container_flooding_multicast_is_held_to_its_rate_and_unicast_keeps_flowing(
         limited as f64 >= (sent - ceiling as f64) / 2.0,
         "{sent} sent, {passed} passed, only {limited} counted as rate-limited"
     );
+    Ok(())
+}
+
+/// With a password: h1 and h2 trust each other's path (in clear), h3 trusts nobody (sealed
+/// with both). One frame's copies take both ways, and a sealed host's reach both others.
+#[test]
+fn broadcast_and_multicast_cross_sealed_and_plain_paths_alike() -> Result<()> {
+    require_root();
+    let prefix = unique_name("m");
+    let seg = Segment::new(&prefix, 3)?;
+    let [h1, h2, h3] = [&seg.hosts[0], &seg.hosts[1], &seg.hosts[2]];
+    let trusted = ["--trusted-subnets", "192.168.56.101/32,192.168.56.102/32"];
+    h1.agent_ok(&[&["launch", "--password", PASSWORD][..], &trusted].concat())?;
+    h2.agent_ok(
+        &[
+            &["join", "--password", PASSWORD][..],
+            &trusted,
+            &["192.168.56.101"],
+        ]
+        .concat(),
+    )?;
+    h3.agent_ok(&["join", "--password", PASSWORD, "192.168.56.101"])?;
+    let c1 = h1.container(&format!("{prefix}c1"), "10.40.1.1/24")?;
+    let c2 = h2.container(&format!("{prefix}c2"), "10.40.1.2/24")?;
+    let c3 = h3.container(&format!("{prefix}c3"), "10.40.1.3/24")?;
+    for ctr in [&c1, &c2, &c3] {
+        answers_broadcasts(ctr)?;
+    }
+    // Sessions first: until one stands, sealed frames are dropped (never sent in clear).
+    for (from, to) in [(&c1, "10.40.1.3"), (&c3, "10.40.1.2"), (&c1, "10.40.1.2")] {
+        wait_until(Duration::from_secs(10), "a unicast path", || {
+            from.ping(to, 1)
+        })?;
+    }
+    // Nothing else goes from h1 to h3 during the broadcast ping (c3 answers unicast, and its
+    // ARP is answered on h3): what h1 seals for h3 is the copies.
+    let sealed_for_h3 = || -> Result<u64> {
+        let peer = h1.listed_peer(&["peers", "--json"], "192.168.56.103")?;
+        peer["sealed_bytes"]
+            .as_u64()
+            .with_context(|| format!("no sealed_bytes in {peer}"))
+    };
+    let sealed_before = sealed_for_h3()?;
+    broadcast_answered(&c1, &["10.40.1.2", "10.40.1.3"], &[])?;
+    ensure!(
+        sealed_for_h3()? > sealed_before,
+        "no copy for h3 took the sealed path"
+    );
+    ensure!(
+        h3.counter_packets("broadcast_received")? >= 3,
+        "h3 copied no sealed broadcast to its members"
+    );
+    broadcast_answered(&c3, &["10.40.1.1", "10.40.1.2"], &[])?;
+    multicast_received(&c1, "10.40.1.1", &[(&c2, "10.40.1.2"), (&c3, "10.40.1.3")])?;
+    multicast_received(&c3, "10.40.1.3", &[(&c1, "10.40.1.1"), (&c2, "10.40.1.2")])?;
     Ok(())
 }

@@ -93,6 +93,21 @@ pub const fn kind(mac: &[u8; 6], dst: [u8; 4], subnet: Ipv4Key, prefix_len: u8) 
     None
 }
 
+/// The group MAC a frame to `dst` from an endpoint of `subnet`/`prefix_len` is sent to, if
+/// [`kind`] lets it cross: what a frame that lost its MAC on the way (the sealed path marks
+/// the MAC with the sending host) is given back.
+pub const fn group_mac(dst: [u8; 4], subnet: Ipv4Key, prefix_len: u8) -> Option<[u8; 6]> {
+    let mac = if dst[0] & 0xf0 == 0xe0 {
+        [0x01, 0x00, 0x5e, dst[1] & 0x7f, dst[2], dst[3]]
+    } else {
+        [0xff; 6]
+    };
+    match kind(&mac, dst, subnet, prefix_len) {
+        Some(_) => Some(mac),
+        None => None,
+    }
+}
+
 pub const fn is_broadcast_mac(mac: &[u8; 6]) -> bool {
     mac[0] == 0xff
         && mac[1] == 0xff
@@ -170,6 +185,18 @@ mod tests {
         assert_eq!(kind(&mac, [239, 1, 1, 2], subnet, 24), None);
         assert_eq!(kind(&mac, [10, 1, 1, 1], subnet, 24), None);
         assert_eq!(kind(&BCAST, [239, 1, 1, 1], subnet, 24), None);
+    }
+
+    #[test]
+    fn a_group_frame_gets_back_the_mac_it_was_sent_to() {
+        let subnet = ipv4_key([10, 40, 1, 0]);
+        assert_eq!(group_mac([10, 40, 1, 255], subnet, 24), Some(BCAST));
+        assert_eq!(
+            group_mac([239, 129, 2, 3], subnet, 24),
+            Some([0x01, 0x00, 0x5e, 0x01, 0x02, 0x03])
+        );
+        assert_eq!(group_mac([10, 40, 1, 7], subnet, 24), None);
+        assert_eq!(group_mac([10, 40, 2, 255], subnet, 24), None);
     }
 
     #[test]

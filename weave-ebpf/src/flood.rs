@@ -11,13 +11,16 @@ use aya_ebpf::{
 use weave_common::{
     counters::CounterId,
     endpoint::{Config, Endpoint, ipv4_key},
-    flood::{FLOOD_LOCAL, FLOOD_REMOTE, FloodKey, FloodSet, Kind, admit_at_rate, kind},
+    flood::{FLOOD_LOCAL, FLOOD_REMOTE, FloodKey, FloodSet, Kind, admit_at_rate, group_mac, kind},
+    seal::marked_mac,
 };
 
 use crate::{
     counters::count,
-    headers::{EthHdr, Ipv4Hdr},
-    maps::{WEAVE_FLOOD, WEAVE_FLOOD_RT, crypto_path, endpoint, must_seal, peer_route},
+    headers::{ETH_LEN, EthHdr, Ipv4Hdr, is_gso, ptr_at},
+    maps::{
+        WEAVE_FLOOD, WEAVE_FLOOD_RT, crypto_device, crypto_path, endpoint, must_seal, peer_route,
+    },
 };
 
 /// Outer TTL of the copies sent to other hosts, as for unicast.
@@ -34,13 +37,17 @@ pub(crate) fn from_endpoint(
     ip: &Ipv4Hdr,
     cfg: &Config,
 ) -> Result<CounterId, CounterId> {
+    // Read now: the copies invalidate every packet pointer, and a reference lets the compiler
+    // put the read off until after them, which the verifier refuses.
+    // SAFETY: a valid reference.
+    let group: [u8; 6] = unsafe { core::ptr::read_volatile(&eth.dst) };
     let kind =
-        kind(&eth.dst, ip.dst, src.subnet, src.prefix_len).ok_or(CounterId::DropNotIpv4Unicast)?;
+        kind(&group, ip.dst, src.subnet, src.prefix_len).ok_or(CounterId::DropNotIpv4Unicast)?;
     within_rate(src.ifindex, cfg.flood_pps)?;
     let len = u64::from(ctx.len());
     if let Some(set) = members(src) {
         copy_here(ctx, set, src.ifindex, kind, len);
-        copy_to_peers(ctx, set, kind, cfg, len);
+        copy_to_peers(ctx, set, kind, group, cfg, len);
     }
     Ok(match kind {
         Kind::Broadcast => CounterId::BroadcastSent,
@@ -155,20 +162,31 @@ fn copy_here(ctx: &TcContext, set: *const FloodSet, except: u32, kind: Kind, len
     }
 }
 
-/// One copy through the VXLAN device to each peer with members that is reached directly and
-/// in clear. A relay would take a group frame for its own (it has no destination endpoint to
-/// send it on to), and the sealed path carries what the agent seals frame by frame: neither
-/// gets copies, and each copy left out is counted.
+/// One copy to each peer with members: through the VXLAN device to one reached directly and
+/// in clear, through the agent's crypto device (marked with the peer, as a unicast frame to
+/// seal is) to one whose traffic is sealed, relayed or not (the seal is end to end). A plain
+/// copy for a relayed peer is not sent: the relay would take a group frame for its own, having
+/// no destination endpoint to send it on to. Each copy left out is counted. `group`: the
+/// frame's destination MAC, put back after each sealed copy.
 #[inline(always)]
-fn copy_to_peers(ctx: &TcContext, set: *const FloodSet, kind: Kind, cfg: &Config, len: u64) {
+fn copy_to_peers(
+    ctx: &TcContext,
+    set: *const FloodSet,
+    kind: Kind,
+    group: [u8; 6],
+    cfg: &Config,
+    len: u64,
+) {
     let sent = match kind {
         Kind::Broadcast => CounterId::BroadcastRemoteSent,
         Kind::Multicast => CounterId::MulticastRemoteSent,
     };
-    if cfg.vxlan_ifindex == 0 {
-        return;
-    }
     let crypto = crypto_path();
+    let device = crypto_device(&crypto).unwrap_or(0);
+    // SAFETY: a zeroed tunnel key is valid.
+    let mut key: bpf_tunnel_key = unsafe { core::mem::zeroed() };
+    key.tunnel_id = cfg.vni;
+    key.tunnel_ttl = TUNNEL_TTL;
     // SAFETY: as in copy_here.
     let n = unsafe { (*set).remote_count } as usize;
     for i in 0..FLOOD_REMOTE {
@@ -177,38 +195,97 @@ fn copy_to_peers(ctx: &TcContext, set: *const FloodSet, kind: Kind, cfg: &Config
         }
         // SAFETY: as in copy_here; `i` is within the array.
         let peer = unsafe { (*set).remote[i] };
-        let Some(route) = peer_route(peer) else {
-            continue;
-        };
-        if (route.next_hop != 0 && route.next_hop != peer) || must_seal(&crypto, peer) {
-            count(CounterId::DropFloodNotDirect, len);
-            continue;
+        // One count per copy, whichever way it went: every way then ends in the same state,
+        // which keeps what the verifier walks linear in the peers.
+        if let Some(outcome) = copy_to_peer(ctx, peer, group, &crypto, device, cfg, &mut key) {
+            count(outcome.map_or_else(|reason| reason, |()| sent), len);
         }
-        // SAFETY: a zeroed tunnel key is valid.
-        let mut key: bpf_tunnel_key = unsafe { core::mem::zeroed() };
-        key.tunnel_id = cfg.vni;
-        // The helper takes the remote address in host byte order.
-        key.__bindgen_anon_1.remote_ipv4 = u32::from_be(peer);
-        key.tunnel_ttl = TUNNEL_TTL;
-        // SAFETY: the skb pointer is the program's context, the key a local of the size
-        // given. The device builds the copy's headers as the copy is sent, before the next
-        // key replaces this one.
-        let done = unsafe {
-            bpf_skb_set_tunnel_key(
-                ctx.skb.skb,
-                &mut key,
-                core::mem::size_of::<bpf_tunnel_key>() as u32,
-                u64::from(BPF_F_ZERO_CSUM_TX),
-            ) == 0
-                && bpf_clone_redirect(ctx.skb.skb, cfg.vxlan_ifindex, 0) == 0
-        };
-        count(
-            if done {
-                sent
-            } else {
-                CounterId::DropRedirectFailed
-            },
-            len,
-        );
     }
+}
+
+/// The copy for one `peer` (see [`copy_to_peers`]): None for a peer that is not live (it
+/// gets none), else Ok or the reason it was not sent. `key`: the tunnel key, its remote
+/// address written here.
+#[inline(always)]
+fn copy_to_peer(
+    ctx: &TcContext,
+    peer: u32,
+    group: [u8; 6],
+    crypto: &weave_common::seal::CryptoPath,
+    device: u32,
+    cfg: &Config,
+    key: &mut bpf_tunnel_key,
+) -> Option<Result<(), CounterId>> {
+    let route = peer_route(peer)?;
+    if must_seal(crypto, peer) {
+        return Some(copy_sealed(ctx, peer, group, device));
+    }
+    if route.next_hop != 0 && route.next_hop != peer {
+        return Some(Err(CounterId::DropFloodNotDirect));
+    }
+    if cfg.vxlan_ifindex == 0 {
+        return Some(Err(CounterId::DropNoTunnel));
+    }
+    // The helper takes the remote address in host byte order.
+    key.__bindgen_anon_1.remote_ipv4 = u32::from_be(peer);
+    // SAFETY: the skb pointer is the program's context, the key a local of the size given.
+    // The device builds the copy's headers as the copy is sent, before the next key replaces
+    // this one.
+    let done = unsafe {
+        bpf_skb_set_tunnel_key(
+            ctx.skb.skb,
+            key,
+            core::mem::size_of::<bpf_tunnel_key>() as u32,
+            u64::from(BPF_F_ZERO_CSUM_TX),
+        ) == 0
+            && bpf_clone_redirect(ctx.skb.skb, cfg.vxlan_ifindex, 0) == 0
+    };
+    Some(if done {
+        Ok(())
+    } else {
+        Err(CounterId::DropRedirectFailed)
+    })
+}
+
+/// One copy for `peer` to the agent's crypto `device`, the frame's destination MAC marked
+/// with the peer for the time of the copy. Fail closed: no device (0), no copy.
+#[inline(always)]
+fn copy_sealed(ctx: &TcContext, peer: u32, group: [u8; 6], device: u32) -> Result<(), CounterId> {
+    if device == 0 {
+        return Err(CounterId::DropNoSession);
+    }
+    let refused = |_| CounterId::DropKernelRefused;
+    ctx.store(0, &marked_mac(peer), 0).map_err(refused)?;
+    // SAFETY: the skb pointer is the program's context; no flags.
+    let done = unsafe { bpf_clone_redirect(ctx.skb.skb, device, 0) } == 0;
+    ctx.store(0, &group, 0).map_err(refused)?;
+    if done {
+        Ok(())
+    } else {
+        Err(CounterId::DropRedirectFailed)
+    }
+}
+
+/// A frame the agent opened from the peer `origin` (its destination MAC marks that peer): if
+/// it is for a group of its sender's subnet, it gets the group MAC back and is copied to the
+/// members here. None for unicast, and for a sender that is not known (left to the unicast
+/// checks, which drop and count it).
+#[inline(always)]
+pub(crate) fn opened_from_peer(
+    ctx: &TcContext,
+    origin: u32,
+) -> Option<Result<CounterId, CounterId>> {
+    let dst: [u8; 4] = ctx.load(ETH_LEN + 16).ok()?;
+    let src: [u8; 4] = ctx.load(ETH_LEN + 12).ok()?;
+    let sender = endpoint(ipv4_key(src))?;
+    let mac = group_mac(dst, sender.subnet, sender.prefix_len)?;
+    if ctx.store(0, &mac, 0).is_err() {
+        return Some(Err(CounterId::DropKernelRefused));
+    }
+    let (start, end) = (ctx.data(), ctx.data_end());
+    let eth = ptr_at::<EthHdr>(start, end, 0)?;
+    let ip = ptr_at::<Ipv4Hdr>(start, end, ETH_LEN)?;
+    let room = ctx.len() - ETH_LEN as u32;
+    // SAFETY: ptr_at checked both headers lie inside the packet.
+    unsafe { from_peer(ctx, &*eth, &*ip, room, is_gso(ctx), origin) }
 }
