@@ -198,6 +198,16 @@ fn broadcast_and_multicast_reach_the_subnet_on_every_host_and_nobody_else() -> R
     // Another subnet's broadcast address is not the sender's to flood.
     let refused = h1.counter_packets("drop_not_ipv4_unicast")?;
     c1.ip(["route", "add", "10.40.2.0/24", "dev", "ethwe"])?;
+    // Its kernel would ask ARP for an address outside its subnet; this sends it as a broadcast.
+    c1.ip([
+        "neigh",
+        "add",
+        "10.40.2.255",
+        "lladdr",
+        "ff:ff:ff:ff:ff:ff",
+        "dev",
+        "ethwe",
+    ])?;
     let out = c1.exec("ping", &["-b", "-c", "2", "-W", "1", "10.40.2.255"])?;
     ensure!(
         !String::from_utf8_lossy(&out.stdout).contains("from 10.40.2"),
@@ -349,5 +359,47 @@ fn broadcast_and_multicast_cross_sealed_and_plain_paths_alike() -> Result<()> {
     broadcast_answered(&c3, &["10.40.1.1", "10.40.1.2"], &[])?;
     multicast_received(&c1, "10.40.1.1", &[(&c2, "10.40.1.2"), (&c3, "10.40.1.3")])?;
     multicast_received(&c3, "10.40.1.3", &[(&c1, "10.40.1.1"), (&c2, "10.40.1.2")])?;
+    Ok(())
+}
+
+/// A partial mesh: a firewall cuts h1 from h3, h2 relays. Copies for h3 cross h2 in the
+/// kernel, and h2's own member gets its one copy, not the one passing through.
+#[test]
+fn broadcast_and_multicast_cross_a_relay() -> Result<()> {
+    require_root();
+    let prefix = unique_name("m");
+    let seg = Segment::new(&prefix, 3)?;
+    seg.cut(1, 3)?;
+    let [h1, h2, h3] = [&seg.hosts[0], &seg.hosts[1], &seg.hosts[2]];
+    h1.agent_ok(&["launch"])?;
+    h2.agent_ok(&["join", "192.168.56.101"])?;
+    h3.agent_ok(&["join", "192.168.56.102"])?;
+    let c1 = h1.container(&format!("{prefix}c1"), "10.40.1.1/24")?;
+    let c2 = h2.container(&format!("{prefix}c2"), "10.40.1.2/24")?;
+    let c3 = h3.container(&format!("{prefix}c3"), "10.40.1.3/24")?;
+    for ctr in [&c1, &c2, &c3] {
+        answers_broadcasts(ctr)?;
+    }
+    wait_until(Duration::from_secs(10), "a relayed unicast path", || {
+        Ok(c1.ping("10.40.1.3", 1)? && c3.ping("10.40.1.1", 1)?)
+    })?;
+    let relayed_before = h2.counter_packets("relay_forwarded")?;
+    broadcast_answered(&c1, &["10.40.1.2", "10.40.1.3"], &[])?;
+    broadcast_answered(&c3, &["10.40.1.1", "10.40.1.2"], &[])?;
+    ensure!(
+        h2.counter_packets("relay_forwarded")? > relayed_before,
+        "h2 relayed nothing"
+    );
+    multicast_received(&c1, "10.40.1.1", &[(&c3, "10.40.1.3")])?;
+    // The relay's member: every datagram once, though each also crosses its host for h3.
+    let listener = Receiver::start(&c2, "10.40.1.2", 10)?;
+    let sent = c1.exec("python3", &["-c", SENDER, "5"])?;
+    ensure!(sent.status.success(), "the sender failed: {sent:?}");
+    let got = listener.received()?;
+    ensure!(
+        got.len() == 5,
+        "the relay's member got {} datagrams for 5 sent: {got:?}",
+        got.len()
+    );
     Ok(())
 }

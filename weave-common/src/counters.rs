@@ -180,18 +180,15 @@ pub enum CounterId {
     /// Dropped: a broadcast or multicast frame over its endpoint's rate (`launch
     /// --flood-rate`), which keeps one container from flooding the mesh.
     DropRateLimited = 55,
-    /// Copies of broadcast or multicast frames not sent to a host with members because it is
-    /// reached through a relay or its traffic is sealed: those paths carry unicast only.
-    DropFloodNotDirect = 56,
     /// Broadcast frames from other hosts, copied to the members of their subnet here.
-    BroadcastReceived = 57,
+    BroadcastReceived = 56,
     /// Multicast frames from other hosts, copied to the members of their subnet here.
-    MulticastReceived = 58,
+    MulticastReceived = 57,
 }
 
 impl CounterId {
     /// All slots, in index order.
-    pub const ALL: [Self; 59] = [
+    pub const ALL: [Self; 58] = [
         Self::UnderlayRx,
         Self::ContainerRx,
         Self::UnderlayOverlayPass,
@@ -248,7 +245,6 @@ impl CounterId {
         Self::BroadcastRemoteSent,
         Self::MulticastRemoteSent,
         Self::DropRateLimited,
-        Self::DropFloodNotDirect,
         Self::BroadcastReceived,
         Self::MulticastReceived,
     ];
@@ -316,7 +312,6 @@ impl CounterId {
             Self::BroadcastRemoteSent => "broadcast_remote_sent",
             Self::MulticastRemoteSent => "multicast_remote_sent",
             Self::DropRateLimited => "drop_rate_limited",
-            Self::DropFloodNotDirect => "drop_flood_not_direct",
             Self::BroadcastReceived => "broadcast_received",
             Self::MulticastReceived => "multicast_received",
         }
@@ -430,7 +425,6 @@ mod tests {
             "broadcast_remote_sent",
             "multicast_remote_sent",
             "drop_rate_limited",
-            "drop_flood_not_direct",
             "broadcast_received",
             "multicast_received",
         ];

@@ -4,8 +4,12 @@
 //! at once and leaves the frame as it was for the next; the original then goes no further.
 
 use aya_ebpf::{
-    bindings::{BPF_F_ZERO_CSUM_TX, bpf_tunnel_key},
-    helpers::generated::{bpf_clone_redirect, bpf_ktime_get_ns, bpf_skb_set_tunnel_key},
+    bindings::{__sk_buff, BPF_F_ZERO_CSUM_TX, bpf_tunnel_key},
+    helpers::generated::{
+        bpf_clone_redirect, bpf_ktime_get_ns, bpf_skb_set_tunnel_key, bpf_skb_store_bytes,
+    },
+    macros::map,
+    maps::PerCpuArray,
     programs::TcContext,
 };
 use weave_common::{
@@ -19,12 +23,18 @@ use crate::{
     counters::count,
     headers::{ETH_LEN, EthHdr, Ipv4Hdr, is_gso, ptr_at},
     maps::{
-        WEAVE_FLOOD, WEAVE_FLOOD_RT, crypto_device, crypto_path, endpoint, must_seal, peer_route,
+        WEAVE_CONFIG, WEAVE_CRYPTO, WEAVE_FLOOD, WEAVE_FLOOD_RT, crypto_device, endpoint,
+        must_seal, peer_route,
     },
 };
 
 /// Outer TTL of the copies sent to other hosts, as for unicast.
 const TUNNEL_TTL: u8 = 64;
+
+/// Where a copy's tunnel key is built: off the stack, which the caller's frame and the copy's
+/// must share within BPF's 512 bytes. Scratch, never read by the agent, so not pinned.
+#[map]
+static FLOOD_KEY: PerCpuArray<bpf_tunnel_key> = PerCpuArray::with_max_entries(1, 0);
 
 /// Copies the frame that the local endpoint `src` sent to the group destination of `eth` and
 /// `ip`: to every other member of its subnet here and to each peer with members. The kind's
@@ -47,7 +57,7 @@ pub(crate) fn from_endpoint(
     let len = u64::from(ctx.len());
     if let Some(set) = members(src) {
         copy_here(ctx, set, src.ifindex, kind, len);
-        copy_to_peers(ctx, set, kind, group, cfg, len);
+        copy_to_peers(ctx, set, kind, group, len);
     }
     Ok(match kind {
         Kind::Broadcast => CounterId::BroadcastSent,
@@ -162,31 +172,15 @@ fn copy_here(ctx: &TcContext, set: *const FloodSet, except: u32, kind: Kind, len
     }
 }
 
-/// One copy to each peer with members: through the VXLAN device to one reached directly and
-/// in clear, through the agent's crypto device (marked with the peer, as a unicast frame to
-/// seal is) to one whose traffic is sealed, relayed or not (the seal is end to end). A plain
-/// copy for a relayed peer is not sent: the relay would take a group frame for its own, having
-/// no destination endpoint to send it on to. Each copy left out is counted. `group`: the
-/// frame's destination MAC, put back after each sealed copy.
+/// One copy to each peer with members: through the VXLAN device to one in clear (to the
+/// relay towards it, the copy's inner MAC naming it, where it is not reached directly), through
+/// the agent's crypto device (marked with the peer, as a unicast frame to seal is) to one whose
+/// traffic is sealed (relayed or not: the seal is end to end). Each copy that could not be sent
+/// is counted. `group`: the frame's destination MAC, put back after each marked copy.
 #[inline(always)]
-fn copy_to_peers(
-    ctx: &TcContext,
-    set: *const FloodSet,
-    kind: Kind,
-    group: [u8; 6],
-    cfg: &Config,
-    len: u64,
-) {
-    let sent = match kind {
-        Kind::Broadcast => CounterId::BroadcastRemoteSent,
-        Kind::Multicast => CounterId::MulticastRemoteSent,
-    };
-    let crypto = crypto_path();
-    let device = crypto_device(&crypto).unwrap_or(0);
-    // SAFETY: a zeroed tunnel key is valid.
-    let mut key: bpf_tunnel_key = unsafe { core::mem::zeroed() };
-    key.tunnel_id = cfg.vni;
-    key.tunnel_ttl = TUNNEL_TTL;
+fn copy_to_peers(ctx: &TcContext, set: *const FloodSet, kind: Kind, group: [u8; 6], len: u64) {
+    let multicast = u32::from(kind == Kind::Multicast);
+    let group = mac_word(group);
     // SAFETY: as in copy_here.
     let n = unsafe { (*set).remote_count } as usize;
     for i in 0..FLOOD_REMOTE {
@@ -195,39 +189,73 @@ fn copy_to_peers(
         }
         // SAFETY: as in copy_here; `i` is within the array.
         let peer = unsafe { (*set).remote[i] };
-        // One count per copy, whichever way it went: every way then ends in the same state,
-        // which keeps what the verifier walks linear in the peers.
-        if let Some(outcome) = copy_to_peer(ctx, peer, group, &crypto, device, cfg, &mut key) {
-            count(outcome.map_or_else(|reason| reason, |()| sent), len);
-        }
+        copy_counted(ctx.skb.skb, peer, group, multicast, len);
     }
 }
 
-/// The copy for one `peer` (see [`copy_to_peers`]): None for a peer that is not live (it
-/// gets none), else Ok or the reason it was not sent. `key`: the tunnel key, its remote
-/// address written here.
+/// One peer's copy, counted: a function of its own, not inlined, because the ways a copy can
+/// go differ in what they leave on the stack; in a subprogram that goes with its frame, every
+/// way returns to the loop in the same state, and the verifier walks the loop once per peer
+/// instead of once per combination of ways. Scalars only, five at most: a BPF call's limits.
+#[inline(never)]
+fn copy_counted(skb: *mut __sk_buff, peer: u32, group: u64, multicast: u32, len: u64) {
+    let ctx = TcContext::new(skb);
+    let sent = if multicast != 0 {
+        CounterId::MulticastRemoteSent
+    } else {
+        CounterId::BroadcastRemoteSent
+    };
+    // The map values are read in place: the two frames together must fit BPF's 512 bytes of
+    // stack, and the caller's takes most.
+    let (vni, vxlan) = WEAVE_CONFIG
+        .get(0)
+        .map_or((0, 0), |c| (c.vni, c.vxlan_ifindex));
+    let crypto = WEAVE_CRYPTO.get(0);
+    let sealed = crypto.is_some_and(|c| must_seal(c, peer));
+    let device = crypto.and_then(crypto_device).unwrap_or(0);
+    let way = if sealed {
+        Some(copy_sealed(&ctx, peer, group, device))
+    } else {
+        match FLOOD_KEY.get_ptr_mut(0) {
+            // SAFETY: this CPU's own slot, used only while this program runs on it.
+            Some(key) => unsafe {
+                *key = core::mem::zeroed();
+                (*key).tunnel_id = vni;
+                (*key).tunnel_ttl = TUNNEL_TTL;
+                copy_plain(&ctx, peer, group, vxlan, &mut *key)
+            },
+            None => Some(Err(CounterId::DropKernelRefused)),
+        }
+    };
+    if let Some(outcome) = way {
+        count(outcome.map_or_else(|reason| reason, |()| sent), len);
+    }
+}
+
+/// The copy in clear for one `peer` through the VXLAN device `vxlan` (see [`copy_to_peers`]):
+/// None for a peer that is not live (it gets none), else Ok or the reason it was not sent.
+/// `key`: the tunnel key, its remote address written here.
 #[inline(always)]
-fn copy_to_peer(
+fn copy_plain(
     ctx: &TcContext,
     peer: u32,
-    group: [u8; 6],
-    crypto: &weave_common::seal::CryptoPath,
-    device: u32,
-    cfg: &Config,
+    group: u64,
+    vxlan: u32,
     key: &mut bpf_tunnel_key,
 ) -> Option<Result<(), CounterId>> {
     let route = peer_route(peer)?;
-    if must_seal(crypto, peer) {
-        return Some(copy_sealed(ctx, peer, group, device));
-    }
-    if route.next_hop != 0 && route.next_hop != peer {
-        return Some(Err(CounterId::DropFloodNotDirect));
-    }
-    if cfg.vxlan_ifindex == 0 {
+    if vxlan == 0 {
         return Some(Err(CounterId::DropNoTunnel));
     }
+    let relayed = route.next_hop != 0 && route.next_hop != peer;
+    let next = if relayed { route.next_hop } else { peer };
+    // A relay decides by the inner destination, which a group frame lacks: the copy names its
+    // host in its inner MAC, as a frame to seal does, for the time of the copy.
+    if relayed && !set_dst_mac(ctx, mac_word(marked_mac(peer))) {
+        return Some(Err(CounterId::DropKernelRefused));
+    }
     // The helper takes the remote address in host byte order.
-    key.__bindgen_anon_1.remote_ipv4 = u32::from_be(peer);
+    key.__bindgen_anon_1.remote_ipv4 = u32::from_be(next);
     // SAFETY: the skb pointer is the program's context, the key a local of the size given.
     // The device builds the copy's headers as the copy is sent, before the next key replaces
     // this one.
@@ -238,8 +266,11 @@ fn copy_to_peer(
             core::mem::size_of::<bpf_tunnel_key>() as u32,
             u64::from(BPF_F_ZERO_CSUM_TX),
         ) == 0
-            && bpf_clone_redirect(ctx.skb.skb, cfg.vxlan_ifindex, 0) == 0
+            && bpf_clone_redirect(ctx.skb.skb, vxlan, 0) == 0
     };
+    if relayed && !set_dst_mac(ctx, group) {
+        return Some(Err(CounterId::DropKernelRefused));
+    }
     Some(if done {
         Ok(())
     } else {
@@ -250,20 +281,38 @@ fn copy_to_peer(
 /// One copy for `peer` to the agent's crypto `device`, the frame's destination MAC marked
 /// with the peer for the time of the copy. Fail closed: no device (0), no copy.
 #[inline(always)]
-fn copy_sealed(ctx: &TcContext, peer: u32, group: [u8; 6], device: u32) -> Result<(), CounterId> {
+fn copy_sealed(ctx: &TcContext, peer: u32, group: u64, device: u32) -> Result<(), CounterId> {
     if device == 0 {
         return Err(CounterId::DropNoSession);
     }
-    let refused = |_| CounterId::DropKernelRefused;
-    ctx.store(0, &marked_mac(peer), 0).map_err(refused)?;
+    if !set_dst_mac(ctx, mac_word(marked_mac(peer))) {
+        return Err(CounterId::DropKernelRefused);
+    }
     // SAFETY: the skb pointer is the program's context; no flags.
     let done = unsafe { bpf_clone_redirect(ctx.skb.skb, device, 0) } == 0;
-    ctx.store(0, &group, 0).map_err(refused)?;
+    if !set_dst_mac(ctx, group) {
+        return Err(CounterId::DropKernelRefused);
+    }
     if done {
         Ok(())
     } else {
         Err(CounterId::DropRedirectFailed)
     }
+}
+
+/// A MAC as the low six bytes of a word: the copies keep MACs in registers, their stack being
+/// short (see [`copy_counted`]).
+#[inline(always)]
+fn mac_word(mac: [u8; 6]) -> u64 {
+    u64::from_le_bytes([mac[0], mac[1], mac[2], mac[3], mac[4], mac[5], 0, 0])
+}
+
+/// Writes the MAC in the low six bytes of `mac` as the frame's destination.
+#[inline(always)]
+fn set_dst_mac(ctx: &TcContext, mac: u64) -> bool {
+    let bytes = mac.to_le_bytes();
+    // SAFETY: the skb pointer is the program's context; six bytes of a local are read.
+    unsafe { bpf_skb_store_bytes(ctx.skb.skb, 0, bytes.as_ptr().cast(), 6, 0) == 0 }
 }
 
 /// A frame the agent opened from the peer `origin` (its destination MAC marks that peer): if

@@ -35,8 +35,9 @@ use aya_ebpf::{
 use weave_common::{
     counters::CounterId,
     endpoint::{Config, ENCAP_EBPF, Endpoint, ipv4_key},
+    flood::group_mac,
     relay::{self, HELLO_VNI, MAX_RELAY_HOPS, VXLAN_FLAG_VNI, VxlanHdr},
-    seal::SEALED_VNI,
+    seal::{SEALED_VNI, marked_peer},
 };
 
 use crate::{
@@ -238,6 +239,29 @@ fn overlay(ctx: &TcContext, cfg: &Config, source: u32) -> Result<Outcome, Counte
             };
         };
         let room = ctx.len() - OUTER_LEN as u32 - ETH_LEN as u32;
+        // A broadcast or multicast copy for a host this one relays to: its inner MAC names
+        // that host (see `flood`).
+        if let Some(dest) = marked_peer(&(*eth).dst) {
+            let frame = Frame {
+                eth: &*eth,
+                ip: &*ip,
+                room,
+                gso,
+                origin,
+            };
+            if dest != cfg.underlay_ip {
+                let src = endpoint(ipv4_key((*ip).src)).ok_or(CounterId::DropOverlayUnknownSrc)?;
+                let to = Endpoint { peer: dest, ..src };
+                return relay(cfg, &frame, &to, relay::hops(&hdr), outer_ip, udp, vxlan);
+            }
+            let src = sent_by(&*eth, &*ip, room, gso, origin)?;
+            (*eth).dst = group_mac((*ip).dst, src.subnet, src.prefix_len)
+                .ok_or(CounterId::DropNotIpv4Unicast)?;
+            return Ok(Outcome::ToKernel {
+                why: None,
+                origin: claimed,
+            });
+        }
         // A frame for outside the overlay is for the exposed address it was sent to as a
         // gateway (its MAC), which may sit on a third host.
         if let Some(dst) =
