@@ -239,16 +239,16 @@ fn overlay(ctx: &TcContext, cfg: &Config, source: u32) -> Result<Outcome, Counte
             };
         };
         let room = ctx.len() - OUTER_LEN as u32 - ETH_LEN as u32;
+        let frame = Frame {
+            eth: &*eth,
+            ip: &*ip,
+            room,
+            gso,
+            origin,
+        };
         // A broadcast or multicast copy for a host this one relays to: its inner MAC names
         // that host (see `flood`).
         if let Some(dest) = marked_peer(&(*eth).dst) {
-            let frame = Frame {
-                eth: &*eth,
-                ip: &*ip,
-                room,
-                gso,
-                origin,
-            };
             if dest != cfg.underlay_ip {
                 let src = endpoint(ipv4_key((*ip).src)).ok_or(CounterId::DropOverlayUnknownSrc)?;
                 let to = Endpoint { peer: dest, ..src };
@@ -268,13 +268,6 @@ fn overlay(ctx: &TcContext, cfg: &Config, source: u32) -> Result<Outcome, Counte
             endpoint(ipv4_key((*ip).dst)).or_else(|| exposed_behind(&(*eth).dst, (*ip).dst))
             && !dst.is_local()
         {
-            let frame = Frame {
-                eth: &*eth,
-                ip: &*ip,
-                room,
-                gso,
-                origin,
-            };
             return relay(cfg, &frame, &dst, relay::hops(&hdr), outer_ip, udp, vxlan);
         }
         if cfg.encap != ENCAP_EBPF {

@@ -137,38 +137,39 @@ const SERVICE_ROUTE_PROTOCOL: RouteProtocol = RouteProtocol::Other(53);
 /// In a container: the route to the agent's service address `ip` out of `oif` (`ethwe`), on
 /// link, so the container program answers its ARP and hands its frames to the agent.
 pub async fn add_service_route(handle: &Handle, ip: Ipv4Addr, oif: u32) -> Result<()> {
-    let route = RouteMessageBuilder::<Ipv4Addr>::new()
-        .destination_prefix(ip, 32)
-        .output_interface(oif)
-        .protocol(SERVICE_ROUTE_PROTOCOL)
-        .scope(RouteScope::Link)
-        .build();
-    handle
-        .route()
-        .add(route)
-        .replace()
-        .execute()
+    add_on_link(handle, (ip, 32), oif, SERVICE_ROUTE_PROTOCOL)
         .await
         .with_context(|| format!("adding the route to the DNS server {ip}"))
+}
+
+/// Adds (or replaces) the on-link route to `network`/`prefix` through `oif`, of `protocol`.
+async fn add_on_link(
+    handle: &Handle,
+    (network, prefix): (Ipv4Addr, u8),
+    oif: u32,
+    protocol: RouteProtocol,
+) -> Result<(), rtnetlink::Error> {
+    let route = RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(network, prefix)
+        .output_interface(oif)
+        .protocol(protocol)
+        .scope(RouteScope::Link)
+        .build();
+    handle.route().add(route).replace().execute().await
 }
 
 /// Adds the route `224.0.0.0/4` through `oif`, as `ip route add 224.0.0.0/4 dev ethwe` would
 /// (`proto boot`): the container's multicast goes over the overlay. The agent's route sync
 /// lists only its own protocol's routes, so this one stays.
 pub async fn add_multicast_route(handle: &Handle, oif: u32) -> Result<()> {
-    let route = RouteMessageBuilder::<Ipv4Addr>::new()
-        .destination_prefix(Ipv4Addr::new(224, 0, 0, 0), 4)
-        .output_interface(oif)
-        .protocol(RouteProtocol::Boot)
-        .scope(RouteScope::Link)
-        .build();
-    handle
-        .route()
-        .add(route)
-        .replace()
-        .execute()
-        .await
-        .context("adding the multicast route 224.0.0.0/4")
+    add_on_link(
+        handle,
+        (Ipv4Addr::new(224, 0, 0, 0), 4),
+        oif,
+        RouteProtocol::Boot,
+    )
+    .await
+    .context("adding the multicast route 224.0.0.0/4")
 }
 
 /// Adds (or keeps) `route` through `oif`.
