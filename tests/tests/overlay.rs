@@ -192,7 +192,7 @@ fn two_endpoints_on_one_host_talk_without_the_tunnel() -> Result<()> {
     assert!(counter(&host, "local_delivered")? >= before + 6);
     assert_eq!(counter(&host, "remote_sent")?, 0);
 
-    // Unknown destinations and broadcasts are dropped and counted, not flooded.
+    // Unknown destinations are dropped and counted, not flooded.
     c1.ip([
         "neigh",
         "replace",
@@ -205,12 +205,22 @@ fn two_endpoints_on_one_host_talk_without_the_tunnel() -> Result<()> {
     let unknown = counter(&host, "drop_unknown_dst")?;
     assert!(!c1.ping("192.168.1.99", 2)?);
     assert!(counter(&host, "drop_unknown_dst")? >= unknown + 2);
-    let broadcast = counter(&host, "drop_not_ipv4_unicast")?;
-    let _ = c1.exec(
+    // A broadcast reaches the other endpoint of the subnet, copied on the host: no tunnel.
+    let out = c2.exec("sysctl", &["-qw", "net.ipv4.icmp_echo_ignore_broadcasts=0"])?;
+    ensure!(out.status.success(), "sysctl: {out:?}");
+    let delivered = counter(&host, "broadcast_delivered")?;
+    let out = c1.exec(
         "ping",
         &["-b", "-c", "2", "-i", "0.2", "-W", "1", "192.168.1.255"],
     )?;
-    assert!(counter(&host, "drop_not_ipv4_unicast")? >= broadcast + 2);
+    let text = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        text.contains("from 192.168.1.11:"),
+        "no answer to the broadcast:\n{text}"
+    );
+    assert!(counter(&host, "broadcast_delivered")? >= delivered + 2);
+    assert_eq!(counter(&host, "remote_sent")?, 0);
+    assert_eq!(counter(&host, "broadcast_remote_sent")?, 0);
     let ps = host.agent_ok(&["ps"])?;
     assert!(
         ps.contains(&format!("{} 02:57:c0:a8:01:0a 192.168.1.10/24", c1.spec())),
