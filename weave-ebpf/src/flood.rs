@@ -325,6 +325,12 @@ pub(crate) fn opened_from_peer(
     origin: u32,
 ) -> Option<Result<CounterId, CounterId>> {
     let dst: [u8; 4] = ctx.load(ETH_LEN + 16).ok()?;
+    // Every opened frame passes here: most are unicast, and most unicast addresses cannot be
+    // a group or a broadcast address (of a subnet up to /30, whose last two bits are set), so
+    // they skip the sender lookup.
+    if dst[0] & 0xf0 != 0xe0 && dst[3] & 0x03 != 0x03 {
+        return None;
+    }
     let src: [u8; 4] = ctx.load(ETH_LEN + 12).ok()?;
     let sender = endpoint(ipv4_key(src))?;
     let mac = group_mac(dst, sender.subnet, sender.prefix_len)?;
