@@ -53,6 +53,8 @@ const PATHS: [&str; 11] = [
 ];
 /// The `weave` path with another agent binary (`--reference`).
 const REFERENCE: &str = "weave_reference";
+/// The encrypted path with another agent binary (`--only encrypted --reference`).
+const ENCRYPTED_REFERENCE: &str = "weave_encrypted_reference";
 /// `tcp_gbps` has client and server pinned to the two cores (see [`pinned`]);
 /// `tcp_unpinned_gbps` leaves them to the scheduler, as users run.
 /// `cpu_s_per_gb`: CPU seconds (all of the machine's, both hosts and every agent) per GB of
@@ -162,7 +164,7 @@ pub fn run(only: Option<Part>, reference: Option<std::path::PathBuf>) -> Result<
     }
 
     if only == Some(Part::Encrypted) {
-        return encrypted_only(started);
+        return encrypted_only(started, reference.as_ref());
     }
 
     if only == Some(Part::Attach) {
@@ -411,14 +413,21 @@ fn medians_of(samples: &Samples) -> BTreeMap<&'static str, BTreeMap<&'static str
 
 /// `--only encrypted`: the paths the encrypted path's goals are stated against, and nothing
 /// else, so that a change to the crypto path is measured in minutes.
-fn encrypted_only(started: Instant) -> Result<()> {
+///
+/// `reference`: another agent binary, measured encrypted in the same rounds
+/// (`weave_encrypted_reference`), so that a change to the crypto path is judged against the
+/// build before it at one moment of the VM.
+fn encrypted_only(started: Instant, reference: Option<&std::path::PathBuf>) -> Result<()> {
     let step = progress::step("bench: building the testbeds");
     let bare = Segment::new(&unique_name("bb"), 2)?;
     let weave = WeaveBed::new(&[], None)?;
     let weave_encrypted = WeaveBed::new(&["--password", "bench"], None)?;
+    let encrypted_reference = reference
+        .map(|agent| WeaveBed::new(&["--password", "bench"], Some(agent)))
+        .transpose()?;
     let boringtun = BoringtunBed::new()?;
     let (server, client, address) = boringtun.path();
-    let paths = BTreeMap::from([
+    let mut paths = BTreeMap::from([
         (
             "bare",
             Path {
@@ -438,25 +447,29 @@ fn encrypted_only(started: Instant) -> Result<()> {
             },
         ),
     ]);
-    let measured = ["bare", "weave", "weave_encrypted", "boringtun"];
+    let mut measured = vec!["bare", "weave", "weave_encrypted", "boringtun"];
+    let mut pairs = vec![
+        ("weave_encrypted", "bare"),
+        ("weave_encrypted", "weave"),
+        ("weave_encrypted", "boringtun"),
+    ];
+    if let Some(bed) = &encrypted_reference {
+        paths.insert(ENCRYPTED_REFERENCE, bed.path());
+        measured.push(ENCRYPTED_REFERENCE);
+        pairs.push(("weave_encrypted", ENCRYPTED_REFERENCE));
+    }
     step.finish();
     let samples = measure(&paths, &measured)?;
     let sealed = weave_encrypted.seal_counters();
     let medians = medians_of(&samples);
-    let ratios = ratio_table(
-        &samples,
-        &[
-            ("weave_encrypted", "bare"),
-            ("weave_encrypted", "weave"),
-            ("weave_encrypted", "boringtun"),
-        ],
-    );
+    let ratios = ratio_table(&samples, &pairs);
     let report = json!({
         "paths": medians,
         "ratios": ratios,
         "weave_encrypted_counters": sealed,
         "samples": samples,
         "rounds": ROUNDS,
+        "reference": reference.map(|r| r.display().to_string()),
         "machine": machine(),
     });
     let out = target_dir().join("bench").join("encrypted.json");

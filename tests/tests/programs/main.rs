@@ -11,6 +11,7 @@ mod container;
 mod decap;
 mod overlay;
 mod relay;
+mod steering;
 mod underlay;
 
 use anyhow::Result;
