@@ -19,7 +19,7 @@ use anyhow::{Context as _, Result, bail, ensure};
 use aya::{
     Ebpf, EbpfLoader, TestRun as _, TestRunOptions,
     maps::{Array, HashMap, MapData, PerCpuArray},
-    programs::{SchedClassifier, SocketFilter, Xdp},
+    programs::{SchedClassifier, Xdp},
 };
 use weave_common::{
     counters::{Counter, CounterId},
@@ -166,8 +166,6 @@ impl Programs {
                 .with_context(|| format!("{} has no program {name}", object.display()))?;
             let loaded = if *name == programs::UNDERLAY_XDP {
                 <&mut Xdp>::try_from(program)?.load()
-            } else if *name == programs::TAP_STEERING {
-                <&mut SocketFilter>::try_from(program)?.load()
             } else {
                 <&mut SchedClassifier>::try_from(program)?.load()
             };
@@ -271,8 +269,6 @@ impl Programs {
         };
         let result = if name == programs::UNDERLAY_XDP {
             <&Xdp>::try_from(program)?.test_run(opts)
-        } else if name == programs::TAP_STEERING {
-            <&SocketFilter>::try_from(program)?.test_run(opts)
         } else {
             <&SchedClassifier>::try_from(program)?.test_run(opts)
         }

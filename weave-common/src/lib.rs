@@ -43,8 +43,6 @@ pub mod programs {
     /// TC ingress on the agent's crypto (TAP) device: frames the agent opened, to local
     /// containers.
     pub const TAP_TC: &str = "tap_tc";
-    /// The crypto TAP's queue choice (TUNSETSTEERINGEBPF): which agent worker reads a frame.
-    pub const TAP_STEERING: &str = "tap_steering";
 }
 
 /// Names of the maps inside the object. Kernel object names are cut at 15 bytes, so keep them

@@ -83,30 +83,6 @@ impl CryptoPath {
     }
 }
 
-/// Which of the crypto device's queues (so which of the agent's workers) takes a frame: the
-/// TAP's steering program returns this and the kernel takes it modulo the queue count.
-///
-/// A flow's frames to seal, in either direction and on either host, get the same hint
-/// ([`flow_hint`]); a sealed datagram gets its UDP source port, and each worker sends from a
-/// port that is its own queue index modulo the queue count ([`port_suits_worker`]). So the
-/// worker that sealed a request is the one that opens its response, while it still polls,
-/// rather than a sleeping one that the scheduler must wake first.
-///
-/// Symmetric in the two addresses and the two ports (`ports`: the L4 header's first four
-/// bytes, zero where there are none).
-pub const fn flow_hint(src: [u8; 4], dst: [u8; 4], ports: [u8; 4]) -> u16 {
-    let addresses = u32::from_be_bytes(src) ^ u32::from_be_bytes(dst);
-    let ports = u16::from_be_bytes([ports[0], ports[1]]) ^ u16::from_be_bytes([ports[2], ports[3]]);
-    let mixed = (addresses ^ ports as u32).wrapping_mul(0x9e37_79b1);
-    (mixed >> 16) as u16
-}
-
-/// Whether a worker of queue `worker` (of `workers`) may send sealed datagrams from `port`:
-/// the receiving host's steering maps the port to the same queue index.
-pub const fn port_suits_worker(port: u16, worker: usize, workers: usize) -> bool {
-    workers <= 1 || port as usize % workers == worker
-}
-
 #[cfg(feature = "user")]
 // SAFETY: repr(C), two u32 and a u64, no padding, any bits valid.
 unsafe impl aya::Pod for CryptoPath {}
@@ -125,27 +101,6 @@ mod tests {
         let endpoint = crate::endpoint::endpoint_mac([10, 0, 0, 2]);
         assert_eq!(marked_peer(&endpoint), None);
         assert_eq!(core::mem::size_of::<CryptoPath>(), 16);
-    }
-
-    #[test]
-    fn a_flow_gets_one_hint_both_ways_and_flows_spread() {
-        let (a, b) = ([10, 32, 0, 1], [10, 32, 0, 2]);
-        let there = flow_hint(a, b, [0x9c, 0x40, 0x00, 0x50]);
-        let back = flow_hint(b, a, [0x00, 0x50, 0x9c, 0x40]);
-        assert_eq!(there, back);
-        // Another port of the same hosts is another flow: over many, both queues get work.
-        let odd = (0u16..64)
-            .filter(|p| flow_hint(a, b, [0xc0, *p as u8, 0x00, 0x50]) % 2 == 1)
-            .count();
-        assert!((16..=48).contains(&odd), "{odd} of 64 flows on queue 1");
-    }
-
-    #[test]
-    fn a_worker_sends_from_ports_the_receiver_steers_back_to_it() {
-        assert!(port_suits_worker(40_001, 1, 2));
-        assert!(!port_suits_worker(40_001, 0, 2));
-        assert!(port_suits_worker(40_000, 0, 2));
-        assert!(port_suits_worker(40_001, 0, 1));
     }
 
     #[test]

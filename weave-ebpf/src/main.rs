@@ -9,7 +9,6 @@
 //!   overlay frames itself when the agent encapsulates in eBPF, `encap` building the headers
 //!   on the sending side)
 //! - `tap_tc`: TC ingress on the agent's crypto device (frames the agent opened)
-//! - `tap_steering`: the crypto device's queue choice (which agent worker reads a frame)
 //! - `flood`: broadcast and multicast copies to a subnet's members, shared by `container` and
 //!   `overlay`
 //! - `delivery`: the checks a frame from another host meets before it reaches a container,
@@ -27,7 +26,6 @@ mod icmp;
 mod maps;
 mod overlay;
 mod prefilter;
-mod tap_steering;
 mod tap_tc;
 mod underlay;
 mod underlay_tc;

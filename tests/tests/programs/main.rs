@@ -11,7 +11,6 @@ mod container;
 mod decap;
 mod overlay;
 mod relay;
-mod steering;
 mod underlay;
 
 use anyhow::Result;

@@ -230,10 +230,6 @@ fn start_crypto(
     let identity = Identity::new(pair, crypto::keys::derive_psk(password)?);
     let tap = Tap::create(crypto::TAP_DEVICE, crypto::WORKERS)?;
     datapath.attach_tap(&tap.name)?;
-    // Without it each flow still stays on one worker, only not always the polling one.
-    if let Err(err) = tap.steer(datapath.tap_steering()?) {
-        tracing::warn!("the crypto device keeps the kernel's queue choice: {err:#}");
-    }
     let engine = Engine::start(
         tap,
         Table::new(identity),

@@ -24,7 +24,7 @@ use anyhow::{Context as _, Result};
 use aya::maps::{Array, Map, MapData};
 use weave_common::{
     maps,
-    seal::{CryptoPath, SEALED_HEADER_LEN, SEALED_TAG_LEN, marked_peer, port_suits_worker},
+    seal::{CryptoPath, SEALED_HEADER_LEN, SEALED_TAG_LEN, marked_peer},
 };
 
 use crate::net::clock::{monotonic_ns, unix_nanos};
@@ -50,6 +50,7 @@ const SPIN: Duration = Duration::from_micros(50);
 /// What the workers and the keeper share.
 pub struct Shared {
     pub table: RwLock<Table>,
+    underlay_ip: Ipv4Addr,
     data_port: u16,
     underlay_mtu: u16,
     kicks: mpsc::Sender<Ipv4Addr>,
@@ -77,6 +78,7 @@ impl Engine {
         let (kicks, kicked) = mpsc::channel();
         let shared = Arc::new(Shared {
             table: RwLock::new(table),
+            underlay_ip,
             data_port,
             underlay_mtu: u16::try_from(underlay_mtu).unwrap_or(u16::MAX),
             kicks,
@@ -84,10 +86,8 @@ impl Engine {
         });
         let mut crypto_map = open_crypto_map(pin_dir)?;
         let ifindex = tap.ifindex;
-        let workers = tap.queues.len();
         for (i, queue) in tap.queues.into_iter().enumerate() {
-            let socket = bind_worker_socket(underlay_ip, i, workers)?;
-            let worker = Worker::new(queue, socket, Arc::clone(&shared));
+            let worker = Worker::new(queue, Arc::clone(&shared))?;
             std::thread::Builder::new()
                 .name(format!("seal-{i}"))
                 .spawn(move || worker.run())
@@ -178,30 +178,6 @@ fn bind_socket(ip: Ipv4Addr) -> Result<UdpSocket> {
     Ok(socket)
 }
 
-/// A socket for the worker of queue `worker`: from a port the peers' steering programs map to
-/// the same queue index (`port_suits_worker`), so that a peer's answer to what this worker
-/// sealed comes back to it. Ports that do not suit are held until one does, so the kernel
-/// does not offer them again.
-fn bind_worker_socket(ip: Ipv4Addr, worker: usize, workers: usize) -> Result<UdpSocket> {
-    let mut unsuitable = Vec::new();
-    for _ in 0..64 {
-        let socket = bind_socket(ip)?;
-        let port = socket
-            .local_addr()
-            .context("reading a socket's port")?
-            .port();
-        if port_suits_worker(port, worker, workers) {
-            return Ok(socket);
-        }
-        unsuitable.push(socket);
-    }
-    tracing::debug!(
-        worker,
-        "no suitable port in 64 tries; answers may meet another worker"
-    );
-    bind_socket(ip)
-}
-
 fn send_one(socket: &UdpSocket, port: u16, out: &Outgoing) {
     if let Err(err) = socket.send_to(&out.datagram, SocketAddrV4::new(out.to, port)) {
         tracing::debug!(to = %out.to, "sending a handshake: {err}");
@@ -218,10 +194,11 @@ struct Worker {
 }
 
 impl Worker {
-    fn new(tap: File, socket: UdpSocket, shared: Arc<Shared>) -> Self {
+    fn new(tap: File, shared: Arc<Shared>) -> Result<Self> {
+        let socket = bind_socket(shared.underlay_ip)?;
         // SAFETY: F_SETFL on a descriptor we own.
         unsafe { libc::fcntl(tap.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
-        Self {
+        Ok(Self {
             tap,
             socket,
             shared,
@@ -229,7 +206,7 @@ impl Worker {
             // A message cut into chunks grows by each chunk's header and tag.
             tx: vec![0; 2 * MAX_MESSAGE],
             opener: Opener::default(),
-        }
+        })
     }
 
     /// The next frame from the device into `rx`: its length. Right after a frame, the worker

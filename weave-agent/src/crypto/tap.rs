@@ -6,7 +6,7 @@
 use std::{
     fs::{File, OpenOptions},
     io,
-    os::fd::{AsRawFd as _, BorrowedFd},
+    os::fd::AsRawFd as _,
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -19,7 +19,6 @@ const IFF_UP: libc::c_short = 0x0001;
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
 const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
-const TUNSETSTEERINGEBPF: libc::c_ulong = 0x8004_54e0;
 const TUN_F_CSUM: libc::c_ulong = 0x01;
 const TUN_F_TSO4: libc::c_ulong = 0x02;
 const TUN_F_TSO6: libc::c_ulong = 0x04;
@@ -142,20 +141,6 @@ impl Tap {
             ifindex,
             queues: files,
         })
-    }
-}
-
-impl Tap {
-    /// Gives the device `program` to pick each frame's queue (the device keeps its own
-    /// reference), in place of the kernel's flow table, which learns a flow's queue only from
-    /// frames the agent writes and so cannot know where a peer's sealed datagrams belong.
-    pub fn steer(&self, program: BorrowedFd<'_>) -> Result<()> {
-        let fd: libc::c_int = program.as_raw_fd();
-        // SAFETY: TUNSETSTEERINGEBPF reads an int (a program's descriptor) from the pointer.
-        check(
-            unsafe { libc::ioctl(self.queues[0].as_raw_fd(), TUNSETSTEERINGEBPF, &fd) },
-            "giving the TAP its steering program",
-        )
     }
 }
 

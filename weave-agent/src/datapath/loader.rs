@@ -12,7 +12,7 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, MapData},
     programs::{
-        ProgramError, SchedClassifier, SocketFilter, Xdp, XdpMode,
+        ProgramError, SchedClassifier, Xdp, XdpMode,
         links::{FdLink, LinkOrder, PinnedLink},
         tc::{SchedClassifierLink, TcAttachOptions, TcAttachType},
         xdp::XdpLink,
@@ -73,10 +73,6 @@ impl Datapath {
             tc.load()
                 .with_context(|| format!("verifier rejected {name}"))?;
         }
-        let steering: &mut SocketFilter = program(&mut ebpf, programs::TAP_STEERING)?.try_into()?;
-        steering
-            .load()
-            .with_context(|| format!("verifier rejected {}", programs::TAP_STEERING))?;
 
         Ok(Self {
             ebpf,
@@ -129,14 +125,6 @@ impl Datapath {
     /// Attaches the program that delivers opened frames to the crypto path's TAP device.
     pub fn attach_tap(&mut self, tap: &str) -> Result<()> {
         self.attach_tc(programs::TAP_TC, tap)
-    }
-
-    /// The loaded program that picks the crypto TAP's queue for each frame, for the device to
-    /// hold (`TUNSETSTEERINGEBPF`).
-    pub fn tap_steering(&mut self) -> Result<std::os::fd::BorrowedFd<'_>> {
-        let steering: &mut SocketFilter =
-            program(&mut self.ebpf, programs::TAP_STEERING)?.try_into()?;
-        Ok(std::os::fd::AsFd::as_fd(steering.fd()?))
     }
 
     /// Tells the programs whether frames must be sealed (the mesh has a password). Until the
