@@ -149,3 +149,67 @@ pub fn relayed_vxlan(
 pub fn hex(frame: &[u8]) -> String {
     frame.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+/// An IPv6 packet: `next` header, `hop` limit, then `payload`.
+pub fn ipv6(src: [u8; 16], dst: [u8; 16], next: u8, hop: u8, payload: &[u8]) -> Vec<u8> {
+    let mut h = vec![0x60, 0, 0, 0];
+    h.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    h.extend_from_slice(&[next, hop]);
+    h.extend_from_slice(&src);
+    h.extend_from_slice(&dst);
+    h.extend_from_slice(payload);
+    h
+}
+
+/// A UDP datagram (no checksum) in IPv6 from `src` to `dst`.
+pub fn udp6(src: [u8; 16], dst: [u8; 16]) -> Vec<u8> {
+    let udp = [&[0x27, 0x0f, 0x27, 0x0f, 0, 16, 0, 0][..], b"crafted!"].concat();
+    ipv6(src, dst, IPPROTO_UDP, 64, &udp)
+}
+
+/// The solicited-node group of `addr` (RFC 4291 2.7.1) and its MAC.
+pub fn solicited_node(addr: [u8; 16]) -> ([u8; 16], [u8; 6]) {
+    let mut group = [0u8; 16];
+    group[..2].copy_from_slice(&[0xff, 0x02]);
+    group[11..13].copy_from_slice(&[0x01, 0xff]);
+    group[13..].copy_from_slice(&addr[13..]);
+    (group, [0x33, 0x33, 0xff, addr[13], addr[14], addr[15]])
+}
+
+/// An ICMPv6 message of `kind` whose body after the 4-byte header is `body`, checksummed.
+pub fn icmpv6(src: [u8; 16], dst: [u8; 16], kind: u8, body: &[u8]) -> Vec<u8> {
+    let mut msg = [&[kind, 0, 0, 0][..], body].concat();
+    let sum = weave_common::ipv6::icmpv6_checksum(&src, &dst, &msg);
+    msg[2..4].copy_from_slice(&sum);
+    ipv6(src, dst, 58, 255, &msg)
+}
+
+/// A neighbour solicitation as the kernel sends one to resolve `target` from `src` (MAC
+/// `mac`): to the target's solicited-node group, with a source link-layer address option.
+pub fn neighbour_solicitation(mac: [u8; 6], src: [u8; 16], target: [u8; 16]) -> Vec<u8> {
+    let (group, group_mac) = solicited_node(target);
+    let body = [&[0u8; 4][..], &target, &[1, 1], &mac].concat();
+    ethernet(
+        group_mac,
+        mac,
+        ETHERTYPE_IPV6,
+        &icmpv6(src, group, 135, &body),
+    )
+}
+
+/// The advertisement that answers [`neighbour_solicitation`] from `target` (MAC
+/// `target_mac`) to `asker` (MAC `asker_mac`): solicited, override.
+pub fn neighbour_advertisement(
+    target_mac: [u8; 6],
+    target: [u8; 16],
+    asker_mac: [u8; 6],
+    asker: [u8; 16],
+) -> Vec<u8> {
+    let body = [&[0x60, 0, 0, 0][..], &target, &[2, 1], &target_mac].concat();
+    ethernet(
+        asker_mac,
+        target_mac,
+        ETHERTYPE_IPV6,
+        &icmpv6(target, asker, 136, &body),
+    )
+}

@@ -24,6 +24,7 @@ use aya::{
 use weave_common::{
     counters::{Counter, CounterId},
     endpoint::{Config, Endpoint, Heard, Ipv4Key, PeerRoute, ipv4_key},
+    ipv6::{Endpoint6, Ipv6Key},
     maps,
     policy::SubnetPair,
     programs,
@@ -192,6 +193,12 @@ impl Programs {
         let mut map: HashMap<&mut MapData, Ipv4Key, Endpoint> =
             HashMap::try_from(self.map_mut(maps::ENDPOINTS)?)?;
         Ok(map.insert(ipv4_key(ip), endpoint, 0)?)
+    }
+
+    pub fn add_endpoint6(&mut self, ip: Ipv6Key, endpoint: Endpoint6) -> Result<()> {
+        let mut map: HashMap<&mut MapData, Ipv6Key, Endpoint6> =
+            HashMap::try_from(self.map_mut(maps::ENDPOINTS6)?)?;
+        Ok(map.insert(ip, endpoint, 0)?)
     }
 
     /// Makes `ip` a live peer reached directly.

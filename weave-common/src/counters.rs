@@ -184,11 +184,24 @@ pub enum CounterId {
     BroadcastReceived = 56,
     /// Multicast frames from other hosts, copied to the members of their subnet here.
     MulticastReceived = 57,
+    /// IPv6 neighbour solicitations answered from the endpoint map (as ARP is), so none leaves
+    /// the host.
+    Ipv6NdAnswered = 58,
+    /// IPv6 frames handed from one container to another on this host.
+    Ipv6LocalDelivered = 59,
+    /// IPv6 frames sent towards another host (plain; sealed ones count as `seal_to_agent`).
+    Ipv6RemoteSent = 60,
+    /// IPv6 frames from other hosts handed to a container here.
+    Ipv6Delivered = 61,
+    /// Dropped: IPv6 the overlay does not carry: router solicitations and advertisements,
+    /// multicast listener reports, duplicate address probes, and multicast beyond neighbour
+    /// discovery (there is no router on the overlay, and neighbour discovery is answered here).
+    DropIpv6Control = 62,
 }
 
 impl CounterId {
     /// All slots, in index order.
-    pub const ALL: [Self; 58] = [
+    pub const ALL: [Self; 63] = [
         Self::UnderlayRx,
         Self::ContainerRx,
         Self::UnderlayOverlayPass,
@@ -247,6 +260,11 @@ impl CounterId {
         Self::DropRateLimited,
         Self::BroadcastReceived,
         Self::MulticastReceived,
+        Self::Ipv6NdAnswered,
+        Self::Ipv6LocalDelivered,
+        Self::Ipv6RemoteSent,
+        Self::Ipv6Delivered,
+        Self::DropIpv6Control,
     ];
 
     /// Slots in the counters map: room to append counters without a map of another size,
@@ -314,6 +332,11 @@ impl CounterId {
             Self::DropRateLimited => "drop_rate_limited",
             Self::BroadcastReceived => "broadcast_received",
             Self::MulticastReceived => "multicast_received",
+            Self::Ipv6NdAnswered => "ipv6_nd_answered",
+            Self::Ipv6LocalDelivered => "ipv6_local_delivered",
+            Self::Ipv6RemoteSent => "ipv6_remote_sent",
+            Self::Ipv6Delivered => "ipv6_delivered",
+            Self::DropIpv6Control => "drop_ipv6_control",
         }
     }
 
@@ -427,6 +450,11 @@ mod tests {
             "drop_rate_limited",
             "broadcast_received",
             "multicast_received",
+            "ipv6_nd_answered",
+            "ipv6_local_delivered",
+            "ipv6_remote_sent",
+            "ipv6_delivered",
+            "drop_ipv6_control",
         ];
         for (index, name) in released.iter().enumerate() {
             assert_eq!(CounterId::ALL[index].name(), *name, "slot {index}");

@@ -7,6 +7,7 @@
 pub mod counters;
 pub mod endpoint;
 pub mod flood;
+pub mod ipv6;
 pub mod policy;
 pub mod relay;
 pub mod seal;
@@ -75,4 +76,7 @@ pub mod maps {
     /// Each local endpoint's broadcast and multicast rate clock: host-side veth ifindex -> u64
     /// (see [`crate::flood::admit_at_rate`]), written by the container program alone.
     pub const FLOOD_RATE: &str = "WEAVE_FLOOD_RT";
+    /// [`crate::ipv6::Ipv6Key`] -> [`crate::ipv6::Endpoint6`]: every endpoint's IPv6
+    /// addresses, link-local ones included, local and remote.
+    pub const ENDPOINTS6: &str = "WEAVE_ENDPTS6";
 }

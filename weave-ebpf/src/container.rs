@@ -34,12 +34,14 @@ use crate::{
     encap::{Encap, encapsulate},
     flood,
     headers::{
-        ARP_REPLY, ARP_REQUEST, ArpHdr, ETH_LEN, ETH_P_ARP, ETH_P_IP, EthHdr, IPPROTO_TCP,
-        IPPROTO_UDP, Ipv4Hdr, is_gso, ptr_at,
+        ARP_REPLY, ARP_REQUEST, ArpHdr, ETH_LEN, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, EthHdr,
+        IPPROTO_TCP, IPPROTO_UDP, Ipv4Hdr, Ipv6Hdr, is_gso, ptr_at,
     },
     icmp::frag_needed,
+    ipv6::{IPV6_LEN, answer_solicitation, hop, is_control, sender6},
     maps::{
-        config, crypto_device, crypto_path, endpoint, exposed_behind, may_talk, must_seal, next_hop,
+        config, crypto_device, crypto_path, endpoint, endpoint6, exposed_behind, may_talk,
+        must_seal, next_hop,
     },
     verdict::tc_verdict,
 };
@@ -73,6 +75,7 @@ fn forward(ctx: &TcContext) -> Result<CounterId, CounterId> {
     match unsafe { (*eth).proto() } {
         ETH_P_ARP => answer_arp(start, end, eth, ifindex),
         ETH_P_IP => send_ipv4(ctx, start, end, eth, ifindex),
+        ETH_P_IPV6 => send_ipv6(ctx, ifindex),
         _ => Err(CounterId::DropNotIpv4Unicast),
     }
 }
@@ -220,6 +223,71 @@ fn send_ipv4(
         }
         send_remote(ctx, next, (*ip).tos, gso)
     }
+}
+
+/// A container's IPv6 frame: a neighbour solicitation answered here, control traffic the
+/// overlay does not carry dropped, unicast from the endpoint's own address (global or
+/// link-local) and MAC to an endpoint on its link handed over or sent to its host.
+#[inline(always)]
+fn send_ipv6(ctx: &TcContext, ifindex: u32) -> Result<CounterId, CounterId> {
+    const LEN: usize = ETH_LEN + IPV6_LEN;
+    if ctx.data_end() - ctx.data() < LEN && ctx.len() >= LEN as u32 {
+        ctx.pull_data(LEN as u32)
+            .map_err(|_| CounterId::DropKernelRefused)?;
+    }
+    let (start, end) = (ctx.data(), ctx.data_end());
+    let eth: *mut EthHdr = ptr_at(start, end, 0).ok_or(CounterId::DropMalformed)?;
+    let ip: *mut Ipv6Hdr = ptr_at(start, end, ETH_LEN).ok_or(CounterId::DropMalformed)?;
+    let gso = is_gso(ctx);
+    // SAFETY: ptr_at checked both headers lie inside the packet; TC may write packet data.
+    let (dst, tos) = unsafe {
+        if !(*ip).is_sane(ctx.len() - ETH_LEN as u32, gso) {
+            return Err(CounterId::DropMalformed);
+        }
+        if (*ip).next == weave_common::ipv6::IPPROTO_ICMPV6 {
+            let kind: u8 = ctx.load(LEN).map_err(|_| CounterId::DropMalformed)?;
+            if kind == weave_common::ipv6::ND_NEIGHBOUR_SOLICIT {
+                return answer_solicitation(ctx, ifindex);
+            }
+            if is_control(kind) {
+                return Err(CounterId::DropIpv6Control);
+            }
+        }
+        // Multicast beyond neighbour discovery is not carried (yet): no group is ever joined
+        // across hosts, and a switch's flooding of it would cross isolation.
+        if (*eth).dst[0] & 1 != 0 || (*ip).dst[0] == 0xff {
+            return Err(CounterId::DropIpv6Control);
+        }
+        let src = sender6(&(*ip).src, &(*eth).src, ifindex)?;
+        let dst = endpoint6(&(*ip).dst).ok_or(CounterId::DropUnknownDst)?;
+        if !src.same_link(&dst) {
+            return Err(CounterId::DropIsolated);
+        }
+        (*eth).dst = dst.mac;
+        (hop(&dst), (*ip).traffic_class())
+    };
+    if dst.is_local() {
+        hand_to(&dst)?;
+        return Ok(CounterId::Ipv6LocalDelivered);
+    }
+    let crypto = crypto_path();
+    if must_seal(&crypto, dst.peer) {
+        if ctx.store(0, &marked_mac(dst.peer), 0).is_err() {
+            return Err(CounterId::DropKernelRefused);
+        }
+        let device = crypto_device(&crypto).ok_or(CounterId::DropNoSession)?;
+        // SAFETY: a redirect helper with no flags has no preconditions.
+        if unsafe { bpf_redirect(device, 0) } != i64::from(TC_ACT_REDIRECT) {
+            return Err(CounterId::DropRedirectFailed);
+        }
+        return Ok(CounterId::SealToAgent);
+    }
+    let (next, mtu) = next_hop(dst.peer);
+    // No ICMPv6 "packet too big" is built yet: a packet over a narrower path is dropped.
+    if mtu != 0 && !gso && ctx.len() - ETH_LEN as u32 > u32::from(mtu) - OVERLAY_OVERHEAD {
+        return Err(CounterId::DropTooBig);
+    }
+    send_remote(ctx, next, tos, gso).map(|_| CounterId::Ipv6RemoteSent)
 }
 
 /// The container's IPv4 packet (`ip`), or each segment of a super-packet, would make an outer

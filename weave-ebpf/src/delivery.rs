@@ -13,36 +13,57 @@ use weave_common::{
 };
 
 use crate::{
-    headers::{ETH_LEN, ETH_P_IP, EthHdr, Ipv4Hdr, is_gso, ptr_at},
+    headers::{ETH_LEN, ETH_P_IP, ETH_P_IPV6, EthHdr, Ipv4Hdr, Ipv6Hdr, is_gso, ptr_at},
+    ipv6::{admit6, hop},
     maps::{endpoint, exposed_behind, exposed_here, in_overlay, may_talk},
 };
 
 const HEADERS_LEN: u32 = (ETH_LEN + core::mem::size_of::<Ipv4Hdr>()) as u32;
+const HEADERS6_LEN: u32 = (ETH_LEN + core::mem::size_of::<Ipv6Hdr>()) as u32;
 
-/// Hands the frame in `ctx` (Ethernet, then IPv4) to the local endpoint it is for, if it may go
-/// there from the peer that `origin` names from its Ethernet header: the checks of [`admit`],
-/// the endpoint's current MAC as destination, `bpf_redirect_peer`. Else the drop reason.
+/// Hands the frame in `ctx` (Ethernet, then IPv4 or IPv6) to the local endpoint it is for, if
+/// it may go there from the peer that `origin` names from its Ethernet header: the checks of
+/// [`admit`] (or [`admit6`]), the endpoint's current MAC as destination, `bpf_redirect_peer`.
+/// Then `delivered` (IPv4) or `ipv6_delivered`; else the drop reason.
 #[inline(always)]
 pub(crate) fn deliver_local(
     ctx: &TcContext,
+    delivered: CounterId,
     origin: impl FnOnce(&EthHdr) -> Result<u32, CounterId>,
-) -> Result<(), CounterId> {
-    if ctx.data_end() - ctx.data() < HEADERS_LEN as usize && ctx.len() >= HEADERS_LEN {
+) -> Result<CounterId, CounterId> {
+    if ctx.data_end() - ctx.data() < HEADERS6_LEN as usize && ctx.len() >= HEADERS6_LEN {
+        ctx.pull_data(HEADERS6_LEN)
+            .map_err(|_| CounterId::DropKernelRefused)?;
+    } else if ctx.data_end() - ctx.data() < HEADERS_LEN as usize && ctx.len() >= HEADERS_LEN {
         ctx.pull_data(HEADERS_LEN)
             .map_err(|_| CounterId::DropKernelRefused)?;
     }
     let (start, end) = (ctx.data(), ctx.data_end());
     let eth: *mut EthHdr = ptr_at(start, end, 0).ok_or(CounterId::DropMalformed)?;
-    let ip: *mut Ipv4Hdr = ptr_at(start, end, ETH_LEN).ok_or(CounterId::DropMalformed)?;
     let room = ctx.len() - ETH_LEN as u32;
+    // SAFETY: ptr_at checked the header lies inside the packet.
+    let origin = origin(unsafe { &*eth })?;
+    // SAFETY: as above.
+    if unsafe { (*eth).proto() } == ETH_P_IPV6 {
+        let ip: *mut Ipv6Hdr = ptr_at(start, end, ETH_LEN).ok_or(CounterId::DropMalformed)?;
+        // SAFETY: ptr_at checked both headers lie inside the packet; TC may write packet data.
+        let dst = unsafe {
+            let dst = admit6(&*eth, &*ip, room, is_gso(ctx), origin)?;
+            (*eth).dst = dst.mac;
+            hop(&dst)
+        };
+        hand_to(&dst)?;
+        return Ok(CounterId::Ipv6Delivered);
+    }
+    let ip: *mut Ipv4Hdr = ptr_at(start, end, ETH_LEN).ok_or(CounterId::DropMalformed)?;
     // SAFETY: ptr_at checked both headers lie inside the packet; TC may write packet data.
     let dst = unsafe {
-        let origin = origin(&*eth)?;
         let dst = admit(&*eth, &*ip, room, is_gso(ctx), origin)?;
         (*eth).dst = dst.mac;
         dst
     };
-    hand_to(&dst)
+    hand_to(&dst)?;
+    Ok(delivered)
 }
 
 /// Redirects the frame, its Ethernet destination already `dst`'s MAC, to the local endpoint

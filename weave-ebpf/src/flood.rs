@@ -324,6 +324,10 @@ pub(crate) fn opened_from_peer(
     ctx: &TcContext,
     origin: u32,
 ) -> Option<Result<CounterId, CounterId>> {
+    let proto: [u8; 2] = ctx.load(12).ok()?;
+    if proto != crate::headers::ETH_P_IP.to_be_bytes() {
+        return None;
+    }
     let dst: [u8; 4] = ctx.load(ETH_LEN + 16).ok()?;
     // Every opened frame passes here: most are unicast, and most unicast addresses cannot be
     // a group or a broadcast address (of a subnet up to /30, whose last two bits are set), so

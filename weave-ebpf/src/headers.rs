@@ -8,6 +8,7 @@ use aya_ebpf::programs::{TcContext, XdpContext};
 pub(crate) const ETH_LEN: usize = 14;
 pub(crate) const ETH_P_IP: u16 = 0x0800;
 pub(crate) const ETH_P_ARP: u16 = 0x0806;
+pub(crate) const ETH_P_IPV6: u16 = 0x86dd;
 pub(crate) const IPPROTO_UDP: u8 = 17;
 pub(crate) const IPPROTO_TCP: u8 = 6;
 pub(crate) const ARP_REQUEST: u16 = 1;
@@ -98,6 +99,35 @@ impl Ipv4Hdr {
     #[inline(always)]
     pub fn is_later_fragment(&self) -> bool {
         u16::from_be_bytes(self.frag) & 0x1fff != 0
+    }
+}
+
+/// The fixed IPv6 header (RFC 8200).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub(crate) struct Ipv6Hdr {
+    /// Version (4 bits), traffic class (8), flow label (20).
+    pub vtc_flow: [u8; 4],
+    pub payload_len: [u8; 2],
+    pub next: u8,
+    pub hop_limit: u8,
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+}
+
+impl Ipv6Hdr {
+    /// Version 6 and a payload that fits in the `room` bytes the frame has from this header
+    /// on (a super-packet's length is the stack's own, as for IPv4).
+    #[inline(always)]
+    pub fn is_sane(&self, room: u32, gso: bool) -> bool {
+        let payload = u32::from(u16::from_be_bytes(self.payload_len));
+        self.vtc_flow[0] >> 4 == 6 && (gso || payload + 40 <= room)
+    }
+
+    /// The traffic class: DSCP and the ECN field, as IPv4's TOS byte holds them.
+    #[inline(always)]
+    pub fn traffic_class(&self) -> u8 {
+        (self.vtc_flow[0] << 4) | (self.vtc_flow[1] >> 4)
     }
 }
 

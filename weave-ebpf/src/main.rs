@@ -11,6 +11,7 @@
 //! - `tap_tc`: TC ingress on the agent's crypto device (frames the agent opened)
 //! - `flood`: broadcast and multicast copies to a subnet's members, shared by `container` and
 //!   `overlay`
+//! - `ipv6`: neighbour discovery answered, and IPv6 checks shared by the programs
 //! - `delivery`: the checks a frame from another host meets before it reaches a container,
 //!   shared by `overlay` and `underlay_tc`
 #![no_std]
@@ -23,6 +24,7 @@ mod encap;
 mod flood;
 mod headers;
 mod icmp;
+mod ipv6;
 mod maps;
 mod overlay;
 mod prefilter;

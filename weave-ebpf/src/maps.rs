@@ -10,6 +10,7 @@ use weave_common::{
         Config, Endpoint, Heard, Ipv4Key, OverlaySubnet, PeerRoute, endpoint_mac_address, ipv4_key,
     },
     flood::{FloodKey, FloodSet},
+    ipv6::{Endpoint6, Ipv6Key},
     policy::{POLICY_CAPACITY, SubnetPair},
     seal::CryptoPath,
 };
@@ -49,6 +50,17 @@ pub(crate) static WEAVE_FLOOD: HashMap<FloodKey, FloodSet> = HashMap::pinned(4_0
 /// `weave_common::flood::admit_at_rate`); LRU, so endpoints long gone make room.
 #[map]
 pub(crate) static WEAVE_FLOOD_RT: LruHashMap<u32, u64> = LruHashMap::pinned(65_536, 0);
+
+/// Every endpoint's IPv6 addresses, link-local ones included, local and remote.
+#[map]
+pub(crate) static WEAVE_ENDPTS6: HashMap<Ipv6Key, Endpoint6> = HashMap::pinned(65_536, 0);
+
+/// A copy of the endpoint with IPv6 address `key`, if any.
+#[inline(always)]
+pub(crate) fn endpoint6(key: &Ipv6Key) -> Option<Endpoint6> {
+    // SAFETY: copied out at once; the agent replaces entries whole.
+    unsafe { WEAVE_ENDPTS6.get(key).copied() }
+}
 
 /// The address `ip` lies inside some overlay subnet (attached or not).
 #[inline(always)]

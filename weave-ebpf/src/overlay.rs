@@ -65,8 +65,7 @@ fn deliver(ctx: &TcContext) -> Result<CounterId, CounterId> {
     if let Some(copied) = group_frame(ctx, source) {
         return copied;
     }
-    deliver_local(ctx, |_| Ok(source))?;
-    Ok(CounterId::OverlayDelivered)
+    deliver_local(ctx, CounterId::OverlayDelivered, |_| Ok(source))
 }
 
 /// A broadcast or multicast frame from `source`, copied to the members here; None for

@@ -26,13 +26,12 @@ fn deliver(ctx: &TcContext) -> Result<CounterId, CounterId> {
     {
         return copied;
     }
-    deliver_local(ctx, |eth| {
+    deliver_local(ctx, CounterId::OpenedDelivered, |eth| {
         // Anything else on the device (the kernel's own IPv6 chatter) is not the agent's.
         let origin = marked_peer(&eth.dst).ok_or(CounterId::DropNotIpv4Unicast)?;
         if !is_peer(origin) {
             return Err(CounterId::DropOverlayNotPeer);
         }
         Ok(origin)
-    })?;
-    Ok(CounterId::OpenedDelivered)
+    })
 }

@@ -44,7 +44,9 @@ use crate::{
     counters::count,
     delivery::{admit, hand_to, sent_by},
     encap::ENCAP_LEN,
-    headers::{ECN_CE, ECN_NOT_ECT, ETH_LEN, ETH_P_IP, EthHdr, Ipv4Hdr, UdpHdr, is_gso, ptr_at},
+    headers::{
+        ECN_CE, ECN_NOT_ECT, ETH_LEN, ETH_P_IP, ETH_P_IPV6, EthHdr, Ipv4Hdr, UdpHdr, is_gso, ptr_at,
+    },
     maps::{
         config, crypto_device, crypto_path, endpoint, exposed_behind, heard, is_peer, may_talk,
         must_seal, peer_route,
@@ -238,6 +240,13 @@ fn overlay(ctx: &TcContext, cfg: &Config, source: u32) -> Result<Outcome, Counte
                 Err(CounterId::DropMalformed)
             };
         };
+        // IPv6 takes the device, whose program checks it (not relayed or stripped here yet).
+        if (*eth).proto() == ETH_P_IPV6 {
+            return Ok(Outcome::ToKernel {
+                why: None,
+                origin: claimed,
+            });
+        }
         let room = ctx.len() - OUTER_LEN as u32 - ETH_LEN as u32;
         let frame = Frame {
             eth: &*eth,

@@ -300,10 +300,10 @@ fn every_drop_reason_of_ipv4_and_other_ethertypes() {
             DropIsolated,
         ),
         (
-            "IPv6",
+            "IPv6 claiming more payload than it carries",
             ethernet(mac(C3), mac(C1), ETHERTYPE_IPV6, &[0x60; 40]),
             C1_VETH,
-            DropNotIpv4Unicast,
+            DropMalformed,
         ),
         (
             "broadcast MAC to a unicast address",

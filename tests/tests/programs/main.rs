@@ -9,6 +9,7 @@
 mod arp;
 mod container;
 mod decap;
+mod ipv6;
 mod overlay;
 mod relay;
 mod underlay;
