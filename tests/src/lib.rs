@@ -706,7 +706,8 @@ pub const BULK: usize = 30_000_000;
 /// their SHA-256.
 const SINK: &str = r#"
 import hashlib, socket, sys
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s = socket.socket(socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind((sys.argv[1], 5201)); s.listen(1); s.settimeout(30)
 print("ready", flush=True)
 c, _ = s.accept(); c.settimeout(30)

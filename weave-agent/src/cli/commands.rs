@@ -112,7 +112,7 @@ pub fn attach(
     dns: &AttachOptions,
 ) -> Result<()> {
     // Refuse bad input before anything is changed anywhere.
-    let parsed = AddressRequest::parse_list(&addresses.join(","))?;
+    let (parsed, ipv6) = crate::ipam::request::parse_with_ipv6(&addresses.join(","))?;
     let netns = netns::netns_path(container_arg)?;
     let resolv_conf = match (&dns.resolv_conf, container_arg.strip_prefix("netns:")) {
         (false, _) => None,
@@ -126,6 +126,7 @@ pub fn attach(
         cidr: parsed
             .iter()
             .map(ToString::to_string)
+            .chain(ipv6.map(|c| c.to_string()))
             .collect::<Vec<_>>()
             .join(","),
         container: container_arg.to_owned(),
@@ -139,10 +140,15 @@ pub fn attach(
     };
     for endpoint in endpoints {
         println!(
-            "{} {} {} (ethwe, MTU {}){}",
+            "{} {} {}{} (ethwe, MTU {}){}",
             endpoint.container,
             endpoint.mac,
             endpoint.cidr,
+            endpoint
+                .ipv6
+                .as_deref()
+                .map(|c| format!(",{c}"))
+                .unwrap_or_default(),
             endpoint.mtu,
             endpoint
                 .dns_name
@@ -240,22 +246,21 @@ pub fn ps(loc: &Location, out: OutputArgs) -> Result<()> {
         return Ok(());
     }
     for ep in endpoints {
+        // A container's IPv6 address follows the IPv4 address it is kept with, as Weave lists
+        // a container's addresses.
+        let cidr = match &ep.ipv6 {
+            Some(ipv6) => format!("{} {ipv6}", ep.cidr),
+            None => ep.cidr.clone(),
+        };
         if let Some(x) = &ep.expose {
-            println!(
-                "{} {} {} ({})",
-                ep.container,
-                ep.mac,
-                ep.cidr,
-                exposure_text(x)
-            );
+            println!("{} {} {cidr} ({})", ep.container, ep.mac, exposure_text(x));
         } else if ep.forwards.is_empty() {
-            println!("{} {} {}", ep.container, ep.mac, ep.cidr);
+            println!("{} {} {cidr}", ep.container, ep.mac);
         } else {
             println!(
-                "{} {} {} (forwards: {})",
+                "{} {} {cidr} (forwards: {})",
                 ep.container,
                 ep.mac,
-                ep.cidr,
                 ep.forwards.join("; ")
             );
         }

@@ -317,6 +317,9 @@ pub struct EndpointInfo {
     /// The container's DNS name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns_name: Option<String>,
+    /// The container's IPv6 address (CIDR), kept with its first IPv4 address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<String>,
 }
 
 /// How an exposed address serves what is outside the overlay.

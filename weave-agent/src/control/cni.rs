@@ -226,6 +226,7 @@ mod tests {
             expose: None,
             dns_name: None,
             mac_from: None,
+            ipv6: None,
             iface: "eth0".into(),
             no_multicast_route: false,
         }

@@ -269,6 +269,9 @@ async fn start_gossip(
             let routes = &e.expose.as_ref()?.routes;
             Some(crate::mesh::keys::via_key_value(e.cidr.ip, routes))
         }))
+        .chain(inner.state.endpoints.iter().filter_map(|e| {
+            Some(crate::mesh::keys::ipv6_key_value(e.cidr.ip, e.ipv6.as_ref()?))
+        }))
         .chain(
             inner
                 .state

@@ -6,17 +6,22 @@ use std::{
     net::{IpAddr, Ipv4Addr},
 };
 
-use weave_common::endpoint::{ENDPOINT_EXPOSED, Endpoint};
+use weave_common::{
+    endpoint::{ENDPOINT_EXPOSED, Endpoint},
+    ipv6::{Endpoint6, Ipv6Key},
+};
 
 use crate::{
     mesh::gossip::PeerView,
-    net::{addressing::parse_mac, names::EXPOSED_LABEL},
+    net::{addressing::parse_mac, ipv6, names::EXPOSED_LABEL},
 };
 
 /// What the maps should hold for remote endpoints and peers.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Desired {
     pub endpoints: BTreeMap<Ipv4Addr, Endpoint>,
+    /// The IPv6 addresses of those endpoints, link-local ones included (`net::ipv6`).
+    pub endpoints6: BTreeMap<Ipv6Key, Endpoint6>,
     pub peers: BTreeSet<Ipv4Addr>,
     /// Addresses claimed by more than one host, as human-readable lines.
     pub conflicts: Vec<String>,
@@ -34,6 +39,7 @@ pub fn desired(
 ) -> Desired {
     let mut out = Desired::default();
     let mut owner: BTreeMap<Ipv4Addr, &str> = BTreeMap::new();
+    let mut ipv6_of = BTreeMap::new();
     for peer in peers.iter().filter(|p| p.alive) {
         let IpAddr::V4(underlay) = peer.address.ip() else {
             continue;
@@ -64,6 +70,10 @@ pub fn desired(
                 }
             }
             owner.insert(ip, &peer.name);
+            match peer.ipv6.get(&ip) {
+                Some(cidr) => ipv6_of.insert(ip, *cidr),
+                None => ipv6_of.remove(&ip),
+            };
             let mut entry = ep.cidr.remote_endpoint(mac, underlay);
             if ep.container == EXPOSED_LABEL {
                 entry.flags |= ENDPOINT_EXPOSED;
@@ -71,6 +81,11 @@ pub fn desired(
             out.endpoints.insert(ip, entry);
         }
     }
+    out.endpoints6 = ipv6::map_of(
+        out.endpoints
+            .iter()
+            .map(|(ip, ep)| (ep, ipv6_of.get(ip))),
+    );
     out
 }
 
@@ -95,6 +110,7 @@ pub(super) mod tests {
             ring: None,
             wants: BTreeMap::new(),
             names: BTreeMap::new(),
+            ipv6: BTreeMap::new(),
             name: name.to_owned(),
             nickname: name.to_owned(),
             address: SocketAddr::from((ip, GOSSIP_PORT)),

@@ -22,7 +22,10 @@ use super::{
 use crate::{
     host::{docker, netlink, netns, run_spec::RunSpec},
     ipam::request::AddressRequest,
-    net::{addressing::Cidr, names::CONTAINER_IFACE},
+    net::{
+        addressing::{Cidr, Cidr6},
+        names::CONTAINER_IFACE,
+    },
 };
 
 /// The container an endpoint is attached to.
@@ -87,7 +90,7 @@ pub async fn attach(
     dns_name: Option<String>,
     multicast_route: bool,
 ) -> Result<Vec<api::EndpointInfo>> {
-    let requests = AddressRequest::parse_list(addresses)?;
+    let (requests, ipv6) = crate::ipam::request::parse_with_ipv6(addresses)?;
     let mut target = match netns {
         Some(netns) => Target {
             label: container.to_owned(),
@@ -109,7 +112,68 @@ pub async fn attach(
         }
         target.dns_name = dns::name_for(agent, &name)?;
     }
-    attach_target(agent, &requests, &target, mtu).await
+    let mut done = attach_target(agent, &requests, &target, mtu).await?;
+    if let Some(cidr) = ipv6 {
+        match give_ipv6(agent, &target, cidr).await {
+            Ok(()) => {
+                if let Some(first) = done.first_mut() {
+                    first.ipv6 = Some(cidr.to_string());
+                }
+            }
+            Err(err) => {
+                take_back(agent, &done).await;
+                return Err(err);
+            }
+        }
+    }
+    Ok(done)
+}
+
+/// Gives the container `target` (attached already, by its first address) the IPv6 address
+/// `cidr`: on its `ethwe`, in its state and in gossip, then in the maps by a sync round.
+async fn give_ipv6(agent: &Agent, target: &Target, cidr: Cidr6) -> Result<()> {
+    let (first, iface) = {
+        let inner = agent.inner.lock().await;
+        let holders = inner
+            .state
+            .endpoints
+            .iter()
+            .filter_map(|e| Some((e.ipv6?, e.container.as_str())))
+            .chain(inner.peers.iter().filter(|p| p.alive).flat_map(|p| {
+                p.ipv6.values().map(move |c| (*c, p.name.as_str()))
+            }));
+        for (held, by) in holders {
+            if held.ip == cidr.ip {
+                bail!("{} is already in use by {by}", cidr.ip);
+            }
+        }
+        let first = inner
+            .state
+            .endpoints
+            .iter()
+            .find(|e| e.netns == target.netns && e.expose.is_none() && e.mac_from.is_none())
+            .with_context(|| {
+                format!("{} has no first IPv4 address to give {cidr} beside", target.label)
+            })?;
+        (first.cidr.ip, first.iface.clone())
+    };
+    netns::add_ethwe_address6(&target.netns, iface, cidr).await?;
+    {
+        let mut inner = agent.inner.lock().await;
+        let inner = &mut *inner;
+        if let Some(ep) = inner
+            .state
+            .endpoints
+            .iter_mut()
+            .find(|e| e.cidr.ip == first && e.mac_from.is_none())
+        {
+            ep.ipv6 = Some(cidr);
+        }
+        agent.save(inner)?;
+        agent.gossip.publish_ipv6(first, Some(&cidr)).await;
+    }
+    tracing::info!(%cidr, container = %target.label, "attached IPv6");
+    sync::sync_once(agent).await
 }
 
 /// The addresses `requests` ask for, one after the other, attached to `target`; those added
@@ -492,6 +556,7 @@ async fn record(
         expose: None,
         dns_name: target.dns_name.clone(),
         mac_from: wire.mac_from,
+        ipv6: None,
         iface: target.iface.clone(),
         no_multicast_route: !target.multicast_route,
     };
@@ -642,5 +707,11 @@ pub async fn adopt_endpoints(inner: &mut Inner) -> Result<()> {
     }
     // The adopted entries point at these peers; the plan keeps them through the grace.
     inner.written.adopted_peers = inner.datapath.peers()?.into_iter().collect();
+    inner.written.adopted6 = inner
+        .datapath
+        .endpoints6()?
+        .into_iter()
+        .filter(|(_, ep)| !ep.is_local())
+        .collect();
     Ok(())
 }

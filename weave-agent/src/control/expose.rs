@@ -109,6 +109,7 @@ async fn expose_at(
         expose: Some(exposure),
         dns_name: None,
         mac_from: None,
+        ipv6: None,
         iface: cidr.exposed_iface(),
         // The host keeps its own multicast routing.
         no_multicast_route: false,

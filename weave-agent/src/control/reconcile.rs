@@ -10,6 +10,7 @@ use std::{
 
 use weave_common::{
     endpoint::{Endpoint, ipv4_octets},
+    ipv6::{Endpoint6, Ipv6Key},
     policy::SubnetPair,
 };
 
@@ -44,6 +45,11 @@ pub struct Written {
     pub subnets: Option<BTreeMap<Subnet, Ipv4Addr>>,
     /// The flood map; None until the first sync writes it.
     pub flood: Option<BTreeMap<Subnet, Members>>,
+    /// The IPv6 endpoint map; None until the first sync writes it.
+    pub endpoints6: Option<BTreeMap<Ipv6Key, Endpoint6>>,
+    /// Remote IPv6 entries found in the pinned map at start, kept through
+    /// [`ADOPTION_GRACE`] as the IPv4 ones are.
+    pub adopted6: BTreeMap<Ipv6Key, Endpoint6>,
 }
 
 /// Who gets a copy of a subnet's broadcast and multicast frames (the flood map's value).
@@ -77,6 +83,8 @@ pub struct View<'a> {
     pub plain: &'a BTreeSet<Ipv4Addr>,
     /// Peers whose address ring was refused (`control::ipam`): their endpoints are not reached.
     pub refused: &'a BTreeSet<String>,
+    /// The IPv6 entries of this host's endpoints (`net::ipv6`).
+    pub local6: &'a BTreeMap<Ipv6Key, Endpoint6>,
 }
 
 /// One change to the maps.
@@ -95,6 +103,8 @@ pub enum MapOp {
     SetSubnets(BTreeMap<Subnet, Ipv4Addr>),
     /// Every subnet with members here or on a peer, and who they are.
     SetFlood(BTreeMap<Subnet, Members>),
+    /// Every IPv6 address of the endpoints here and on live peers.
+    SetEndpoints6(BTreeMap<Ipv6Key, Endpoint6>),
 }
 
 /// The map operations for one round, and the conflicts seen in it.
@@ -185,6 +195,17 @@ pub fn plan(view: &View<'_>, written: &Written, since_start: Duration) -> Plan {
     if written.flood.as_ref() != Some(&flood) {
         ops.push(MapOp::SetFlood(flood));
     }
+    let mut six = desired.endpoints6.clone();
+    if in_grace {
+        for (ip, ep) in &written.adopted6 {
+            six.entry(*ip).or_insert(*ep);
+        }
+    }
+    // An address attached here is this host's, whatever a peer says of it.
+    six.extend(view.local6.iter().map(|(ip, ep)| (*ip, *ep)));
+    if written.endpoints6.as_ref() != Some(&six) {
+        ops.push(MapOp::SetEndpoints6(six));
+    }
     Plan {
         ops,
         conflicts: desired.conflicts,
@@ -270,6 +291,7 @@ impl Written {
             MapOp::SetPolicy(pairs) => self.policy = Some(pairs.clone()),
             MapOp::SetSubnets(subnets) => self.subnets = Some(subnets.clone()),
             MapOp::SetFlood(flood) => self.flood = Some(flood.clone()),
+            MapOp::SetEndpoints6(six) => self.endpoints6 = Some(six.clone()),
         }
     }
 }
@@ -296,12 +318,14 @@ mod tests {
             routes: &NO_ROUTES,
             plain: &NO_PLAIN,
             refused: &NO_REFUSED,
+            local6: &NO_LOCAL6,
         }
     }
 
     static NO_ROUTES: BTreeMap<Ipv4Addr, Path> = BTreeMap::new();
     static NO_PLAIN: BTreeSet<Ipv4Addr> = BTreeSet::new();
     static NO_REFUSED: BTreeSet<String> = BTreeSet::new();
+    static NO_LOCAL6: BTreeMap<Ipv6Key, Endpoint6> = BTreeMap::new();
     static NO_EXPOSED: BTreeMap<Subnet, Ipv4Addr> = BTreeMap::new();
     static NO_PORTS: BTreeMap<Subnet, BTreeSet<u32>> = BTreeMap::new();
 
@@ -530,6 +554,7 @@ mod tests {
             routes: &NO_ROUTES,
             plain: &NO_PLAIN,
             refused: &NO_REFUSED,
+            local6: &NO_LOCAL6,
         };
         let (mut maps, mut written) = (FullPolicyMap::default(), Written::default());
         let first = plan(&view, &written, LATER);

@@ -15,7 +15,12 @@ use serde::{Deserialize, Serialize};
 
 use weave_common::endpoint::{ENDPOINT_EXPOSED, ENDPOINT_FORWARDS, Endpoint, endpoint_mac};
 
-use crate::net::{addressing::Cidr, exposure::Exposure, names::CONTAINER_IFACE, policy::Rule};
+use crate::net::{
+    addressing::{Cidr, Cidr6},
+    exposure::Exposure,
+    names::CONTAINER_IFACE,
+    policy::Rule,
+};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct State {
@@ -64,6 +69,10 @@ pub struct LocalEndpoint {
     /// The container's full DNS name (its Docker name, or `--dns-name`), if it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns_name: Option<String>,
+    /// The container's IPv6 address on `ethwe`, kept with its first IPv4 address (whose
+    /// name in the mesh it is published under).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<Cidr6>,
     /// For a container's second and later addresses: the first one, which its `ethwe` MAC
     /// (and so this address's map entry and gossip) is derived from. They share its veth.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -173,6 +182,7 @@ mod tests {
                 expose: None,
                 dns_name: Some("c1.weave.local".into()),
                 mac_from: None,
+                ipv6: None,
                 iface: "eth0".into(),
                 no_multicast_route: true,
             }],

@@ -97,6 +97,7 @@ pub fn endpoint_info(ep: &LocalEndpoint) -> api::EndpointInfo {
             masquerade: x.masquerade,
         }),
         dns_name: ep.dns_name.clone(),
+        ipv6: ep.ipv6.map(|c| c.to_string()),
     }
 }
 

@@ -9,6 +9,10 @@ use std::{
 };
 
 use anyhow::Result;
+use weave_common::{
+    endpoint::Endpoint,
+    ipv6::{Endpoint6, Ipv6Key},
+};
 
 use super::{
     agent::{Agent, Inner},
@@ -23,6 +27,7 @@ use crate::{
     datapath::Datapath,
     host::peer_mtu,
     mesh::{gossip::PeerView, topology::routes::Route},
+    net::{addressing::Cidr6, ipv6},
 };
 
 /// How often the view of the mesh is reconciled into the maps even without a change from
@@ -266,7 +271,9 @@ fn apply_plan(inner: &mut Inner, peers: &[PeerView]) -> Result<()> {
                 .insert(ifindex);
         }
     }
+    let local6 = local_ipv6(&inner.state.endpoints);
     let view = View {
+        local6: &local6,
         peers,
         local: &local,
         local_subnets: &local_subnets,
@@ -288,6 +295,17 @@ fn apply_plan(inner: &mut Inner, peers: &[PeerView]) -> Result<()> {
     applied
 }
 
+/// The IPv6 entries of this host's endpoints: each container's, from its first address's
+/// entry (the MAC its link-local address comes from) and its IPv6 address.
+fn local_ipv6(endpoints: &[LocalEndpoint]) -> BTreeMap<Ipv6Key, Endpoint6> {
+    let entries: Vec<(Endpoint, Option<&Cidr6>)> = endpoints
+        .iter()
+        .filter(|ep| ep.mac_from.is_none())
+        .filter_map(|ep| Some((ep.map_entry(ifindex_of(&ep.host_veth)?), ep.ipv6.as_ref())))
+        .collect();
+    ipv6::map_of(entries.iter().map(|(ep, cidr)| (ep, *cidr)))
+}
+
 impl MapWriter for Datapath {
     fn apply(&mut self, op: &MapOp) -> Result<()> {
         match op {
@@ -298,6 +316,7 @@ impl MapWriter for Datapath {
             MapOp::SetPolicy(pairs) => self.set_policy(pairs),
             MapOp::SetSubnets(subnets) => self.set_subnets(subnets),
             MapOp::SetFlood(flood) => self.set_flood(flood),
+            MapOp::SetEndpoints6(six) => self.set_endpoints6(six),
         }
     }
 }

@@ -16,6 +16,7 @@ use weave_common::{
         Endpoint, Heard, Ipv4Key, OverlaySubnet, PEER_PLAIN, PeerRoute, ipv4_key, ipv4_octets,
     },
     flood::{FLOOD_LOCAL, FLOOD_REMOTE, FloodKey, FloodSet},
+    ipv6::{Endpoint6, Ipv6Key},
     maps,
     policy::{POLICY_CAPACITY, SubnetPair},
 };
@@ -198,6 +199,36 @@ impl Datapath {
                 .context("removing a subnet from the flood map")?;
         }
         Ok(())
+    }
+
+    /// Makes the IPv6 endpoint map hold exactly `six`, each entry replaced whole.
+    pub fn set_endpoints6(&mut self, six: &BTreeMap<Ipv6Key, Endpoint6>) -> Result<()> {
+        let mut map: HashMap<&mut MapData, Ipv6Key, Endpoint6> =
+            HashMap::try_from(self.map_mut(maps::ENDPOINTS6)?)?;
+        let present: BTreeMap<Ipv6Key, Endpoint6> = map
+            .iter()
+            .collect::<Result<_, _>>()
+            .context("reading the IPv6 endpoint map")?;
+        for key in present.keys().filter(|k| !six.contains_key(*k)) {
+            map.remove(key)
+                .context("removing an address from the IPv6 endpoint map")?;
+        }
+        for (key, ep) in six.iter().filter(|(k, e)| present.get(*k) != Some(e)) {
+            map.insert(*key, *ep, 0).with_context(|| {
+                format!(
+                    "writing {} into the IPv6 endpoint map (it holds 65,536 addresses)",
+                    std::net::Ipv6Addr::from(*key)
+                )
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Every entry of the IPv6 endpoint map, as the kernel has it.
+    pub fn endpoints6(&self) -> Result<BTreeMap<Ipv6Key, Endpoint6>> {
+        let map: HashMap<&MapData, Ipv6Key, Endpoint6> =
+            HashMap::try_from(self.map(maps::ENDPOINTS6)?)?;
+        Ok(map.iter().collect::<Result<_, _>>()?)
     }
 
     /// The kernel's peer map: each peer's underlay address, its next hop and path MTU.

@@ -190,10 +190,16 @@ pub async fn configure_link(
         .with_context(|| format!("configuring {name}"))
 }
 
-pub async fn add_address(handle: &Handle, index: u32, ip: Ipv4Addr, prefix: u8) -> Result<()> {
+pub async fn add_address(
+    handle: &Handle,
+    index: u32,
+    ip: impl Into<IpAddr>,
+    prefix: u8,
+) -> Result<()> {
+    let ip: IpAddr = ip.into();
     handle
         .address()
-        .add(index, IpAddr::V4(ip), prefix)
+        .add(index, ip, prefix)
         .execute()
         .await
         .with_context(|| format!("adding {ip}/{prefix}"))

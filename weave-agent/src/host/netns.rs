@@ -14,7 +14,10 @@ use super::{
     netlink,
     routes::{self, RouteHolder},
 };
-use crate::net::{addressing::Cidr, exposure::ContainerRoute};
+use crate::net::{
+    addressing::{Cidr, Cidr6},
+    exposure::ContainerRoute,
+};
 
 /// The network namespace file a CONTAINER argument stands for; None for anything else, which
 /// is taken for a Docker container name or id.
@@ -122,8 +125,7 @@ pub async fn configure_ethwe(
             .with_context(|| format!("{temp} did not arrive in the container"))?;
         netlink::configure_link(&handle, index, &iface, &cidr.mac(), mtu).await?;
         netlink::add_address(&handle, index, cidr.ip, cidr.prefix).await?;
-        // IPv6 on ethwe would only produce router solicitations the data path drops.
-        let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{iface}/disable_ipv6"), "1");
+        ipv6_on_the_overlay(&iface)?;
         netlink::set_up(&handle, index).await?;
         if let Some(ip) = service {
             routes::add_service_route(&handle, ip, index).await?;
@@ -132,6 +134,38 @@ pub async fn configure_ethwe(
             routes::add_multicast_route(&handle, index).await?;
         }
         Ok(())
+    })
+    .await
+}
+
+/// IPv6 on the container's interface as the overlay carries it, set before the link comes
+/// up (its link-local address is made then): no router advertisements (there is no router
+/// on the overlay, and one a container sent would be dropped anyway), and no duplicate
+/// address detection (the programs answer neighbour solicitations for every endpoint,
+/// so a probe could only ever be answered by the address's own holder; the mesh refuses
+/// an address held twice before it reaches a container).
+fn ipv6_on_the_overlay(iface: &str) -> Result<()> {
+    for (key, value) in [("accept_ra", "0"), ("accept_dad", "0"), ("disable_ipv6", "0")] {
+        let path = format!("/proc/sys/net/ipv6/conf/{iface}/{key}");
+        match std::fs::write(&path, value) {
+            Ok(()) => {}
+            // A kernel without IPv6 has no such files: the container simply has none.
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(err) => return Err(err).with_context(|| format!("writing {value} to {path}")),
+        }
+    }
+    Ok(())
+}
+
+/// Gives the container's `ethwe` (`iface`) its IPv6 address (no duplicate detection: see
+/// [`ipv6_on_the_overlay`]).
+pub async fn add_ethwe_address6(netns: &Path, iface: String, cidr: Cidr6) -> Result<()> {
+    in_netns(netns, move |handle| async move {
+        let index = netlink::link_index(&handle, &iface)
+            .await?
+            .with_context(|| format!("the container has no interface {iface}"))?;
+        ipv6_on_the_overlay(&iface)?;
+        netlink::add_address(&handle, index, cidr.ip, cidr.prefix).await
     })
     .await
 }

@@ -6,7 +6,10 @@ use std::{fmt, str::FromStr};
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::net::{addressing::Cidr, policy::Subnet};
+use crate::net::{
+    addressing::{Cidr, Cidr6},
+    policy::Subnet,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AddressRequest {
@@ -34,6 +37,34 @@ impl AddressRequest {
             requests
         })
     }
+}
+
+/// The requests of an `attach` that may hold IPv6 addresses beside the IPv4 ones
+/// (`10.40.1.10/24,fd00:1::10/64`): the IPv4 requests, as [`AddressRequest::parse_list`]
+/// reads them, and the one IPv6 address. An IPv6 address always comes beside an IPv4 one:
+/// the endpoint's name in the mesh is its IPv4 address.
+pub fn parse_with_ipv6(text: &str) -> Result<(Vec<AddressRequest>, Option<Cidr6>)> {
+    let mut ipv4 = Vec::new();
+    let mut ipv6 = Vec::new();
+    for item in text.split(',').map(str::trim).filter(|a| !a.is_empty()) {
+        let bare = item.strip_prefix("ip:").unwrap_or(item);
+        if bare.contains(':') && !item.starts_with("net:") {
+            ipv6.push(bare.parse::<Cidr6>()?);
+        } else {
+            ipv4.push(item);
+        }
+    }
+    if ipv6.len() > 1 {
+        bail!("{text}: one IPv6 address per container for now");
+    }
+    if !ipv6.is_empty() && ipv4.is_empty() {
+        bail!(
+            "{text}: an IPv6 address needs an IPv4 address (or net:default) beside it for now, \
+             e.g. 10.40.1.10/24,{}",
+            ipv6[0]
+        );
+    }
+    Ok((AddressRequest::parse_list(&ipv4.join(","))?, ipv6.pop()))
 }
 
 impl FromStr for AddressRequest {
@@ -93,6 +124,21 @@ mod tests {
 
     fn parsed(text: &str) -> AddressRequest {
         text.parse().unwrap()
+    }
+
+    #[test]
+    fn ipv6_addresses_come_beside_ipv4_ones() {
+        let (v4, v6) = parse_with_ipv6("10.40.1.10/24, fd00:1::10/64").unwrap();
+        assert_eq!(v4, [AddressRequest::Explicit("10.40.1.10/24".parse().unwrap())]);
+        assert_eq!(v6, Some("fd00:1::10/64".parse().unwrap()));
+        let (v4, v6) = parse_with_ipv6("net:default,ip:fd00:1::10/64").unwrap();
+        assert_eq!(v4, [AddressRequest::Default]);
+        assert!(v6.is_some());
+        assert_eq!(parse_with_ipv6("10.40.1.10/24").unwrap().1, None);
+        assert!(parse_with_ipv6("fd00:1::10/64").is_err());
+        assert!(parse_with_ipv6("10.40.1.10/24,fd00:1::10/64,fd00:1::11/64").is_err());
+        assert!(parse_with_ipv6("10.40.1.10/24,fe80::10/64").is_err());
+        assert!(parse_with_ipv6("10.40.1.10/24,fd00:1::10").is_err());
     }
 
     #[test]

@@ -19,14 +19,14 @@ use chitchat::{
 use serde::{Deserialize, Serialize};
 
 use super::keys::{
-    IPAM_RING_KEY, NICKNAME_KEY, PublishedEndpoint, endpoint_key, endpoint_key_value,
-    names_key_value, published_endpoints, published_names, published_rules, published_via,
-    published_wants, via_key, via_key_value, want_key,
+    IPAM_RING_KEY, NICKNAME_KEY, PublishedEndpoint, endpoint_key, endpoint_key_value, ipv6_key,
+    names_key_value, published_endpoints, published_ipv6, published_names, published_rules,
+    published_via, published_wants, via_key, via_key_value, want_key,
 };
 use super::topology::links::LINKS_KEY;
 use crate::crypto::trust::{SEAL_KEY, TRUSTED_KEY};
 use crate::net::{
-    addressing::Cidr,
+    addressing::{Cidr, Cidr6},
     clock::unix_millis,
     policy::{Rule, Subnet},
 };
@@ -57,6 +57,9 @@ pub struct PeerView {
     pub generation: u64,
     pub alive: bool,
     pub endpoints: Vec<PublishedEndpoint>,
+    /// The IPv6 address of each endpoint (by its IPv4 address) that has one.
+    #[serde(default)]
+    pub ipv6: BTreeMap<Ipv4Addr, Cidr6>,
     /// Isolation rules the peer publishes (the newest it knows per pair).
     pub rules: Vec<Rule>,
     /// Whom the peer hears directly, as it publishes it (`topology::links`); None from a peer
@@ -224,6 +227,22 @@ impl Gossip {
         self.handle
             .with_chitchat(|c| c.self_node_state().delete(&key))
             .await;
+        self.publish_ipv6(ip, None).await;
+    }
+
+    /// Publishes the IPv6 address of the endpoint published as `ip`, or withdraws it.
+    pub async fn publish_ipv6(&self, ip: Ipv4Addr, cidr: Option<&Cidr6>) {
+        let key = ipv6_key(ip);
+        self.handle
+            .with_chitchat(|c| match cidr {
+                Some(cidr) => c.self_node_state().set(&key, &cidr.to_string()),
+                // Deleting a key never set only makes chitchat warn.
+                None if c.self_node_state().get(&key).is_some() => {
+                    c.self_node_state().delete(&key);
+                }
+                None => {}
+            })
+            .await;
     }
 
     /// Wakes `notify` as soon as a peer's key (endpoint, rule) is set here, while the delta is
@@ -286,6 +305,7 @@ impl Gossip {
                 ring: state.get(IPAM_RING_KEY).map(str::to_owned),
                 wants: published_wants(state),
                 names: published_names(state),
+                ipv6: published_ipv6(state),
             };
             // A restarted peer's new generation takes over once it is alive; until then the
             // old one, if still alive, speaks for it, so its endpoints never lapse.

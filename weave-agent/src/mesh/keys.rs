@@ -6,7 +6,8 @@
 //! none) the exposed subnet's containers reach through it; `ipam:ring`, its view of who owns
 //! which addresses (`crate::ipam::ring`, as JSON), and one `ipam:want:<subnet>` while it needs
 //! space there, whose value changes with each new request; one `dns:<ip>` per address this
-//! host gives names to, whose value is the full names, space-separated.
+//! host gives names to, whose value is the full names, space-separated; one `ep6:<ip>` per
+//! local endpoint with an IPv6 address, whose value is that address as a CIDR.
 
 use std::{collections::BTreeMap, net::Ipv4Addr};
 
@@ -15,7 +16,7 @@ use chitchat::NodeState;
 use serde::{Deserialize, Serialize};
 
 use crate::net::{
-    addressing::{Cidr, format_mac, parse_mac},
+    addressing::{Cidr, Cidr6, format_mac, parse_mac},
     policy::{self, Rule, Subnet},
 };
 
@@ -25,6 +26,28 @@ pub(super) const VIA_PREFIX: &str = "via:";
 pub(super) const IPAM_RING_KEY: &str = "ipam:ring";
 pub(super) const IPAM_WANT_PREFIX: &str = "ipam:want:";
 pub(super) const DNS_PREFIX: &str = "dns:";
+pub(super) const IPV6_PREFIX: &str = "ep6:";
+
+/// The gossip key and value giving the endpoint published as `ip` its IPv6 address.
+pub fn ipv6_key_value(ip: Ipv4Addr, cidr: &Cidr6) -> (String, String) {
+    (ipv6_key(ip), cidr.to_string())
+}
+
+pub fn ipv6_key(ip: Ipv4Addr) -> String {
+    format!("{IPV6_PREFIX}{ip}")
+}
+
+/// The IPv6 address of each of a peer's endpoints that has one; malformed entries are
+/// skipped.
+pub(super) fn published_ipv6(state: &NodeState) -> BTreeMap<Ipv4Addr, Cidr6> {
+    state
+        .key_values()
+        .filter_map(|(key, value)| {
+            let ip = key.strip_prefix(IPV6_PREFIX)?.parse().ok()?;
+            Some((ip, value.parse().ok()?))
+        })
+        .collect()
+}
 
 /// The gossip key and value naming `ip` (the names already full and checked).
 pub fn names_key_value(ip: Ipv4Addr, names: &[String]) -> (String, String) {

@@ -1,6 +1,10 @@
 //! Overlay addresses: CIDR parsing, MACs derived from addresses, interface names.
 
-use std::{fmt, net::Ipv4Addr, str::FromStr};
+use std::{
+    fmt,
+    net::{Ipv4Addr, Ipv6Addr},
+    str::FromStr,
+};
 
 use anyhow::{Context as _, Result, bail};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -129,6 +133,73 @@ impl Serialize for Cidr {
 }
 
 impl<'de> Deserialize<'de> for Cidr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// An endpoint's IPv6 address with its subnet, e.g. fd00:1::10/64: given beside an IPv4
+/// address (`attach 10.40.1.10/24,fd00:1::10/64`), on the same `ethwe`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Cidr6 {
+    pub ip: Ipv6Addr,
+    pub prefix: u8,
+}
+
+impl Cidr6 {
+    /// The subnet's network address, e.g. fd00:1:: for fd00:1::10/64.
+    pub fn network(&self) -> Ipv6Addr {
+        Ipv6Addr::from(weave_common::ipv6::network(self.ip.octets(), self.prefix))
+    }
+}
+
+impl FromStr for Cidr6 {
+    type Err = anyhow::Error;
+
+    fn from_str(text: &str) -> Result<Self> {
+        let (ip, prefix) = text.split_once('/').with_context(|| {
+            format!("{text:?} is not a CIDR: expected ADDRESS/PREFIX, e.g. fd00:1::10/64")
+        })?;
+        let ip: Ipv6Addr = ip
+            .parse()
+            .with_context(|| format!("{ip:?} in {text:?} is not an IPv6 address"))?;
+        let prefix: u8 = prefix
+            .parse()
+            .ok()
+            .filter(|p| (1..=128).contains(p))
+            .with_context(|| {
+                format!("prefix {prefix:?} in {text:?} must be a number from 1 to 128")
+            })?;
+        let octets = ip.octets();
+        if ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() {
+            bail!("{ip} cannot be a container address");
+        }
+        if octets[0] == 0xfe && octets[1] & 0xc0 == 0x80 {
+            bail!(
+                "{ip} is link-local: every container has one already (from its MAC); give a                  global or unique local address, e.g. fd00:1::10/64"
+            );
+        }
+        if ip.to_ipv4_mapped().is_some() {
+            bail!("{ip} is an IPv4-mapped address; give the IPv4 address itself");
+        }
+        Ok(Self { ip, prefix })
+    }
+}
+
+impl fmt::Display for Cidr6 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.ip, self.prefix)
+    }
+}
+
+impl Serialize for Cidr6 {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Cidr6 {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
         text.parse().map_err(serde::de::Error::custom)

@@ -4,5 +4,6 @@
 pub mod addressing;
 pub mod clock;
 pub mod exposure;
+pub mod ipv6;
 pub mod names;
 pub mod policy;

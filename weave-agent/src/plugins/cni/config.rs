@@ -311,6 +311,7 @@ mod tests {
             forwards: Vec::new(),
             expose: None,
             dns_name: None,
+            ipv6: None,
         };
         let dns = CniDns {
             nameserver: "169.254.53.53".parse().unwrap(),

@@ -1,0 +1,91 @@
+//! IPv6 on the overlay between namespace hosts: an IPv6 address beside the IPv4 one, the
+//! link-local address every container has, neighbour discovery answered in eBPF, and the
+//! same anti-spoofing and isolation as for IPv4.
+
+use anyhow::{Context as _, Result, ensure};
+use weave_tests::{BULK, Container, Segment, bulk, require_root, unique_name};
+
+/// The container's link-local address on `ethwe`, as its kernel made it.
+fn link_local(ctr: &Container) -> Result<String> {
+    let out = ctr.ip(["-6", "-o", "addr", "show", "dev", "ethwe", "scope", "link"])?;
+    let addr = out
+        .split_whitespace()
+        .skip_while(|w| *w != "inet6")
+        .nth(1)
+        .and_then(|a| a.split('/').next())
+        .with_context(|| format!("no link-local address on ethwe of {}: {out}", ctr.name))?;
+    Ok(addr.to_owned())
+}
+
+fn sysctl(ctr: &Container, key: &str) -> Result<String> {
+    let out = ctr.exec("sysctl", &["-n", key])?;
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+#[test]
+fn ipv6_crosses_hosts_within_its_link_and_nowhere_else() -> Result<()> {
+    require_root();
+    let prefix = unique_name("v6");
+    let seg = Segment::mesh(&prefix, 2)?;
+    let [h1, h2] = [&seg.hosts[0], &seg.hosts[1]];
+    let c1 = h1.container(&format!("{prefix}c1"), "10.40.1.1/24,fd00:1::1/64")?;
+    let _c4 = h1.container(&format!("{prefix}c4"), "10.40.1.4/24,fd00:1::4/64")?;
+    let c2 = h2.container(&format!("{prefix}c2"), "10.40.1.2/24,fd00:1::2/64")?;
+    let d2 = h2.container(&format!("{prefix}d2"), "10.40.2.2/24,fd00:2::2/64")?;
+    h1.wait_for_remote(2)?;
+    h2.wait_for_remote(2)?;
+
+    // IPv6 stays on, routers ignored, and the address is the one asked for.
+    ensure!(sysctl(&c1, "net.ipv6.conf.ethwe.disable_ipv6")? == "0");
+    ensure!(sysctl(&c1, "net.ipv6.conf.ethwe.accept_ra")? == "0");
+    let addrs = c1.ip(["-6", "addr", "show", "dev", "ethwe"])?;
+    ensure!(addrs.contains("fd00:1::1/64"), "c1's ethwe: {addrs}");
+    let ps = h1.agent_ok(&["ps"])?;
+    ensure!(ps.contains("fd00:1::1/64"), "ps does not show the IPv6 address:\n{ps}");
+
+    // Across hosts and on one host, neighbour discovery answered by the programs.
+    ensure!(c2.ping("fd00:1::1", 3)?, "fd00:1::2 on h2 cannot ping fd00:1::1 on h1");
+    ensure!(c1.ping("fd00:1::4", 3)?, "fd00:1::1 cannot ping fd00:1::4 on its own host");
+    ensure!(h2.counter_packets("ipv6_nd_answered")? > 0);
+    ensure!(h2.counter_packets("ipv6_remote_sent")? >= 3);
+    ensure!(h1.counter_packets("ipv6_delivered")? >= 3);
+    ensure!(h1.counter_packets("ipv6_local_delivered")? >= 3);
+
+    // Bulk TCP over IPv6 arrives whole.
+    bulk(&c2, "fd00:1::1", &c1.name, "fd00:1::1", BULK)?;
+
+    // Link-local addresses work across hosts, between containers of one link.
+    let c1_ll = link_local(&c1)?;
+    ensure!(
+        c2.ping(&format!("{c1_ll}%ethwe"), 3)?,
+        "c2 cannot ping c1's link-local address {c1_ll}"
+    );
+
+    // A spoofed source: an address the agent did not give c2.
+    c2.ip(["-6", "addr", "add", "fd00:1::99/64", "dev", "ethwe", "nodad"])?;
+    let spoofed = h2.counter_packets("drop_spoofed")?;
+    let out = c2.exec("ping", &["-c", "2", "-W", "1", "-I", "fd00:1::99", "fd00:1::1"])?;
+    ensure!(!out.status.success(), "a spoofed IPv6 source got an answer");
+    ensure!(h2.counter_packets("drop_spoofed")? > spoofed);
+    // Else the kernel may pick it as the source of what c2 sends next.
+    c2.ip(["-6", "addr", "del", "fd00:1::99/64", "dev", "ethwe"])?;
+
+    // Another IPv6 subnet is isolated, also when its frames are sent straight to the MAC.
+    let c1_mac = c1
+        .ip(["-o", "link", "show", "ethwe"])?
+        .split_whitespace()
+        .skip_while(|w| *w != "link/ether")
+        .nth(1)
+        .context("c1 has no MAC")?
+        .to_owned();
+    d2.ip(["-6", "route", "add", "fd00:1::/64", "dev", "ethwe"])?;
+    d2.ip([
+        "-6", "neigh", "add", "fd00:1::1", "lladdr", &c1_mac, "dev", "ethwe",
+    ])?;
+    let isolated = h2.counter_packets("drop_isolated")?;
+    ensure!(!d2.ping("fd00:1::1", 2)?, "fd00:2::2 reached fd00:1::1 in another subnet");
+    ensure!(h2.counter_packets("drop_isolated")? >= isolated + 2);
+    // ... while its own subnet's member still answers.
+    ensure!(c2.ping("fd00:1::1", 2)?);
+    Ok(())
+}
