@@ -120,9 +120,9 @@ fn crafted_frames_are_counted_and_harmless() -> Result<()> {
             false,
         ),
         (
-            "IPv6",
+            "IPv6 claiming more payload than it carries",
             ethernet(mac_of(C2_IP), c1_mac, ETHERTYPE_IPV6, &[0x60; 40]),
-            "drop_not_ipv4_unicast",
+            "drop_malformed",
             false,
         ),
         (
@@ -336,9 +336,9 @@ fn crafted_vxlan_through_the_vxlan_device_is_judged_by_overlay_tc() -> Result<()
             false,
         ),
         (
-            "inner IPv6",
+            "inner IPv6 claiming more payload than it carries",
             on_wire(&inner_ipv6, VNI),
-            "drop_not_ipv4_unicast",
+            "drop_malformed",
             false,
         ),
         (

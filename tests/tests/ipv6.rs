@@ -41,18 +41,32 @@ fn ipv6_crosses_hosts_within_its_link_and_nowhere_else() -> Result<()> {
     let addrs = c1.ip(["-6", "addr", "show", "dev", "ethwe"])?;
     ensure!(addrs.contains("fd00:1::1/64"), "c1's ethwe: {addrs}");
     let ps = h1.agent_ok(&["ps"])?;
-    ensure!(ps.contains("fd00:1::1/64"), "ps does not show the IPv6 address:\n{ps}");
+    ensure!(
+        ps.contains("fd00:1::1/64"),
+        "ps does not show the IPv6 address:\n{ps}"
+    );
 
     // Across hosts and on one host, neighbour discovery answered by the programs.
-    ensure!(c2.ping("fd00:1::1", 3)?, "fd00:1::2 on h2 cannot ping fd00:1::1 on h1");
-    ensure!(c1.ping("fd00:1::4", 3)?, "fd00:1::1 cannot ping fd00:1::4 on its own host");
+    ensure!(
+        c2.ping("fd00:1::1", 3)?,
+        "fd00:1::2 on h2 cannot ping fd00:1::1 on h1"
+    );
+    ensure!(
+        c1.ping("fd00:1::4", 3)?,
+        "fd00:1::1 cannot ping fd00:1::4 on its own host"
+    );
     ensure!(h2.counter_packets("ipv6_nd_answered")? > 0);
     ensure!(h2.counter_packets("ipv6_remote_sent")? >= 3);
     ensure!(h1.counter_packets("ipv6_delivered")? >= 3);
     ensure!(h1.counter_packets("ipv6_local_delivered")? >= 3);
 
-    // Bulk TCP over IPv6 arrives whole.
+    // Bulk TCP over IPv6 arrives whole, its super-packets stripped in eBPF as IPv4's are.
+    let stripped = h1.counter_packets("underlay_decap_gso")?;
     bulk(&c2, "fd00:1::1", &c1.name, "fd00:1::1", BULK)?;
+    ensure!(
+        h1.counter_packets("underlay_decap_gso")? > stripped,
+        "no IPv6 super-packet was decapsulated in eBPF"
+    );
 
     // Link-local addresses work across hosts, between containers of one link.
     let c1_ll = link_local(&c1)?;
@@ -62,9 +76,20 @@ fn ipv6_crosses_hosts_within_its_link_and_nowhere_else() -> Result<()> {
     );
 
     // A spoofed source: an address the agent did not give c2.
-    c2.ip(["-6", "addr", "add", "fd00:1::99/64", "dev", "ethwe", "nodad"])?;
+    c2.ip([
+        "-6",
+        "addr",
+        "add",
+        "fd00:1::99/64",
+        "dev",
+        "ethwe",
+        "nodad",
+    ])?;
     let spoofed = h2.counter_packets("drop_spoofed")?;
-    let out = c2.exec("ping", &["-c", "2", "-W", "1", "-I", "fd00:1::99", "fd00:1::1"])?;
+    let out = c2.exec(
+        "ping",
+        &["-c", "2", "-W", "1", "-I", "fd00:1::99", "fd00:1::1"],
+    )?;
     ensure!(!out.status.success(), "a spoofed IPv6 source got an answer");
     ensure!(h2.counter_packets("drop_spoofed")? > spoofed);
     // Else the kernel may pick it as the source of what c2 sends next.
@@ -80,10 +105,20 @@ fn ipv6_crosses_hosts_within_its_link_and_nowhere_else() -> Result<()> {
         .to_owned();
     d2.ip(["-6", "route", "add", "fd00:1::/64", "dev", "ethwe"])?;
     d2.ip([
-        "-6", "neigh", "add", "fd00:1::1", "lladdr", &c1_mac, "dev", "ethwe",
+        "-6",
+        "neigh",
+        "add",
+        "fd00:1::1",
+        "lladdr",
+        &c1_mac,
+        "dev",
+        "ethwe",
     ])?;
     let isolated = h2.counter_packets("drop_isolated")?;
-    ensure!(!d2.ping("fd00:1::1", 2)?, "fd00:2::2 reached fd00:1::1 in another subnet");
+    ensure!(
+        !d2.ping("fd00:1::1", 2)?,
+        "fd00:2::2 reached fd00:1::1 in another subnet"
+    );
     ensure!(h2.counter_packets("drop_isolated")? >= isolated + 2);
     // ... while its own subnet's member still answers.
     ensure!(c2.ping("fd00:1::1", 2)?);

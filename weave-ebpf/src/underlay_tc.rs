@@ -25,8 +25,9 @@
 
 use aya_ebpf::{
     bindings::{
-        BPF_F_ADJ_ROOM_FIXED_GSO, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK,
-        TC_ACT_REDIRECT, TC_ACT_SHOT, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
+        BPF_F_ADJ_ROOM_DECAP_L3_IPV6, BPF_F_ADJ_ROOM_FIXED_GSO, BPF_F_MARK_MANGLED_0,
+        BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT,
+        bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
     },
     helpers::generated::{bpf_redirect, bpf_redirect_neigh},
     macros::classifier,
@@ -45,8 +46,10 @@ use crate::{
     delivery::{admit, hand_to, sent_by},
     encap::ENCAP_LEN,
     headers::{
-        ECN_CE, ECN_NOT_ECT, ETH_LEN, ETH_P_IP, ETH_P_IPV6, EthHdr, Ipv4Hdr, UdpHdr, is_gso, ptr_at,
+        ECN_CE, ECN_NOT_ECT, ETH_LEN, ETH_P_IP, ETH_P_IPV6, EthHdr, Ipv4Hdr, Ipv6Hdr, UdpHdr,
+        is_gso, ptr_at,
     },
+    ipv6::{admit6, hop},
     maps::{
         config, crypto_device, crypto_path, endpoint, exposed_behind, heard, is_peer, may_talk,
         must_seal, peer_route,
@@ -62,6 +65,7 @@ const BPF_F_ADJ_ROOM_DECAP_L4_UDP: u64 = 1 << 10;
 /// Outer Ethernet + IPv4 (no options) + UDP + VXLAN, then inner Ethernet + IPv4.
 const OUTER_LEN: usize = ETH_LEN + 20 + 8 + 8;
 const HEADERS_LEN: u32 = (OUTER_LEN + ETH_LEN + 20) as u32;
+const HEADERS6_LEN: u32 = (OUTER_LEN + ETH_LEN + 40) as u32;
 /// Outer TTL of a relayed packet: a new IPv4 hop from this host, as the sender's is.
 const RELAY_TTL: u8 = 64;
 /// Where the outer UDP checksum sits (outer IPv4 without options).
@@ -124,7 +128,7 @@ pub fn underlay_tc(ctx: TcContext) -> i32 {
             }
             TC_ACT_OK
         }
-        Ok(Outcome::Delivered { gso, relayed }) => {
+        Ok(Outcome::Delivered { gso, relayed, ipv6 }) => {
             count(CounterId::OverlayRx, inner);
             count(CounterId::UnderlayDecap, inner);
             if gso {
@@ -133,7 +137,12 @@ pub fn underlay_tc(ctx: TcContext) -> i32 {
             if relayed {
                 count(CounterId::RelayReceived, inner);
             }
-            count(CounterId::OverlayDelivered, inner);
+            let delivered = if ipv6 {
+                CounterId::Ipv6Delivered
+            } else {
+                CounterId::OverlayDelivered
+            };
+            count(delivered, inner);
             TC_ACT_REDIRECT as i32
         }
         Err(reason) => {
@@ -154,7 +163,11 @@ enum Outcome {
     /// A sealed datagram for a third host, sent on towards it.
     SealedRelayed,
     /// Decapsulated and redirected into the container.
-    Delivered { gso: bool, relayed: bool },
+    Delivered {
+        gso: bool,
+        relayed: bool,
+        ipv6: bool,
+    },
     /// Passed on to the kernel's VXLAN receive path; `why` says why where it is a choice worth
     /// counting. `origin`: a relayed frame's first sender, to restore as the outer source
     /// (0 for a plain frame).
@@ -175,10 +188,13 @@ fn overlay(ctx: &TcContext, cfg: &Config, source: u32) -> Result<Outcome, Counte
     if ctx.len() < OUTER_LEN as u32 {
         return Ok(Outcome::KERNEL);
     }
-    let want = if ctx.len() < HEADERS_LEN {
-        OUTER_LEN as u32
-    } else {
+    // Enough for an inner IPv6 header where the packet has it, else an IPv4 one.
+    let want = if ctx.len() >= HEADERS6_LEN {
+        HEADERS6_LEN
+    } else if ctx.len() >= HEADERS_LEN {
         HEADERS_LEN
+    } else {
+        OUTER_LEN as u32
     };
     if ctx.data_end() - ctx.data() < want as usize {
         ctx.pull_data(want)
@@ -240,12 +256,30 @@ fn overlay(ctx: &TcContext, cfg: &Config, source: u32) -> Result<Outcome, Counte
                 Err(CounterId::DropMalformed)
             };
         };
-        // IPv6 takes the device, whose program checks it (not relayed or stripped here yet).
+        // IPv6 is not relayed here yet: a relayed frame takes the device, whose program checks
+        // it; so does one when the agent encapsulates through the device.
         if (*eth).proto() == ETH_P_IPV6 {
-            return Ok(Outcome::ToKernel {
+            let kernel = Outcome::ToKernel {
                 why: None,
                 origin: claimed,
-            });
+            };
+            if claimed != 0 || cfg.encap != ENCAP_EBPF {
+                return Ok(kernel);
+            }
+            let Some(ip6) = ptr_at::<Ipv6Hdr>(start, end, OUTER_LEN + ETH_LEN) else {
+                return Ok(kernel);
+            };
+            let room = ctx.len() - OUTER_LEN as u32 - ETH_LEN as u32;
+            let dst = hop(&admit6(&*eth, &*ip6, room, gso, origin)?);
+            if gso && cfg.gso_decap == 0 && dst.forwards() {
+                return Ok(Outcome::ToKernel {
+                    why: Some(CounterId::UnderlayGsoForwarding),
+                    origin: claimed,
+                });
+            }
+            pass_on_congestion6(&*outer_ip, &mut *ip6)?;
+            let inner_src = (*eth).src;
+            return strip_and_deliver(ctx, gso, cfg.gso_decap != 0, &dst, inner_src, 0, true);
         }
         let room = ctx.len() - OUTER_LEN as u32 - ETH_LEN as u32;
         let frame = Frame {
@@ -304,7 +338,15 @@ fn overlay(ctx: &TcContext, cfg: &Config, source: u32) -> Result<Outcome, Counte
         pass_on_congestion(&*outer_ip, &mut *ip)?;
         (dst, (*eth).src, claimed)
     };
-    strip_and_deliver(ctx, gso, cfg.gso_decap != 0, &dst, inner_src, relayed)
+    strip_and_deliver(
+        ctx,
+        gso,
+        cfg.gso_decap != 0,
+        &dst,
+        inner_src,
+        relayed,
+        false,
+    )
 }
 
 /// The inner frame of an overlay packet and the host that sent it first.
@@ -486,6 +528,19 @@ fn restore_plain(ctx: &TcContext, origin: u32) -> Result<(), CounterId> {
 /// RFC 6040, as the kernel's tunnels do: congestion the underlay marked on the outer header
 /// goes on to the inner one, unless its sender does not do ECN.
 #[inline(always)]
+fn pass_on_congestion6(outer: &Ipv4Hdr, inner: &mut Ipv6Hdr) -> Result<(), CounterId> {
+    if outer.ecn() == ECN_CE {
+        // The ECN field is the traffic class's low two bits: bits 4-5 of the second byte.
+        match (inner.vtc_flow[1] >> 4) & ECN_CE {
+            ECN_NOT_ECT => return Err(CounterId::DropCeOnNotEct),
+            ECN_CE => {}
+            // No header checksum in IPv6 to mend.
+            _ => inner.vtc_flow[1] |= ECN_CE << 4,
+        }
+    }
+    Ok(())
+}
+
 fn pass_on_congestion(outer: &Ipv4Hdr, inner: &mut Ipv4Hdr) -> Result<(), CounterId> {
     if outer.ecn() == ECN_CE {
         match inner.ecn() {
@@ -510,13 +565,19 @@ fn strip_and_deliver(
     dst: &Endpoint,
     inner_src: [u8; 6],
     origin: u32,
+    ipv6: bool,
 ) -> Result<Outcome, CounterId> {
     // A super-packet keeps its segment size: the sender's gso_size is the inner one.
-    let flags = match (gso, clear_gso) {
+    let mut flags = match (gso, clear_gso) {
         (false, _) => 0,
         (true, false) => u64::from(BPF_F_ADJ_ROOM_FIXED_GSO),
         (true, true) => u64::from(BPF_F_ADJ_ROOM_FIXED_GSO) | BPF_F_ADJ_ROOM_DECAP_L4_UDP,
     };
+    // The skb's protocol is the outer header's until the kernel is told the inner one differs
+    // (Linux 6.3 and later); the stack would hand an IPv6 packet to IPv4.
+    if ipv6 {
+        flags |= u64::from(BPF_F_ADJ_ROOM_DECAP_L3_IPV6);
+    }
     if ctx
         .adjust_room(-(ENCAP_LEN as i32), BPF_ADJ_ROOM_MAC, flags)
         .is_err()
@@ -538,10 +599,14 @@ fn strip_and_deliver(
     unsafe {
         (*eth).dst = dst.mac;
         (*eth).src = inner_src;
+        if ipv6 {
+            (*eth).proto = ETH_P_IPV6.to_be_bytes();
+        }
     }
     hand_to(dst)?;
     Ok(Outcome::Delivered {
         gso,
         relayed: origin != 0,
+        ipv6,
     })
 }

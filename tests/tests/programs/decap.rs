@@ -13,7 +13,7 @@ use weave_common::{
     programs::{CONTAINER_TC, UNDERLAY_TC},
 };
 use weave_tests::{
-    frames::{ETHERTYPE_IPV4, ETHERTYPE_IPV6, Ip, VXLAN_I, checksum, ethernet},
+    frames::{ETHERTYPE_IPV4, Ip, VXLAN_I, checksum, ethernet},
     programs::{Skb, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
 };
 
@@ -101,21 +101,6 @@ fn group_frames_are_left_to_the_kernel() {
         );
         assert_eq!(out.frame, frame, "untouched");
     }
-}
-
-/// IPv6 takes the VXLAN device, whose program checks it (`overlay_tc`).
-#[test]
-fn ipv6_frames_are_left_to_the_kernel() {
-    let host = underlay(config());
-    let frame = from_h2(&ethernet(mac(C1), mac(C2), ETHERTYPE_IPV6, &[0x60; 40]));
-    let out = run(&host, &frame, Skb::default());
-    out.assert(
-        TC_ACT_OK,
-        &[UnderlayRx, UnderlayOverlayPass],
-        frame.len(),
-        true,
-    );
-    assert_eq!(out.frame, frame, "untouched");
 }
 
 #[test]

@@ -7,7 +7,7 @@ use weave_common::{
     counters::CounterId::{self, *},
     endpoint::{ENCAP_VXLAN_DEVICE, ENDPOINT_LOCAL, ipv4_key},
     ipv6::{Endpoint6, Ipv6Key, link_local, network},
-    programs::{CONTAINER_TC, TAP_TC},
+    programs::{CONTAINER_TC, TAP_TC, UNDERLAY_TC},
     seal::marked_mac,
 };
 use weave_tests::{
@@ -15,10 +15,10 @@ use weave_tests::{
         ETHERTYPE_IPV6, ethernet, hex, icmpv6, neighbour_advertisement, neighbour_solicitation,
         solicited_node, udp6,
     },
-    programs::{Programs, Run, TC_ACT_REDIRECT, TC_ACT_SHOT},
+    programs::{Programs, Run, Skb, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
 };
 
-use super::{container::on_veth, *};
+use super::{container::on_veth, underlay::from_h2, *};
 
 const LINK_A: Ipv6Key = [0xfd, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
 const LINK_B: Ipv6Key = [0xfd, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
@@ -317,4 +317,70 @@ fn frames_from_a_peer_reach_their_link_only() {
         }
     }
     all_cases(failures);
+}
+
+/// `underlay_tc` strips IPv6 from a peer as it strips IPv4, and tells the kernel the packet
+/// inside is IPv6 now; what it does not strip (a frame a relay sent on) takes the device.
+#[test]
+fn ipv6_from_a_peer_is_decapsulated_into_the_container() {
+    let host = host6(&[UNDERLAY_TC], config());
+    let frame = ethernet(STALE_MAC, mac(C2), ETHERTYPE_IPV6, &udp6(a2(), a1()));
+    let wire = from_h2(&frame);
+    let out = host.run(UNDERLAY_TC, &wire, Some(Skb::default())).unwrap();
+    out.assert(
+        TC_ACT_REDIRECT,
+        &[
+            UnderlayRx,
+            UnderlayOverlayPass,
+            OverlayRx,
+            UnderlayDecap,
+            Ipv6Delivered,
+        ],
+        frame.len() + 50,
+        true,
+    );
+    assert_eq!(
+        hex(&out.frame),
+        hex(&[&mac(C1)[..], &frame[6..]].concat()),
+        "the inner frame, to C1's MAC, typed IPv6"
+    );
+    let mut failures = Vec::new();
+    for (what, inner, reason) in [
+        (
+            "a spoofed source",
+            ethernet(STALE_MAC, mac(C2), ETHERTYPE_IPV6, &udp6(a3(), a1())),
+            DropOverlaySpoofed,
+        ),
+        (
+            "another link",
+            ethernet(STALE_MAC, mac(C2), ETHERTYPE_IPV6, &udp6(a2(), b1())),
+            DropIsolated,
+        ),
+    ] {
+        let wire = from_h2(&inner);
+        let out = host.run(UNDERLAY_TC, &wire, Some(Skb::default())).unwrap();
+        if let Some(m) = out.mismatch(
+            TC_ACT_SHOT,
+            &[UnderlayRx, UnderlayOverlayPass, OverlayRx, reason],
+            wire.len(),
+            true,
+        ) {
+            failures.push(format!("{what}: {m}"));
+        }
+    }
+    all_cases(failures);
+    let host = host6(
+        &[UNDERLAY_TC],
+        Config {
+            encap: ENCAP_VXLAN_DEVICE,
+            ..config()
+        },
+    );
+    let out = host.run(UNDERLAY_TC, &wire, Some(Skb::default())).unwrap();
+    out.assert(
+        TC_ACT_OK,
+        &[UnderlayRx, UnderlayOverlayPass],
+        wire.len(),
+        true,
+    );
 }

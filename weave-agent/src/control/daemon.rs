@@ -270,7 +270,10 @@ async fn start_gossip(
             Some(crate::mesh::keys::via_key_value(e.cidr.ip, routes))
         }))
         .chain(inner.state.endpoints.iter().filter_map(|e| {
-            Some(crate::mesh::keys::ipv6_key_value(e.cidr.ip, e.ipv6.as_ref()?))
+            Some(crate::mesh::keys::ipv6_key_value(
+                e.cidr.ip,
+                e.ipv6.as_ref()?,
+            ))
         }))
         .chain(
             inner

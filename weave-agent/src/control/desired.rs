@@ -81,11 +81,7 @@ pub fn desired(
             out.endpoints.insert(ip, entry);
         }
     }
-    out.endpoints6 = ipv6::map_of(
-        out.endpoints
-            .iter()
-            .map(|(ip, ep)| (ep, ipv6_of.get(ip))),
-    );
+    out.endpoints6 = ipv6::map_of(out.endpoints.iter().map(|(ip, ep)| (ep, ipv6_of.get(ip))));
     out
 }
 

@@ -139,9 +139,13 @@ async fn give_ipv6(agent: &Agent, target: &Target, cidr: Cidr6) -> Result<()> {
             .endpoints
             .iter()
             .filter_map(|e| Some((e.ipv6?, e.container.as_str())))
-            .chain(inner.peers.iter().filter(|p| p.alive).flat_map(|p| {
-                p.ipv6.values().map(move |c| (*c, p.name.as_str()))
-            }));
+            .chain(
+                inner
+                    .peers
+                    .iter()
+                    .filter(|p| p.alive)
+                    .flat_map(|p| p.ipv6.values().map(move |c| (*c, p.name.as_str()))),
+            );
         for (held, by) in holders {
             if held.ip == cidr.ip {
                 bail!("{} is already in use by {by}", cidr.ip);
@@ -153,7 +157,10 @@ async fn give_ipv6(agent: &Agent, target: &Target, cidr: Cidr6) -> Result<()> {
             .iter()
             .find(|e| e.netns == target.netns && e.expose.is_none() && e.mac_from.is_none())
             .with_context(|| {
-                format!("{} has no first IPv4 address to give {cidr} beside", target.label)
+                format!(
+                    "{} has no first IPv4 address to give {cidr} beside",
+                    target.label
+                )
             })?;
         (first.cidr.ip, first.iface.clone())
     };

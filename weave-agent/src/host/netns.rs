@@ -145,7 +145,11 @@ pub async fn configure_ethwe(
 /// so a probe could only ever be answered by the address's own holder; the mesh refuses
 /// an address held twice before it reaches a container).
 fn ipv6_on_the_overlay(iface: &str) -> Result<()> {
-    for (key, value) in [("accept_ra", "0"), ("accept_dad", "0"), ("disable_ipv6", "0")] {
+    for (key, value) in [
+        ("accept_ra", "0"),
+        ("accept_dad", "0"),
+        ("disable_ipv6", "0"),
+    ] {
         let path = format!("/proc/sys/net/ipv6/conf/{iface}/{key}");
         match std::fs::write(&path, value) {
             Ok(()) => {}

@@ -129,7 +129,10 @@ mod tests {
     #[test]
     fn ipv6_addresses_come_beside_ipv4_ones() {
         let (v4, v6) = parse_with_ipv6("10.40.1.10/24, fd00:1::10/64").unwrap();
-        assert_eq!(v4, [AddressRequest::Explicit("10.40.1.10/24".parse().unwrap())]);
+        assert_eq!(
+            v4,
+            [AddressRequest::Explicit("10.40.1.10/24".parse().unwrap())]
+        );
         assert_eq!(v6, Some("fd00:1::10/64".parse().unwrap()));
         let (v4, v6) = parse_with_ipv6("net:default,ip:fd00:1::10/64").unwrap();
         assert_eq!(v4, [AddressRequest::Default]);

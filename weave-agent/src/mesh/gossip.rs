@@ -235,7 +235,7 @@ impl Gossip {
         let key = ipv6_key(ip);
         self.handle
             .with_chitchat(|c| match cidr {
-                Some(cidr) => c.self_node_state().set(&key, &cidr.to_string()),
+                Some(cidr) => c.self_node_state().set(&key, cidr.to_string()),
                 // Deleting a key never set only makes chitchat warn.
                 None if c.self_node_state().get(&key).is_some() => {
                     c.self_node_state().delete(&key);

@@ -77,7 +77,8 @@ mod tests {
 
     #[test]
     fn without_ipv6_the_link_local_address_is_on_the_ipv4_subnet() {
-        let a = v4("10.40.1.10/24").remote_endpoint([2, 0x57, 10, 40, 1, 10], Ipv4Addr::new(192, 168, 56, 102));
+        let a = v4("10.40.1.10/24")
+            .remote_endpoint([2, 0x57, 10, 40, 1, 10], Ipv4Addr::new(192, 168, 56, 102));
         let b = v4("10.40.1.20/24").local_endpoint(3);
         let c = v4("10.40.2.10/24").local_endpoint(4);
         let map = map_of([(&a, None), (&b, None), (&c, None)]);
