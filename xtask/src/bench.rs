@@ -38,11 +38,12 @@ const LEARN_ENDPOINTS: u64 = 1000;
 /// machine that runs no agent, routed to the subnet through A, to that container;
 /// `exposed_laptop_masq` the same through an address exposed with `--masquerade` (nftables
 /// SNAT on A).
-const PATHS: [&str; 11] = [
+const PATHS: [&str; 12] = [
     "bare",
     "routed",
     "vxlan_bridge",
     "weave",
+    "weave_ipv6",
     "weave_vxlan_device",
     "weave_relayed",
     "weave_encrypted",
@@ -100,6 +101,9 @@ pub enum Part {
     /// The encrypted path against bare, weave and boringtun only, 5 rounds (writes
     /// target/bench/encrypted.json): the quick loop for work on the crypto path.
     Encrypted,
+    /// The weave path over IPv6 against the same containers over IPv4, 5 rounds (writes
+    /// target/bench/ipv6.json).
+    Ipv6,
 }
 
 pub fn run(only: Option<Part>, reference: Option<std::path::PathBuf>) -> Result<()> {
@@ -165,6 +169,9 @@ pub fn run(only: Option<Part>, reference: Option<std::path::PathBuf>) -> Result<
 
     if only == Some(Part::Encrypted) {
         return encrypted_only(started, reference.as_ref());
+    }
+    if only == Some(Part::Ipv6) {
+        return ipv6_only(started);
     }
 
     if only == Some(Part::Attach) {
@@ -235,6 +242,7 @@ pub fn run(only: Option<Part>, reference: Option<std::path::PathBuf>) -> Result<
             },
         ),
         ("weave", weave.path()),
+        ("weave_ipv6", weave.path6()),
         ("weave_vxlan_device", weave_device.path()),
         ("weave_relayed", weave_relayed.path()),
         ("weave_encrypted", weave_encrypted.path()),
@@ -299,6 +307,8 @@ pub fn run(only: Option<Part>, reference: Option<std::path::PathBuf>) -> Result<
         .iter()
         .flat_map(|ours| ["bare", "routed", "vxlan_bridge"].map(|base| (*ours, base)))
         .collect();
+    // IPv6's target: single-stream TCP at least 0.95x IPv4 between the same containers.
+    ours.push(("weave_ipv6", "weave"));
     // Relaying's targets: single-stream TCP at least 0.8x the direct path, rr_p50 at most 1.5x.
     ours.push(("weave_relayed", "weave"));
     ours.push(("weave_relayed", "bare"));
@@ -473,6 +483,36 @@ fn encrypted_only(started: Instant, reference: Option<&std::path::PathBuf>) -> R
         "machine": machine(),
     });
     let out = target_dir().join("bench").join("encrypted.json");
+    std::fs::write(&out, serde_json::to_string_pretty(&report)?)?;
+    print_table(&measured, &medians, &ratios, &Ratios::new());
+    println!(
+        "wrote {} in {:.0}s",
+        out.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// `--only ipv6`: the weave path's two address families between the same two containers,
+/// so that IPv6 is judged against IPv4 at one moment of the VM.
+fn ipv6_only(started: Instant) -> Result<()> {
+    let step = progress::step("bench: building the testbed");
+    let weave = WeaveBed::new(&[], None)?;
+    let paths = BTreeMap::from([("weave", weave.path()), ("weave_ipv6", weave.path6())]);
+    let measured = ["weave", "weave_ipv6"];
+    step.finish();
+    let samples = measure(&paths, &measured)?;
+    let medians = medians_of(&samples);
+    let ratios = ratio_table(&samples, &[("weave_ipv6", "weave")]);
+    let report = json!({
+        "paths": medians,
+        "ratios": ratios,
+        "weave_receiver_super_packets": weave.super_packets(),
+        "samples": samples,
+        "rounds": ROUNDS,
+        "machine": machine(),
+    });
+    let out = target_dir().join("bench").join("ipv6.json");
     std::fs::write(&out, serde_json::to_string_pretty(&report)?)?;
     print_table(&measured, &medians, &ratios, &Ratios::new());
     println!(
@@ -682,7 +722,10 @@ fn xtask_exe() -> Result<String> {
 
 fn request_response(path: &Path) -> Result<(f64, f64)> {
     let exe = xtask_exe()?;
-    let addr = format!("{}:7000", path.address);
+    let addr = match path.address.contains(':') {
+        true => format!("[{}]:7000", path.address),
+        false => format!("{}:7000", path.address),
+    };
     let (program, args) = on_cpu("1", &exe, &["rr-server", &addr]);
     let (mut server, mut lines) = spawn_in(&path.server, program, &args)?;
     wait_for_line(&mut lines, "ready")?;
@@ -820,6 +863,14 @@ impl WeaveBed {
         }
     }
 
+    /// The same containers over IPv6 (this tree's agent only: an earlier one has none).
+    fn path6(&self) -> Path {
+        Path {
+            address: "fd00:1::10".into(),
+            ..self.path()
+        }
+    }
+
     /// `agent`: the binary the hosts run, when not this tree's.
     fn new(launch_args: &[&str], agent: Option<&std::path::PathBuf>) -> Result<Self> {
         let mut seg = Segment::new(&unique_name("bw"), 2)?;
@@ -836,8 +887,13 @@ impl WeaveBed {
         b.agent_ok(&launch)?;
         let c1 = Container::new(&unique_name("bwc"), a)?;
         let c2 = Container::new(&unique_name("bwc"), b)?;
-        a.attach("192.168.1.10/24", &c1)?;
-        b.attach("192.168.1.20/24", &c2)?;
+        // IPv6 beside IPv4 ([`WeaveBed::path6`]), for this tree's agent.
+        let (first, second) = match agent {
+            None => ("192.168.1.10/24,fd00:1::10/64", "192.168.1.20/24,fd00:1::20/64"),
+            Some(_) => ("192.168.1.10/24", "192.168.1.20/24"),
+        };
+        a.attach(first, &c1)?;
+        b.attach(second, &c2)?;
         a.wait_for_remote(1)?;
         b.wait_for_remote(1)?;
         // With a password, the first ping may find no session yet: the handshake is under way.
