@@ -3,7 +3,9 @@
 //! same anti-spoofing and isolation as for IPv4.
 
 use anyhow::{Context as _, Result, ensure};
-use weave_tests::{BULK, Container, Segment, bulk, require_root, unique_name};
+use std::time::Duration;
+
+use weave_tests::{BULK, Container, Segment, bulk, require_root, unique_name, wait_until};
 
 /// The container's link-local address on `ethwe`, as its kernel made it.
 fn link_local(ctr: &Container) -> Result<String> {
@@ -122,5 +124,34 @@ fn ipv6_crosses_hosts_within_its_link_and_nowhere_else() -> Result<()> {
     ensure!(h2.counter_packets("drop_isolated")? >= isolated + 2);
     // ... while its own subnet's member still answers.
     ensure!(c2.ping("fd00:1::1", 2)?);
+    Ok(())
+}
+
+/// With a password, IPv6 is sealed like any frame and opened frames meet the same checks.
+#[test]
+fn ipv6_is_sealed_with_a_password() -> Result<()> {
+    require_root();
+    let prefix = unique_name("v6s");
+    let seg = Segment::new(&prefix, 2)?;
+    let [h1, h2] = [&seg.hosts[0], &seg.hosts[1]];
+    h1.agent_ok(&["launch", "--password", "v6-test-password"])?;
+    h2.agent_ok(&["join", "--password", "v6-test-password", "192.168.56.101"])?;
+    let _c1 = h1.container(&format!("{prefix}c1"), "10.40.1.1/24,fd00:1::1/64")?;
+    let c2 = h2.container(&format!("{prefix}c2"), "10.40.1.2/24,fd00:1::2/64")?;
+    h1.wait_for_remote(1)?;
+    h2.wait_for_remote(1)?;
+    // Until a session stands, sealed frames are dropped, never sent in clear.
+    wait_until(Duration::from_secs(10), "a sealed IPv6 path", || {
+        c2.ping("fd00:1::1", 1)
+    })?;
+    let sealed = h2.counter_packets("seal_to_agent")?;
+    let opened = h1.counter_packets("ipv6_delivered")?;
+    ensure!(c2.ping("fd00:1::1", 3)?);
+    ensure!(h2.counter_packets("seal_to_agent")? >= sealed + 3);
+    ensure!(h1.counter_packets("ipv6_delivered")? >= opened + 3);
+    ensure!(
+        h2.counter_packets("ipv6_remote_sent")? == 0,
+        "IPv6 went to a sealed peer in clear"
+    );
     Ok(())
 }

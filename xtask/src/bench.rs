@@ -889,7 +889,10 @@ impl WeaveBed {
         let c2 = Container::new(&unique_name("bwc"), b)?;
         // IPv6 beside IPv4 ([`WeaveBed::path6`]), for this tree's agent.
         let (first, second) = match agent {
-            None => ("192.168.1.10/24,fd00:1::10/64", "192.168.1.20/24,fd00:1::20/64"),
+            None => (
+                "192.168.1.10/24,fd00:1::10/64",
+                "192.168.1.20/24,fd00:1::20/64",
+            ),
             Some(_) => ("192.168.1.10/24", "192.168.1.20/24"),
         };
         a.attach(first, &c1)?;
