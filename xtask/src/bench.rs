@@ -482,15 +482,8 @@ fn encrypted_only(started: Instant, reference: Option<&std::path::PathBuf>) -> R
         "reference": reference.map(|r| r.display().to_string()),
         "machine": machine(),
     });
-    let out = target_dir().join("bench").join("encrypted.json");
-    std::fs::write(&out, serde_json::to_string_pretty(&report)?)?;
     print_table(&measured, &medians, &ratios, &Ratios::new());
-    println!(
-        "wrote {} in {:.0}s",
-        out.display(),
-        started.elapsed().as_secs_f64()
-    );
-    Ok(())
+    write_report("encrypted", &report, started)
 }
 
 /// `--only ipv6`: the weave path's two address families between the same two containers,
@@ -512,9 +505,14 @@ fn ipv6_only(started: Instant) -> Result<()> {
         "rounds": ROUNDS,
         "machine": machine(),
     });
-    let out = target_dir().join("bench").join("ipv6.json");
-    std::fs::write(&out, serde_json::to_string_pretty(&report)?)?;
     print_table(&measured, &medians, &ratios, &Ratios::new());
+    write_report("ipv6", &report, started)
+}
+
+/// Writes `report` as target/bench/NAME.json and says so, with the run's time.
+fn write_report(name: &str, report: &Value, started: Instant) -> Result<()> {
+    let out = target_dir().join("bench").join(format!("{name}.json"));
+    std::fs::write(&out, serde_json::to_string_pretty(report)?)?;
     println!(
         "wrote {} in {:.0}s",
         out.display(),

@@ -79,6 +79,20 @@ fn run(host: &Programs, name: &str, frame: &[u8], veth: u32) -> Run {
     host.run(name, frame, on_veth(veth)).expect("test run")
 }
 
+/// Runs each (case, frame, veth, reason) through `container_tc` and fails once, naming every
+/// case that was not dropped for `reason`.
+fn container_drops(host: &Programs, cases: Vec<(&str, Vec<u8>, u32, CounterId)>) {
+    let failures = cases
+        .into_iter()
+        .filter_map(|(what, frame, veth, reason)| {
+            let out = run(host, CONTAINER_TC, &frame, veth);
+            let m = out.mismatch(TC_ACT_SHOT, &[ContainerRx, reason], frame.len(), false)?;
+            Some(format!("{what}: {m}"))
+        })
+        .collect();
+    all_cases(failures);
+}
+
 #[test]
 fn solicitations_are_answered_for_the_link_only() {
     let host = host6(&[CONTAINER_TC], config());
@@ -102,7 +116,6 @@ fn solicitations_are_answered_for_the_link_only() {
             "the advertisement for {target:02x?}"
         );
     }
-    let mut failures = Vec::new();
     let (group, group_mac) = solicited_node(a3());
     let rs_group = addr([0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], 2);
     let cases: Vec<(&str, Vec<u8>, u32, CounterId)> = vec![
@@ -175,13 +188,7 @@ fn solicitations_are_answered_for_the_link_only() {
             DropIpv6Control,
         ),
     ];
-    for (what, frame, veth, reason) in cases {
-        let out = run(&host, CONTAINER_TC, &frame, veth);
-        if let Some(m) = out.mismatch(TC_ACT_SHOT, &[ContainerRx, reason], frame.len(), false) {
-            failures.push(format!("{what}: {m}"));
-        }
-    }
-    all_cases(failures);
+    container_drops(&host, cases);
 }
 
 #[test]
@@ -210,7 +217,6 @@ fn unicast_goes_to_the_link_and_nowhere_else() {
         frame.len(),
         false,
     );
-    let mut failures = Vec::new();
     let cases: Vec<(&str, Vec<u8>, u32, CounterId)> = vec![
         (
             "a spoofed source",
@@ -249,13 +255,7 @@ fn unicast_goes_to_the_link_and_nowhere_else() {
             DropUnknownDst,
         ),
     ];
-    for (what, frame, veth, reason) in cases {
-        let out = run(&host, CONTAINER_TC, &frame, veth);
-        if let Some(m) = out.mismatch(TC_ACT_SHOT, &[ContainerRx, reason], frame.len(), false) {
-            failures.push(format!("{what}: {m}"));
-        }
-    }
-    all_cases(failures);
+    container_drops(&host, cases);
 }
 
 /// An opened frame from H2 meets the checks every frame from a peer meets.
