@@ -348,11 +348,11 @@ fn a_killed_agent_is_back_within_a_second_and_a_stopped_one_sends_nothing() -> R
     let dropped = h2.counter_packets("drop_no_session")?;
     h2.agent_ok(&["stop"])?;
     let capture = Capture::start(&seg.switch().name, "br0", 256)?;
-    ensure!(!c[0].ping(B, 3)?, "pings crossed with h2's agent stopped");
     ensure!(
         !c[1].ping(A, 3)?,
         "pings from h2's container crossed with its agent stopped"
     );
+    ensure!(!c[0].ping(B, 3)?, "pings crossed with h2's agent stopped");
     let frames = capture.stop_after_ping(&h1.name, "192.168.56.102")?;
     let (_, vxlan) = kinds(&frames);
     ensure!(
@@ -366,10 +366,16 @@ fn a_killed_agent_is_back_within_a_second_and_a_stopped_one_sends_nothing() -> R
         );
     }
     // The pinned counters outlive the agent: the next one reads what the data path refused.
+    // Only c[1]'s three pings are sure to be counted here: h1 seals c[0]'s to h2 until it
+    // declares h2 dead (about 1.6 s of silence), then drops them itself as for an unknown
+    // address, and where that falls among the pings depends on the machine's load.
     h2.agent_ok(&["launch", "--password", PASSWORD])?;
+    let refused = h2
+        .counter_packets("drop_no_session")?
+        .saturating_sub(dropped);
     ensure!(
-        h2.counter_packets("drop_no_session")? >= dropped + 6,
-        "h2's data path did not count what it refused"
+        refused >= 3,
+        "h2's data path counted {refused} refused frames, not its container's 3 pings"
     );
     Ok(())
 }
