@@ -161,6 +161,70 @@ fn a_docker_container_with_two_addresses_gets_both_back_after_a_restart() -> Res
 }
 
 #[test]
+fn run_with_an_ipv6_address_reaches_across_hosts_and_keeps_it_after_a_restart() -> Result<()> {
+    require_root();
+    docker::require()?;
+    let (a, b) = two_hosts(&unique_name("a"), &unique_name("b"))?;
+    a.agent_ok(&["launch"])?;
+    b.agent_ok(&["join", "192.168.56.101"])?;
+    let on_a = Named::new(format!("{}-v6", a.name));
+    let on_b = Named::new(format!("{}-v6", b.name));
+    for (host, ctr, cidr) in [
+        (&a, &on_a, "192.168.1.50/24,fd00:1::50/64"),
+        (&b, &on_b, "192.168.1.51/24,fd00:1::51/64"),
+    ] {
+        host.agent_ok(&["run", cidr, "--name", &ctr.0, "-dit", docker::IMAGE, "sh"])?;
+    }
+    a.wait_for_remote(1)?;
+    b.wait_for_remote(1)?;
+    let has_v6 = |ctr: &str| -> Result<bool> {
+        let out = docker(&["exec", ctr, "ip", "-6", "addr", "show", "ethwe"])?;
+        Ok(String::from_utf8_lossy(&out.stdout).contains("inet6 fd00:1::50/64"))
+    };
+    ensure!(has_v6(&on_a.0)?, "{}", ethwe_of(&on_a.0)?);
+    let ps = a.agent_ok(&["ps"])?;
+    ensure!(ps.contains("fd00:1::50/64"), "{ps}");
+    wait_until(Duration::from_secs(10), "IPv6 across hosts", || {
+        pings(&on_b.0, "fd00:1::50")
+    })?;
+
+    // docker restart: a new namespace, and the IPv6 address comes back with the IPv4 one.
+    docker_ok(&["restart", "-t", "1", &on_a.0])?;
+    wait_until(
+        Duration::from_secs(10),
+        "the IPv6 address restored after docker restart",
+        || has_v6(&on_a.0),
+    )?;
+    wait_until(
+        Duration::from_secs(10),
+        "IPv6 across hosts after docker restart",
+        || pings(&on_b.0, "fd00:1::50"),
+    )?;
+    ensure!(pings(&on_b.0, "192.168.1.50")?, "IPv4 after the restart");
+
+    // An IPv6 address alone is refused before Docker creates anything.
+    let never = Named::new(format!("{}-never", a.name));
+    let out = a.agent(&[
+        "run",
+        "fd00:1::52/64",
+        "--name",
+        &never.0,
+        docker::IMAGE,
+        "sh",
+    ])?;
+    let text = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success() && text.contains("needs an IPv4 address"),
+        "{text}"
+    );
+    ensure!(
+        !docker(&["inspect", &never.0])?.status.success(),
+        "a container was created for a refused address"
+    );
+    Ok(())
+}
+
+#[test]
 fn run_that_cannot_attach_removes_the_container_again() -> Result<()> {
     require_root();
     docker::require()?;

@@ -88,12 +88,13 @@ pub enum Command {
     ///
     /// The address comes first if given: a CIDR (ip:CIDR too), net:CIDR (a free address of
     /// that subnet of --ipalloc-range) or net:default; without one, a free address of the
-    /// default subnet.
+    /// default subnet. One IPv6 CIDR may come beside it, after a comma.
     #[command(
         trailing_var_arg = true,
         after_help = "Examples:\n  weave-agent run 192.168.1.20/24 --name wet -it IMAGE sh\n  \
                       weave-agent run --name web -d IMAGE httpd -f   (an address of 10.32.0.0/12)\n  \
-                      weave-agent run net:10.32.5.0/24 --name db -d IMAGE sh"
+                      weave-agent run net:10.32.5.0/24 --name db -d IMAGE sh\n  \
+                      weave-agent run 192.168.1.20/24,fd00:1::20/64 --name wet6 -it IMAGE sh"
     )]
     Run {
         /// MTU of `ethwe` (default: underlay MTU - 50). Goes before the address.
@@ -545,11 +546,39 @@ mod tests {
             panic!("parsed as {:?}", cli.command);
         };
         let (address, docker_args) = super::super::commands::split_run_args(&args).unwrap();
-        assert_eq!(address.unwrap().to_string(), "192.168.1.20/24");
+        assert_eq!(address.unwrap(), "192.168.1.20/24");
         assert_eq!(docker_args, ["--name", "wet", "-it", "busybox", "sh"]);
         let no_address: Vec<String> = ["--name", "x", "img"].map(String::from).to_vec();
         let (address, docker_args) = super::super::commands::split_run_args(&no_address).unwrap();
         assert_eq!(address, None);
         assert_eq!(docker_args, ["--name", "x", "img"]);
+    }
+
+    #[test]
+    fn run_takes_an_ipv6_address_beside_the_ipv4_one_and_tells_images_apart() {
+        let split = |args: &[&str]| {
+            let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+            super::super::commands::split_run_args(&args)
+                .map(|(address, rest)| (address, rest.len()))
+        };
+        assert_eq!(
+            split(&["192.168.1.20/24,fd00:1::20/64", "img"]).unwrap(),
+            (Some("192.168.1.20/24,fd00:1::20/64".to_owned()), 1)
+        );
+        assert_eq!(
+            split(&["net:default,fd00:1::20/64", "img"]).unwrap(),
+            (Some("net:default,fd00:1::20/64".to_owned()), 1)
+        );
+        // Image references with a registry port are not addresses.
+        assert_eq!(split(&["10.0.0.1:5000/busybox"]).unwrap(), (None, 1));
+        assert_eq!(split(&["registry:5000/busybox"]).unwrap(), (None, 1));
+        // An IPv6 address alone is an address, refused with the form to use.
+        let err = split(&["fd00:1::20/64", "img"]).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("needs an IPv4 address"),
+            "{err:#}"
+        );
+        let err = split(&["10.1.0.1/24,10.1.0.2/24", "img"]).unwrap_err();
+        assert!(format!("{err:#}").contains("one IPv4 address"), "{err:#}");
     }
 }

@@ -330,18 +330,35 @@ pub fn peers(loc: &Location, out: OutputArgs) -> Result<()> {
 
 /// `run`'s arguments: the address, if the first one is one (a CIDR, `ip:`, `net:`), and the
 /// `docker run` arguments after it.
-pub fn split_run_args(args: &[String]) -> Result<(Option<AddressRequest>, &[String])> {
+/// `run`'s own address (checked, in the form the agent reads: `V4[,V6]`) and the `docker run`
+/// arguments after it. The first argument is an address when each of its comma-separated
+/// items is `net:…`, `ip:…` or an IP address with a prefix, which no image reference is.
+pub fn split_run_args(args: &[String]) -> Result<(Option<String>, &[String])> {
     let Some(first) = args.first() else {
         return Ok((None, args));
     };
-    let looks_like_address = first.starts_with("net:")
-        || first.starts_with("ip:")
-        || (first.contains('/') && first.chars().next().is_some_and(|c| c.is_ascii_digit()));
-    if looks_like_address {
-        Ok((Some(first.parse()?), &args[1..]))
-    } else {
-        Ok((None, args))
+    let is_address = |item: &str| {
+        item.starts_with("net:")
+            || item.starts_with("ip:")
+            || item
+                .split_once('/')
+                .is_some_and(|(ip, _)| ip.parse::<std::net::IpAddr>().is_ok())
+    };
+    if !first.split(',').all(is_address) {
+        return Ok((None, args));
     }
+    let (parsed, ipv6) = crate::ipam::request::parse_with_ipv6(first)?;
+    let [request] = parsed.as_slice() else {
+        bail!(
+            "{first}: run takes one IPv4 address (and one IPv6 beside it); \
+             `weave-agent attach` gives the container more once it runs"
+        );
+    };
+    let text = match ipv6 {
+        Some(cidr) => format!("{request},{cidr}"),
+        None => request.to_string(),
+    };
+    Ok((Some(text), &args[1..]))
 }
 
 /// `run`: the full container id alone on stdout, so `id=$(weave-agent run ...)` works.
@@ -353,10 +370,9 @@ pub fn run_container(
 ) -> Result<()> {
     // Refuse bad input before Docker creates anything.
     let (address, docker_args) = split_run_args(args)?;
-    let parsed = address.unwrap_or(AddressRequest::Default);
     let spec = RunSpec::parse(docker_args)?;
     let request = Request::Run {
-        cidr: parsed.to_string(),
+        cidr: address.unwrap_or_else(|| AddressRequest::Default.to_string()),
         spec: Box::new(spec),
         mtu,
         no_multicast_route,

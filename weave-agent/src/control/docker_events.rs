@@ -9,7 +9,7 @@ use futures_util::StreamExt as _;
 
 use super::{
     agent::Agent,
-    endpoints::{Target, attach_endpoint},
+    endpoints::{Target, attach_endpoint, give_ipv6},
     state::LocalEndpoint,
     withdraw::{keep_dormant, remove_endpoint},
 };
@@ -140,12 +140,21 @@ async fn restore(agent: &Agent, engine: &bollard::Docker, id: &str, ep: LocalEnd
             left_for_docker: None,
             multicast_route: !ep.no_multicast_route,
         };
-        attach_endpoint(agent, ep.cidr, &target, Some(ep.mtu)).await
+        attach_endpoint(agent, ep.cidr, &target, Some(ep.mtu)).await?;
+        anyhow::Ok(target)
     }
     .await;
     match result {
-        Ok(_) => {
-            tracing::info!(cidr = %ep.cidr, container = %ep.container, "container started again; address restored")
+        Ok(target) => {
+            tracing::info!(cidr = %ep.cidr, container = %ep.container, "container started again; address restored");
+            // The new namespace holds none of the old one's addresses: the IPv6 one comes
+            // back too. Should another container have taken it meanwhile, the IPv4 address
+            // stays restored and the log says why the IPv6 one is not.
+            if let Some(v6) = ep.ipv6
+                && let Err(err) = give_ipv6(agent, &target, v6).await
+            {
+                tracing::warn!(%v6, container = %ep.container, "restoring the IPv6 address: {err:#}");
+            }
         }
         Err(err) => {
             tracing::warn!(cidr = %ep.cidr, container = %ep.container, "restoring the address: {err:#}");

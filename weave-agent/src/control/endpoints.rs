@@ -131,7 +131,7 @@ pub async fn attach(
 
 /// Gives the container `target` (attached already, by its first address) the IPv6 address
 /// `cidr`: on its `ethwe`, in its state and in gossip, then in the maps by a sync round.
-async fn give_ipv6(agent: &Agent, target: &Target, cidr: Cidr6) -> Result<()> {
+pub(super) async fn give_ipv6(agent: &Agent, target: &Target, cidr: Cidr6) -> Result<()> {
     let (first, iface) = {
         let inner = agent.inner.lock().await;
         let holders = inner
@@ -284,7 +284,10 @@ pub async fn run_container(
     mtu: Option<u32>,
     multicast_route: bool,
 ) -> Result<String> {
-    let request: AddressRequest = cidr.parse()?;
+    let (requests, ipv6) = crate::ipam::request::parse_with_ipv6(cidr)?;
+    let [request] = requests.as_slice() else {
+        bail!("{cidr}: run takes one IPv4 address (and one IPv6 beside it)");
+    };
     let engine = docker::connect().await?;
     let holder = format!("run:{}", spec.name.as_deref().unwrap_or("unnamed"));
     // The agent's DNS server, unless the user chose resolvers; its domain is searched first.
@@ -296,8 +299,8 @@ pub async fn run_container(
         spec.dns_search.insert(0, service.domain.clone());
     }
     let spec = &spec;
-    let (cidr, _) = ipam::address_for(agent, &request, &holder).await?;
-    let ran = run_with(agent, &engine, cidr, spec, mtu, multicast_route).await;
+    let (cidr, _) = ipam::address_for(agent, request, &holder).await?;
+    let ran = run_with(agent, &engine, (cidr, ipv6), spec, mtu, multicast_route).await;
     ipam::finished(agent, cidr.ip).await;
     ran
 }
@@ -305,14 +308,17 @@ pub async fn run_container(
 async fn run_with(
     agent: &Agent,
     engine: &bollard::Docker,
-    cidr: Cidr,
+    (cidr, ipv6): (Cidr, Option<Cidr6>),
     spec: &RunSpec,
     mtu: Option<u32>,
     multicast_route: bool,
 ) -> Result<String> {
     check_free(agent, cidr.ip).await?;
-    let id =
-        docker::create_and_start(engine, spec, &agent.base.peer_name, &cidr.to_string()).await?;
+    let label = match ipv6 {
+        Some(v6) => format!("{cidr},{v6}"),
+        None => cidr.to_string(),
+    };
+    let id = docker::create_and_start(engine, spec, &agent.base.peer_name, &label).await?;
     let attached = async {
         let container = docker::inspect(engine, &id)
             .await?
@@ -330,7 +336,14 @@ async fn run_with(
             left_for_docker: None,
             multicast_route,
         };
-        attach_endpoint(agent, cidr, &target, mtu).await
+        let done = attach_endpoint(agent, cidr, &target, mtu).await?;
+        if let Some(v6) = ipv6
+            && let Err(err) = give_ipv6(agent, &target, v6).await
+        {
+            take_back(agent, std::slice::from_ref(&done)).await;
+            return Err(err);
+        }
+        Ok(())
     }
     .await;
     if let Err(err) = attached {
