@@ -26,7 +26,7 @@ use weave_common::{
     endpoint::{Config, Endpoint, Heard, Ipv4Key, PeerRoute, ipv4_key},
     ipv6::{Endpoint6, Ipv6Key},
     maps,
-    policy::SubnetPair,
+    policy::{LinkPair, SubnetPair},
     programs,
 };
 
@@ -222,6 +222,13 @@ impl Programs {
     pub fn allow(&mut self, pair: SubnetPair) -> Result<()> {
         let mut map: HashMap<&mut MapData, SubnetPair, u8> =
             HashMap::try_from(self.map_mut(maps::POLICY)?)?;
+        Ok(map.insert(pair, 1, 0)?)
+    }
+
+    /// Opens the direction `pair` between two IPv6 links.
+    pub fn allow6(&mut self, pair: LinkPair) -> Result<()> {
+        let mut map: HashMap<&mut MapData, LinkPair, u8> =
+            HashMap::try_from(self.map_mut(maps::POLICY6)?)?;
         Ok(map.insert(pair, 1, 0)?)
     }
 

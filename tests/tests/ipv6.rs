@@ -127,6 +127,86 @@ fn ipv6_crosses_hosts_within_its_link_and_nowhere_else() -> Result<()> {
     Ok(())
 }
 
+/// `policy` opens and closes IPv6 subnets as it does IPv4 ones, with the on-link route in the
+/// containers; an IPv4 rule decides for the link-local addresses of containers without IPv6.
+#[test]
+fn isolation_rules_open_ipv6_subnets_and_ipv4_rules_link_local_addresses() -> Result<()> {
+    require_root();
+    let prefix = unique_name("v6p");
+    let seg = Segment::mesh(&prefix, 2)?;
+    let [h1, h2] = [&seg.hosts[0], &seg.hosts[1]];
+    let c1 = h1.container(&format!("{prefix}c1"), "10.40.1.1/24,fd00:1::1/64")?;
+    let f1 = h1.container(&format!("{prefix}f1"), "10.40.4.4/24")?;
+    let d2 = h2.container(&format!("{prefix}d2"), "10.40.2.2/24,fd00:2::2/64")?;
+    let e2 = h2.container(&format!("{prefix}e2"), "10.40.3.3/24")?;
+    h1.wait_for_remote(2)?;
+    h2.wait_for_remote(2)?;
+    let route = |ctr: &Container| ctr.ip(["-6", "route", "show", "fd00:1::/64"]);
+    ensure!(
+        !d2.ping("fd00:1::1", 1)?,
+        "fd00:2::2 reached fd00:1::1 with no rule"
+    );
+    ensure!(route(&d2)?.trim().is_empty(), "{}", route(&d2)?);
+
+    h1.agent_ok(&["policy", "allow", "fd00:1::/64", "fd00:2::/64"])?;
+    wait_until(Duration::from_secs(10), "the IPv6 rule in force", || {
+        d2.ping("fd00:1::1", 1)
+    })?;
+    ensure!(c1.ping("fd00:2::2", 2)?, "the rule opens both directions");
+    ensure!(
+        route(&d2)?.contains("dev ethwe proto static"),
+        "d2's route: {}",
+        route(&d2)?
+    );
+    // IPv4 between the two stays closed: the rule names the IPv6 subnets only.
+    ensure!(!d2.ping("10.40.1.1", 1)?, "the IPv6 rule opened IPv4");
+
+    // Link-local addresses of containers without IPv6 follow the IPv4 rules.
+    let f1_ll = format!("{}%ethwe", link_local(&f1)?);
+    let isolated = h2.counter_packets("drop_isolated")?;
+    ensure!(!e2.ping(&f1_ll, 1)?, "{f1_ll} answered across subnets");
+    ensure!(h2.counter_packets("drop_isolated")? > isolated);
+    h2.agent_ok(&["policy", "allow", "10.40.3.0/24", "10.40.4.0/24"])?;
+    wait_until(
+        Duration::from_secs(10),
+        "the IPv4 rule for link-local",
+        || e2.ping(&f1_ll, 1),
+    )?;
+
+    h2.agent_ok(&["policy", "deny", "fd00:2::/64", "fd00:1::/64"])?;
+    wait_until(
+        Duration::from_secs(10),
+        "the IPv6 rule closed again",
+        || Ok(!d2.ping("fd00:1::1", 1)? && route(&d2)?.trim().is_empty()),
+    )?;
+    // The closed pair's frames sent to the MAC anyway are dropped in the data path.
+    let c1_mac = c1
+        .ip(["-o", "link", "show", "ethwe"])?
+        .split_whitespace()
+        .skip_while(|w| *w != "link/ether")
+        .nth(1)
+        .context("c1 has no MAC")?
+        .to_owned();
+    d2.ip(["-6", "route", "add", "fd00:1::/64", "dev", "ethwe"])?;
+    d2.ip([
+        "-6",
+        "neigh",
+        "replace",
+        "fd00:1::1",
+        "lladdr",
+        &c1_mac,
+        "dev",
+        "ethwe",
+    ])?;
+    let isolated = h2.counter_packets("drop_isolated")?;
+    ensure!(
+        !d2.ping("fd00:1::1", 2)?,
+        "fd00:2::2 reached fd00:1::1 after deny"
+    );
+    ensure!(h2.counter_packets("drop_isolated")? >= isolated + 2);
+    Ok(())
+}
+
 /// With a password, IPv6 is sealed like any frame and opened frames meet the same checks.
 #[test]
 fn ipv6_is_sealed_with_a_password() -> Result<()> {

@@ -79,4 +79,7 @@ pub mod maps {
     /// [`crate::ipv6::Ipv6Key`] -> [`crate::ipv6::Endpoint6`]: every endpoint's IPv6
     /// addresses, link-local ones included, local and remote.
     pub const ENDPOINTS6: &str = "WEAVE_ENDPTS6";
+    /// Allowed directions between different IPv6 links: [`crate::policy::LinkPair`] -> u8
+    /// (unused), as [`POLICY`] for IPv4 subnets.
+    pub const POLICY6: &str = "WEAVE_POLICY6";
 }

@@ -41,7 +41,7 @@ use crate::{
     ipv6::{IPV6_LEN, answer_solicitation, hop, is_control, sender6},
     maps::{
         config, crypto_device, crypto_path, endpoint, endpoint6, exposed_behind, may_talk,
-        must_seal, next_hop,
+        may_talk6, must_seal, next_hop,
     },
     verdict::tc_verdict,
 };
@@ -260,7 +260,7 @@ fn send_ipv6(ctx: &TcContext, ifindex: u32) -> Result<CounterId, CounterId> {
         }
         let src = sender6(&(*ip).src, &(*eth).src, ifindex)?;
         let dst = endpoint6(&(*ip).dst).ok_or(CounterId::DropUnknownDst)?;
-        if !src.same_link(&dst) {
+        if !may_talk6(&src, &dst) {
             return Err(CounterId::DropIsolated);
         }
         (*eth).dst = dst.mac;

@@ -20,7 +20,7 @@ use weave_common::{
 
 use crate::{
     headers::{ETH_LEN, EthHdr, Ipv6Hdr, ptr_at},
-    maps::endpoint6,
+    maps::{endpoint6, may_talk6},
 };
 
 pub(crate) const IPV6_LEN: usize = 40;
@@ -109,7 +109,7 @@ pub(crate) fn answer_solicitation(ctx: &TcContext, ifindex: u32) -> Result<Count
             return Err(CounterId::DropSpoofed);
         }
         let target = endpoint6(&(*nd).target).ok_or(CounterId::DropUnknownDst)?;
-        if !asker.same_link(&target) {
+        if !may_talk6(&asker, &target) {
             return Err(CounterId::DropIsolated);
         }
         // The solicitation becomes the advertisement: from the target, to the asker.
@@ -189,7 +189,7 @@ pub(crate) fn admit6(
         Some(dst) if dst.is_local() => dst,
         _ => return Err(CounterId::DropUnknownDst),
     };
-    if !src.same_link(&dst) {
+    if !may_talk6(&src, &dst) {
         return Err(CounterId::DropIsolated);
     }
     Ok(dst)

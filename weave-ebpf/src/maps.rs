@@ -11,7 +11,7 @@ use weave_common::{
     },
     flood::{FloodKey, FloodSet},
     ipv6::{Endpoint6, Ipv6Key},
-    policy::{POLICY_CAPACITY, SubnetPair},
+    policy::{LinkPair, POLICY_CAPACITY, SubnetPair},
     seal::CryptoPath,
 };
 
@@ -30,6 +30,10 @@ pub(crate) static WEAVE_HEARD: HashMap<Ipv4Key, Heard> = HashMap::pinned(4_096, 
 /// Cross-subnet directions the isolation rules allow.
 #[map]
 pub(crate) static WEAVE_POLICY: HashMap<SubnetPair, u8> = HashMap::pinned(POLICY_CAPACITY, 0);
+
+/// Directions between different IPv6 links the isolation rules allow.
+#[map]
+pub(crate) static WEAVE_POLICY6: HashMap<LinkPair, u8> = HashMap::pinned(POLICY_CAPACITY, 0);
 
 #[map]
 pub(crate) static WEAVE_CONFIG: Array<Config> = Array::pinned(1, 0);
@@ -167,4 +171,11 @@ pub(crate) fn may_talk(src: &Endpoint, dst: &Endpoint) -> bool {
     src.same_subnet(dst)
         || src.local_service_pair(dst)
         || unsafe { WEAVE_POLICY.get(&SubnetPair::between(src, dst)).is_some() }
+}
+
+/// Whether IPv6 traffic from `src` to `dst` is allowed: one link, or a rule opened the pair.
+#[inline(always)]
+pub(crate) fn may_talk6(src: &Endpoint6, dst: &Endpoint6) -> bool {
+    // SAFETY: only presence is checked.
+    src.same_link(dst) || unsafe { WEAVE_POLICY6.get(&LinkPair::between(src, dst)).is_some() }
 }

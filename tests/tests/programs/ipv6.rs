@@ -7,6 +7,7 @@ use weave_common::{
     counters::CounterId::{self, *},
     endpoint::{ENCAP_VXLAN_DEVICE, ENDPOINT_LOCAL, ipv4_key},
     ipv6::{Endpoint6, Ipv6Key, link_local, network},
+    policy::LinkPair,
     programs::{CONTAINER_TC, TAP_TC, UNDERLAY_TC},
     seal::marked_mac,
 };
@@ -256,6 +257,40 @@ fn unicast_goes_to_the_link_and_nowhere_else() {
         ),
     ];
     container_drops(&host, cases);
+}
+
+/// A direction the IPv6 policy map holds opens another link: its neighbour discovery and its
+/// frames, that direction only.
+#[test]
+fn a_policy_entry_opens_another_link_one_way() {
+    let mut host = host6(&[CONTAINER_TC], config());
+    host.allow6(LinkPair {
+        src_link: network(LINK_A, 64),
+        dst_link: network(LINK_B, 64),
+        src_prefix: 64,
+        dst_prefix: 64,
+        pad: [0; 2],
+    })
+    .unwrap();
+    let ns = neighbour_solicitation(mac(C1), a1(), b1());
+    run(&host, CONTAINER_TC, &ns, C1_VETH).assert(
+        TC_ACT_REDIRECT,
+        &[ContainerRx, Ipv6NdAnswered],
+        ns.len(),
+        false,
+    );
+    let frame = from_c1(&udp6(a1(), b1()));
+    run(&host, CONTAINER_TC, &frame, C1_VETH).assert(
+        TC_ACT_REDIRECT,
+        &[ContainerRx, Ipv6LocalDelivered],
+        frame.len(),
+        false,
+    );
+    let back = ethernet(STALE_MAC, mac(D1), ETHERTYPE_IPV6, &udp6(b1(), a1()));
+    container_drops(
+        &host,
+        vec![("the direction not written", back, D1_VETH, DropIsolated)],
+    );
 }
 
 /// An opened frame from H2 meets the checks every frame from a peer meets.

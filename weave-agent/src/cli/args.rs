@@ -187,10 +187,12 @@ pub enum Command {
     /// covers both directions, reaches every host by gossip within about a second,
     /// is enforced by the eBPF data path, and adds (or removes) an on-link route to
     /// the other network through `ethwe` in the containers it concerns. Where rules
-    /// overlap, the most specific one decides.
+    /// overlap, the most specific one decides. A rule pairs two IPv4 networks or two
+    /// IPv6 ones; IPv4 rules also decide for the link-local IPv6 addresses of containers
+    /// that have no IPv6 address.
     #[command(
         subcommand,
-        after_help = "Examples:\n  weave-agent policy allow 192.168.1.0/24 192.168.2.0/24\n  weave-agent policy deny 192.168.1.0/24 192.168.2.0/24   (isolated again)\n  weave-agent policy list --json"
+        after_help = "Examples:\n  weave-agent policy allow 192.168.1.0/24 192.168.2.0/24\n  weave-agent policy deny 192.168.1.0/24 192.168.2.0/24   (isolated again)\n  weave-agent policy allow fd00:1::/64 fd00:2::/64\n  weave-agent policy list --json"
     )]
     Policy(PolicyCommand),
 
@@ -354,7 +356,7 @@ pub enum PolicyCommand {
 
 #[derive(Debug, Args, Clone)]
 pub struct RulePair {
-    /// A network with its prefix and no host bits, e.g. 192.168.1.0/24.
+    /// A network with its prefix and no host bits, e.g. 192.168.1.0/24 or fd00:1::/64.
     #[arg(value_name = "CIDR_A")]
     pub a: String,
     /// The other network, e.g. 192.168.2.0/24.

@@ -17,7 +17,7 @@ use crate::{
     host::{netns, run_spec::RunSpec},
     ipam::request::AddressRequest,
     mesh::peer_addr::PeerSpec,
-    net::policy::{Action, Subnet},
+    net::policy::{Action, Net, Subnet},
 };
 
 pub fn policy(loc: &Location, command: PolicyCommand) -> Result<()> {
@@ -25,8 +25,8 @@ pub fn policy(loc: &Location, command: PolicyCommand) -> Result<()> {
     let (request, out) = match command {
         PolicyCommand::Allow(pair) | PolicyCommand::Deny(pair) => {
             // Checked here too, so a typo is reported before anything is sent.
-            let a: Subnet = pair.a.parse()?;
-            let b: Subnet = pair.b.parse()?;
+            let a: Net = pair.a.parse()?;
+            let b: Net = pair.b.parse()?;
             let action = if allow { Action::Allow } else { Action::Deny };
             let request = Request::PolicySet {
                 action,

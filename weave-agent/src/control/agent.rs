@@ -28,7 +28,11 @@ use crate::{
         sealed_transport::AuthFailures,
         topology::routes::{Path, Topology},
     },
-    net::{addressing::Cidr, exposure::ContainerRoute, policy::Subnet},
+    net::{
+        addressing::Cidr,
+        exposure::ContainerRoute,
+        policy::{Subnet, Subnet6},
+    },
 };
 
 pub struct Agent {
@@ -78,6 +82,9 @@ pub struct Inner {
     /// Routes the rules and exposed addresses put in each local endpoint's container, by its
     /// host veth (a container's addresses share one), as last made.
     pub routes: BTreeMap<String, BTreeSet<ContainerRoute>>,
+    /// The IPv6 on-link routes the rules put in each container with an IPv6 address, by its
+    /// host veth, as last made.
+    pub routes6: BTreeMap<String, BTreeSet<Subnet6>>,
     /// Attaches under way outside the lock: their addresses and containers are taken.
     pub pending: Vec<Pending>,
     /// The links every peer publishes, as last synced.

@@ -150,6 +150,7 @@ async fn start(
         started: Instant::now(),
         last_contact: BTreeMap::new(),
         routes: BTreeMap::new(),
+        routes6: BTreeMap::new(),
         pending: Vec::new(),
         topology: Default::default(),
         links: Default::default(),

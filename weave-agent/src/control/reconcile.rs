@@ -11,7 +11,7 @@ use std::{
 use weave_common::{
     endpoint::{Endpoint, ipv4_octets},
     ipv6::{Endpoint6, Ipv6Key},
-    policy::SubnetPair,
+    policy::{LinkPair, SubnetPair},
 };
 
 use super::desired::desired;
@@ -41,6 +41,8 @@ pub struct Written {
     pub peers: Option<BTreeMap<Ipv4Addr, NextHop>>,
     /// The policy map; None until the first sync writes it.
     pub policy: Option<BTreeSet<SubnetPair>>,
+    /// The IPv6 policy map; None until the first sync writes it.
+    pub policy6: Option<BTreeSet<LinkPair>>,
     /// The overlay-subnet map; None until the first sync writes it.
     pub subnets: Option<BTreeMap<Subnet, Ipv4Addr>>,
     /// The flood map; None until the first sync writes it.
@@ -98,6 +100,8 @@ pub enum MapOp {
     /// Live peers and the next hop each one's frames go to.
     SetPeers(BTreeMap<Ipv4Addr, NextHop>),
     SetPolicy(BTreeSet<SubnetPair>),
+    /// The directions between different IPv6 links the rules allow.
+    SetPolicy6(BTreeSet<LinkPair>),
     /// Every overlay subnet known, with this host's exposed address in it
     /// ([`Ipv4Addr::UNSPECIFIED`] where it exposes none).
     SetSubnets(BTreeMap<Subnet, Ipv4Addr>),
@@ -203,6 +207,11 @@ pub fn plan(view: &View<'_>, written: &Written, since_start: Duration) -> Plan {
     }
     // An address attached here is this host's, whatever a peer says of it.
     six.extend(view.local6.iter().map(|(ip, ep)| (*ip, *ep)));
+    let links = six.values().map(|ep| (ep.link, ep.link_prefix)).collect();
+    let pairs6 = policy::allowed_links(view.rules, &links);
+    if written.policy6.as_ref() != Some(&pairs6) {
+        ops.push(MapOp::SetPolicy6(pairs6));
+    }
     if written.endpoints6.as_ref() != Some(&six) {
         ops.push(MapOp::SetEndpoints6(six));
     }
@@ -266,7 +275,7 @@ pub fn apply_ops(
     let mut first_error = None;
     for op in ops {
         let result = maps.apply(op);
-        if result.is_ok() || matches!(op, MapOp::SetPolicy(_)) {
+        if result.is_ok() || matches!(op, MapOp::SetPolicy(_) | MapOp::SetPolicy6(_)) {
             written.record(op);
         }
         if let Err(err) = result {
@@ -289,6 +298,7 @@ impl Written {
             }
             MapOp::SetPeers(peers) => self.peers = Some(peers.clone()),
             MapOp::SetPolicy(pairs) => self.policy = Some(pairs.clone()),
+            MapOp::SetPolicy6(pairs) => self.policy6 = Some(pairs.clone()),
             MapOp::SetSubnets(subnets) => self.subnets = Some(subnets.clone()),
             MapOp::SetFlood(flood) => self.flood = Some(flood.clone()),
             MapOp::SetEndpoints6(six) => self.endpoints6 = Some(six.clone()),
@@ -568,6 +578,85 @@ mod tests {
             apply_ops(&mut maps, &mut written, &again.ops).unwrap();
         }
         assert_eq!(maps.policy_writes, 1);
+    }
+
+    /// An IPv6 rule between the links of the IPv6 map goes into the IPv6 policy map, both
+    /// directions, and is written once; a link nobody is on gets no entry.
+    #[test]
+    fn ipv6_rules_between_known_links_fill_the_ipv6_policy_map() {
+        use crate::net::{addressing::Cidr6, ipv6::entries};
+        let endpoint = |v4: &str, v6: &str, veth| {
+            let cidr6: Cidr6 = v6.parse().unwrap();
+            entries(
+                &v4.parse::<Cidr>().unwrap().local_endpoint(veth),
+                Some(&cidr6),
+            )
+        };
+        let local6: BTreeMap<Ipv6Key, Endpoint6> = endpoint("10.40.1.1/24", "fd00:1::1/64", 3)
+            .into_iter()
+            .chain(endpoint("10.40.2.1/24", "fd00:2::1/64", 4))
+            .collect();
+        let net6 = |s: &str| s.parse::<policy::Net>().unwrap();
+        let rules = [
+            Rule::new(
+                net6("fd00:1::/64"),
+                net6("fd00:2::/64"),
+                policy::Action::Allow,
+                1,
+                "p",
+            )
+            .unwrap(),
+            Rule::new(
+                net6("fd00:1::/64"),
+                net6("fd00:3::/64"),
+                policy::Action::Allow,
+                1,
+                "p",
+            )
+            .unwrap(),
+        ];
+        let (local, subnets) = (BTreeSet::new(), BTreeSet::new());
+        let view = View {
+            rules: &rules,
+            local6: &local6,
+            ..view(&[], &local, &subnets)
+        };
+        let mut written = Written::default();
+        let first = plan(&view, &written, LATER);
+        let pairs: Vec<&BTreeSet<LinkPair>> = first
+            .ops
+            .iter()
+            .filter_map(|op| match op {
+                MapOp::SetPolicy6(pairs) => Some(pairs),
+                _ => None,
+            })
+            .collect();
+        let [pairs] = pairs.as_slice() else {
+            panic!("{:?}", first.ops);
+        };
+        let link = |s: &str| s.parse::<std::net::Ipv6Addr>().unwrap().octets();
+        let one_way = |a: &str, b: &str| LinkPair {
+            src_link: link(a),
+            dst_link: link(b),
+            src_prefix: 64,
+            dst_prefix: 64,
+            pad: [0; 2],
+        };
+        assert_eq!(
+            **pairs,
+            BTreeSet::from([
+                one_way("fd00:1::", "fd00:2::"),
+                one_way("fd00:2::", "fd00:1::")
+            ])
+        );
+        apply(&mut written, &first);
+        let again = plan(&view, &written, LATER);
+        assert!(
+            !again
+                .ops
+                .iter()
+                .any(|op| matches!(op, MapOp::SetPolicy6(_)))
+        );
     }
 
     /// The programs tell outside addresses from overlay ones by this map, and hand frames for

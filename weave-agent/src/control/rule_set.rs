@@ -6,7 +6,7 @@ use anyhow::{Context as _, Result};
 use super::{agent::Agent, api, rules::rule_infos, sync};
 use crate::net::{
     clock::unix_millis,
-    policy::{Action, Rule, Subnet},
+    policy::{Action, Net, Rule},
 };
 
 /// `policy allow|deny A B`: the new rule supersedes any earlier word on the pair, here and, by
@@ -17,7 +17,7 @@ pub async fn set_rule(
     a: &str,
     b: &str,
 ) -> Result<Vec<api::RuleInfo>> {
-    let (a, b): (Subnet, Subnet) = (a.parse()?, b.parse()?);
+    let (a, b): (Net, Net) = (a.parse()?, b.parse()?);
     let now = unix_millis();
     {
         let mut inner = agent.inner.lock().await;

@@ -18,7 +18,7 @@ use crate::{
         addressing::Cidr,
         exposure::{self, ContainerRoute},
         names::EXPOSED_LABEL,
-        policy::{self, Rule, Subnet},
+        policy::{self, Rule, Subnet, Subnet6},
     },
 };
 
@@ -67,6 +67,8 @@ pub struct RouteWork {
     netns: PathBuf,
     holder: RouteHolder,
     wanted: BTreeSet<ContainerRoute>,
+    /// The on-link routes the IPv6 rules open to a container with an IPv6 address.
+    wanted6: BTreeSet<Subnet6>,
 }
 
 /// The endpoints whose routes differ from what the rules and the exposed addresses of the
@@ -82,6 +84,9 @@ pub fn route_work(inner: &mut Inner) -> Vec<RouteWork> {
         .map(|e| e.host_veth.as_str())
         .collect();
     inner.routes.retain(|veth, _| veths.contains(veth.as_str()));
+    inner
+        .routes6
+        .retain(|veth, _| veths.contains(veth.as_str()));
     let exposures = exposures(inner);
     let mut work: Vec<RouteWork> = Vec::new();
     // A Docker driver's endpoint has no namespace until Docker moves its veth in: nothing to
@@ -123,7 +128,14 @@ pub fn route_work(inner: &mut Inner) -> Vec<RouteWork> {
                 netns: ep.netns.clone(),
                 holder,
                 wanted,
+                wanted6: BTreeSet::new(),
             }),
+        }
+        if let (Some(cidr), Some(job)) = (ep.ipv6, work.iter_mut().find(|w| w.veth == ep.host_veth))
+        {
+            let own = Subnet6::new(cidr.ip, cidr.prefix);
+            job.wanted6
+                .extend(policy::routes_for6(&inner.state.rules, &own));
         }
     }
     // The kernel's own route to each subnet the holder has an address in stays the only one.
@@ -137,7 +149,10 @@ pub fn route_work(inner: &mut Inner) -> Vec<RouteWork> {
             .collect();
         job.wanted.retain(|r| !own.contains(&r.to));
     }
-    work.retain(|job| inner.routes.get(&job.veth) != Some(&job.wanted));
+    work.retain(|job| {
+        inner.routes.get(&job.veth) != Some(&job.wanted)
+            || inner.routes6.get(&job.veth).unwrap_or(&BTreeSet::new()) != &job.wanted6
+    });
     work
 }
 
@@ -163,7 +178,13 @@ fn exposures(inner: &Inner) -> Vec<(Cidr, Vec<Subnet>)> {
 /// Makes the routes inside each container, without the agent's lock, then records them.
 pub async fn sync_routes(agent: &Agent, work: Vec<RouteWork>) {
     for job in work {
-        match netns::sync_routes(&job.netns, job.holder, job.wanted.clone()).await {
+        let iface = job.holder.iface.clone();
+        let v4 = netns::sync_routes(&job.netns, job.holder, job.wanted.clone()).await;
+        let done = match v4 {
+            Ok(()) => netns::sync_routes6(&job.netns, iface, job.wanted6.clone()).await,
+            Err(err) => Err(err),
+        };
+        match done {
             Ok(()) => {
                 let mut inner = agent.inner.lock().await;
                 // Only while the holder is still there: a detach meanwhile took its routes.
@@ -173,6 +194,7 @@ pub async fn sync_routes(agent: &Agent, work: Vec<RouteWork>) {
                     .iter()
                     .any(|e| e.host_veth == job.veth)
                 {
+                    inner.routes6.insert(job.veth.clone(), job.wanted6);
                     inner.routes.insert(job.veth, job.wanted);
                 }
             }

@@ -193,8 +193,8 @@ mod tests {
             )]),
             rules: vec![
                 Rule::new(
-                    "192.168.1.0/24".parse().unwrap(),
-                    "192.168.2.0/24".parse().unwrap(),
+                    "192.168.1.0/24".parse::<crate::net::policy::Net>().unwrap(),
+                    "192.168.2.0/24".parse::<crate::net::policy::Net>().unwrap(),
                     crate::net::policy::Action::Allow,
                     7,
                     "peer",

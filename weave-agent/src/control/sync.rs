@@ -314,6 +314,7 @@ impl MapWriter for Datapath {
             MapOp::ForgetRemote(_) => Ok(()),
             MapOp::SetPeers(peers) => self.set_peers(peers),
             MapOp::SetPolicy(pairs) => self.set_policy(pairs),
+            MapOp::SetPolicy6(pairs) => self.set_policy6(pairs),
             MapOp::SetSubnets(subnets) => self.set_subnets(subnets),
             MapOp::SetFlood(flood) => self.set_flood(flood),
             MapOp::SetEndpoints6(six) => self.set_endpoints6(six),

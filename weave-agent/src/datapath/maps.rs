@@ -18,7 +18,7 @@ use weave_common::{
     flood::{FLOOD_LOCAL, FLOOD_REMOTE, FloodKey, FloodSet},
     ipv6::{Endpoint6, Ipv6Key},
     maps,
-    policy::{POLICY_CAPACITY, SubnetPair},
+    policy::{LinkPair, POLICY_CAPACITY, SubnetPair},
 };
 
 use super::{CounterTotal, Datapath};
@@ -122,6 +122,18 @@ impl Datapath {
             format!(
                 "writing {} allowed directions between subnets into the policy map, which \
                  holds {POLICY_CAPACITY}; if the rules allow more, narrow them",
+                pairs.len()
+            )
+        })
+    }
+
+    /// Makes the IPv6 policy map hold exactly `pairs`: the directions between IPv6 links
+    /// rules allow.
+    pub fn set_policy6(&mut self, pairs: &BTreeSet<LinkPair>) -> Result<()> {
+        hold_exactly::<LinkPair, u8>(self.map_mut(maps::POLICY6)?, pairs).with_context(|| {
+            format!(
+                "writing {} allowed directions between IPv6 links into the IPv6 policy map, \
+                 which holds {POLICY_CAPACITY}; if the rules allow more, narrow them",
                 pairs.len()
             )
         })

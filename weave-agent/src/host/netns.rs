@@ -17,6 +17,7 @@ use super::{
 use crate::net::{
     addressing::{Cidr, Cidr6},
     exposure::ContainerRoute,
+    policy::Subnet6,
 };
 
 /// The network namespace file a CONTAINER argument stands for; None for anything else, which
@@ -246,6 +247,27 @@ pub async fn sync_routes(
         }
         for new in wanted.difference(&present) {
             routes::add_route(&handle, new, index, &holder).await?;
+        }
+        Ok(())
+    })
+    .await
+}
+
+/// Makes the agent's IPv6 routes through `iface` in `netns` exactly `wanted` (on link).
+pub async fn sync_routes6(netns: &Path, iface: String, wanted: BTreeSet<Subnet6>) -> Result<()> {
+    in_netns(netns, move |handle| async move {
+        let index = netlink::link_index(&handle, &iface)
+            .await?
+            .with_context(|| format!("the namespace has no {iface} interface"))?;
+        let present: BTreeSet<Subnet6> = routes::agent_routes6(&handle, index)
+            .await?
+            .into_iter()
+            .collect();
+        for gone in present.difference(&wanted) {
+            routes::delete_route6(&handle, gone, index).await?;
+        }
+        for new in wanted.difference(&present) {
+            routes::add_route6(&handle, new, index).await?;
         }
         Ok(())
     })

@@ -1,9 +1,12 @@
 //! Routes in containers: the on-link routes isolation rules open and those through exposed
 //! addresses; and the host's default route (which picks the underlay).
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
-use crate::net::{exposure::ContainerRoute, policy::Subnet};
+use crate::net::{
+    exposure::ContainerRoute,
+    policy::{Subnet, Subnet6},
+};
 use anyhow::{Context as _, Result};
 use futures_util::TryStreamExt as _;
 use rtnetlink::{
@@ -211,5 +214,58 @@ fn describe(route: &ContainerRoute) -> String {
     match route.via {
         None => route.to.to_string(),
         Some(gw) => format!("{} via {gw}", route.to),
+    }
+}
+
+/// The agent's IPv6 routes through `oif`: the on-link routes IPv6 isolation rules open.
+pub async fn agent_routes6(handle: &Handle, oif: u32) -> Result<Vec<Subnet6>> {
+    let mut routes = handle
+        .route()
+        .get(RouteMessageBuilder::<Ipv6Addr>::new().build())
+        .execute();
+    let mut out = Vec::new();
+    while let Some(route) = routes.try_next().await.context("listing IPv6 routes")? {
+        if route.header.protocol != ROUTE_PROTOCOL
+            || !route.attributes.contains(&RouteAttribute::Oif(oif))
+        {
+            continue;
+        }
+        let destination = route.attributes.iter().find_map(|attr| match attr {
+            RouteAttribute::Destination(RouteAddress::Inet6(ip)) => Some(*ip),
+            _ => None,
+        });
+        out.push(Subnet6::new(
+            destination.unwrap_or(Ipv6Addr::UNSPECIFIED),
+            route.header.destination_prefix_length,
+        ));
+    }
+    Ok(out)
+}
+
+fn route_message6(to: &Subnet6, oif: u32) -> rtnetlink::packet_route::route::RouteMessage {
+    RouteMessageBuilder::<Ipv6Addr>::new()
+        .destination_prefix(to.network, to.prefix)
+        .output_interface(oif)
+        .protocol(ROUTE_PROTOCOL)
+        .build()
+}
+
+/// Adds (or keeps) the on-link IPv6 route to `to` through `oif`.
+pub async fn add_route6(handle: &Handle, to: &Subnet6, oif: u32) -> Result<()> {
+    handle
+        .route()
+        .add(route_message6(to, oif))
+        .replace()
+        .execute()
+        .await
+        .with_context(|| format!("adding the route {to}"))
+}
+
+/// Removes the agent's IPv6 route to `to` through `oif`, if it is there.
+pub async fn delete_route6(handle: &Handle, to: &Subnet6, oif: u32) -> Result<()> {
+    match handle.route().del(route_message6(to, oif)).execute().await {
+        Ok(()) => Ok(()),
+        Err(rtnetlink::Error::NetlinkError(err)) if err.raw_code() == -libc::ESRCH => Ok(()),
+        Err(err) => Err(err).with_context(|| format!("removing the route {to}")),
     }
 }
