@@ -124,6 +124,19 @@ fn ipv6_crosses_hosts_within_its_link_and_nowhere_else() -> Result<()> {
     ensure!(h2.counter_packets("drop_isolated")? >= isolated + 2);
     // ... while its own subnet's member still answers.
     ensure!(c2.ping("fd00:1::1", 2)?);
+
+    // The IPv6 address outlives the detach of the IPv4 address it came with, while the
+    // container keeps another one.
+    h1.attach("10.40.7.1/24", &c1)?;
+    h1.agent_ok(&["detach", "10.40.1.1", &format!("netns:{}", c1.name)])?;
+    let ps = h1.agent_ok(&["ps"])?;
+    ensure!(
+        ps.contains("10.40.7.1/24 fd00:1::1/64") && !ps.contains("10.40.1.1/"),
+        "{ps}"
+    );
+    wait_until(Duration::from_secs(10), "fd00:1::1 reached again", || {
+        c2.ping("fd00:1::1", 1)
+    })?;
     Ok(())
 }
 

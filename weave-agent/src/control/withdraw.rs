@@ -27,6 +27,18 @@ pub async fn remove_endpoint(inner: &mut Inner, gossip: &Gossip, ep: &LocalEndpo
         if let Err(err) = netns::remove_ethwe_address(&ep.netns, ep.iface.clone(), ep.cidr).await {
             tracing::debug!(cidr = %ep.cidr, "taking the address off ethwe: {err:#}");
         }
+        // The IPv6 address stays on ethwe with the container's other addresses: one of them
+        // carries it in the state and in gossip from now on.
+        if let Some(v6) = ep.ipv6
+            && let Some(heir) = inner
+                .state
+                .endpoints
+                .iter_mut()
+                .find(|e| e.host_veth == ep.host_veth && e.cidr.ip != ep.cidr.ip)
+        {
+            heir.ipv6 = Some(v6);
+            gossip.publish_ipv6(heir.cidr.ip, Some(&v6)).await;
+        }
     } else {
         inner.datapath.detach_container(&ep.host_veth)?;
         // Deleting the host end deletes `ethwe` in the container (or the exposed interface)
