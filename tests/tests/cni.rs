@@ -204,6 +204,51 @@ fn the_spec_operations_on_its_example_configurations() -> Result<()> {
     Ok(())
 }
 
+/// An IPv6 address beside the IPv4 one, as a runtime asks for both (`runtimeConfig.ips`): both
+/// in the result and on the interface, reached from the other host, and gone with DEL.
+#[test]
+fn an_add_with_an_ipv6_address_gives_it_beside_the_ipv4_one() -> Result<()> {
+    require_root();
+    let prefix = unique_name("n6");
+    let seg = Segment::mesh(&prefix, 2)?;
+    let [a, b] = [&seg.hosts[0], &seg.hosts[1]];
+    let peer = b.container(&format!("{prefix}peer"), "10.32.1.2/24,fd00:1::2/64")?;
+    let ctr = Container::new(&format!("{prefix}c"), a)?;
+    let netns = format!("/run/netns/{}", ctr.name);
+    let mut conf = spec_example("1.0.0");
+    conf["runtimeConfig"] = json!({"ips": ["10.32.1.7/24", "fd00:1::7/64"]});
+    let add = invoke(a, &call("ADD", "six", &netns), &conf)?;
+    ensure!(add.ok, "ADD failed: {} {}", add.stdout, add.stderr);
+    let result = add.json()?;
+    validate_result("1.0.0", &result).with_context(|| format!("ADD result {result}"))?;
+    let ips: Vec<&str> = result["ips"]
+        .as_array()
+        .context("no ips")?
+        .iter()
+        .filter_map(|ip| ip["address"].as_str())
+        .collect();
+    ensure!(ips == ["10.32.1.7/24", "fd00:1::7/64"], "{result}");
+    ensure!(
+        ctr.ip(["-6", "-o", "addr", "show", "dev", "eth0"])?
+            .contains("fd00:1::7/64")
+    );
+    a.wait_for_remote(1)?;
+    wait_until(
+        Duration::from_secs(10),
+        "fd00:1::7 from the other host",
+        || peer.ping("fd00:1::7", 1),
+    )?;
+    let check = invoke(a, &call("CHECK", "six", &netns), &conf)?;
+    ensure!(check.ok, "CHECK: {} {}", check.stdout, check.stderr);
+    let del = invoke(a, &call("DEL", "six", &netns), &conf)?;
+    ensure!(del.ok, "DEL: {} {}", del.stdout, del.stderr);
+    ensure!(
+        !peer.ping("fd00:1::7", 1)?,
+        "fd00:1::7 still answers after DEL"
+    );
+    Ok(())
+}
+
 /// The plugin's configuration as a runtime hands it over: the list's first plugin, with the
 /// list's name and version.
 fn plugin_conf(podman: &Podman) -> Result<Value> {

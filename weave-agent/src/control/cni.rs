@@ -15,7 +15,7 @@ use super::{
 };
 use crate::{
     host::{netlink, netns},
-    ipam::request::AddressRequest,
+    ipam::request::parse_with_ipv6,
     net::addressing::{Cidr, format_mac},
 };
 
@@ -78,7 +78,7 @@ pub async fn add(
     dns_name: Option<String>,
     mtu: Option<u32>,
 ) -> Result<Vec<api::EndpointInfo>> {
-    let requests = AddressRequest::parse_list(addresses)?;
+    let (requests, ipv6) = parse_with_ipv6(addresses)?;
     {
         let inner = agent.inner.lock().await;
         let existing: Vec<api::EndpointInfo> = inner
@@ -102,7 +102,7 @@ pub async fn add(
         left_for_docker: None,
         multicast_route: true,
     };
-    endpoints::attach_target(agent, &requests, &target, mtu).await
+    endpoints::attach_dual(agent, &requests, ipv6, &target, mtu).await
 }
 
 /// DEL: the attachment's endpoints go (its addresses are freed); none is no error, as the

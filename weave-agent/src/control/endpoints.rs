@@ -112,9 +112,21 @@ pub async fn attach(
         }
         target.dns_name = dns::name_for(agent, &name)?;
     }
-    let mut done = attach_target(agent, &requests, &target, mtu).await?;
+    attach_dual(agent, &requests, ipv6, &target, mtu).await
+}
+
+/// [`attach_target`], then the IPv6 address `ipv6` beside the first IPv4 one; all of it taken
+/// back if the IPv6 address cannot be given.
+pub async fn attach_dual(
+    agent: &Agent,
+    requests: &[AddressRequest],
+    ipv6: Option<Cidr6>,
+    target: &Target,
+    mtu: Option<u32>,
+) -> Result<Vec<api::EndpointInfo>> {
+    let mut done = attach_target(agent, requests, target, mtu).await?;
     if let Some(cidr) = ipv6 {
-        match give_ipv6(agent, &target, cidr).await {
+        match give_ipv6(agent, target, cidr).await {
             Ok(()) => {
                 if let Some(first) = done.first_mut() {
                     first.ipv6 = Some(cidr.to_string());

@@ -61,6 +61,15 @@ fn cidr(text: &str, from: &str) -> Result<String, Error> {
     Ok(net.to_string())
 }
 
+/// An address given to the plugin: an IPv4 CIDR, or one IPv6 CIDR beside them (the agent
+/// checks that there is an IPv4 one too).
+fn address(text: &str, from: &str) -> Result<String, Error> {
+    match text.parse::<ipnet::Ipv6Net>() {
+        Ok(net) => Ok(net.to_string()),
+        Err(_) => cidr(text, from),
+    }
+}
+
 fn strings(value: &Value, from: &str) -> Result<Vec<String>, Error> {
     let list = value
         .as_array()
@@ -104,7 +113,7 @@ fn from_ipam(conf: &NetConf) -> Result<Vec<String>, Error> {
             out.push(match entry.strip_prefix("net:") {
                 Some("default") => entry.clone(),
                 Some(subnet) => format!("net:{}", cidr(subnet, "ipam.addresses")?),
-                None => cidr(&entry, "ipam.addresses")?,
+                None => address(&entry, "ipam.addresses")?,
             });
         }
     }
@@ -120,7 +129,7 @@ pub fn ask(conf: &NetConf, cni_args: Option<&str>) -> Result<Ask, Error> {
     {
         Some(ips) => strings(ips, "runtimeConfig.ips")?
             .iter()
-            .map(|ip| cidr(ip, "runtimeConfig.ips"))
+            .map(|ip| address(ip, "runtimeConfig.ips"))
             .collect::<Result<Vec<_>, _>>()?,
         None => Vec::new(),
     };
@@ -128,7 +137,7 @@ pub fn ask(conf: &NetConf, cni_args: Option<&str>) -> Result<Ask, Error> {
         from_runtime
     } else if let Some(ip) = cni_arg(cni_args, "IP") {
         ip.split(',')
-            .map(|ip| cidr(ip.trim(), "CNI_ARGS IP"))
+            .map(|ip| address(ip.trim(), "CNI_ARGS IP"))
             .collect::<Result<_, _>>()?
     } else {
         from_ipam(conf)?
@@ -171,9 +180,10 @@ pub fn result(
     };
     let ips = endpoints
         .iter()
-        .map(|ep| {
-            let address: IpNet = ep.cidr.parse().map_err(|_| {
-                Error::FailedToDecode(format!("the agent answered the address {:?}", ep.cidr))
+        .flat_map(|ep| std::iter::once(&ep.cidr).chain(&ep.ipv6))
+        .map(|cidr| {
+            let address: IpNet = cidr.parse().map_err(|_| {
+                Error::FailedToDecode(format!("the agent answered the address {cidr:?}"))
             })?;
             Ok(IpConfig {
                 interface: Some(0),
@@ -247,6 +257,29 @@ mod tests {
     }
 
     #[test]
+    fn an_ipv6_address_may_come_beside_the_ipv4_ones_but_no_ipv6_subnet() {
+        let c = conf(
+            r#"{"cniVersion": "1.0.0", "name": "weave", "type": "weave-agent",
+                "runtimeConfig": {"ips": ["10.32.0.9/12", "fd00:1::9/64"]}}"#,
+        );
+        assert_eq!(
+            ask(&c, None).unwrap().addresses,
+            "10.32.0.9/12,fd00:1::9/64"
+        );
+        let c = conf(
+            r#"{"cniVersion": "1.0.0", "name": "weave", "type": "weave-agent",
+                "ipam": {"type": "weave-agent", "addresses": ["net:default", "fd00:1::9/64"]}}"#,
+        );
+        assert_eq!(ask(&c, None).unwrap().addresses, "net:default,fd00:1::9/64");
+        // The agent allocates IPv4 addresses only.
+        let c = conf(
+            r#"{"cniVersion": "1.0.0", "name": "weave", "type": "weave-agent",
+                "ipam": {"type": "weave-agent", "subnet": "fd00:1::/64"}}"#,
+        );
+        assert!(ask(&c, None).is_err());
+    }
+
+    #[test]
     fn the_runtime_and_cni_args_override_the_ipam_section() {
         let c = conf(
             r#"{"cniVersion": "1.0.0", "name": "weave", "type": "weave-agent",
@@ -311,7 +344,7 @@ mod tests {
             forwards: Vec::new(),
             expose: None,
             dns_name: None,
-            ipv6: None,
+            ipv6: Some("fd00:1::1/64".into()),
         };
         let dns = CniDns {
             nameserver: "169.254.53.53".parse().unwrap(),
@@ -324,6 +357,8 @@ mod tests {
         assert_eq!(json["interfaces"][0]["sandbox"], "/run/netns/c");
         assert_eq!(json["ips"][0]["address"], "10.32.0.1/12");
         assert_eq!(json["ips"][0]["interface"], 0);
+        assert_eq!(json["ips"][1]["address"], "fd00:1::1/64");
+        assert_eq!(json["ips"][1]["interface"], 0);
         assert_eq!(json["dns"]["nameservers"][0], "169.254.53.53");
         assert!(result("eth0", "/run/netns/c", &[], None).is_err());
     }
