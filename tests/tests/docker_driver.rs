@@ -195,3 +195,66 @@ fn docker_networks_of_the_driver_reach_containers_on_both_hosts() -> Result<()> 
     );
     Ok(())
 }
+
+/// A network with an IPv6 subnet beside the IPv4 one: Docker's IPAM gives the container both,
+/// Docker puts them on its interface, and the mesh reaches the IPv6 one.
+#[test]
+fn an_ipv6_network_of_the_driver_reaches_across_hosts() -> Result<()> {
+    require_root();
+    docker::require()?;
+    docker::ensure_image()?;
+    let prefix = unique_name("k6");
+    let driver = format!("{prefix}drv");
+    let seg = Segment::new(&prefix, 2)?;
+    let [a, b] = [&seg.hosts[0], &seg.hosts[1]];
+    a.agent_ok(&["launch", "--docker-plugin", &driver])?;
+    b.agent_ok(&["join", "192.168.56.101", "--docker-plugin", &driver])?;
+    let on_b = Container::new(&format!("{prefix}nb"), b)?;
+    b.attach("10.50.3.20/24,fd00:3::20/64", &on_b)?;
+    let net = Network(format!("{prefix}net"));
+    docker_ok(&[
+        "network",
+        "create",
+        "-d",
+        &driver,
+        "--ipv6",
+        "--subnet",
+        "10.50.3.0/24",
+        "--subnet",
+        "fd00:3::/64",
+        &net.0,
+    ])?;
+    let c1 = run_on(&format!("{prefix}c1"), &net.0)?;
+    let ip6 = docker_ok(&[
+        "inspect",
+        "--format",
+        &format!(
+            "{{{{(index .NetworkSettings.Networks \"{}\").GlobalIPv6Address}}}}",
+            net.0
+        ),
+        &c1.0,
+    ])?
+    .trim()
+    .to_owned();
+    ensure!(ip6.starts_with("fd00:3::"), "c1 got {ip6:?}");
+    let ps: serde_json::Value = serde_json::from_str(&a.agent_ok(&["ps", "--json"])?)?;
+    ensure!(
+        ps.as_array()
+            .context("ps --json is no list")?
+            .iter()
+            .any(|e| e["ipv6"] == format!("{ip6}/64").as_str()),
+        "A's agent does not list {ip6}: {ps}"
+    );
+    b.wait_for_remote(1)?;
+    ensure!(
+        on_b.ping(&ip6, 3)?,
+        "B's container cannot reach c1 at {ip6}"
+    );
+    ensure!(pings(&c1.0, "fd00:3::20")?, "c1 cannot reach fd00:3::20");
+    drop(c1);
+    ensure!(
+        !on_b.ping(&ip6, 1)?,
+        "{ip6} still answers after docker rm -f"
+    );
+    Ok(())
+}

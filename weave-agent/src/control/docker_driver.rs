@@ -19,7 +19,7 @@ use super::{
 use crate::{
     ipam::request::AddressRequest,
     net::{
-        addressing::{Cidr, format_mac},
+        addressing::{Cidr, Cidr6, format_mac},
         names::CONTAINER_IFACE,
         policy::Subnet,
     },
@@ -48,7 +48,7 @@ fn dockerd_netns() -> Option<PathBuf> {
 pub async fn create_endpoint(
     agent: &Agent,
     endpoint_id: &str,
-    address: &str,
+    (address, address_ipv6): (&str, &str),
     requested_mac: &str,
 ) -> Result<String> {
     let label = label(endpoint_id);
@@ -66,6 +66,10 @@ pub async fn create_endpoint(
     let cidr: Cidr = address
         .parse()
         .with_context(|| format!("Docker gave the endpoint the address {address:?}"))?;
+    let ipv6: Option<Cidr6> = (!address_ipv6.is_empty())
+        .then(|| address_ipv6.parse())
+        .transpose()
+        .with_context(|| format!("Docker gave the endpoint the IPv6 address {address_ipv6:?}"))?;
     let mac = format_mac(&cidr.mac());
     if !requested_mac.is_empty() && !requested_mac.eq_ignore_ascii_case(&mac) {
         bail!(
@@ -87,7 +91,21 @@ pub async fn create_endpoint(
         // Docker gives the interface its routes at Join (`protocol::joined`).
         multicast_route: false,
     };
-    endpoints::attach_target(agent, &[AddressRequest::Explicit(cidr)], &target, None).await?;
+    let done =
+        endpoints::attach_target(agent, &[AddressRequest::Explicit(cidr)], &target, None).await?;
+    // Docker puts the IPv6 address on the interface itself at Join (moving it into the
+    // sandbox would drop one put there now): only the mesh is told here.
+    if let Some(v6) = ipv6 {
+        let kept = async {
+            let (first, _) = endpoints::claim_ipv6(agent, &target, v6).await?;
+            endpoints::keep_ipv6(agent, &target, first, v6).await
+        }
+        .await;
+        if let Err(err) = kept {
+            endpoints::take_back(agent, &done).await;
+            return Err(err);
+        }
+    }
     Ok(mac)
 }
 

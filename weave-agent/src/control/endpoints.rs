@@ -144,6 +144,18 @@ pub async fn attach_dual(
 /// Gives the container `target` (attached already, by its first address) the IPv6 address
 /// `cidr`: on its `ethwe`, in its state and in gossip, then in the maps by a sync round.
 pub(super) async fn give_ipv6(agent: &Agent, target: &Target, cidr: Cidr6) -> Result<()> {
+    let (first, iface) = claim_ipv6(agent, target, cidr).await?;
+    netns::add_ethwe_address6(&target.netns, iface, cidr).await?;
+    keep_ipv6(agent, target, first, cidr).await
+}
+
+/// The first IPv4 address of `target`, which an IPv6 address is kept with, and its interface;
+/// refused if `cidr` is somebody's already.
+pub(super) async fn claim_ipv6(
+    agent: &Agent,
+    target: &Target,
+    cidr: Cidr6,
+) -> Result<(Ipv4Addr, String)> {
     let (first, iface) = {
         let inner = agent.inner.lock().await;
         let holders = inner
@@ -176,7 +188,17 @@ pub(super) async fn give_ipv6(agent: &Agent, target: &Target, cidr: Cidr6) -> Re
             })?;
         (first.cidr.ip, first.iface.clone())
     };
-    netns::add_ethwe_address6(&target.netns, iface, cidr).await?;
+    Ok((first, iface))
+}
+
+/// Records `cidr` as the IPv6 address of `target` (kept with its IPv4 address `first`): in
+/// its state and in gossip, then in the maps by a sync round.
+pub(super) async fn keep_ipv6(
+    agent: &Agent,
+    target: &Target,
+    first: Ipv4Addr,
+    cidr: Cidr6,
+) -> Result<()> {
     {
         let mut inner = agent.inner.lock().await;
         let inner = &mut *inner;
@@ -228,7 +250,7 @@ pub async fn attach_target(
 }
 
 /// Withdraws the endpoints an attach that failed half-way had made.
-async fn take_back(agent: &Agent, made: &[api::EndpointInfo]) {
+pub(super) async fn take_back(agent: &Agent, made: &[api::EndpointInfo]) {
     let mut inner = agent.inner.lock().await;
     let inner = &mut *inner;
     for info in made {

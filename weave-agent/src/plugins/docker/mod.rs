@@ -134,18 +134,14 @@ async fn handle(agent: &Agent, path: &str, body: &[u8]) -> Result<Value> {
                 mac_address: String::new(),
             });
             anyhow::ensure!(
-                iface.address_ipv6.is_empty(),
-                "weave-agent's Docker driver carries IPv4 only; create the network without \
-                 --ipv6"
-            );
-            anyhow::ensure!(
                 !iface.address.is_empty(),
-                "Docker gave the endpoint no IPv4 address"
+                "Docker gave the endpoint no IPv4 address: a network of weave-agent's driver \
+                 needs an IPv4 subnet, with an IPv6 one beside it if you like (--ipv6)"
             );
             let mac = docker_driver::create_endpoint(
                 agent,
                 &req.endpoint_id,
-                &iface.address,
+                (&iface.address, &iface.address_ipv6),
                 &iface.mac_address,
             )
             .await?;
