@@ -248,3 +248,107 @@ fn ipv6_is_sealed_with_a_password() -> Result<()> {
     );
     Ok(())
 }
+
+/// A container attached by an IPv6 address alone: its MAC from that address, reached from
+/// dual-stack and IPv6-only containers on the other host, its link-local address too; isolated
+/// from another IPv6 subnet until a rule opens it; kept across an agent restart; gone with
+/// detach.
+#[test]
+fn a_container_with_an_ipv6_address_alone_is_on_the_overlay() -> Result<()> {
+    require_root();
+    let prefix = unique_name("v6o");
+    let seg = Segment::mesh(&prefix, 2)?;
+    let [h1, h2] = [&seg.hosts[0], &seg.hosts[1]];
+    let a1 = h1.container(&format!("{prefix}a1"), "fd00:1::30/64")?;
+    let e1 = h1.container(&format!("{prefix}e1"), "fd00:2::50/64")?;
+    let c2 = h2.container(&format!("{prefix}c2"), "10.40.1.2/24,fd00:1::2/64")?;
+    let d2 = h2.container(&format!("{prefix}d2"), "fd00:1::40/64")?;
+
+    let link = a1.ip(["-o", "link", "show", "ethwe"])?;
+    ensure!(link.contains("link/ether 02:58:"), "a1's ethwe: {link}");
+    let v4 = a1.ip(["-4", "-o", "addr", "show", "dev", "ethwe"])?;
+    ensure!(v4.trim().is_empty(), "a1 has IPv4: {v4}");
+    let ps = h1.agent_ok(&["ps"])?;
+    ensure!(
+        ps.lines()
+            .any(|l| l.contains(&a1.name) && l.contains("02:58:") && l.contains("fd00:1::30/64")),
+        "{ps}"
+    );
+
+    wait_until(
+        Duration::from_secs(10),
+        "fd00:1::30 from a dual-stack container",
+        || c2.ping("fd00:1::30", 1),
+    )?;
+    ensure!(
+        d2.ping("fd00:1::30", 3)?,
+        "IPv6-only to IPv6-only across hosts"
+    );
+    let a1_ll = link_local(&a1)?;
+    ensure!(
+        d2.ping(&format!("{a1_ll}%ethwe"), 3)?,
+        "d2 cannot ping a1's link-local address {a1_ll}"
+    );
+
+    // Another IPv6 subnet: isolated, even sent straight to the MAC; a rule opens it.
+    let mac = |ctr: &Container| -> Result<String> {
+        Ok(ctr
+            .ip(["-o", "link", "show", "ethwe"])?
+            .split_whitespace()
+            .skip_while(|w| *w != "link/ether")
+            .nth(1)
+            .context("no MAC")?
+            .to_owned())
+    };
+    e1.ip(["-6", "route", "add", "fd00:1::/64", "dev", "ethwe"])?;
+    e1.ip([
+        "-6",
+        "neigh",
+        "replace",
+        "fd00:1::30",
+        "lladdr",
+        &mac(&a1)?,
+        "dev",
+        "ethwe",
+    ])?;
+    let isolated = h1.counter_packets("drop_isolated")?;
+    ensure!(
+        !e1.ping("fd00:1::30", 2)?,
+        "fd00:2::50 reached fd00:1::30 with no rule"
+    );
+    ensure!(h1.counter_packets("drop_isolated")? >= isolated + 2);
+    e1.ip(["-6", "route", "del", "fd00:1::/64", "dev", "ethwe"])?;
+    h1.agent_ok(&["policy", "allow", "fd00:1::/64", "fd00:2::/64"])?;
+    wait_until(
+        Duration::from_secs(10),
+        "the rule opening fd00:2::/64",
+        || d2.ping("fd00:2::50", 1),
+    )?;
+
+    // Not beside IPv4 addresses given later: the MAC would have to change.
+    let out = h1.agent(&["attach", "10.40.1.30/24", &a1.spec()])?;
+    let text = String::from_utf8_lossy(&out.stderr);
+    ensure!(!out.status.success() && text.contains("alone"), "{text}");
+
+    // An agent restart keeps it, and the data path forwards meanwhile.
+    h1.agent_ok(&["stop"])?;
+    ensure!(d2.ping("fd00:1::30", 2)?, "the pinned data path forwards");
+    h1.agent_ok(&["launch"])?;
+    ensure!(h1.agent_ok(&["ps"])?.contains("fd00:1::30/64"));
+    wait_until(
+        Duration::from_secs(10),
+        "fd00:1::30 after the restart",
+        || d2.ping("fd00:1::30", 1),
+    )?;
+
+    h1.agent_ok(&["detach", &a1.spec()])?;
+    ensure!(!h1.agent_ok(&["ps"])?.contains("fd00:1::30"));
+    wait_until(Duration::from_secs(10), "fd00:1::30 withdrawn", || {
+        Ok(!d2.ping("fd00:1::30", 1)?)
+    })?;
+    ensure!(
+        a1.ip(["link", "show", "ethwe"]).is_err(),
+        "ethwe stayed in a1 after detach"
+    );
+    Ok(())
+}

@@ -114,10 +114,19 @@ pub const fn link_local(mac: [u8; 6]) -> Ipv6Key {
     ]
 }
 
-/// The MAC the agent gives an endpoint with IPv6 addresses only: `02:58:` then the last four
-/// bytes of its first address (`02:57:` is taken by IPv4-derived MACs).
+/// The MAC the agent gives an endpoint with an IPv6 address only: `02:58:` then a 32-bit
+/// FNV-1a hash of the whole address (`02:57:` is taken by IPv4-derived MACs). Not its last
+/// four bytes: fd00:1::10 and fd00:2::10 would share a MAC, and so a link-local address.
 pub const fn endpoint_mac6(addr: Ipv6Key) -> [u8; 6] {
-    [0x02, 0x58, addr[12], addr[13], addr[14], addr[15]]
+    let mut hash: u32 = 0x811c_9dc5;
+    let mut i = 0;
+    while i < 16 {
+        hash ^= addr[i] as u32;
+        hash = hash.wrapping_mul(0x0100_0193);
+        i += 1;
+    }
+    let h = hash.to_be_bytes();
+    [0x02, 0x58, h[0], h[1], h[2], h[3]]
 }
 
 /// Next-header value of ICMPv6.
@@ -207,7 +216,22 @@ mod tests {
                 0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0x57, 0x0a, 0xff, 0xfe, 0x28, 0x01, 0x0a
             ]
         );
-        assert_eq!(endpoint_mac6(ll), [0x02, 0x58, 0xfe, 0x28, 0x01, 0x0a]);
+    }
+
+    #[test]
+    fn ipv6_only_macs_differ_between_subnets_and_stay_put() {
+        let mut a = [0u8; 16];
+        a[0] = 0xfd;
+        a[3] = 1;
+        a[15] = 0x10;
+        let mut b = a;
+        b[3] = 2;
+        let (ma, mb) = (endpoint_mac6(a), endpoint_mac6(b));
+        assert_eq!(&ma[..2], &[0x02, 0x58]);
+        assert_ne!(ma, mb);
+        assert_eq!(ma, endpoint_mac6(a));
+        // Unicast and locally administered, as every endpoint MAC.
+        assert_eq!(ma[0] & 0x03, 0x02);
     }
 
     #[test]

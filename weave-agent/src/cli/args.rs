@@ -120,9 +120,10 @@ pub enum Command {
     /// --ipalloc-range) or net:default; left out, a free address of the default subnet.
     /// Several (as separate arguments or comma-joined) give the container all of them; its
     /// MAC stays derived from its first address. One IPv6 CIDR may come beside them
-    /// (fd00:1::10/64); every container also has its link-local IPv6 address.
+    /// (fd00:1::10/64), or alone (the MAC then derived from it); every container also has
+    /// its link-local IPv6 address.
     #[command(
-        after_help = "CONTAINER is a Docker name or id, pid:PID, netns:NAME (/run/netns/NAME) or a netns path.\n\nExamples:\n  weave-agent attach 192.168.1.10/24 netns:ctr1\n  weave-agent attach netns:ctr2                   (an address of 10.32.0.0/12)\n  weave-agent attach net:10.32.5.0/24 netns:ctr3\n  weave-agent attach net:default net:10.32.5.0/24 netns:ctr4   (two addresses)\n  weave-agent attach 10.40.1.10/24,fd00:1::10/64 netns:ctr5   (IPv4 and IPv6)"
+        after_help = "CONTAINER is a Docker name or id, pid:PID, netns:NAME (/run/netns/NAME) or a netns path.\n\nExamples:\n  weave-agent attach 192.168.1.10/24 netns:ctr1\n  weave-agent attach netns:ctr2                   (an address of 10.32.0.0/12)\n  weave-agent attach net:10.32.5.0/24 netns:ctr3\n  weave-agent attach net:default net:10.32.5.0/24 netns:ctr4   (two addresses)\n  weave-agent attach 10.40.1.10/24,fd00:1::10/64 netns:ctr5   (IPv4 and IPv6)\n  weave-agent attach fd00:1::20/64 netns:ctr6                  (IPv6 alone)"
     )]
     Attach {
         /// [ADDRESS...] CONTAINER: the container is a Docker name/id, pid:PID, netns:NAME or

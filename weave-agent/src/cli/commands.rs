@@ -348,6 +348,7 @@ pub fn split_run_args(args: &[String]) -> Result<(Option<String>, &[String])> {
         return Ok((None, args));
     }
     let (parsed, ipv6) = crate::ipam::request::parse_with_ipv6(first)?;
+    crate::ipam::request::needs_ipv4("run", &parsed, ipv6.as_ref())?;
     let [request] = parsed.as_slice() else {
         bail!(
             "{first}: run takes one IPv4 address (and one IPv6 beside it); \

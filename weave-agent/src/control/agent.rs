@@ -87,6 +87,8 @@ pub struct Inner {
     pub routes6: BTreeMap<String, BTreeSet<Subnet6>>,
     /// Attaches under way outside the lock: their addresses and containers are taken.
     pub pending: Vec<Pending>,
+    /// The same for attaches by an IPv6 address alone.
+    pub pending6: Vec<super::state::Ipv6Endpoint>,
     /// The links every peer publishes, as last synced.
     pub topology: Topology,
     /// Whom this host hears directly, as the link loop last read it.

@@ -15,7 +15,7 @@ use super::{
 };
 use crate::{
     host::{netlink, netns},
-    ipam::request::parse_with_ipv6,
+    ipam::request::{needs_ipv4, parse_with_ipv6},
     net::addressing::{Cidr, format_mac},
 };
 
@@ -79,6 +79,7 @@ pub async fn add(
     mtu: Option<u32>,
 ) -> Result<Vec<api::EndpointInfo>> {
     let (requests, ipv6) = parse_with_ipv6(addresses)?;
+    needs_ipv4("the CNI plugin", &requests, ipv6.as_ref())?;
     {
         let inner = agent.inner.lock().await;
         let existing: Vec<api::EndpointInfo> = inner

@@ -152,6 +152,7 @@ async fn start(
         routes: BTreeMap::new(),
         routes6: BTreeMap::new(),
         pending: Vec::new(),
+        pending6: Vec::new(),
         topology: Default::default(),
         links: Default::default(),
         next_hops: BTreeMap::new(),
@@ -163,6 +164,7 @@ async fn start(
     };
     expose::restore(&mut inner).await?;
     endpoints::adopt_endpoints(&mut inner).await?;
+    super::ipv6_only::adopt(&mut inner).await?;
     state::save(&loc.state_dir, &inner.state)?;
     let (service, sockets) = match &config.dns {
         Some(dns_config) => {
@@ -276,6 +278,13 @@ async fn start_gossip(
                 e.ipv6.as_ref()?,
             ))
         }))
+        .chain(
+            inner
+                .state
+                .ipv6_only
+                .iter()
+                .map(|e| crate::mesh::keys::ipv6_only_key_value(&e.cidr)),
+        )
         .chain(
             inner
                 .state

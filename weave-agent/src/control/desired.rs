@@ -82,6 +82,21 @@ pub fn desired(
         }
     }
     out.endpoints6 = ipv6::map_of(out.endpoints.iter().map(|(ip, ep)| (ep, ipv6_of.get(ip))));
+    for peer in peers
+        .iter()
+        .filter(|p| p.alive && !refused.contains(&p.name))
+    {
+        let IpAddr::V4(underlay) = peer.address.ip() else {
+            continue;
+        };
+        for cidr in &peer.ipv6_only {
+            let peer = weave_common::endpoint::ipv4_key(underlay.octets());
+            for (key, entry) in ipv6::only_entries(cidr, 0, 0, peer) {
+                // An address a dual-stack endpoint holds keeps its entry.
+                out.endpoints6.entry(key).or_insert(entry);
+            }
+        }
+    }
     out
 }
 
@@ -107,6 +122,7 @@ pub(super) mod tests {
             wants: BTreeMap::new(),
             names: BTreeMap::new(),
             ipv6: BTreeMap::new(),
+            ipv6_only: Vec::new(),
             name: name.to_owned(),
             nickname: name.to_owned(),
             address: SocketAddr::from((ip, GOSSIP_PORT)),

@@ -94,6 +94,20 @@ async fn container_died(agent: &Agent, id: &str, destroyed: bool) {
         }
         keep_dormant(inner, ep);
     }
+    // Attached by IPv6 alone: withdrawn, not kept for a restart.
+    let alone: Vec<_> = inner
+        .state
+        .ipv6_only
+        .iter()
+        .filter(|e| e.docker_id.as_deref() == Some(id))
+        .cloned()
+        .collect();
+    for ep in &alone {
+        tracing::info!(cidr = %ep.cidr, container = %ep.container, "container died; withdrawing its address");
+        if let Err(err) = super::ipv6_only::remove(inner, &agent.gossip, ep).await {
+            tracing::warn!("withdrawing {}: {err:#}", ep.cidr);
+        }
+    }
     let before = inner.state.dormant.len();
     if destroyed {
         inner
@@ -101,7 +115,7 @@ async fn container_died(agent: &Agent, id: &str, destroyed: bool) {
             .dormant
             .retain(|d| d.docker_id.as_deref() != Some(id));
     }
-    if (!gone.is_empty() || inner.state.dormant.len() != before)
+    if (!gone.is_empty() || !alone.is_empty() || inner.state.dormant.len() != before)
         && let Err(err) = agent.save(inner)
     {
         tracing::warn!("{err:#}");

@@ -12,7 +12,7 @@ use anyhow::{Context as _, Result, bail};
 
 use super::{
     agent::{Agent, Inner, Pending},
-    api, dns, forwarding_watch, ipam,
+    api, dns, forwarding_watch, ipam, ipv6_only,
     location::same_namespace,
     state::LocalEndpoint,
     status::endpoint_info,
@@ -112,7 +112,10 @@ pub async fn attach(
         }
         target.dns_name = dns::name_for(agent, &name)?;
     }
-    attach_dual(agent, &requests, ipv6, &target, mtu).await
+    match (requests.is_empty(), ipv6) {
+        (true, Some(cidr)) => Ok(vec![ipv6_only::attach(agent, &target, cidr, mtu).await?]),
+        _ => attach_dual(agent, &requests, ipv6, &target, mtu).await,
+    }
 }
 
 /// [`attach_target`], then the IPv6 address `ipv6` beside the first IPv4 one; all of it taken
@@ -158,22 +161,8 @@ pub(super) async fn claim_ipv6(
 ) -> Result<(Ipv4Addr, String)> {
     let (first, iface) = {
         let inner = agent.inner.lock().await;
-        let holders = inner
-            .state
-            .endpoints
-            .iter()
-            .filter_map(|e| Some((e.ipv6?, e.container.as_str())))
-            .chain(
-                inner
-                    .peers
-                    .iter()
-                    .filter(|p| p.alive)
-                    .flat_map(|p| p.ipv6.values().map(move |c| (*c, p.name.as_str()))),
-            );
-        for (held, by) in holders {
-            if held.ip == cidr.ip {
-                bail!("{} is already in use by {by}", cidr.ip);
-            }
+        if let Some(by) = ipv6_holder(&inner, cidr.ip) {
+            bail!("{} is already in use by {by}", cidr.ip);
         }
         let first = inner
             .state
@@ -189,6 +178,32 @@ pub(super) async fn claim_ipv6(
         (first.cidr.ip, first.iface.clone())
     };
     Ok((first, iface))
+}
+
+/// Who holds the IPv6 address `ip` here or on a live peer, if anybody does.
+pub(super) fn ipv6_holder(inner: &Inner, ip: std::net::Ipv6Addr) -> Option<String> {
+    let here = inner
+        .state
+        .endpoints
+        .iter()
+        .filter_map(|e| Some((e.ipv6?.ip, e.container.as_str())))
+        .chain(
+            inner
+                .state
+                .ipv6_only
+                .iter()
+                .chain(&inner.pending6)
+                .map(|e| (e.cidr.ip, e.container.as_str())),
+        );
+    let there = inner.peers.iter().filter(|p| p.alive).flat_map(|p| {
+        p.ipv6
+            .values()
+            .chain(&p.ipv6_only)
+            .map(move |c| (c.ip, p.name.as_str()))
+    });
+    here.chain(there)
+        .find(|(held, _)| *held == ip)
+        .map(|(_, by)| by.to_owned())
 }
 
 /// Records `cidr` as the IPv6 address of `target` (kept with its IPv4 address `first`): in
@@ -319,6 +334,7 @@ pub async fn run_container(
     multicast_route: bool,
 ) -> Result<String> {
     let (requests, ipv6) = crate::ipam::request::parse_with_ipv6(cidr)?;
+    crate::ipam::request::needs_ipv4("run", &requests, ipv6.as_ref())?;
     let [request] = requests.as_slice() else {
         bail!("{cidr}: run takes one IPv4 address (and one IPv6 beside it)");
     };
@@ -400,15 +416,7 @@ pub async fn attach_endpoint(
     agent.attaches.fetch_add(1, Ordering::SeqCst);
     let counted = decrement_on_drop(&agent.attaches);
     check_free(agent, cidr.ip).await?;
-    // ethwe must land in a container, never in a host: ours, or the machine's initial one.
-    if same_namespace(&target.netns, Path::new("/proc/self/ns/net"))
-        || same_namespace(&target.netns, Path::new("/proc/1/ns/net"))
-    {
-        bail!(
-            "{} is the host's own network namespace; containers need one of their own",
-            target.label
-        );
-    }
+    refuse_host_namespace(target)?;
     let (handle, mtu, first) = reserve(agent, cidr, target, mtu).await?;
     let made = match &first {
         None => {
@@ -466,6 +474,19 @@ pub async fn attach_endpoint(
     Ok(endpoint_info(&ep))
 }
 
+/// `ethwe` must land in a container, never in a host: ours, or the machine's initial one.
+pub(super) fn refuse_host_namespace(target: &Target) -> Result<()> {
+    if same_namespace(&target.netns, Path::new("/proc/self/ns/net"))
+        || same_namespace(&target.netns, Path::new("/proc/1/ns/net"))
+    {
+        bail!(
+            "{} is the host's own network namespace; containers need one of their own",
+            target.label
+        );
+    }
+    Ok(())
+}
+
 /// Decrements `count` when dropped: an attach that fails early is no longer under way.
 fn decrement_on_drop(count: &AtomicUsize) -> impl Drop + '_ {
     struct Decrement<'a>(&'a AtomicUsize);
@@ -508,6 +529,19 @@ async fn reserve(
         .find(|p| same(&p.netns, &p.container, &p.docker_id))
     {
         bail!("{label} is being attached to {} right now", p.cidr);
+    }
+    if let Some(alone) = inner
+        .state
+        .ipv6_only
+        .iter()
+        .chain(&inner.pending6)
+        .find(|e| same(&e.netns, &e.container, &e.docker_id))
+    {
+        bail!(
+            "{label} is attached by {} alone: detach it, then attach both ({cidr},{})",
+            alone.cidr,
+            alone.cidr
+        );
     }
     inner.pending.push(Pending {
         cidr,
@@ -656,7 +690,7 @@ pub async fn detach(
     netns: Option<&Path>,
     address: Option<&str>,
 ) -> Result<Vec<api::EndpointInfo>> {
-    let only: Option<Ipv4Addr> = address
+    let only: Option<std::net::IpAddr> = address
         .map(|a| {
             let ip = a.split('/').next().unwrap_or(a).trim();
             let ip = ip.strip_prefix("ip:").unwrap_or(ip);
@@ -681,9 +715,18 @@ pub async fn detach(
         (e.expose.is_none() && e.container == container
             || netns.is_some_and(|n| n == e.netns)
             || (e.docker_id.is_some() && e.docker_id == docker_id))
-            && only.is_none_or(|ip| e.cidr.ip == ip)
+            && only.is_none_or(|ip| ip == e.cidr.ip)
     };
-    let (detached, any) = detach_matching(agent, matches).await?;
+    let (mut detached, mut any) = detach_matching(agent, matches).await?;
+    let alone = ipv6_only::detach_matching(agent, |e| {
+        (e.container == container
+            || netns.is_some_and(|n| n == e.netns)
+            || (e.docker_id.is_some() && e.docker_id == docker_id))
+            && only.is_none_or(|ip| ip == e.cidr.ip)
+    })
+    .await?;
+    any |= !alone.is_empty();
+    detached.extend(alone);
     if !any {
         match only {
             Some(ip) => {

@@ -15,6 +15,7 @@ pub mod endpoints;
 pub mod expose;
 pub mod forwarding_watch;
 pub mod ipam;
+pub mod ipv6_only;
 pub mod links;
 pub mod location;
 pub mod log_file;

@@ -17,7 +17,7 @@ use crate::{
     net::{
         addressing::Cidr,
         exposure::{self, ContainerRoute},
-        names::EXPOSED_LABEL,
+        names::{CONTAINER_IFACE, EXPOSED_LABEL},
         policy::{self, Rule, Subnet, Subnet6},
     },
 };
@@ -82,6 +82,7 @@ pub fn route_work(inner: &mut Inner) -> Vec<RouteWork> {
         .endpoints
         .iter()
         .map(|e| e.host_veth.as_str())
+        .chain(inner.state.ipv6_only.iter().map(|e| e.host_veth.as_str()))
         .collect();
     inner.routes.retain(|veth, _| veths.contains(veth.as_str()));
     inner
@@ -138,6 +139,17 @@ pub fn route_work(inner: &mut Inner) -> Vec<RouteWork> {
                 .extend(policy::routes_for6(&inner.state.rules, &own));
         }
     }
+    // A container attached by IPv6 alone has the IPv6 rules' routes only.
+    for ep in inner.state.ipv6_only.iter().filter(|e| e.netns.exists()) {
+        let own = Subnet6::new(ep.cidr.ip, ep.cidr.prefix);
+        work.push(RouteWork {
+            veth: ep.host_veth.clone(),
+            netns: ep.netns.clone(),
+            holder: RouteHolder::container(CONTAINER_IFACE),
+            wanted: BTreeSet::new(),
+            wanted6: policy::routes_for6(&inner.state.rules, &own),
+        });
+    }
     // The kernel's own route to each subnet the holder has an address in stays the only one.
     for job in &mut work {
         let own: Vec<Subnet> = inner
@@ -188,11 +200,9 @@ pub async fn sync_routes(agent: &Agent, work: Vec<RouteWork>) {
             Ok(()) => {
                 let mut inner = agent.inner.lock().await;
                 // Only while the holder is still there: a detach meanwhile took its routes.
-                if inner
-                    .state
-                    .endpoints
-                    .iter()
-                    .any(|e| e.host_veth == job.veth)
+                let state = &inner.state;
+                if state.endpoints.iter().any(|e| e.host_veth == job.veth)
+                    || state.ipv6_only.iter().any(|e| e.host_veth == job.veth)
                 {
                     inner.routes6.insert(job.veth.clone(), job.wanted6);
                     inner.routes.insert(job.veth, job.wanted);

@@ -43,6 +43,25 @@ pub struct State {
     /// Names given with `dns-add`, by address (full names).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub dns_records: BTreeMap<Ipv4Addr, BTreeSet<String>>,
+    /// Containers attached by an IPv6 address alone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ipv6_only: Vec<Ipv6Endpoint>,
+}
+
+/// A container attached on this host by an IPv6 address and no IPv4 one: its `ethwe` MAC
+/// comes from that address ([`Cidr6::mac`]). It has no IPv4 map entry, no subnet broadcast,
+/// no DNS name and no automatic address; its super-packets take the kernel's path (it is
+/// marked as forwarding, since the forwarding probe reads IPv4 settings).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Ipv6Endpoint {
+    pub cidr: Cidr6,
+    /// The container as the user named it.
+    pub container: String,
+    pub netns: PathBuf,
+    pub host_veth: String,
+    pub mtu: u32,
+    #[serde(default)]
+    pub docker_id: Option<String>,
 }
 
 /// An endpoint attached on this host.
@@ -187,6 +206,14 @@ mod tests {
                 no_multicast_route: true,
             }],
             dormant: Vec::new(),
+            ipv6_only: vec![Ipv6Endpoint {
+                cidr: "fd00:1::30/64".parse().unwrap(),
+                container: "netns:c6".into(),
+                netns: "/run/netns/c6".into(),
+                host_veth: "vethwe6a1b2c3d4".into(),
+                mtu: 1450,
+                docker_id: None,
+            }],
             dns_records: BTreeMap::from([(
                 "192.0.2.80".parse().unwrap(),
                 BTreeSet::from(["printer.weave.local".to_owned()]),

@@ -102,7 +102,18 @@ pub fn endpoint_info(ep: &LocalEndpoint) -> api::EndpointInfo {
 }
 
 pub fn endpoint_infos(inner: &Inner) -> Vec<api::EndpointInfo> {
-    inner.state.endpoints.iter().map(endpoint_info).collect()
+    let alone = inner
+        .state
+        .ipv6_only
+        .iter()
+        .map(super::ipv6_only::endpoint_info);
+    inner
+        .state
+        .endpoints
+        .iter()
+        .map(endpoint_info)
+        .chain(alone)
+        .collect()
 }
 
 /// The route to a live peer at `ip`, as `peers` shows it: `direct` or `via` (with the relay's

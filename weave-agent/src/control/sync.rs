@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::Result;
 use weave_common::{
-    endpoint::Endpoint,
+    endpoint::{ENDPOINT_FORWARDS, ENDPOINT_LOCAL, Endpoint},
     ipv6::{Endpoint6, Ipv6Key},
 };
 
@@ -19,7 +19,7 @@ use super::{
     peers,
     reconcile::{self, MapOp, MapWriter, View},
     rules,
-    state::LocalEndpoint,
+    state::{Ipv6Endpoint, LocalEndpoint},
     withdraw::{keep_dormant, remove_endpoint},
 };
 use crate::{
@@ -153,7 +153,18 @@ async fn withdraw_vanished(agent: &Agent, inner: &mut Inner) -> Result<()> {
         remove_endpoint(inner, &agent.gossip, ep).await?;
         keep_dormant(inner, ep);
     }
-    if !vanished.is_empty() {
+    let alone: Vec<Ipv6Endpoint> = inner
+        .state
+        .ipv6_only
+        .iter()
+        .filter(|ep| !link_exists(&ep.host_veth))
+        .cloned()
+        .collect();
+    for ep in &alone {
+        tracing::info!(cidr = %ep.cidr, container = %ep.container, "container gone; withdrawing its address");
+        super::ipv6_only::remove(inner, &agent.gossip, ep).await?;
+    }
+    if !vanished.is_empty() || !alone.is_empty() {
         agent.save(inner)?;
     }
     Ok(())
@@ -271,7 +282,7 @@ fn apply_plan(inner: &mut Inner, peers: &[PeerView]) -> Result<()> {
                 .insert(ifindex);
         }
     }
-    let local6 = local_ipv6(&inner.state.endpoints);
+    let local6 = local_ipv6(&inner.state.endpoints, &inner.state.ipv6_only);
     let view = View {
         local6: &local6,
         peers,
@@ -295,15 +306,38 @@ fn apply_plan(inner: &mut Inner, peers: &[PeerView]) -> Result<()> {
     applied
 }
 
-/// The IPv6 entries of this host's endpoints: each container's, from its first address's
-/// entry (the MAC its link-local address comes from) and its IPv6 address.
-fn local_ipv6(endpoints: &[LocalEndpoint]) -> BTreeMap<Ipv6Key, Endpoint6> {
-    let entries: Vec<(Endpoint, Option<&Cidr6>)> = endpoints
-        .iter()
-        .filter(|ep| ep.mac_from.is_none())
+/// The IPv6 entries of this host's endpoints: each container's (veth's) once, from the entry
+/// of the address that carries its IPv6 address, else of its first address (the MAC, which
+/// its link-local address comes from, is the same on every one); and of the containers
+/// attached by an IPv6 address alone.
+fn local_ipv6(endpoints: &[LocalEndpoint], only: &[Ipv6Endpoint]) -> BTreeMap<Ipv6Key, Endpoint6> {
+    let mut by_veth: BTreeMap<&str, &LocalEndpoint> = BTreeMap::new();
+    for ep in endpoints {
+        let better = |held: &LocalEndpoint| {
+            (ep.ipv6.is_some(), ep.mac_from.is_none())
+                > (held.ipv6.is_some(), held.mac_from.is_none())
+        };
+        match by_veth.get(ep.host_veth.as_str()) {
+            Some(held) if !better(held) => {}
+            _ => {
+                by_veth.insert(&ep.host_veth, ep);
+            }
+        }
+    }
+    let entries: Vec<(Endpoint, Option<&Cidr6>)> = by_veth
+        .values()
         .filter_map(|ep| Some((ep.map_entry(ifindex_of(&ep.host_veth)?), ep.ipv6.as_ref())))
         .collect();
-    ipv6::map_of(entries.iter().map(|(ep, cidr)| (ep, *cidr)))
+    let mut map = ipv6::map_of(entries.iter().map(|(ep, cidr)| (ep, *cidr)));
+    for ep in only {
+        let Some(ifindex) = ifindex_of(&ep.host_veth) else {
+            continue;
+        };
+        // Taken to forward: the forwarding probe reads IPv4 settings (see `Ipv6Endpoint`).
+        let flags = ENDPOINT_LOCAL | ENDPOINT_FORWARDS;
+        map.extend(ipv6::only_entries(&ep.cidr, flags, ifindex, 0));
+    }
+    map
 }
 
 impl MapWriter for Datapath {

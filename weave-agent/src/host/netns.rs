@@ -139,6 +139,30 @@ pub async fn configure_ethwe(
     .await
 }
 
+/// Renames the container end `temp` to `iface` with the MAC derived from `cidr`, an IPv6
+/// address alone, and brings it up: a container attached by an IPv6 address only.
+pub async fn configure_ethwe6(
+    netns: &Path,
+    temp: String,
+    iface: String,
+    cidr: Cidr6,
+    mtu: u32,
+) -> Result<()> {
+    in_netns(netns, move |handle| async move {
+        if netlink::link_index(&handle, &iface).await?.is_some() {
+            bail!("the container already has an interface {iface}; detach it first");
+        }
+        let index = netlink::link_index(&handle, &temp)
+            .await?
+            .with_context(|| format!("{temp} did not arrive in the container"))?;
+        netlink::configure_link(&handle, index, &iface, &cidr.mac(), mtu).await?;
+        ipv6_on_the_overlay(&iface)?;
+        netlink::add_address(&handle, index, cidr.ip, cidr.prefix).await?;
+        netlink::set_up(&handle, index).await
+    })
+    .await
+}
+
 /// IPv6 on the container's interface as the overlay carries it, set before the link comes
 /// up (its link-local address is made then): no router advertisements (there is no router
 /// on the overlay, and one a container sent would be dropped anyway), and no duplicate

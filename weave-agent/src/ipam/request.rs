@@ -41,8 +41,8 @@ impl AddressRequest {
 
 /// The requests of an `attach` that may hold IPv6 addresses beside the IPv4 ones
 /// (`10.40.1.10/24,fd00:1::10/64`): the IPv4 requests, as [`AddressRequest::parse_list`]
-/// reads them, and the one IPv6 address. An IPv6 address always comes beside an IPv4 one:
-/// the endpoint's name in the mesh is its IPv4 address.
+/// reads them, and the one IPv6 address. An IPv6 address alone gives no IPv4 request at all
+/// (not the default subnet's): only `attach` takes that, see [`needs_ipv4`].
 pub fn parse_with_ipv6(text: &str) -> Result<(Vec<AddressRequest>, Option<Cidr6>)> {
     let mut ipv4 = Vec::new();
     let mut ipv6 = Vec::new();
@@ -57,14 +57,23 @@ pub fn parse_with_ipv6(text: &str) -> Result<(Vec<AddressRequest>, Option<Cidr6>
     if ipv6.len() > 1 {
         bail!("{text}: one IPv6 address per container for now");
     }
-    if !ipv6.is_empty() && ipv4.is_empty() {
-        bail!(
-            "{text}: an IPv6 address needs an IPv4 address (or net:default) beside it for now, \
-             e.g. 10.40.1.10/24,{}",
-            ipv6[0]
-        );
+    if ipv4.is_empty()
+        && let Some(alone) = ipv6.pop()
+    {
+        return Ok((Vec::new(), Some(alone)));
     }
     Ok((AddressRequest::parse_list(&ipv4.join(","))?, ipv6.pop()))
+}
+
+/// Refuses an IPv6 address alone where `what` (`run`, the CNI plugin) needs an IPv4 one.
+pub fn needs_ipv4(what: &str, requests: &[AddressRequest], ipv6: Option<&Cidr6>) -> Result<()> {
+    match ipv6 {
+        Some(alone) if requests.is_empty() => bail!(
+            "{what} needs an IPv4 address (or net:default) beside {alone} for now, e.g. \
+             10.40.1.10/24,{alone}; `weave-agent attach` takes an IPv6 address alone"
+        ),
+        _ => Ok(()),
+    }
 }
 
 impl FromStr for AddressRequest {
@@ -138,7 +147,14 @@ mod tests {
         assert_eq!(v4, [AddressRequest::Default]);
         assert!(v6.is_some());
         assert_eq!(parse_with_ipv6("10.40.1.10/24").unwrap().1, None);
-        assert!(parse_with_ipv6("fd00:1::10/64").is_err());
+        let (v4, v6) = parse_with_ipv6("fd00:1::10/64").unwrap();
+        assert!(
+            v4.is_empty(),
+            "an IPv6 address alone asks for no IPv4 address"
+        );
+        assert_eq!(v6.unwrap().to_string(), "fd00:1::10/64");
+        let err = needs_ipv4("run", &v4, v6.as_ref()).unwrap_err().to_string();
+        assert!(err.contains("needs an IPv4 address"), "{err}");
         assert!(parse_with_ipv6("10.40.1.10/24,fd00:1::10/64,fd00:1::11/64").is_err());
         assert!(parse_with_ipv6("10.40.1.10/24,fe80::10/64").is_err());
         assert!(parse_with_ipv6("10.40.1.10/24,fd00:1::10").is_err());

@@ -20,8 +20,9 @@ use serde::{Deserialize, Serialize};
 
 use super::keys::{
     IPAM_RING_KEY, NICKNAME_KEY, PublishedEndpoint, endpoint_key, endpoint_key_value, ipv6_key,
-    names_key_value, published_endpoints, published_ipv6, published_names, published_rules,
-    published_via, published_wants, via_key, via_key_value, want_key,
+    ipv6_only_key_value, names_key_value, published_endpoints, published_ipv6, published_ipv6_only,
+    published_names, published_rules, published_via, published_wants, via_key, via_key_value,
+    want_key,
 };
 use super::topology::links::LINKS_KEY;
 use crate::crypto::trust::{SEAL_KEY, TRUSTED_KEY};
@@ -60,6 +61,9 @@ pub struct PeerView {
     /// The IPv6 address of each endpoint (by its IPv4 address) that has one.
     #[serde(default)]
     pub ipv6: BTreeMap<Ipv4Addr, Cidr6>,
+    /// The peer's containers attached by an IPv6 address alone.
+    #[serde(default)]
+    pub ipv6_only: Vec<Cidr6>,
     /// Isolation rules the peer publishes (the newest it knows per pair).
     pub rules: Vec<Rule>,
     /// Whom the peer hears directly, as it publishes it (`topology::links`); None from a peer
@@ -230,6 +234,20 @@ impl Gossip {
         self.publish_ipv6(ip, None).await;
     }
 
+    /// Publishes a container attached by the IPv6 address `cidr` alone, or withdraws it.
+    pub async fn publish_ipv6_only(&self, cidr: &Cidr6, present: bool) {
+        let (key, value) = ipv6_only_key_value(cidr);
+        self.handle
+            .with_chitchat(|c| {
+                if present {
+                    c.self_node_state().set(&key, value.clone());
+                } else if c.self_node_state().get(&key).is_some() {
+                    c.self_node_state().delete(&key);
+                }
+            })
+            .await;
+    }
+
     /// Publishes the IPv6 address of the endpoint published as `ip`, or withdraws it.
     pub async fn publish_ipv6(&self, ip: Ipv4Addr, cidr: Option<&Cidr6>) {
         let key = ipv6_key(ip);
@@ -306,6 +324,7 @@ impl Gossip {
                 wants: published_wants(state),
                 names: published_names(state),
                 ipv6: published_ipv6(state),
+                ipv6_only: published_ipv6_only(state),
             };
             // A restarted peer's new generation takes over once it is alive; until then the
             // old one, if still alive, speaks for it, so its endpoints never lapse.

@@ -7,7 +7,9 @@
 //! which addresses (`crate::ipam::ring`, as JSON), and one `ipam:want:<subnet>` while it needs
 //! space there, whose value changes with each new request; one `dns:<ip>` per address this
 //! host gives names to, whose value is the full names, space-separated; one `ep6:<ip>` per
-//! local endpoint with an IPv6 address, whose value is that address as a CIDR.
+//! local endpoint with an IPv6 address, whose value is that address as a CIDR; one
+//! `ep6only:<ipv6>` per container attached by an IPv6 address alone, whose value is that
+//! address as a CIDR (its MAC follows from it).
 
 use std::{collections::BTreeMap, net::Ipv4Addr};
 
@@ -35,6 +37,30 @@ pub fn ipv6_key_value(ip: Ipv4Addr, cidr: &Cidr6) -> (String, String) {
 
 pub fn ipv6_key(ip: Ipv4Addr) -> String {
     format!("{IPV6_PREFIX}{ip}")
+}
+
+pub(super) const IPV6_ONLY_PREFIX: &str = "ep6only:";
+
+/// The gossip key and value of a container attached by the IPv6 address `cidr` alone.
+pub fn ipv6_only_key_value(cidr: &Cidr6) -> (String, String) {
+    (ipv6_only_key(cidr.ip), cidr.to_string())
+}
+
+pub fn ipv6_only_key(ip: std::net::Ipv6Addr) -> String {
+    format!("{IPV6_ONLY_PREFIX}{ip}")
+}
+
+/// A peer's containers attached by an IPv6 address alone; an entry whose key and value name
+/// different addresses, or malformed, is skipped.
+pub(super) fn published_ipv6_only(state: &NodeState) -> Vec<Cidr6> {
+    state
+        .key_values()
+        .filter_map(|(key, value)| {
+            let ip: std::net::Ipv6Addr = key.strip_prefix(IPV6_ONLY_PREFIX)?.parse().ok()?;
+            let cidr: Cidr6 = value.parse().ok()?;
+            (cidr.ip == ip).then_some(cidr)
+        })
+        .collect()
 }
 
 /// The IPv6 address of each of a peer's endpoints that has one; malformed entries are

@@ -152,6 +152,26 @@ impl Cidr6 {
     pub fn network(&self) -> Ipv6Addr {
         Ipv6Addr::from(weave_common::ipv6::network(self.ip.octets(), self.prefix))
     }
+
+    /// The `ethwe` MAC of a container with this IPv6 address and no IPv4 one.
+    pub fn mac(&self) -> [u8; 6] {
+        weave_common::ipv6::endpoint_mac6(self.ip.octets())
+    }
+
+    fn mac_hex(&self) -> String {
+        self.mac()[2..].iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Host-side veth of such a container: `vethwe6` + its MAC's last four bytes in hex (15
+    /// bytes, one more than an IPv4 endpoint's, so the two never meet).
+    pub fn host_veth(&self) -> String {
+        format!("{HOST_VETH_PREFIX}6{}", self.mac_hex())
+    }
+
+    /// Temporary name of its container side, before it is renamed `ethwe`.
+    pub fn peer_temp_name(&self) -> String {
+        format!("{TEMP_PEER_PREFIX}6{}", self.mac_hex())
+    }
 }
 
 impl FromStr for Cidr6 {
@@ -177,7 +197,8 @@ impl FromStr for Cidr6 {
         }
         if octets[0] == 0xfe && octets[1] & 0xc0 == 0x80 {
             bail!(
-                "{ip} is link-local: every container has one already (from its MAC); give a                  global or unique local address, e.g. fd00:1::10/64"
+                "{ip} is link-local: every container has one already (from its MAC); give a \
+                 global or unique local address, e.g. fd00:1::10/64"
             );
         }
         if ip.to_ipv4_mapped().is_some() {

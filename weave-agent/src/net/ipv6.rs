@@ -36,6 +36,22 @@ pub fn entries(ep: &Endpoint, ipv6: Option<&Cidr6>) -> Vec<(Ipv6Key, Endpoint6)>
     out
 }
 
+/// The entries of a container attached by the IPv6 address `cidr` alone: that address and
+/// its link-local one, with the MAC derived from `cidr`, on `cidr`'s link. `flags`, `ifindex`
+/// and `peer` as in [`Endpoint6`] (local: `ENDPOINT_LOCAL` and its host veth; remote: 0, 0
+/// and the peer's underlay address).
+pub fn only_entries(cidr: &Cidr6, flags: u8, ifindex: u32, peer: u32) -> Vec<(Ipv6Key, Endpoint6)> {
+    let entry = Endpoint6 {
+        mac: cidr.mac(),
+        link_prefix: cidr.prefix,
+        flags,
+        ifindex,
+        peer,
+        link: network(cidr.ip.octets(), cidr.prefix),
+    };
+    vec![(link_local(entry.mac), entry), (cidr.ip.octets(), entry)]
+}
+
 /// The IPv6 map of a set of endpoints: each one's IPv4 entry with its IPv6 address.
 pub fn map_of<'a>(
     endpoints: impl IntoIterator<Item = (&'a Endpoint, Option<&'a Cidr6>)>,
@@ -87,6 +103,24 @@ mod tests {
         assert!(ll(&a).same_link(&ll(&b)));
         assert!(!ll(&a).same_link(&ll(&c)));
         assert_eq!(ll(&a).peer, a.peer);
+    }
+
+    #[test]
+    fn an_ipv6_only_container_has_its_address_and_a_link_local_one_from_its_mac() {
+        let cidr: Cidr6 = "fd00:1::10/64".parse().unwrap();
+        let got = only_entries(&cidr, ENDPOINT_LOCAL, 9, 0);
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].0, link_local(cidr.mac()));
+        assert_eq!(got[1].0, cidr.ip.octets());
+        assert_eq!(got[1].1.mac, cidr.mac());
+        assert_eq!(
+            got[1].1.link,
+            "fd00:1::".parse::<Ipv6Addr>().unwrap().octets()
+        );
+        // Same link as a dual-stack container of that IPv6 subnet.
+        let other: Cidr6 = "fd00:1::20/64".parse().unwrap();
+        let dual = entries(&v4("10.40.1.20/24").local_endpoint(3), Some(&other));
+        assert!(got[1].1.same_link(&dual[1].1));
     }
 
     #[test]
