@@ -172,7 +172,26 @@ fn isolation_rules_open_ipv6_subnets_and_ipv4_rules_link_local_addresses() -> Re
         route(&d2)?
     );
     // IPv4 between the two stays closed: the rule names the IPv6 subnets only.
-    ensure!(!d2.ping("10.40.1.1", 1)?, "the IPv6 rule opened IPv4");
+    let c1_mac = c1
+        .ip(["-o", "link", "show", "ethwe"])?
+        .split_whitespace()
+        .skip_while(|w| *w != "link/ether")
+        .nth(1)
+        .context("c1 has no MAC")?
+        .to_owned();
+    d2.ip(["route", "add", "10.40.1.0/24", "dev", "ethwe"])?;
+    d2.ip([
+        "neigh",
+        "replace",
+        "10.40.1.1",
+        "lladdr",
+        &c1_mac,
+        "dev",
+        "ethwe",
+    ])?;
+    let isolated = h2.counter_packets("drop_isolated")?;
+    ensure!(!d2.ping("10.40.1.1", 2)?, "the IPv6 rule opened IPv4");
+    ensure!(h2.counter_packets("drop_isolated")? >= isolated + 2);
 
     // Link-local addresses of containers without IPv6 follow the IPv4 rules.
     let f1_ll = format!("{}%ethwe", link_local(&f1)?);
@@ -193,13 +212,6 @@ fn isolation_rules_open_ipv6_subnets_and_ipv4_rules_link_local_addresses() -> Re
         || Ok(!d2.ping("fd00:1::1", 1)? && route(&d2)?.trim().is_empty()),
     )?;
     // The closed pair's frames sent to the MAC anyway are dropped in the data path.
-    let c1_mac = c1
-        .ip(["-o", "link", "show", "ethwe"])?
-        .split_whitespace()
-        .skip_while(|w| *w != "link/ether")
-        .nth(1)
-        .context("c1 has no MAC")?
-        .to_owned();
     d2.ip(["-6", "route", "add", "fd00:1::/64", "dev", "ethwe"])?;
     d2.ip([
         "-6",
@@ -341,11 +353,27 @@ fn a_container_with_an_ipv6_address_alone_is_on_the_overlay() -> Result<()> {
         || d2.ping("fd00:1::30", 1),
     )?;
 
+    // h2 counts h1's two IPv6-only containers, then one after the detach.
+    let h1_endpoints = || -> Result<u64> {
+        let status = h2.status()?;
+        let peer = status["peers"]
+            .as_array()
+            .context("status lists no peers")?
+            .iter()
+            .find(|p| p["address"] == "192.168.56.101")
+            .context("h2's status does not list h1")?;
+        peer["endpoints"].as_u64().context("no endpoint count")
+    };
+    wait_until(Duration::from_secs(10), "h2 counting both of h1's", || {
+        Ok(h1_endpoints()? == 2)
+    })?;
     h1.agent_ok(&["detach", &a1.spec()])?;
     ensure!(!h1.agent_ok(&["ps"])?.contains("fd00:1::30"));
-    wait_until(Duration::from_secs(10), "fd00:1::30 withdrawn", || {
-        Ok(!d2.ping("fd00:1::30", 1)?)
-    })?;
+    wait_until(
+        Duration::from_secs(10),
+        "fd00:1::30 withdrawn from h2's view",
+        || Ok(h1_endpoints()? == 1),
+    )?;
     ensure!(
         a1.ip(["link", "show", "ethwe"]).is_err(),
         "ethwe stayed in a1 after detach"

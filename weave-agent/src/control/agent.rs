@@ -89,6 +89,8 @@ pub struct Inner {
     pub pending: Vec<Pending>,
     /// The same for attaches by an IPv6 address alone.
     pub pending6: Vec<super::state::Ipv6Endpoint>,
+    /// IPv6 addresses being given beside an IPv4 one (`endpoints::claim_ipv6`).
+    pub claimed6: BTreeSet<std::net::Ipv6Addr>,
     /// The links every peer publishes, as last synced.
     pub topology: Topology,
     /// Whom this host hears directly, as the link loop last read it.

@@ -153,6 +153,7 @@ async fn start(
         routes6: BTreeMap::new(),
         pending: Vec::new(),
         pending6: Vec::new(),
+        claimed6: std::collections::BTreeSet::new(),
         topology: Default::default(),
         links: Default::default(),
         next_hops: BTreeMap::new(),

@@ -148,36 +148,45 @@ pub async fn attach_dual(
 /// `cidr`: on its `ethwe`, in its state and in gossip, then in the maps by a sync round.
 pub(super) async fn give_ipv6(agent: &Agent, target: &Target, cidr: Cidr6) -> Result<()> {
     let (first, iface) = claim_ipv6(agent, target, cidr).await?;
-    netns::add_ethwe_address6(&target.netns, iface, cidr).await?;
+    if let Err(err) = netns::add_ethwe_address6(&target.netns, iface, cidr).await {
+        agent.inner.lock().await.claimed6.remove(&cidr.ip);
+        return Err(err);
+    }
     keep_ipv6(agent, target, first, cidr).await
 }
 
-/// The first IPv4 address of `target`, which an IPv6 address is kept with, and its interface;
-/// refused if `cidr` is somebody's already.
+/// The IPv4 address of `target` an IPv6 address is kept with (its first, or the one that took
+/// over from it), and its interface; refused if `cidr` is somebody's already or the container
+/// has an IPv6 address. The address is claimed until [`keep_ipv6`] (or the caller, failing)
+/// lets go of it, so two attaches cannot both take it while the agent's lock is let go.
 pub(super) async fn claim_ipv6(
     agent: &Agent,
     target: &Target,
     cidr: Cidr6,
 ) -> Result<(Ipv4Addr, String)> {
-    let (first, iface) = {
-        let inner = agent.inner.lock().await;
-        if let Some(by) = ipv6_holder(&inner, cidr.ip) {
-            bail!("{} is already in use by {by}", cidr.ip);
-        }
-        let first = inner
+    let mut inner = agent.inner.lock().await;
+    if let Some(by) = ipv6_holder(&inner, cidr.ip) {
+        bail!("{} is already in use by {by}", cidr.ip);
+    }
+    let theirs = || {
+        inner
             .state
             .endpoints
             .iter()
-            .find(|e| e.netns == target.netns && e.expose.is_none() && e.mac_from.is_none())
-            .with_context(|| {
-                format!(
-                    "{} has no first IPv4 address to give {cidr} beside",
-                    target.label
-                )
-            })?;
-        (first.cidr.ip, first.iface.clone())
+            .filter(|e| e.netns == target.netns && e.expose.is_none())
     };
-    Ok((first, iface))
+    if let Some(held) = theirs().find_map(|e| e.ipv6) {
+        bail!(
+            "{} has the IPv6 address {held} already: one per container for now",
+            target.label
+        );
+    }
+    let first = theirs()
+        .min_by_key(|e| e.mac_from.is_some())
+        .with_context(|| format!("{} has no IPv4 address to give {cidr} beside", target.label))?;
+    let found = (first.cidr.ip, first.iface.clone());
+    inner.claimed6.insert(cidr.ip);
+    Ok(found)
 }
 
 /// Who holds the IPv6 address `ip` here or on a live peer, if anybody does.
@@ -194,7 +203,8 @@ pub(super) fn ipv6_holder(inner: &Inner, ip: std::net::Ipv6Addr) -> Option<Strin
                 .iter()
                 .chain(&inner.pending6)
                 .map(|e| (e.cidr.ip, e.container.as_str())),
-        );
+        )
+        .chain(inner.claimed6.iter().map(|ip| (*ip, "an attach under way")));
     let there = inner.peers.iter().filter(|p| p.alive).flat_map(|p| {
         p.ipv6
             .values()
@@ -217,14 +227,20 @@ pub(super) async fn keep_ipv6(
     {
         let mut inner = agent.inner.lock().await;
         let inner = &mut *inner;
-        if let Some(ep) = inner
+        inner.claimed6.remove(&cidr.ip);
+        // Detached (or its container gone) meanwhile: nothing to publish it with.
+        let ep = inner
             .state
             .endpoints
             .iter_mut()
-            .find(|e| e.cidr.ip == first && e.mac_from.is_none())
-        {
-            ep.ipv6 = Some(cidr);
-        }
+            .find(|e| e.cidr.ip == first)
+            .with_context(|| {
+                format!(
+                    "{} went away before {cidr} could be given to it",
+                    target.label
+                )
+            })?;
+        ep.ipv6 = Some(cidr);
         agent.save(inner)?;
         agent.gossip.publish_ipv6(first, Some(&cidr)).await;
     }
@@ -727,6 +743,23 @@ pub async fn detach(
     .await?;
     any |= !alone.is_empty();
     detached.extend(alone);
+    if !any
+        && let Some(std::net::IpAddr::V6(ip)) = only
+        && let Some(with) = agent
+            .inner
+            .lock()
+            .await
+            .state
+            .endpoints
+            .iter()
+            .find(|e| e.ipv6.is_some_and(|c| c.ip == ip) && e.container == container)
+    {
+        bail!(
+            "{ip} is kept with {} and cannot be detached alone yet: detach the container and \
+             attach it again without it",
+            with.cidr.ip
+        );
+    }
     if !any {
         match only {
             Some(ip) => {

@@ -47,6 +47,11 @@ pub async fn attach(
     if target.left_for_docker.is_some() {
         bail!("a Docker network of weave-agent's driver needs an IPv4 subnet beside the IPv6 one");
     }
+    if target.dns_name.is_some() {
+        bail!(
+            "a container attached by an IPv6 address alone gets no DNS name (no AAAA records yet)"
+        );
+    }
     let ep = {
         let mut inner = agent.inner.lock().await;
         if let Some(by) = ipv6_holder(&inner, cidr.ip) {
@@ -64,6 +69,30 @@ pub async fn attach(
                 .iter()
                 .chain(&inner.pending6)
                 .any(|e| e.netns == target.netns || e.container == target.label);
+        // The MAC (and so the veth's name and the link-local address) is a 32-bit hash of the
+        // address: another container's, here or on a peer, must not share it.
+        let mac = cidr.mac();
+        let clash = inner
+            .state
+            .ipv6_only
+            .iter()
+            .chain(&inner.pending6)
+            .map(|e| (e.cidr, e.container.as_str()))
+            .chain(
+                inner
+                    .peers
+                    .iter()
+                    .filter(|p| p.alive)
+                    .flat_map(|p| p.ipv6_only.iter().map(move |c| (*c, p.name.as_str()))),
+            )
+            .find(|(other, _)| other.mac() == mac);
+        if let Some((other, by)) = clash {
+            bail!(
+                "{cidr} would get the MAC {} that {other} (of {by}) has: the MAC is a hash of \
+                 the address, and these two meet; give another address",
+                format_mac(&mac)
+            );
+        }
         if taken {
             bail!(
                 "{} has an address here already: an IPv6 address goes beside the first IPv4 \
@@ -97,6 +126,7 @@ pub async fn attach(
         inner.state.ipv6_only.push(ep.clone());
         if let Err(err) = agent.save(&inner) {
             inner.state.ipv6_only.retain(|e| e.cidr.ip != cidr.ip);
+            let _ = inner.datapath.detach_container(&ep.host_veth);
             return Err(err);
         }
         anyhow::Ok(index)

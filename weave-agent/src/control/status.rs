@@ -25,15 +25,25 @@ pub async fn status(agent: &Agent) -> Result<api::Status> {
     let entries = inner.datapath.endpoints()?;
     status.endpoints = api::EndpointCounts {
         // The agent's DNS service is no endpoint of anyone's.
+        // Containers attached by IPv6 alone have no IPv4 entry: counted from the state and
+        // the peers' gossip, and as forwarding (see `Ipv6Endpoint`).
         local: entries
             .iter()
             .filter(|(_, e)| e.is_local() && !e.service())
-            .count(),
-        remote: entries.iter().filter(|(_, e)| !e.is_local()).count(),
+            .count()
+            + inner.state.ipv6_only.len(),
+        remote: entries.iter().filter(|(_, e)| !e.is_local()).count()
+            + inner
+                .peers
+                .iter()
+                .filter(|p| p.alive)
+                .map(|p| p.ipv6_only.len())
+                .sum::<usize>(),
         forwarding: entries
             .iter()
             .filter(|(_, e)| e.is_local() && e.forwards())
-            .count(),
+            .count()
+            + inner.state.ipv6_only.len(),
     };
     status.peers = peer_infos(agent, &inner);
     status.connections = connections(agent, &inner);
@@ -199,7 +209,7 @@ pub fn peer_infos(agent: &Agent, inner: &Inner) -> Vec<api::PeerInfo> {
                 nickname: p.nickname.clone(),
                 address: p.address.ip().to_string(),
                 state: if p.alive { "alive" } else { "dead" }.to_owned(),
-                endpoints: p.endpoints.len(),
+                endpoints: p.endpoints.len() + p.ipv6_only.len(),
                 generation: p.generation,
                 route,
                 via,
