@@ -575,11 +575,10 @@ mod tests {
         // Image references with a registry port are not addresses.
         assert_eq!(split(&["10.0.0.1:5000/busybox"]).unwrap(), (None, 1));
         assert_eq!(split(&["registry:5000/busybox"]).unwrap(), (None, 1));
-        // An IPv6 address alone is an address, refused with the form to use.
-        let err = split(&["fd00:1::20/64", "img"]).unwrap_err();
-        assert!(
-            format!("{err:#}").contains("needs an IPv4 address"),
-            "{err:#}"
+        // An IPv6 address alone is an address too.
+        assert_eq!(
+            split(&["fd00:1::20/64", "img"]).unwrap(),
+            (Some("fd00:1::20/64".to_owned()), 1)
         );
         let err = split(&["10.1.0.1/24,10.1.0.2/24", "img"]).unwrap_err();
         assert!(format!("{err:#}").contains("one IPv4 address"), "{err:#}");

@@ -348,7 +348,9 @@ pub fn split_run_args(args: &[String]) -> Result<(Option<String>, &[String])> {
         return Ok((None, args));
     }
     let (parsed, ipv6) = crate::ipam::request::parse_with_ipv6(first)?;
-    crate::ipam::request::needs_ipv4("run", &parsed, ipv6.as_ref())?;
+    if let (true, Some(alone)) = (parsed.is_empty(), ipv6) {
+        return Ok((Some(alone.to_string()), &args[1..]));
+    }
     let [request] = parsed.as_slice() else {
         bail!(
             "{first}: run takes one IPv4 address (and one IPv6 beside it); \

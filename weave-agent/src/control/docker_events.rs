@@ -10,10 +10,10 @@ use futures_util::StreamExt as _;
 use super::{
     agent::Agent,
     endpoints::{Target, attach_endpoint, give_ipv6},
-    state::LocalEndpoint,
+    state::{Ipv6Endpoint, LocalEndpoint},
     withdraw::{keep_dormant, remove_endpoint},
 };
-use crate::host::docker;
+use crate::{host::docker, net::names::CONTAINER_IFACE};
 
 /// How often the agent looks for a Docker engine while none answers.
 const DOCKER_RETRY: Duration = Duration::from_secs(2);
@@ -41,13 +41,14 @@ async fn follow(
     stopping: &mut tokio::sync::watch::Receiver<bool>,
 ) -> std::ops::ControlFlow<()> {
     // Containers that started while we were not looking.
-    let dormant: Vec<String> = {
+    let dormant: std::collections::BTreeSet<String> = {
         let inner = agent.inner.lock().await;
-        inner
-            .state
+        let state = &inner.state;
+        state
             .dormant
             .iter()
             .filter_map(|d| d.docker_id.clone())
+            .chain(state.dormant6.iter().filter_map(|d| d.docker_id.clone()))
             .collect()
     };
     for id in dormant {
@@ -94,7 +95,7 @@ async fn container_died(agent: &Agent, id: &str, destroyed: bool) {
         }
         keep_dormant(inner, ep);
     }
-    // Attached by IPv6 alone: withdrawn, not kept for a restart.
+    // Attached by IPv6 alone: withdrawn, and kept for a restart the same way.
     let alone: Vec<_> = inner
         .state
         .ipv6_only
@@ -107,15 +108,24 @@ async fn container_died(agent: &Agent, id: &str, destroyed: bool) {
         if let Err(err) = super::ipv6_only::remove(inner, &agent.gossip, ep).await {
             tracing::warn!("withdrawing {}: {err:#}", ep.cidr);
         }
+        super::ipv6_only::keep_dormant(inner, ep);
     }
     let before = inner.state.dormant.len();
+    let before6 = inner.state.dormant6.len();
     if destroyed {
         inner
             .state
             .dormant
             .retain(|d| d.docker_id.as_deref() != Some(id));
+        inner
+            .state
+            .dormant6
+            .retain(|d| d.docker_id.as_deref() != Some(id));
     }
-    if (!gone.is_empty() || !alone.is_empty() || inner.state.dormant.len() != before)
+    if (!gone.is_empty()
+        || !alone.is_empty()
+        || inner.state.dormant.len() != before
+        || inner.state.dormant6.len() != before6)
         && let Err(err) = agent.save(inner)
     {
         tracing::warn!("{err:#}");
@@ -136,6 +146,48 @@ async fn container_started(agent: &Agent, engine: &bollard::Docker, id: &str) {
     dormant.sort_by_key(|ep| ep.mac_from.is_some());
     for ep in dormant {
         restore(agent, engine, id, ep).await;
+    }
+    let alone: Vec<Ipv6Endpoint> = {
+        let mut inner = agent.inner.lock().await;
+        let (theirs, others) = std::mem::take(&mut inner.state.dormant6)
+            .into_iter()
+            .partition(|d| d.docker_id.as_deref() == Some(id));
+        inner.state.dormant6 = others;
+        theirs
+    };
+    for ep in alone {
+        restore6(agent, engine, id, ep).await;
+    }
+}
+
+/// [`restore`] for a container attached by an IPv6 address alone.
+async fn restore6(agent: &Agent, engine: &bollard::Docker, id: &str, ep: Ipv6Endpoint) {
+    let result = async {
+        let container = docker::inspect(engine, id)
+            .await?
+            .filter(|c| c.pid != 0)
+            .context("the container is not running")?;
+        let target = Target {
+            label: ep.container.clone(),
+            netns: container.netns(),
+            docker_id: Some(container.id),
+            dns_name: None,
+            iface: CONTAINER_IFACE.to_owned(),
+            left_for_docker: None,
+            multicast_route: false,
+        };
+        super::ipv6_only::attach(agent, &target, ep.cidr, Some(ep.mtu)).await
+    }
+    .await;
+    match result {
+        Ok(_) => {
+            tracing::info!(cidr = %ep.cidr, container = %ep.container, "container started again; address restored")
+        }
+        Err(err) => {
+            tracing::warn!(cidr = %ep.cidr, container = %ep.container, "restoring the address: {err:#}");
+            let mut inner = agent.inner.lock().await;
+            super::ipv6_only::keep_dormant(&mut inner, &ep);
+        }
     }
 }
 

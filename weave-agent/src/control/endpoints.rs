@@ -202,6 +202,7 @@ pub(super) fn ipv6_holder(inner: &Inner, ip: std::net::Ipv6Addr) -> Option<Strin
                 .ipv6_only
                 .iter()
                 .chain(&inner.pending6)
+                .chain(&inner.state.dormant6)
                 .map(|e| (e.cidr.ip, e.container.as_str())),
         )
         .chain(inner.claimed6.iter().map(|ip| (*ip, "an attach under way")));
@@ -350,7 +351,10 @@ pub async fn run_container(
     multicast_route: bool,
 ) -> Result<String> {
     let (requests, ipv6) = crate::ipam::request::parse_with_ipv6(cidr)?;
-    crate::ipam::request::needs_ipv4("run", &requests, ipv6.as_ref())?;
+    if let (true, Some(alone)) = (requests.is_empty(), ipv6) {
+        let engine = docker::connect().await?;
+        return run_ipv6_only(agent, &engine, alone, spec, mtu).await;
+    }
     let [request] = requests.as_slice() else {
         bail!("{cidr}: run takes one IPv4 address (and one IPv6 beside it)");
     };
@@ -369,6 +373,50 @@ pub async fn run_container(
     let ran = run_with(agent, &engine, (cidr, ipv6), spec, mtu, multicast_route).await;
     ipam::finished(agent, cidr.ip).await;
     ran
+}
+
+/// `run` with an IPv6 address alone: no IPv4 address to allocate, no DNS server to give
+/// (the agent's is on IPv4), the container attached as `attach` attaches an IPv6 address
+/// alone; removed again if that fails.
+async fn run_ipv6_only(
+    agent: &Agent,
+    engine: &bollard::Docker,
+    cidr: Cidr6,
+    spec: &RunSpec,
+    mtu: Option<u32>,
+) -> Result<String> {
+    if let Some(by) = ipv6_holder(&*agent.inner.lock().await, cidr.ip) {
+        bail!("{} is already in use by {by}", cidr.ip);
+    }
+    let id =
+        docker::create_and_start(engine, spec, &agent.base.peer_name, &cidr.to_string()).await?;
+    let attached = async {
+        let container = docker::inspect(engine, &id)
+            .await?
+            .filter(|c| c.pid != 0)
+            .context("the container exited right after it started")?;
+        let target = Target {
+            label: spec
+                .name
+                .clone()
+                .unwrap_or_else(|| docker::short_id(&id).to_owned()),
+            netns: container.netns(),
+            docker_id: Some(id.clone()),
+            dns_name: None,
+            iface: CONTAINER_IFACE.to_owned(),
+            left_for_docker: None,
+            multicast_route: false,
+        };
+        ipv6_only::attach(agent, &target, cidr, mtu).await
+    }
+    .await;
+    if let Err(err) = attached {
+        let _ = docker::remove(engine, &id).await;
+        return Err(err.context(format!(
+            "attaching {cidr} to the new container failed, so it was removed again"
+        )));
+    }
+    Ok(id)
 }
 
 async fn run_with(
@@ -734,14 +782,14 @@ pub async fn detach(
             && only.is_none_or(|ip| ip == e.cidr.ip)
     };
     let (mut detached, mut any) = detach_matching(agent, matches).await?;
-    let alone = ipv6_only::detach_matching(agent, |e| {
+    let (alone, picked) = ipv6_only::detach_matching(agent, |e| {
         (e.container == container
             || netns.is_some_and(|n| n == e.netns)
             || (e.docker_id.is_some() && e.docker_id == docker_id))
             && only.is_none_or(|ip| ip == e.cidr.ip)
     })
     .await?;
-    any |= !alone.is_empty();
+    any |= picked;
     detached.extend(alone);
     if !any
         && let Some(std::net::IpAddr::V6(ip)) = only

@@ -172,13 +172,24 @@ pub async fn remove(inner: &mut Inner, gossip: &Gossip, ep: &Ipv6Endpoint) -> Re
     Ok(())
 }
 
-/// Detaches every endpoint `matches` picks; returns them.
+/// A stopped Docker container's endpoint is kept for when it starts again.
+pub fn keep_dormant(inner: &mut Inner, ep: &Ipv6Endpoint) {
+    if ep.docker_id.is_some() && !inner.state.dormant6.iter().any(|d| d.cidr == ep.cidr) {
+        inner.state.dormant6.push(ep.clone());
+    }
+}
+
+/// Detaches every endpoint `matches` picks (and forgets the dormant ones it picks); returns
+/// those detached, and whether it picked anything at all.
 pub async fn detach_matching(
     agent: &Agent,
     matches: impl Fn(&Ipv6Endpoint) -> bool,
-) -> Result<Vec<api::EndpointInfo>> {
+) -> Result<(Vec<api::EndpointInfo>, bool)> {
     let mut inner = agent.inner.lock().await;
     let inner = &mut *inner;
+    let dormant = inner.state.dormant6.len();
+    inner.state.dormant6.retain(|e| !matches(e));
+    let forgot = inner.state.dormant6.len() != dormant;
     let picked: Vec<Ipv6Endpoint> = inner
         .state
         .ipv6_only
@@ -190,10 +201,11 @@ pub async fn detach_matching(
         remove(inner, &agent.gossip, ep).await?;
         tracing::info!(cidr = %ep.cidr, container = %ep.container, "detached");
     }
-    if !picked.is_empty() {
+    if !picked.is_empty() || forgot {
         agent.save(inner)?;
     }
-    Ok(picked.iter().map(endpoint_info).collect())
+    let any = !picked.is_empty() || forgot;
+    Ok((picked.iter().map(endpoint_info).collect(), any))
 }
 
 /// At start: those whose veth is still there keep forwarding (the new program on their TC
@@ -211,6 +223,7 @@ pub async fn adopt(inner: &mut Inner) -> Result<()> {
         } else {
             tracing::info!(cidr = %ep.cidr, container = %ep.container, "container gone; dropping its endpoint");
             inner.datapath.detach_container(&ep.host_veth)?;
+            keep_dormant(inner, &ep);
         }
     }
     inner.state.ipv6_only = kept;

@@ -46,12 +46,16 @@ pub struct State {
     /// Containers attached by an IPv6 address alone.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ipv6_only: Vec<Ipv6Endpoint>,
+    /// Those of them that are stopped Docker containers, given back as `dormant` ones are.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dormant6: Vec<Ipv6Endpoint>,
 }
 
 /// A container attached on this host by an IPv6 address and no IPv4 one: its `ethwe` MAC
 /// comes from that address ([`Cidr6::mac`]). It has no IPv4 map entry, no subnet broadcast,
 /// no DNS name and no automatic address; its super-packets take the kernel's path (it is
-/// marked as forwarding, since the forwarding probe reads IPv4 settings).
+/// marked as forwarding, since the forwarding probe reads IPv4 settings). A Docker container's
+/// is kept while the container is stopped and given back when it starts again.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Ipv6Endpoint {
     pub cidr: Cidr6,
@@ -214,6 +218,7 @@ mod tests {
                 mtu: 1450,
                 docker_id: None,
             }],
+            dormant6: Vec::new(),
             dns_records: BTreeMap::from([(
                 "192.0.2.80".parse().unwrap(),
                 BTreeSet::from(["printer.weave.local".to_owned()]),

@@ -163,6 +163,7 @@ async fn withdraw_vanished(agent: &Agent, inner: &mut Inner) -> Result<()> {
     for ep in &alone {
         tracing::info!(cidr = %ep.cidr, container = %ep.container, "container gone; withdrawing its address");
         super::ipv6_only::remove(inner, &agent.gossip, ep).await?;
+        super::ipv6_only::keep_dormant(inner, ep);
     }
     if !vanished.is_empty() || !alone.is_empty() {
         agent.save(inner)?;
