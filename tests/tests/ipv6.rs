@@ -19,6 +19,17 @@ fn link_local(ctr: &Container) -> Result<String> {
     Ok(addr.to_owned())
 }
 
+/// The MAC of the container's `ethwe`.
+fn ethwe_mac(ctr: &Container) -> Result<String> {
+    Ok(ctr
+        .ip(["-o", "link", "show", "ethwe"])?
+        .split_whitespace()
+        .skip_while(|w| *w != "link/ether")
+        .nth(1)
+        .with_context(|| format!("{} has no MAC", ctr.name))?
+        .to_owned())
+}
+
 fn sysctl(ctr: &Container, key: &str) -> Result<String> {
     let out = ctr.exec("sysctl", &["-n", key])?;
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
@@ -98,13 +109,7 @@ fn ipv6_crosses_hosts_within_its_link_and_nowhere_else() -> Result<()> {
     c2.ip(["-6", "addr", "del", "fd00:1::99/64", "dev", "ethwe"])?;
 
     // Another IPv6 subnet is isolated, also when its frames are sent straight to the MAC.
-    let c1_mac = c1
-        .ip(["-o", "link", "show", "ethwe"])?
-        .split_whitespace()
-        .skip_while(|w| *w != "link/ether")
-        .nth(1)
-        .context("c1 has no MAC")?
-        .to_owned();
+    let c1_mac = ethwe_mac(&c1)?;
     d2.ip(["-6", "route", "add", "fd00:1::/64", "dev", "ethwe"])?;
     d2.ip([
         "-6",
@@ -172,13 +177,7 @@ fn isolation_rules_open_ipv6_subnets_and_ipv4_rules_link_local_addresses() -> Re
         route(&d2)?
     );
     // IPv4 between the two stays closed: the rule names the IPv6 subnets only.
-    let c1_mac = c1
-        .ip(["-o", "link", "show", "ethwe"])?
-        .split_whitespace()
-        .skip_while(|w| *w != "link/ether")
-        .nth(1)
-        .context("c1 has no MAC")?
-        .to_owned();
+    let c1_mac = ethwe_mac(&c1)?;
     d2.ip(["route", "add", "10.40.1.0/24", "dev", "ethwe"])?;
     d2.ip([
         "neigh",
@@ -303,15 +302,6 @@ fn a_container_with_an_ipv6_address_alone_is_on_the_overlay() -> Result<()> {
     );
 
     // Another IPv6 subnet: isolated, even sent straight to the MAC; a rule opens it.
-    let mac = |ctr: &Container| -> Result<String> {
-        Ok(ctr
-            .ip(["-o", "link", "show", "ethwe"])?
-            .split_whitespace()
-            .skip_while(|w| *w != "link/ether")
-            .nth(1)
-            .context("no MAC")?
-            .to_owned())
-    };
     e1.ip(["-6", "route", "add", "fd00:1::/64", "dev", "ethwe"])?;
     e1.ip([
         "-6",
@@ -319,7 +309,7 @@ fn a_container_with_an_ipv6_address_alone_is_on_the_overlay() -> Result<()> {
         "replace",
         "fd00:1::30",
         "lladdr",
-        &mac(&a1)?,
+        &ethwe_mac(&a1)?,
         "dev",
         "ethwe",
     ])?;

@@ -160,22 +160,37 @@ async fn container_started(agent: &Agent, engine: &bollard::Docker, id: &str) {
     }
 }
 
+/// What the container `id` that started again is attached as: its new namespace, the rest as
+/// `target` has it.
+async fn started_again(
+    engine: &bollard::Docker,
+    id: &str,
+    target: Target,
+) -> anyhow::Result<Target> {
+    let container = docker::inspect(engine, id)
+        .await?
+        .filter(|c| c.pid != 0)
+        .context("the container is not running")?;
+    Ok(Target {
+        netns: container.netns(),
+        docker_id: Some(container.id),
+        ..target
+    })
+}
+
 /// [`restore`] for a container attached by an IPv6 address alone.
 async fn restore6(agent: &Agent, engine: &bollard::Docker, id: &str, ep: Ipv6Endpoint) {
     let result = async {
-        let container = docker::inspect(engine, id)
-            .await?
-            .filter(|c| c.pid != 0)
-            .context("the container is not running")?;
-        let target = Target {
+        let as_before = Target {
             label: ep.container.clone(),
-            netns: container.netns(),
-            docker_id: Some(container.id),
+            netns: ep.netns.clone(),
+            docker_id: ep.docker_id.clone(),
             dns_name: None,
             iface: CONTAINER_IFACE.to_owned(),
             left_for_docker: None,
             multicast_route: false,
         };
+        let target = started_again(engine, id, as_before).await?;
         super::ipv6_only::attach(agent, &target, ep.cidr, Some(ep.mtu)).await
     }
     .await;
@@ -193,19 +208,16 @@ async fn restore6(agent: &Agent, engine: &bollard::Docker, id: &str, ep: Ipv6End
 
 async fn restore(agent: &Agent, engine: &bollard::Docker, id: &str, ep: LocalEndpoint) {
     let result = async {
-        let container = docker::inspect(engine, id)
-            .await?
-            .filter(|c| c.pid != 0)
-            .context("the container is not running")?;
-        let target = Target {
+        let as_before = Target {
             label: ep.container.clone(),
-            netns: container.netns(),
-            docker_id: Some(container.id),
+            netns: ep.netns.clone(),
+            docker_id: ep.docker_id.clone(),
             dns_name: ep.dns_name.clone(),
             iface: ep.iface.clone(),
             left_for_docker: None,
             multicast_route: !ep.no_multicast_route,
         };
+        let target = started_again(engine, id, as_before).await?;
         attach_endpoint(agent, ep.cidr, &target, Some(ep.mtu)).await?;
         anyhow::Ok(target)
     }

@@ -352,8 +352,9 @@ pub async fn run_container(
 ) -> Result<String> {
     let (requests, ipv6) = crate::ipam::request::parse_with_ipv6(cidr)?;
     if let (true, Some(alone)) = (requests.is_empty(), ipv6) {
+        // No IPv4 address to allocate, and no DNS server to give: the agent's is on IPv4.
         let engine = docker::connect().await?;
-        return run_ipv6_only(agent, &engine, alone, spec, mtu).await;
+        return run_with(agent, &engine, (None, Some(alone)), spec, mtu, false).await;
     }
     let [request] = requests.as_slice() else {
         bail!("{cidr}: run takes one IPv4 address (and one IPv6 beside it)");
@@ -370,68 +371,44 @@ pub async fn run_container(
     }
     let spec = &spec;
     let (cidr, _) = ipam::address_for(agent, request, &holder).await?;
-    let ran = run_with(agent, &engine, (cidr, ipv6), spec, mtu, multicast_route).await;
+    let ran = run_with(
+        agent,
+        &engine,
+        (Some(cidr), ipv6),
+        spec,
+        mtu,
+        multicast_route,
+    )
+    .await;
     ipam::finished(agent, cidr.ip).await;
     ran
 }
 
-/// `run` with an IPv6 address alone: no IPv4 address to allocate, no DNS server to give
-/// (the agent's is on IPv4), the container attached as `attach` attaches an IPv6 address
-/// alone; removed again if that fails.
-async fn run_ipv6_only(
-    agent: &Agent,
-    engine: &bollard::Docker,
-    cidr: Cidr6,
-    spec: &RunSpec,
-    mtu: Option<u32>,
-) -> Result<String> {
-    if let Some(by) = ipv6_holder(&*agent.inner.lock().await, cidr.ip) {
-        bail!("{} is already in use by {by}", cidr.ip);
-    }
-    let id =
-        docker::create_and_start(engine, spec, &agent.base.peer_name, &cidr.to_string()).await?;
-    let attached = async {
-        let container = docker::inspect(engine, &id)
-            .await?
-            .filter(|c| c.pid != 0)
-            .context("the container exited right after it started")?;
-        let target = Target {
-            label: spec
-                .name
-                .clone()
-                .unwrap_or_else(|| docker::short_id(&id).to_owned()),
-            netns: container.netns(),
-            docker_id: Some(id.clone()),
-            dns_name: None,
-            iface: CONTAINER_IFACE.to_owned(),
-            left_for_docker: None,
-            multicast_route: false,
-        };
-        ipv6_only::attach(agent, &target, cidr, mtu).await
-    }
-    .await;
-    if let Err(err) = attached {
-        let _ = docker::remove(engine, &id).await;
-        return Err(err.context(format!(
-            "attaching {cidr} to the new container failed, so it was removed again"
-        )));
-    }
-    Ok(id)
-}
-
+/// Creates and starts the container of `spec`, then attaches `cidr` (with `ipv6` beside it),
+/// or `ipv6` alone; the container is removed again if attaching fails.
 async fn run_with(
     agent: &Agent,
     engine: &bollard::Docker,
-    (cidr, ipv6): (Cidr, Option<Cidr6>),
+    (cidr, ipv6): (Option<Cidr>, Option<Cidr6>),
     spec: &RunSpec,
     mtu: Option<u32>,
     multicast_route: bool,
 ) -> Result<String> {
-    check_free(agent, cidr.ip).await?;
-    let label = match ipv6 {
-        Some(v6) => format!("{cidr},{v6}"),
-        None => cidr.to_string(),
-    };
+    match (cidr, ipv6) {
+        (Some(cidr), _) => check_free(agent, cidr.ip).await?,
+        (None, Some(alone)) => {
+            if let Some(by) = ipv6_holder(&*agent.inner.lock().await, alone.ip) {
+                bail!("{} is already in use by {by}", alone.ip);
+            }
+        }
+        (None, None) => bail!("run was given no address"),
+    }
+    let label = cidr
+        .map(|c| c.to_string())
+        .into_iter()
+        .chain(ipv6.map(|c| c.to_string()))
+        .collect::<Vec<_>>()
+        .join(",");
     let id = docker::create_and_start(engine, spec, &agent.base.peer_name, &label).await?;
     let attached = async {
         let container = docker::inspect(engine, &id)
@@ -445,10 +422,16 @@ async fn run_with(
                 .unwrap_or_else(|| docker::short_id(&id).to_owned()),
             netns: container.netns(),
             docker_id: Some(id.clone()),
-            dns_name: docker_dns_name(agent, &container.name),
+            dns_name: cidr.and(docker_dns_name(agent, &container.name)),
             iface: CONTAINER_IFACE.to_owned(),
             left_for_docker: None,
             multicast_route,
+        };
+        let Some(cidr) = cidr else {
+            let alone = ipv6.context("run was given no address")?;
+            return ipv6_only::attach(agent, &target, alone, mtu)
+                .await
+                .map(|_| ());
         };
         let done = attach_endpoint(agent, cidr, &target, mtu).await?;
         if let Some(v6) = ipv6
@@ -463,7 +446,7 @@ async fn run_with(
     if let Err(err) = attached {
         let _ = docker::remove(engine, &id).await;
         return Err(err.context(format!(
-            "attaching {cidr} to the new container failed, so it was removed again"
+            "attaching {label} to the new container failed, so it was removed again"
         )));
     }
     Ok(id)

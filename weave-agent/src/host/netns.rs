@@ -118,13 +118,7 @@ pub async fn configure_ethwe(
     multicast: bool,
 ) -> Result<()> {
     in_netns(netns, move |handle| async move {
-        if netlink::link_index(&handle, &iface).await?.is_some() {
-            bail!("the container already has an interface {iface}; detach it first");
-        }
-        let index = netlink::link_index(&handle, &temp)
-            .await?
-            .with_context(|| format!("{temp} did not arrive in the container"))?;
-        netlink::configure_link(&handle, index, &iface, &cidr.mac(), mtu).await?;
+        let index = name_container_end(&handle, &temp, &iface, &cidr.mac(), mtu).await?;
         netlink::add_address(&handle, index, cidr.ip, cidr.prefix).await?;
         ipv6_on_the_overlay(&iface)?;
         netlink::set_up(&handle, index).await?;
@@ -139,6 +133,25 @@ pub async fn configure_ethwe(
     .await
 }
 
+/// Inside the container: the veth end `temp` renamed `iface`, with `mac` and `mtu`, unless the
+/// container has an `iface` already. Returns its index.
+async fn name_container_end(
+    handle: &rtnetlink::Handle,
+    temp: &str,
+    iface: &str,
+    mac: &[u8; 6],
+    mtu: u32,
+) -> Result<u32> {
+    if netlink::link_index(handle, iface).await?.is_some() {
+        bail!("the container already has an interface {iface}; detach it first");
+    }
+    let index = netlink::link_index(handle, temp)
+        .await?
+        .with_context(|| format!("{temp} did not arrive in the container"))?;
+    netlink::configure_link(handle, index, iface, mac, mtu).await?;
+    Ok(index)
+}
+
 /// Renames the container end `temp` to `iface` with the MAC derived from `cidr`, an IPv6
 /// address alone, and brings it up: a container attached by an IPv6 address only.
 pub async fn configure_ethwe6(
@@ -149,13 +162,7 @@ pub async fn configure_ethwe6(
     mtu: u32,
 ) -> Result<()> {
     in_netns(netns, move |handle| async move {
-        if netlink::link_index(&handle, &iface).await?.is_some() {
-            bail!("the container already has an interface {iface}; detach it first");
-        }
-        let index = netlink::link_index(&handle, &temp)
-            .await?
-            .with_context(|| format!("{temp} did not arrive in the container"))?;
-        netlink::configure_link(&handle, index, &iface, &cidr.mac(), mtu).await?;
+        let index = name_container_end(&handle, &temp, &iface, &cidr.mac(), mtu).await?;
         ipv6_on_the_overlay(&iface)?;
         netlink::add_address(&handle, index, cidr.ip, cidr.prefix).await?;
         netlink::set_up(&handle, index).await
