@@ -5,7 +5,7 @@
 use anyhow::{Context as _, Result, ensure};
 use std::time::Duration;
 
-use weave_tests::{BULK, Container, Segment, bulk, require_root, unique_name, wait_until};
+use weave_tests::{BULK, Container, Host, Segment, bulk, require_root, unique_name, wait_until};
 
 /// The container's link-local address on `ethwe`, as its kernel made it.
 fn link_local(ctr: &Container) -> Result<String> {
@@ -28,6 +28,32 @@ fn ethwe_mac(ctr: &Container) -> Result<String> {
         .nth(1)
         .with_context(|| format!("{} has no MAC", ctr.name))?
         .to_owned())
+}
+
+/// `from` sends to `to` (the address of `target`) by a route to `network` through `ethwe` and a
+/// neighbour entry for `target`'s MAC made by hand, past the agent's routes and neighbour
+/// answers: `host`'s data path must drop every ping as isolated.
+fn dropped_as_isolated(
+    host: &Host,
+    from: &Container,
+    network: &str,
+    to: &str,
+    target: &Container,
+) -> Result<()> {
+    let family = if to.contains(':') { "-6" } else { "-4" };
+    from.ip([family, "route", "add", network, "dev", "ethwe"])?;
+    let mac = ethwe_mac(target)?;
+    from.ip([
+        family, "neigh", "replace", to, "lladdr", &mac, "dev", "ethwe",
+    ])?;
+    let isolated = host.counter_packets("drop_isolated")?;
+    ensure!(
+        !from.ping(to, 2)?,
+        "{} reached {to} across the isolation",
+        from.name
+    );
+    ensure!(host.counter_packets("drop_isolated")? >= isolated + 2);
+    Ok(())
 }
 
 fn sysctl(ctr: &Container, key: &str) -> Result<String> {
@@ -109,24 +135,7 @@ fn ipv6_crosses_hosts_within_its_link_and_nowhere_else() -> Result<()> {
     c2.ip(["-6", "addr", "del", "fd00:1::99/64", "dev", "ethwe"])?;
 
     // Another IPv6 subnet is isolated, also when its frames are sent straight to the MAC.
-    let c1_mac = ethwe_mac(&c1)?;
-    d2.ip(["-6", "route", "add", "fd00:1::/64", "dev", "ethwe"])?;
-    d2.ip([
-        "-6",
-        "neigh",
-        "add",
-        "fd00:1::1",
-        "lladdr",
-        &c1_mac,
-        "dev",
-        "ethwe",
-    ])?;
-    let isolated = h2.counter_packets("drop_isolated")?;
-    ensure!(
-        !d2.ping("fd00:1::1", 2)?,
-        "fd00:2::2 reached fd00:1::1 in another subnet"
-    );
-    ensure!(h2.counter_packets("drop_isolated")? >= isolated + 2);
+    dropped_as_isolated(h2, &d2, "fd00:1::/64", "fd00:1::1", &c1)?;
     // ... while its own subnet's member still answers.
     ensure!(c2.ping("fd00:1::1", 2)?);
 
@@ -177,20 +186,7 @@ fn isolation_rules_open_ipv6_subnets_and_ipv4_rules_link_local_addresses() -> Re
         route(&d2)?
     );
     // IPv4 between the two stays closed: the rule names the IPv6 subnets only.
-    let c1_mac = ethwe_mac(&c1)?;
-    d2.ip(["route", "add", "10.40.1.0/24", "dev", "ethwe"])?;
-    d2.ip([
-        "neigh",
-        "replace",
-        "10.40.1.1",
-        "lladdr",
-        &c1_mac,
-        "dev",
-        "ethwe",
-    ])?;
-    let isolated = h2.counter_packets("drop_isolated")?;
-    ensure!(!d2.ping("10.40.1.1", 2)?, "the IPv6 rule opened IPv4");
-    ensure!(h2.counter_packets("drop_isolated")? >= isolated + 2);
+    dropped_as_isolated(h2, &d2, "10.40.1.0/24", "10.40.1.1", &c1)?;
 
     // Link-local addresses of containers without IPv6 follow the IPv4 rules.
     let f1_ll = format!("{}%ethwe", link_local(&f1)?);
@@ -211,23 +207,7 @@ fn isolation_rules_open_ipv6_subnets_and_ipv4_rules_link_local_addresses() -> Re
         || Ok(!d2.ping("fd00:1::1", 1)? && route(&d2)?.trim().is_empty()),
     )?;
     // The closed pair's frames sent to the MAC anyway are dropped in the data path.
-    d2.ip(["-6", "route", "add", "fd00:1::/64", "dev", "ethwe"])?;
-    d2.ip([
-        "-6",
-        "neigh",
-        "replace",
-        "fd00:1::1",
-        "lladdr",
-        &c1_mac,
-        "dev",
-        "ethwe",
-    ])?;
-    let isolated = h2.counter_packets("drop_isolated")?;
-    ensure!(
-        !d2.ping("fd00:1::1", 2)?,
-        "fd00:2::2 reached fd00:1::1 after deny"
-    );
-    ensure!(h2.counter_packets("drop_isolated")? >= isolated + 2);
+    dropped_as_isolated(h2, &d2, "fd00:1::/64", "fd00:1::1", &c1)?;
     Ok(())
 }
 
@@ -302,23 +282,7 @@ fn a_container_with_an_ipv6_address_alone_is_on_the_overlay() -> Result<()> {
     );
 
     // Another IPv6 subnet: isolated, even sent straight to the MAC; a rule opens it.
-    e1.ip(["-6", "route", "add", "fd00:1::/64", "dev", "ethwe"])?;
-    e1.ip([
-        "-6",
-        "neigh",
-        "replace",
-        "fd00:1::30",
-        "lladdr",
-        &ethwe_mac(&a1)?,
-        "dev",
-        "ethwe",
-    ])?;
-    let isolated = h1.counter_packets("drop_isolated")?;
-    ensure!(
-        !e1.ping("fd00:1::30", 2)?,
-        "fd00:2::50 reached fd00:1::30 with no rule"
-    );
-    ensure!(h1.counter_packets("drop_isolated")? >= isolated + 2);
+    dropped_as_isolated(h1, &e1, "fd00:1::/64", "fd00:1::30", &a1)?;
     e1.ip(["-6", "route", "del", "fd00:1::/64", "dev", "ethwe"])?;
     h1.agent_ok(&["policy", "allow", "fd00:1::/64", "fd00:2::/64"])?;
     wait_until(
